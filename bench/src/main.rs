@@ -1,1 +1,101 @@
-fn main() {}
+//! `asclepios-bench`: side-by-side benchmarks of asclepios against peer crates.
+//!
+//! ```text
+//! cargo run --release -p asclepios-bench -- SUITE [--quick] [--json]
+//! ```
+//!
+//! Without `--json` a table is printed; with it, one JSON object per line on
+//! stdout and nothing else (progress goes to stderr).
+
+#![forbid(unsafe_code)]
+
+mod abe;
+mod timing;
+
+use anyhow::bail;
+
+const SUITES: &[(&str, &str)] = &[(
+    "abe",
+    "FAME CP-ABE keygen/encrypt/decrypt vs rabe AC17 (AND/OR of 2, 10, 50 attributes)",
+)];
+
+fn usage() -> String {
+    let mut s = String::from(
+        "usage: asclepios-bench SUITE [--quick] [--json]\n\n  --quick  smaller sizes and fewer samples (a smoke run)\n  --json   one JSON object per line on stdout\n\nsuites:\n",
+    );
+    for (name, what) in SUITES {
+        s.push_str(&format!("  {name:<6} {what}\n"));
+    }
+    s
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{}", usage());
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let as_json = args.iter().any(|a| a == "--json");
+    let suites: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let [suite] = suites.as_slice() else {
+        bail!("name exactly one suite\n\n{}", usage());
+    };
+    let budget = if quick {
+        timing::Budget::quick()
+    } else {
+        timing::Budget::full()
+    };
+    let rows = match suite.as_str() {
+        "abe" => abe::run(quick, budget)?,
+        other => bail!("unknown suite `{other}`\n\n{}", usage()),
+    };
+    if as_json {
+        for row in &rows {
+            println!("{row}");
+        }
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}
+
+/// A readable table: the identifying fields, then the figures.
+fn print_table(rows: &[serde_json::Value]) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let keys: Vec<&String> = first
+        .as_object()
+        .map(|o| o.keys().filter(|k| *k != "suite").collect())
+        .unwrap_or_default();
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            rows.iter()
+                .map(|r| cell(&r[k.as_str()]).len())
+                .chain([k.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(keys.iter().map(|k| k.to_string()).collect()));
+    for r in rows {
+        println!(
+            "{}",
+            line(keys.iter().map(|k| cell(&r[k.as_str()])).collect())
+        );
+    }
+}

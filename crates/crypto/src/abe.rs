@@ -6,8 +6,20 @@
 //!
 //! Notation follows the paper; `H(y ℓ t)` hashes attribute `y` and `H(0 j ℓ t)`
 //! the span program's column `j` into `G1` (hash-to-curve, RFC 9380, with our own
-//! domain separation tag), so the attribute universe is unbounded and an
-//! attribute may appear any number of times in a policy.
+//! domain separation tag), so the attribute universe is unbounded.
+//!
+//! **Repeated attributes.** FAME's security needs each span-program row to carry
+//! its own label: two rows with the same `H(y ℓ t)` divide out to a public
+//! combination of column hashes, which lets a key without `y` use the
+//! difference of the two rows. The `k`-th occurrence of `y` in a policy is
+//! therefore labelled `(y, k)`, and keys hold independent components for
+//! `(y, 1) … (y, MAX_REPETITIONS)` (the standard attribute-copies technique;
+//! [`crate::policy::MAX_REPETITIONS`] bounds the repetitions a policy may use).
+//!
+//! **Malleability.** Like the paper's scheme, the KEM is only CPA-secure: a
+//! ciphertext can be edited (e.g. an OR branch dropped) and still decapsulate
+//! to the same key. The envelope authenticates the whole ciphertext as AEAD
+//! associated data; use the KEM through it, not bare.
 //!
 //! * Setup: `a_1, a_2, b_1, b_2, d_1, d_2, d_3 ← Z_p`;
 //!   `mpk = (h^{a_1}, h^{a_2}, T_1 = e(g,h)^{d_1 a_1 + d_3}, T_2 = e(g,h)^{d_2 a_2 + d_3})`,
@@ -49,7 +61,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::format::{gt_to_bytes, DecodeError, Kind, Reader, Writer};
 use crate::lsss::{reconstruction, SpanProgram};
-use crate::policy::{check_attribute, Policy, MAX_ATTRIBUTE_BYTES, MAX_POLICY_BYTES};
+use crate::policy::{
+    check_attribute, Policy, MAX_ATTRIBUTE_BYTES, MAX_POLICY_BYTES, MAX_REPETITIONS,
+};
 use crate::Error;
 
 /// Domain separation tag for hashing attributes and columns to G1 (RFC 9380).
@@ -61,9 +75,10 @@ pub const MAX_KEY_ATTRIBUTES: usize = 1024;
 /// Hash input for attribute `y`, index `ℓ` and `t`. The leading byte separates
 /// attribute hashes (1) from column hashes (0), so no attribute name can collide
 /// with a column.
-fn hash_attribute(y: &str, l: u8, t: u8) -> G1Projective {
-    let mut msg = Vec::with_capacity(3 + y.len());
+fn hash_attribute(y: &str, occurrence: usize, l: u8, t: u8) -> G1Projective {
+    let mut msg = Vec::with_capacity(5 + y.len());
     msg.extend_from_slice(&[1, l, t]);
+    msg.extend_from_slice(&(occurrence as u16).to_be_bytes());
     msg.extend_from_slice(y.as_bytes());
     G1Projective::hash_to_curve(&msg, HASH_DST, &[])
 }
@@ -74,9 +89,9 @@ fn hash_column(j: usize, l: u8, t: u8) -> G1Affine {
     G1Projective::hash_to_curve(&msg, HASH_DST, &[]).to_affine()
 }
 
-/// `H(y ℓ t)` for ℓ ∈ {1,2,3}, t ∈ {1,2}, indexed `[ℓ-1][t-1]`.
-fn attribute_hashes(y: &str) -> [[G1Projective; 2]; 3] {
-    [1u8, 2, 3].map(|l| [1u8, 2].map(|t| hash_attribute(y, l, t)))
+/// `H((y, k) ℓ t)` for ℓ ∈ {1,2,3}, t ∈ {1,2}, indexed `[ℓ-1][t-1]`.
+fn attribute_hashes(y: &str, occurrence: usize) -> [[G1Projective; 2]; 3] {
+    [1u8, 2, 3].map(|l| [1u8, 2].map(|t| hash_attribute(y, occurrence, l, t)))
 }
 
 /// Column hashes `H(0 j ℓ t)` depend on nothing secret or deployment-specific,
@@ -224,7 +239,8 @@ impl fmt::Debug for MasterSecretKey {
 pub struct UserKey {
     sk0: [G2Affine; 3],
     sk_prime: [G1Affine; 3],
-    attrs: BTreeMap<String, [G1Affine; 3]>,
+    /// Per attribute, the components for occurrences 1, 2, … (index k - 1).
+    attrs: BTreeMap<String, Vec<[G1Affine; 3]>>,
 }
 
 impl Drop for UserKey {
@@ -235,7 +251,7 @@ impl Drop for UserKey {
         for p in self
             .sk_prime
             .iter_mut()
-            .chain(self.attrs.values_mut().flatten())
+            .chain(self.attrs.values_mut().flatten().flatten())
         {
             wipe(p, G1Affine::identity());
         }
@@ -367,23 +383,37 @@ impl MasterSecretKey {
 
         let mut attrs = BTreeMap::new();
         for y in set {
-            let hashes = attribute_hashes(y);
-            let sigma = random_nonzero(rng);
-            let parts = [
-                component(&hashes, 0, &sigma),
-                component(&hashes, 1, &sigma),
-                -(g * sigma),
-            ];
-            attrs.insert(y.to_string(), to_affine3(&parts));
+            let copies = (1..=MAX_REPETITIONS)
+                .map(|k| {
+                    let hashes = attribute_hashes(y, k);
+                    let mut sigma = random_nonzero(rng);
+                    let parts = [
+                        component(&hashes, 0, &sigma),
+                        component(&hashes, 1, &sigma),
+                        -(g * sigma),
+                    ];
+                    wipe(&mut sigma, Scalar::ZERO);
+                    to_affine3(&parts)
+                })
+                .collect();
+            attrs.insert(y.to_string(), copies);
         }
 
         let col = column_hashes(1)[0].map(|l| l.map(G1Projective::from));
-        let sigma = random_nonzero(rng);
+        let mut sigma = random_nonzero(rng);
         let sk_prime = [
             component(&col, 0, &sigma) + self.g_d[0],
             component(&col, 1, &sigma) + self.g_d[1],
             G1Projective::from(self.g_d[2]) - g * sigma,
         ];
+        // Whoever learns a key's randomness can strip the key down to its
+        // master-key terms: wipe it.
+        wipe(&mut sigma, Scalar::ZERO);
+        let (mut r1, mut r2, mut exps, mut inv_a) = (r1, r2, exps, inv_a);
+        wipe(&mut r1, Scalar::ZERO);
+        wipe(&mut r2, Scalar::ZERO);
+        wipe(&mut exps, [[Scalar::ZERO; 3]; 2]);
+        wipe(&mut inv_a, [Scalar::ZERO; 2]);
         let mut sk0_affine = [G2Affine::identity(); 3];
         G2Projective::batch_normalize(&sk0, &mut sk0_affine);
         Ok(UserKey {
@@ -440,10 +470,11 @@ impl PublicKey {
 
         let msp = SpanProgram::from_policy(policy);
         let columns = column_hashes(msp.columns);
-        let leaves = policy.leaves();
+        let occurrences = policy.occurrences();
         let mut rows_proj = Vec::with_capacity(msp.rows.len() * 3);
         for row in &msp.rows {
-            let mut ab = attribute_hashes(leaves[row.leaf]);
+            let (y, k) = occurrences[row.leaf];
+            let mut ab = attribute_hashes(y, k);
             for (j, m) in &row.entries {
                 for (l, ab_l) in ab.iter_mut().enumerate() {
                     for (t, p) in ab_l.iter_mut().enumerate() {
@@ -463,7 +494,12 @@ impl PublicKey {
             .collect();
 
         let [t1, t2] = self.tables();
-        let shared = t1.pow(&s1) + t2.pow(&s2);
+        let mut shared = t1.pow(&s1) + t2.pow(&s2);
+        let key = KemKey::derive(&shared);
+        let (mut s1, mut s2) = (s1, s2);
+        wipe(&mut s1, Scalar::ZERO);
+        wipe(&mut s2, Scalar::ZERO);
+        wipe(&mut shared, Gt::identity());
         let mut ct0_affine = [G2Affine::identity(); 3];
         G2Projective::batch_normalize(&ct0, &mut ct0_affine);
         let ct = Ciphertext {
@@ -471,7 +507,7 @@ impl PublicKey {
             ct0: ct0_affine,
             rows,
         };
-        (ct, KemKey::derive(&shared))
+        (ct, key)
     }
 
     /// Serializes the public key.
@@ -525,17 +561,19 @@ impl UserKey {
 
     /// Recovers the key encapsulated in `ct`, or [`Error::NotSatisfied`].
     pub fn decapsulate(&self, ct: &Ciphertext) -> Result<KemKey, Error> {
-        let coefficients =
-            reconstruction(&ct.policy, &|a| self.attrs.contains_key(a)).ok_or_else(|| {
-                Error::NotSatisfied {
-                    policy: ct.policy.to_string(),
-                }
+        let occurrences = ct.policy.occurrences();
+        let component = |leaf: usize| {
+            let (y, k) = occurrences[leaf];
+            self.attrs.get(y).and_then(|copies| copies.get(k - 1))
+        };
+        let coefficients = reconstruction(&ct.policy, &|leaf| component(leaf).is_some())
+            .ok_or_else(|| Error::NotSatisfied {
+                policy: ct.policy.to_string(),
             })?;
-        let leaves = ct.policy.leaves();
-        // `reconstruction` only returns rows whose attribute the key holds.
+        // `reconstruction` only returns rows whose component the key holds.
         let key_rows: Vec<&[G1Affine; 3]> = coefficients
             .iter()
-            .map(|(row, _)| &self.attrs[leaves[*row]])
+            .filter_map(|(row, _)| component(*row))
             .collect();
         let mut points = [G1Projective::identity(); 6];
         for l in 0..3 {
@@ -563,7 +601,11 @@ impl UserKey {
             self.sk0[1],
             self.sk0[2],
         ];
-        Ok(KemKey::derive(&pairing_product(&g1, &g2)))
+        let mut shared = pairing_product(&g1, &g2);
+        let key = KemKey::derive(&shared);
+        wipe(&mut shared, Gt::identity());
+        wipe(&mut g1, [G1Affine::identity(); 6]);
+        Ok(key)
     }
 
     /// Serializes the key (handle the bytes as a secret).
@@ -572,9 +614,10 @@ impl UserKey {
         self.sk0.iter().for_each(|p| w.g2(p));
         self.sk_prime.iter().for_each(|p| w.g1(p));
         w.u32(self.attrs.len() as u32);
-        for (name, parts) in &self.attrs {
+        for (name, copies) in &self.attrs {
             w.bytes16(name.as_bytes());
-            parts.iter().for_each(|p| w.g1(p));
+            w.u16(copies.len() as u16);
+            copies.iter().flatten().for_each(|p| w.g1(p));
         }
         zeroize::Zeroizing::new(w.finish())
     }
@@ -584,7 +627,7 @@ impl UserKey {
         let mut r = Reader::new(bytes, Kind::AbeUserKey)?;
         let sk0 = [r.g2("sk_0")?, r.g2("sk_0")?, r.g2("sk_0")?];
         let sk_prime = [r.g1("sk'")?, r.g1("sk'")?, r.g1("sk'")?];
-        let n = r.count("attribute count", MAX_KEY_ATTRIBUTES, 2 + 1 + 3 * 48)?;
+        let n = r.count("attribute count", MAX_KEY_ATTRIBUTES, 2 + 1 + 2 + 3 * 48)?;
         let mut attrs = BTreeMap::new();
         for _ in 0..n {
             let name = r.str16("attribute", MAX_ATTRIBUTE_BYTES)?;
@@ -592,7 +635,17 @@ impl UserKey {
                 what: "attribute",
                 why: e.to_string(),
             })?;
-            let parts = [r.g1("sk_y")?, r.g1("sk_y")?, r.g1("sk_y")?];
+            let copies = r.u16("occurrence count")? as usize;
+            if copies == 0 || copies > MAX_REPETITIONS {
+                return Err(DecodeError::Invalid {
+                    what: "occurrence count",
+                    why: format!("{copies}, expected 1 to {MAX_REPETITIONS}"),
+                });
+            }
+            let mut parts = Vec::with_capacity(copies);
+            for _ in 0..copies {
+                parts.push([r.g1("sk_y")?, r.g1("sk_y")?, r.g1("sk_y")?]);
+            }
             if attrs.insert(name.to_string(), parts).is_some() {
                 return Err(DecodeError::Invalid {
                     what: "attribute",
@@ -674,6 +727,28 @@ impl Ciphertext {
         }
         r.finish()?;
         Ok(Ciphertext { policy, ct0, rows })
+    }
+}
+
+/// The primitive operations of this module, exposed so benchmarks can time
+/// them in the same run as the scheme and report how close it comes to them.
+#[doc(hidden)]
+pub mod primitives {
+    use super::*;
+
+    /// `H(y ℓ t)`: one hash to G1 with the scheme's tag.
+    pub fn hash_attribute(y: &str) -> G1Projective {
+        super::hash_attribute(y, 1, 1, 1)
+    }
+
+    /// `T_1^s` with the public key's fixed-base table, as encryption does it.
+    pub fn gt_fixed_base_pow(mpk: &PublicKey, s: &Scalar) -> Gt {
+        mpk.tables()[0].pow(s)
+    }
+
+    /// A product of pairings, as decryption computes it.
+    pub fn pairing_product(g1: &[G1Affine], g2: &[G2Affine]) -> Gt {
+        super::pairing_product(g1, g2)
     }
 }
 
@@ -812,6 +887,44 @@ mod tests {
             .keygen(&["role:doctor", "dept:cardiology"], &mut rng)
             .unwrap();
         assert_eq!(carol.decapsulate(&ct).unwrap(), k);
+    }
+
+    /// Regression: with one label per attribute, a key holding only `z` could
+    /// open `y and (z or y)` by combining 2·row(z) + row(y₁) − row(y₂) = e₁,
+    /// since the two `y` rows' hashes cancel. Occurrence labels stop that.
+    #[test]
+    fn repeated_attribute_rows_cannot_be_cancelled() {
+        let mut rng = rng();
+        let (mpk, msk) = setup(&mut rng);
+        let policy = Policy::parse("y and (z or y)").unwrap();
+        let (ct, k) = mpk.encapsulate(&policy, &mut rng);
+        let z_only = msk.keygen(&["z"], &mut rng).unwrap();
+        assert!(z_only.decapsulate(&ct).is_err());
+        // Rows: y#1 = (1, 1), z = (0, -1), y#2 = (0, -1).
+        let two = Scalar::from(2);
+        let zk = &z_only.attrs["z"][0];
+        let mut points = [G1Projective::identity(); 6];
+        for l in 0..3 {
+            let num = ct.rows[1][l] * two + ct.rows[0][l] - ct.rows[2][l];
+            points[l] = zk[l] * two + z_only.sk_prime[l];
+            points[3 + l] = -num;
+        }
+        let mut g1 = [G1Affine::identity(); 6];
+        G1Projective::batch_normalize(&points, &mut g1);
+        let g2 = [
+            ct.ct0[0],
+            ct.ct0[1],
+            ct.ct0[2],
+            z_only.sk0[0],
+            z_only.sk0[1],
+            z_only.sk0[2],
+        ];
+        assert_ne!(KemKey::derive(&pairing_product(&g1, &g2)), k);
+        // Holders of y (through either occurrence) still decrypt.
+        let y_and_z = msk.keygen(&["y", "z"], &mut rng).unwrap();
+        assert_eq!(y_and_z.decapsulate(&ct).unwrap(), k);
+        let y_only = msk.keygen(&["y"], &mut rng).unwrap();
+        assert_eq!(y_only.decapsulate(&ct).unwrap(), k);
     }
 
     #[test]

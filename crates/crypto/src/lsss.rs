@@ -133,27 +133,31 @@ impl Builder {
 }
 
 /// Chooses a cheapest satisfying set of rows and their reconstruction
-/// coefficients, or `None` when `has` does not satisfy the policy.
+/// coefficients, or `None` when the leaves for which `has_leaf(leaf index)` is
+/// true do not satisfy the policy.
 ///
 /// The cost is the number of rows used (each costs two point additions or
 /// multiplications at decryption); every coefficient is 1 unless a `k of n`
 /// gate with `1 < k < n` is on the path, where Lagrange coefficients appear.
-pub fn reconstruction(policy: &Policy, has: &dyn Fn(&str) -> bool) -> Option<Vec<(usize, Scalar)>> {
+pub fn reconstruction(
+    policy: &Policy,
+    has_leaf: &dyn Fn(usize) -> bool,
+) -> Option<Vec<(usize, Scalar)>> {
     let mut next_leaf = 0;
-    plan(policy.root(), has, &mut next_leaf)
+    plan(policy.root(), has_leaf, &mut next_leaf)
 }
 
 /// Rows (with coefficients) that reconstruct the vector of `node`.
 fn plan(
     node: &Node,
-    has: &dyn Fn(&str) -> bool,
+    has: &dyn Fn(usize) -> bool,
     next_leaf: &mut usize,
 ) -> Option<Vec<(usize, Scalar)>> {
     match node {
-        Node::Attr(a) => {
+        Node::Attr(_) => {
             let leaf = *next_leaf;
             *next_leaf += 1;
-            has(a).then(|| vec![(leaf, Scalar::ONE)])
+            has(leaf).then(|| vec![(leaf, Scalar::ONE)])
         }
         Node::And(children) => all_of(children, has, next_leaf),
         Node::Or(children) => cheapest_of(children, has, next_leaf),
@@ -184,7 +188,7 @@ fn plan(
 
 fn all_of(
     children: &[Node],
-    has: &dyn Fn(&str) -> bool,
+    has: &dyn Fn(usize) -> bool,
     next_leaf: &mut usize,
 ) -> Option<Vec<(usize, Scalar)>> {
     let mut out = Vec::new();
@@ -201,7 +205,7 @@ fn all_of(
 
 fn cheapest_of(
     children: &[Node],
-    has: &dyn Fn(&str) -> bool,
+    has: &dyn Fn(usize) -> bool,
     next_leaf: &mut usize,
 ) -> Option<Vec<(usize, Scalar)>> {
     children
@@ -233,12 +237,12 @@ mod tests {
         let msp = SpanProgram::from_policy(&p);
         assert_eq!(msp.rows.len(), p.leaf_count());
         let has = |a: &str| attrs.contains(&a);
-        let got = reconstruction(&p, &has);
+        let leaves = p.leaves();
+        let got = reconstruction(&p, &|leaf| has(leaves[leaf]));
         assert_eq!(got.is_some(), expect, "{policy} with {attrs:?}");
         assert_eq!(p.is_satisfied_by(&has), expect);
         if let Some(coeffs) = got {
             assert!(msp.reconstructs(&coeffs), "{policy} with {attrs:?}");
-            let leaves = p.leaves();
             assert!(coeffs.iter().all(|(r, _)| attrs.contains(&leaves[*r])));
         }
     }

@@ -30,6 +30,12 @@ pub const MAX_LEAVES: usize = 256;
 pub const MAX_DEPTH: usize = 16;
 /// Longest attribute, in bytes.
 pub const MAX_ATTRIBUTE_BYTES: usize = 256;
+/// Most occurrences of one attribute in a policy. FAME is only secure when each
+/// span-program row has its own attribute label (two rows with the same label
+/// leak the difference of their rows), so the `k`-th occurrence of `y` is
+/// encrypted under the label `(y, k)` and user keys carry components for
+/// `k = 1..=MAX_REPETITIONS` (the standard "attribute copies" technique).
+pub const MAX_REPETITIONS: usize = 4;
 
 /// A node of a policy tree.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -101,7 +107,17 @@ impl Policy {
     pub fn new(root: Node) -> Result<Self, PolicyError> {
         let mut leaves = 0;
         validate(&root, 1, &mut leaves)?;
-        Ok(Self { root })
+        let policy = Self { root };
+        if let Some((a, _)) = policy
+            .occurrences()
+            .into_iter()
+            .find(|(_, k)| *k > MAX_REPETITIONS)
+        {
+            return Err(PolicyError::TooLarge(format!(
+                "attribute `{a}` appears more than {MAX_REPETITIONS} times"
+            )));
+        }
+        Ok(policy)
     }
 
     /// The root of the policy tree.
@@ -119,6 +135,20 @@ impl Policy {
         let mut out = Vec::new();
         collect_leaves(&self.root, &mut out);
         out
+    }
+
+    /// For each leaf, its attribute and occurrence number (1-based: the
+    /// `k`-th time this attribute appears, left to right).
+    pub fn occurrences(&self) -> Vec<(&str, usize)> {
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        self.leaves()
+            .into_iter()
+            .map(|a| {
+                let k = seen.entry(a).or_insert(0);
+                *k += 1;
+                (a, *k)
+            })
+            .collect()
     }
 
     /// Plain boolean evaluation: does a holder of `has` satisfy the policy?
@@ -629,6 +659,17 @@ mod tests {
             Err(PolicyError::TooLarge(_))
         ));
         assert!(Policy::parse(&"x".repeat(MAX_ATTRIBUTE_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn repetitions_are_numbered_and_bounded() {
+        let p = Policy::parse("a and (b or a) and 2 of (a, b, c)").unwrap();
+        assert_eq!(
+            p.occurrences(),
+            vec![("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("c", 1)]
+        );
+        let e = Policy::parse("a or a or a or a or a").unwrap_err();
+        assert!(e.to_string().contains("more than 4 times"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-/// A small universe so that policies repeat attributes and random sets often
-/// (but not always) satisfy them.
-const UNIVERSE: [&str; 8] = [
+/// A small universe so that policies repeat attributes (up to the limit of
+/// four occurrences) and random sets often, but not always, satisfy them.
+const UNIVERSE: [&str; 10] = [
     "role:doctor",
     "role:nurse",
     "dept:cardiology",
@@ -21,6 +21,8 @@ const UNIVERSE: [&str; 8] = [
     "shift:night",
     "patient:7f3a",
     "org:st-mary",
+    "lab:chem",
+    "role:auditor",
     "\"odd name\"",
 ];
 
@@ -42,7 +44,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 ]
             })
         })
-        .prop_filter_map("at most 30 leaves", |root| {
+        .prop_filter_map("at most 30 leaves, 4 repetitions", |root| {
             Policy::new(root).ok().filter(|p| p.leaf_count() <= 30)
         })
 }
@@ -73,11 +75,11 @@ proptest! {
     fn span_program_reconstructs_iff_satisfied(p in policy(), attrs in attribute_set()) {
         let has = |a: &str| attrs.iter().any(|x| x == a);
         let msp = SpanProgram::from_policy(&p);
-        match reconstruction(&p, &has) {
+        let leaves = p.leaves();
+        match reconstruction(&p, &|leaf| has(leaves[leaf])) {
             Some(coefficients) => {
                 prop_assert!(p.is_satisfied_by(&has));
                 prop_assert!(msp.reconstructs(&coefficients));
-                let leaves = p.leaves();
                 prop_assert!(coefficients.iter().all(|(row, _)| has(leaves[*row])));
             }
             None => prop_assert!(!p.is_satisfied_by(&has)),
