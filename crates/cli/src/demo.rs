@@ -84,7 +84,10 @@ pub fn run(seed: u64) -> anyhow::Result<()> {
     );
     let policy = Policy::parse(&policy_text)?;
     let context = RecordContext {
-        record_id: view.id().context("generated resources have ids")?.to_string(),
+        record_id: view
+            .id()
+            .context("generated resources have ids")?
+            .to_string(),
         version: 1,
     };
     let envelope = seal(&mpk, &policy, &context, &payload, &mut rng)?;
@@ -140,7 +143,10 @@ pub fn run(seed: u64) -> anyhow::Result<()> {
     for (label, at) in [
         ("a bit in the sealed body", 10 + body_len / 2),
         ("a bit in the key wrapper", sealed.len() - 20),
-        ("a bit in the ABE ciphertext's group elements", body_len + 200),
+        (
+            "a bit in the ABE ciphertext's group elements",
+            body_len + 200,
+        ),
     ] {
         let mut tampered = sealed.clone();
         tampered[at] ^= 0x01;

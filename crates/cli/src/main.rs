@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-const ABOUT: &str = "asclepios keeps health records confidential even from the people who run its servers.";
+const ABOUT: &str =
+    "asclepios keeps health records confidential even from the people who run its servers.";
 
 const LONG_ABOUT: &str = "\
 asclepios keeps health records confidential even from the people who run its servers.

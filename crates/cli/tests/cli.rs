@@ -13,7 +13,11 @@ fn asclepios(args: &[&str]) -> std::process::Output {
 fn demo_runs_and_every_expectation_holds() {
     let out = asclepios(&["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("All expectations held."), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("is refused"), "{stdout}");
@@ -42,6 +46,9 @@ fn help_teaches_the_policy_language() {
     let out = asclepios(&["--help"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("2 of (role:nurse, ward:icu, shift:night)"), "{stdout}");
+    assert!(
+        stdout.contains("2 of (role:nurse, ward:icu, shift:night)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("demo"), "{stdout}");
 }
