@@ -1,0 +1,41 @@
+//! The default test run exercises each benchmark suite briefly (`--quick`) and
+//! checks its output follows the project's conventions: one JSON object per
+//! line on stdout, with the identifying fields and the figures.
+
+use std::process::Command;
+
+#[test]
+fn abe_suite_quick_prints_one_json_line_per_case() {
+    let out = Command::new(env!("CARGO_BIN_EXE_asclepios-bench"))
+        .args(["abe", "--quick", "--json"])
+        .output()
+        .expect("the bench binary runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    // keygen, encrypt, decrypt × and/or × 2 quick sizes.
+    assert_eq!(rows.len(), 12, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["suite"], "abe");
+        assert!(["keygen", "encrypt", "decrypt"].contains(&row["op"].as_str().unwrap()));
+        assert!(["and", "or"].contains(&row["policy"].as_str().unwrap()));
+        assert_eq!(row["peer"], "rabe-ac17");
+        for field in ["attrs", "ours_us", "peer_us", "speedup", "bound_us"] {
+            let v = row[field].as_f64().unwrap_or_else(|| panic!("{field} missing in {row}"));
+            assert!(v > 0.0, "{field} = {v} in {row}");
+        }
+    }
+}
+
+#[test]
+fn unknown_suite_is_refused_with_the_list() {
+    let out = Command::new(env!("CARGO_BIN_EXE_asclepios-bench"))
+        .args(["nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("abe"));
+}
