@@ -61,18 +61,19 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
-/// Median microseconds of `ours` and `peer`, sampled alternately.
-pub fn pair(budget: Budget, mut ours: impl FnMut(), mut peer: impl FnMut()) -> (f64, f64) {
+/// Median microseconds of each operation, sampled in turn (one round runs each
+/// once), so all of them see the same machine load.
+pub fn interleaved(budget: Budget, ops: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     // One warm-up each (lazy tables, caches, page faults).
-    ours();
-    peer();
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    ops.iter_mut().for_each(|op| op());
+    let mut samples = vec![Vec::new(); ops.len()];
     let started = Instant::now();
-    while !budget.done(a.len(), started) {
-        a.push(time_once(&mut ours));
-        b.push(time_once(&mut peer));
+    while !budget.done(samples[0].len(), started) {
+        for (op, s) in ops.iter_mut().zip(samples.iter_mut()) {
+            s.push(time_once(op));
+        }
     }
-    (median(&mut a), median(&mut b))
+    samples.iter_mut().map(|s| median(s)).collect()
 }
 
 /// Median microseconds of one operation.

@@ -10,7 +10,11 @@ fn abe_suite_quick_prints_one_json_line_per_case() {
         .args(["abe", "--quick", "--json"])
         .output()
         .expect("the bench binary runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<serde_json::Value> = stdout
         .lines()
@@ -24,7 +28,9 @@ fn abe_suite_quick_prints_one_json_line_per_case() {
         assert!(["and", "or"].contains(&row["policy"].as_str().unwrap()));
         assert_eq!(row["peer"], "rabe-ac17");
         for field in ["attrs", "ours_us", "peer_us", "speedup", "bound_us"] {
-            let v = row[field].as_f64().unwrap_or_else(|| panic!("{field} missing in {row}"));
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing in {row}"));
             assert!(v > 0.0, "{field} = {v} in {row}");
         }
     }

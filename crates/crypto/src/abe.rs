@@ -90,9 +90,40 @@ fn hash_column(j: usize, l: u8, t: u8) -> G1Affine {
 }
 
 /// `H((y, k) ℓ t)` for ℓ ∈ {1,2,3}, t ∈ {1,2}, indexed `[ℓ-1][t-1]`.
+///
+/// Hashing to the curve is ~40% of encryption. The values are public and
+/// deterministic, and a process seals records and issues keys for the same
+/// attributes again and again, so the most recent
+/// [`ATTRIBUTE_CACHE_ENTRIES`] are kept (the cache is emptied when full:
+/// bounded memory, no bookkeeping). A hit reveals only that an attribute of a
+/// public policy was used recently.
 fn attribute_hashes(y: &str, occurrence: usize) -> [[G1Projective; 2]; 3] {
-    [1u8, 2, 3].map(|l| [1u8, 2].map(|t| hash_attribute(y, occurrence, l, t)))
+    let key = (y.to_string(), occurrence);
+    let cached = ATTRIBUTE_HASHES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .copied();
+    let affine = cached.unwrap_or_else(|| {
+        let fresh = [1u8, 2, 3].map(|l| [1u8, 2].map(|t| hash_attribute(y, occurrence, l, t)));
+        let mut flat = [G1Affine::identity(); 6];
+        G1Projective::batch_normalize(fresh.as_flattened(), &mut flat);
+        let affine = [0, 1, 2].map(|l| [flat[2 * l], flat[2 * l + 1]]);
+        let mut cache = ATTRIBUTE_HASHES.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= ATTRIBUTE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, affine);
+        affine
+    });
+    affine.map(|l| l.map(G1Projective::from))
 }
+
+/// Most (attribute, occurrence) hash sets kept in memory (576 bytes each).
+pub const ATTRIBUTE_CACHE_ENTRIES: usize = 4096;
+type AttributeHashes = [[G1Affine; 2]; 3];
+static ATTRIBUTE_HASHES: RwLock<BTreeMap<(String, usize), AttributeHashes>> =
+    RwLock::new(BTreeMap::new());
 
 /// Column hashes `H(0 j ℓ t)` depend on nothing secret or deployment-specific,
 /// so they are computed once per process and shared, growing as wider policies
@@ -741,6 +772,14 @@ pub mod primitives {
         super::hash_attribute(y, 1, 1, 1)
     }
 
+    /// Empties the attribute-hash cache, to time the cold path.
+    pub fn clear_attribute_hash_cache() {
+        ATTRIBUTE_HASHES
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// `T_1^s` with the public key's fixed-base table, as encryption does it.
     pub fn gt_fixed_base_pow(mpk: &PublicKey, s: &Scalar) -> Gt {
         mpk.tables()[0].pow(s)
@@ -760,6 +799,15 @@ mod tests {
 
     fn rng() -> ChaCha20Rng {
         ChaCha20Rng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn cached_attribute_hashes_equal_fresh_ones() {
+        let fresh = [1u8, 2, 3].map(|l| [1u8, 2].map(|t| hash_attribute("role:x", 2, l, t)));
+        primitives::clear_attribute_hash_cache();
+        assert_eq!(attribute_hashes("role:x", 2), fresh); // miss
+        assert_eq!(attribute_hashes("role:x", 2), fresh); // hit
+        assert_ne!(attribute_hashes("role:x", 1), fresh);
     }
 
     #[test]
