@@ -127,50 +127,34 @@ pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<serde_json::Value>
                 vec![all[n / 2].as_str()]
             };
 
-            let keygen = || {
-                std::hint::black_box(msk.keygen(&held, &mut OsRng).expect("keygen"));
-            };
-            let t = interleaved(
+            let t = warm_cold_peer(
                 budget,
-                &mut [
-                    &mut || keygen(),
-                    &mut || {
-                        primitives::clear_attribute_hash_cache();
-                        keygen()
-                    },
-                    &mut || {
-                        std::hint::black_box(
-                            ac17::cp_keygen(&rabe_msk, &held).expect("rabe keygen"),
-                        );
-                    },
-                ],
+                || {
+                    std::hint::black_box(msk.keygen(&held, &mut OsRng).expect("keygen"));
+                },
+                || {
+                    std::hint::black_box(ac17::cp_keygen(&rabe_msk, &held).expect("rabe keygen"));
+                },
             );
             out.push(case("keygen", kind, n, &t, prim.keygen(held.len())));
 
             let payload = [7u8; 32];
-            let encrypt = || {
-                std::hint::black_box(mpk.encapsulate(&policy, &mut OsRng));
-            };
-            let t = interleaved(
+            let t = warm_cold_peer(
                 budget,
-                &mut [
-                    &mut || encrypt(),
-                    &mut || {
-                        primitives::clear_attribute_hash_cache();
-                        encrypt()
-                    },
-                    &mut || {
-                        std::hint::black_box(
-                            ac17::cp_encrypt(
-                                &rabe_pk,
-                                &peer_text,
-                                &payload,
-                                PolicyLanguage::HumanPolicy,
-                            )
-                            .expect("rabe encrypt"),
-                        );
-                    },
-                ],
+                || {
+                    std::hint::black_box(mpk.encapsulate(&policy, &mut OsRng));
+                },
+                || {
+                    std::hint::black_box(
+                        ac17::cp_encrypt(
+                            &rabe_pk,
+                            &peer_text,
+                            &payload,
+                            PolicyLanguage::HumanPolicy,
+                        )
+                        .expect("rabe encrypt"),
+                    );
+                },
             );
             out.push(case("encrypt", kind, n, &t, prim.encrypt(n)));
 
@@ -212,6 +196,22 @@ pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<serde_json::Value>
     }
     drop::<MasterSecretKey>(msk);
     Ok(out)
+}
+
+/// Times `ours` with attribute hashes cached, `ours` with the cache emptied
+/// first, and `peer`, interleaved: `[warm, cold, peer]` median µs.
+fn warm_cold_peer(budget: Budget, ours: impl Fn(), mut peer: impl FnMut()) -> Vec<f64> {
+    interleaved(
+        budget,
+        &mut [
+            &mut || ours(),
+            &mut || {
+                primitives::clear_attribute_hash_cache();
+                ours()
+            },
+            &mut peer,
+        ],
+    )
 }
 
 /// One JSON line. `t` = [ours with attribute hashes cached (steady state), ours

@@ -606,28 +606,41 @@ impl UserKey {
             .iter()
             .filter_map(|(row, _)| component(*row))
             .collect();
-        let mut points = [G1Projective::identity(); 6];
+        let mut den = [G1Projective::identity(); 3];
+        let mut num = [G1Projective::identity(); 3];
         for l in 0..3 {
-            let num = combine(
+            num[l] = combine(
                 coefficients
                     .iter()
                     .map(|(row, gamma)| (&ct.rows[*row][l], gamma)),
             );
-            let den = combine(
+            den[l] = combine(
                 key_rows
                     .iter()
                     .zip(&coefficients)
                     .map(|(k, (_, gamma))| (&k[l], gamma)),
             ) + self.sk_prime[l];
-            points[l] = den;
-            points[3 + l] = -num;
         }
+        Ok(self.key_from_sums(&den, &num, &ct.ct0))
+    }
+
+    /// FAME's decryption equation, given the combined key sums
+    /// `den_ℓ = sk'_ℓ · Π sk_{π(i),ℓ}^{γ_i}` and ciphertext sums
+    /// `num_ℓ = Π ct_{i,ℓ}^{γ_i}`:
+    /// `Π_ℓ e(den_ℓ, ct_{0,ℓ}) / Π_ℓ e(num_ℓ, sk_{0,ℓ})`, through the KDF.
+    fn key_from_sums(
+        &self,
+        den: &[G1Projective; 3],
+        num: &[G1Projective; 3],
+        ct0: &[G2Affine; 3],
+    ) -> KemKey {
+        let points = [den[0], den[1], den[2], -num[0], -num[1], -num[2]];
         let mut g1 = [G1Affine::identity(); 6];
         G1Projective::batch_normalize(&points, &mut g1);
         let g2 = [
-            ct.ct0[0],
-            ct.ct0[1],
-            ct.ct0[2],
+            ct0[0],
+            ct0[1],
+            ct0[2],
             self.sk0[0],
             self.sk0[1],
             self.sk0[2],
@@ -636,7 +649,7 @@ impl UserKey {
         let key = KemKey::derive(&shared);
         wipe(&mut shared, Gt::identity());
         wipe(&mut g1, [G1Affine::identity(); 6]);
-        Ok(key)
+        key
     }
 
     /// Serializes the key (handle the bytes as a secret).
@@ -951,23 +964,9 @@ mod tests {
         // Rows: y#1 = (1, 1), z = (0, -1), y#2 = (0, -1).
         let two = Scalar::from(2);
         let zk = &z_only.attrs["z"][0];
-        let mut points = [G1Projective::identity(); 6];
-        for l in 0..3 {
-            let num = ct.rows[1][l] * two + ct.rows[0][l] - ct.rows[2][l];
-            points[l] = zk[l] * two + z_only.sk_prime[l];
-            points[3 + l] = -num;
-        }
-        let mut g1 = [G1Affine::identity(); 6];
-        G1Projective::batch_normalize(&points, &mut g1);
-        let g2 = [
-            ct.ct0[0],
-            ct.ct0[1],
-            ct.ct0[2],
-            z_only.sk0[0],
-            z_only.sk0[1],
-            z_only.sk0[2],
-        ];
-        assert_ne!(KemKey::derive(&pairing_product(&g1, &g2)), k);
+        let num = [0, 1, 2].map(|l| ct.rows[1][l] * two + ct.rows[0][l] - ct.rows[2][l]);
+        let den = [0, 1, 2].map(|l| zk[l] * two + z_only.sk_prime[l]);
+        assert_ne!(z_only.key_from_sums(&den, &num, &ct.ct0), k);
         // Holders of y (through either occurrence) still decrypt.
         let y_and_z = msk.keygen(&["y", "z"], &mut rng).unwrap();
         assert_eq!(y_and_z.decapsulate(&ct).unwrap(), k);
