@@ -58,10 +58,21 @@ pub fn policy_hash(policy: &Policy) -> [u8; 32] {
 pub struct DataKey([u8; 32]);
 
 impl DataKey {
-    fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+    /// A fresh random key.
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let mut k = [0u8; 32];
         rng.fill_bytes(&mut k);
         DataKey(k)
+    }
+
+    /// The key bytes, for wrapping it to further recipients (e.g. with HPKE).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A key received from a further recipient's unwrap.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        DataKey(bytes)
     }
 }
 
@@ -139,6 +150,21 @@ pub fn seal(
     payload: &[u8],
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Envelope, Error> {
+    let dek = DataKey::generate(rng);
+    seal_with_key(mpk, policy, context, payload, &dek, rng)
+}
+
+/// Seals `payload` like [`seal`] under a data key the caller chose, so the
+/// caller can also hand the key to recipients outside the ABE policy (the
+/// audit log wraps it to auditors with HPKE). The key must be fresh.
+pub fn seal_with_key(
+    mpk: &PublicKey,
+    policy: &Policy,
+    context: &RecordContext,
+    payload: &[u8],
+    dek: &DataKey,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Envelope, Error> {
     check_context(context)?;
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Error::Invalid(format!(
@@ -146,7 +172,6 @@ pub fn seal(
             payload.len()
         )));
     }
-    let dek = DataKey::generate(rng);
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
     let mut body = SealedBody {
@@ -165,7 +190,7 @@ pub fn seal(
             },
         )
         .map_err(|_| Error::Invalid("payload too large for the AEAD".into()))?;
-    let wrapper = KeyWrapper::wrap(mpk, policy, &body, &dek, rng);
+    let wrapper = KeyWrapper::wrap(mpk, policy, &body, dek, rng);
     Ok(Envelope { body, wrapper })
 }
 
@@ -203,11 +228,12 @@ impl SealedBody {
     }
 
     /// SHA-256 of the associated data: what a wrapper commits to.
-    fn binding(&self) -> [u8; 32] {
+    pub fn binding(&self) -> [u8; 32] {
         Sha256::digest(self.associated_data()).into()
     }
 
-    fn open(&self, dek: &DataKey) -> Result<Zeroizing<Vec<u8>>, Error> {
+    /// Decrypts the body with its data key.
+    pub fn open(&self, dek: &DataKey) -> Result<Zeroizing<Vec<u8>>, Error> {
         XChaCha20Poly1305::new((&dek.0).into())
             .decrypt(
                 XNonce::from_slice(&self.nonce),

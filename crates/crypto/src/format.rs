@@ -29,6 +29,8 @@ pub enum Kind {
     KeyWrapper = 0x06,
     /// Sealed body and key wrapper together.
     Envelope = 0x07,
+    /// A confidential audit-log entry.
+    AuditEntry = 0x08,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             0x05 => Kind::SealedBody,
             0x06 => Kind::KeyWrapper,
             0x07 => Kind::Envelope,
+            0x08 => Kind::AuditEntry,
             _ => return None,
         })
     }
@@ -55,6 +58,7 @@ impl Kind {
             Kind::SealedBody => "sealed body",
             Kind::KeyWrapper => "key wrapper",
             Kind::Envelope => "sealed envelope",
+            Kind::AuditEntry => "audit entry",
         }
     }
 }
@@ -131,10 +135,12 @@ pub enum DecodeError {
 }
 
 /// Serializes fields after a header.
-pub(crate) struct Writer(Vec<u8>);
+#[derive(Debug)]
+pub struct Writer(Vec<u8>);
 
 impl Writer {
-    pub(crate) fn new(kind: Kind) -> Self {
+    /// Starts an object of `kind` (writes the header) / checks the header.
+    pub fn new(kind: Kind) -> Self {
         let mut v = Vec::with_capacity(256);
         v.extend_from_slice(&MAGIC);
         v.push(kind as u8);
@@ -142,31 +148,35 @@ impl Writer {
         Writer(v)
     }
 
-    pub(crate) fn u16(&mut self, x: u16) {
+    /// A big-endian u16.
+    pub fn u16(&mut self, x: u16) {
         self.0.extend_from_slice(&x.to_be_bytes());
     }
 
-    pub(crate) fn u32(&mut self, x: u32) {
+    /// A big-endian u32.
+    pub fn u32(&mut self, x: u32) {
         self.0.extend_from_slice(&x.to_be_bytes());
     }
 
-    pub(crate) fn u64(&mut self, x: u64) {
+    /// A big-endian u64.
+    pub fn u64(&mut self, x: u64) {
         self.0.extend_from_slice(&x.to_be_bytes());
     }
 
-    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+    /// Bytes without a length prefix.
+    pub fn raw(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
 
     /// Bytes with a u16 length prefix; callers keep them under the decoder's limit.
-    pub(crate) fn bytes16(&mut self, bytes: &[u8]) {
+    pub fn bytes16(&mut self, bytes: &[u8]) {
         let len = u16::try_from(bytes.len()).expect("field bounded by its limit");
         self.u16(len);
         self.raw(bytes);
     }
 
     /// Bytes with a u32 length prefix.
-    pub(crate) fn bytes32(&mut self, bytes: &[u8]) {
+    pub fn bytes32(&mut self, bytes: &[u8]) {
         let len = u32::try_from(bytes.len()).expect("field bounded by its limit");
         self.u32(len);
         self.raw(bytes);
@@ -195,7 +205,8 @@ impl Writer {
             .expect("writing to a Vec cannot fail");
     }
 
-    pub(crate) fn finish(self) -> Vec<u8> {
+    /// Ends the object.
+    pub fn finish(self) -> Vec<u8> {
         self.0
     }
 }
@@ -210,14 +221,15 @@ pub(crate) fn gt_to_bytes(g: &Gt) -> [u8; 576] {
 pub(crate) const GT_COMPRESSED_BYTES: usize = 288;
 
 /// Reads fields after checking a header.
-pub(crate) struct Reader<'a> {
+#[derive(Debug)]
+pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
     /// Starts reading an object of `kind`, checking magic, kind and version.
-    pub(crate) fn new(buf: &'a [u8], kind: Kind) -> Result<Self, DecodeError> {
+    pub fn new(buf: &'a [u8], kind: Kind) -> Result<Self, DecodeError> {
         let mut r = Reader { buf, pos: 0 };
         let magic = r.take(4, "header")?;
         if magic != MAGIC {
@@ -241,7 +253,8 @@ impl<'a> Reader<'a> {
         Ok(r)
     }
 
-    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let left = self.buf.len() - self.pos;
         if n > left {
             return Err(DecodeError::Truncated {
@@ -261,33 +274,35 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    /// One byte.
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.take(1, what)?[0])
     }
 
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+    /// A big-endian u16.
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(what)?))
     }
 
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+    /// A big-endian u32.
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(what)?))
     }
 
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    /// A big-endian u64.
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(what)?))
     }
 
-    pub(crate) fn fixed<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    /// A fixed-size array.
+    pub fn fixed<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         self.array(what)
     }
 
     /// A count checked against `max` and against the bytes left, assuming each
     /// item takes at least `min_item_bytes`: a hostile count cannot make us
     /// allocate more than the input justifies.
-    pub(crate) fn count(
+    pub fn count(
         &mut self,
         what: &'static str,
         max: usize,
@@ -308,11 +323,8 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    pub(crate) fn bytes16(
-        &mut self,
-        what: &'static str,
-        max: usize,
-    ) -> Result<&'a [u8], DecodeError> {
+    /// Bytes with a u16 length prefix.
+    pub fn bytes16(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let n = self.u16(what)? as usize;
         if n > max {
             return Err(DecodeError::TooLong { what, len: n, max });
@@ -320,11 +332,8 @@ impl<'a> Reader<'a> {
         self.take(n, what)
     }
 
-    pub(crate) fn bytes32(
-        &mut self,
-        what: &'static str,
-        max: usize,
-    ) -> Result<&'a [u8], DecodeError> {
+    /// Bytes with a u32 length prefix.
+    pub fn bytes32(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let n = self.u32(what)? as usize;
         if n > max {
             return Err(DecodeError::TooLong { what, len: n, max });
@@ -332,7 +341,8 @@ impl<'a> Reader<'a> {
         self.take(n, what)
     }
 
-    pub(crate) fn str16(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
+    /// A UTF-8 string with a u16 length prefix.
+    pub fn str16(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
         std::str::from_utf8(self.bytes16(what, max)?).map_err(|_| DecodeError::InvalidUtf8(what))
     }
 
@@ -376,7 +386,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Succeeds only if every byte was consumed.
-    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+    pub fn finish(self) -> Result<(), DecodeError> {
         match self.buf.len() - self.pos {
             0 => Ok(()),
             n => Err(DecodeError::TrailingBytes(n)),

@@ -1,0 +1,346 @@
+//! The append-only log over a storage backend.
+//!
+//! The backend keeps entries, every complete subtree hash and the signed
+//! checkpoints (see [`LogStore`]). The log keeps the tree's right border in
+//! memory, so an append hashes only the new leaves and the nodes they complete,
+//! and writes them with the entries in one transaction. Proofs read about
+//! `2·log2(n)` stored hashes in one query.
+//!
+//! The log never signs two inconsistent checkpoints: before signing size `n`,
+//! it proves, from the store, that the tree of `n` leaves extends the last
+//! checkpoint it signed, and refuses otherwise (a store edited behind its back).
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use crate::merkle::{self, Hash, NodeId, NodeSource};
+use crate::note::{Checkpoint, NoteSigner, NoteVerifier, SignedNote};
+use crate::Error;
+
+/// Most entries accepted in one append.
+pub const MAX_BATCH: usize = 65_536;
+/// Largest entry accepted, in bytes.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// What a log needs from a database. Implementations make `append` atomic and
+/// durable before returning, and refuse it when `first_index` is not the
+/// current size (another writer got there first).
+pub trait LogStore {
+    /// The backend's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Number of entries in `log` (0 for a log never written).
+    fn log_size(&self, log: &str) -> Result<u64, Self::Error>;
+
+    /// Appends `entries` at `first_index..` with the complete subtree hashes
+    /// they create, atomically. Returns `Ok(false)` without writing anything
+    /// when the log's size is no longer `first_index`.
+    fn log_append(
+        &self,
+        log: &str,
+        first_index: u64,
+        entries: &[&[u8]],
+        nodes: &[(NodeId, Hash)],
+    ) -> Result<bool, Self::Error>;
+
+    /// The hashes of complete subtrees (an error if one is missing).
+    fn log_nodes(&self, log: &str, ids: &[NodeId]) -> Result<Vec<Hash>, Self::Error>;
+
+    /// Entries `range` (in order).
+    fn log_entries(&self, log: &str, range: Range<u64>) -> Result<Vec<Vec<u8>>, Self::Error>;
+
+    /// Records a signed checkpoint of `size` leaves.
+    fn log_put_checkpoint(&self, log: &str, size: u64, note: &str) -> Result<(), Self::Error>;
+
+    /// The signed checkpoint of the largest size, if any.
+    fn log_latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, Self::Error>;
+}
+
+fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+    Error::Storage(Box::new(e))
+}
+
+struct Nodes<'a, S> {
+    store: &'a S,
+    log: &'a str,
+}
+
+impl<S: LogStore> NodeSource for Nodes<'_, S> {
+    type Error = S::Error;
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, S::Error> {
+        self.store.log_nodes(self.log, ids)
+    }
+}
+
+struct Head {
+    size: u64,
+    frontier: Vec<Hash>,
+}
+
+/// A transparency log named `log_id` in a store, signing checkpoints for
+/// `origin`.
+pub struct Log<S> {
+    store: S,
+    log_id: String,
+    origin: String,
+    signer: NoteSigner,
+    head: Mutex<Head>,
+}
+
+impl<S> std::fmt::Debug for Log<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("log_id", &self.log_id)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: LogStore> Log<S> {
+    /// Opens (or starts) the log `log_id`; `origin` is the checkpoint origin
+    /// line, `signer` the checkpoint key.
+    pub fn open(store: S, log_id: &str, origin: &str, signer: NoteSigner) -> Result<Self, Error> {
+        if origin.is_empty() || origin.contains('\n') {
+            return Err(Error::Invalid("origin must be one non-empty line".into()));
+        }
+        let log = Log {
+            store,
+            log_id: log_id.to_string(),
+            origin: origin.to_string(),
+            signer,
+            head: Mutex::new(Head {
+                size: 0,
+                frontier: Vec::new(),
+            }),
+        };
+        log.reload()?;
+        Ok(log)
+    }
+
+    fn reload(&self) -> Result<(), Error> {
+        let size = self.store.log_size(&self.log_id).map_err(storage)?;
+        let frontier = self
+            .store
+            .log_nodes(&self.log_id, &merkle::frontier(size))
+            .map_err(storage)?;
+        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = Head { size, frontier };
+        Ok(())
+    }
+
+    /// The backend.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The checkpoint verifier key.
+    pub fn verifier(&self) -> NoteVerifier {
+        self.signer.verifier()
+    }
+
+    /// The current size and root.
+    pub fn head(&self) -> (u64, Hash) {
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut iter = head.frontier.iter().rev();
+        let root = match iter.next() {
+            None => merkle::empty_root(),
+            Some(last) => iter.fold(*last, |acc, h| merkle::node_hash(h, &acc)),
+        };
+        (head.size, root)
+    }
+
+    /// Appends entries durably; returns their indices. One transaction for the
+    /// batch. If another writer appended meanwhile, reloads and retries.
+    pub fn append(&self, entries: &[&[u8]]) -> Result<Range<u64>, Error> {
+        if entries.len() > MAX_BATCH {
+            return Err(Error::Invalid(format!(
+                "at most {MAX_BATCH} entries per append"
+            )));
+        }
+        if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
+            return Err(Error::Invalid(format!(
+                "an entry of {} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit",
+                e.len()
+            )));
+        }
+        let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+        for _attempt in 0..8 {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            let (nodes, frontier) = merkle::append_nodes(head.size, &head.frontier, &leaves);
+            let first = head.size;
+            if self
+                .store
+                .log_append(&self.log_id, first, entries, &nodes)
+                .map_err(storage)?
+            {
+                head.size += entries.len() as u64;
+                head.frontier = frontier;
+                return Ok(first..head.size);
+            }
+            drop(head);
+            self.reload()?;
+        }
+        Err(Error::Conflict)
+    }
+
+    /// Signs a checkpoint of the current tree, after proving from the store
+    /// that it extends the last checkpoint signed. Returns the signed note.
+    pub fn checkpoint(&self) -> Result<String, Error> {
+        let (size, root) = self.head();
+        if let Some((old_size, old_note)) = self
+            .store
+            .log_latest_checkpoint(&self.log_id)
+            .map_err(storage)?
+        {
+            let old = Checkpoint::verify(&old_note, &self.verifier())?;
+            if old.size != old_size || old.origin != self.origin {
+                return Err(Error::Inconsistent(
+                    "the stored checkpoint does not match its row".into(),
+                ));
+            }
+            if size < old.size {
+                return Err(Error::Inconsistent(format!(
+                    "the log has {size} entries but a checkpoint of {} was signed",
+                    old.size
+                )));
+            }
+            let proof = self.prove_consistency(old.size, size)?;
+            merkle::verify_consistency(old.size, size, &old.root, &root, &proof).map_err(|e| {
+                Error::Inconsistent(format!(
+                    "the stored tree does not extend the last signed checkpoint: {e}"
+                ))
+            })?;
+            if old.size == size {
+                return Ok(old_note);
+            }
+        }
+        // The root from the in-memory border must agree with the stored nodes.
+        let stored_root = merkle::root(&self.nodes(), size).map_err(storage)?;
+        if stored_root != root {
+            return Err(Error::Inconsistent(
+                "stored subtree hashes disagree with the log's head".into(),
+            ));
+        }
+        let note = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root,
+            extensions: Vec::new(),
+        }
+        .sign(&self.signer)?;
+        self.store
+            .log_put_checkpoint(&self.log_id, size, &note)
+            .map_err(storage)?;
+        Ok(note)
+    }
+
+    fn nodes(&self) -> Nodes<'_, S> {
+        Nodes {
+            store: &self.store,
+            log: &self.log_id,
+        }
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), Error> {
+        let (current, _) = self.head();
+        if size > current {
+            return Err(Error::Invalid(format!(
+                "the log has {current} entries, not {size}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The root of the first `size` entries.
+    pub fn root_at(&self, size: u64) -> Result<Hash, Error> {
+        self.check_size(size)?;
+        merkle::root(&self.nodes(), size).map_err(storage)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
+        self.check_size(size)?;
+        if index >= size {
+            return Err(Error::Invalid(format!(
+                "index {index} is outside a tree of {size}"
+            )));
+        }
+        merkle::prove_inclusion(&self.nodes(), index, size).map_err(storage)
+    }
+
+    /// The consistency proof between the trees of `old` and `new` entries.
+    pub fn prove_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, Error> {
+        self.check_size(new)?;
+        if old > new {
+            return Err(Error::Invalid(format!(
+                "old size {old} exceeds new size {new}"
+            )));
+        }
+        merkle::prove_consistency(&self.nodes(), old, new).map_err(storage)
+    }
+
+    /// Entries `range`.
+    pub fn entries(&self, range: Range<u64>) -> Result<Vec<Vec<u8>>, Error> {
+        self.check_size(range.end)?;
+        self.store.log_entries(&self.log_id, range).map_err(storage)
+    }
+
+    /// The latest signed checkpoint, if any.
+    pub fn latest_checkpoint(&self) -> Result<Option<String>, Error> {
+        Ok(self
+            .store
+            .log_latest_checkpoint(&self.log_id)
+            .map_err(storage)?
+            .map(|(_, note)| note))
+    }
+}
+
+/// Re-reads every stored entry of the first `checkpoint.size` and checks they
+/// hash to the checkpoint's root: catches any entry changed, removed,
+/// reordered or inserted since the checkpoint was signed. Reads in chunks.
+pub fn audit_entries<S: LogStore>(
+    store: &S,
+    log_id: &str,
+    signed_checkpoint: &str,
+    verifier: &NoteVerifier,
+) -> Result<Checkpoint, Error> {
+    let checkpoint = Checkpoint::verify(signed_checkpoint, verifier)?;
+    let stored = store.log_size(log_id).map_err(storage)?;
+    if stored < checkpoint.size {
+        return Err(Error::Inconsistent(format!(
+            "the store holds {stored} entries; the checkpoint vouches for {}",
+            checkpoint.size
+        )));
+    }
+    let mut tree = merkle::MemoryTree::new();
+    const CHUNK: u64 = 4096;
+    let mut at = 0;
+    while at < checkpoint.size {
+        let end = (at + CHUNK).min(checkpoint.size);
+        let entries = store.log_entries(log_id, at..end).map_err(storage)?;
+        if entries.len() as u64 != end - at {
+            return Err(Error::Inconsistent(format!(
+                "entries {at}..{end}: {} found",
+                entries.len()
+            )));
+        }
+        for e in &entries {
+            tree.push(e);
+        }
+        at = end;
+    }
+    let root = tree.root();
+    if root != checkpoint.root {
+        return Err(Error::Inconsistent(format!(
+            "the stored entries hash to {} but the checkpoint of size {} says {}",
+            hex::encode(root),
+            checkpoint.size,
+            hex::encode(checkpoint.root)
+        )));
+    }
+    Ok(checkpoint)
+}
+
+/// Splits a signed note without verifying it (for reading its size first).
+pub fn peek_checkpoint(note: &str) -> Result<Checkpoint, Error> {
+    Ok(Checkpoint::from_text(&SignedNote::parse(note)?.text)?)
+}

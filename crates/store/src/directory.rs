@@ -1,0 +1,446 @@
+//! The key authority's state: identities, attributes with versions, consents
+//! (versioned history) and emergency (break-glass) grants.
+
+use crate::db::{int, Row, Value};
+use crate::{now, Store, StoreError};
+
+/// Whether an identity may act.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IdentityStatus {
+    /// May act.
+    Active,
+    /// Revoked: refused everywhere.
+    Revoked,
+}
+
+impl IdentityStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            IdentityStatus::Active => "active",
+            IdentityStatus::Revoked => "revoked",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(IdentityStatus::Active),
+            "revoked" => Ok(IdentityStatus::Revoked),
+            _ => Err(StoreError::Corrupt(format!("identity status `{s}`"))),
+        }
+    }
+}
+
+/// A user, device or service known to the authority.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Identity {
+    /// Stable id (a pseudonym for patients).
+    pub id: String,
+    /// `clinician`, `patient`, `researcher`, `auditor`, `service`, ...
+    pub kind: String,
+    /// Name shown to people.
+    pub display_name: String,
+    /// Its signature public key, if registered.
+    pub public_key: Option<Vec<u8>>,
+    /// Whether it may act.
+    pub status: IdentityStatus,
+}
+
+/// An attribute held by an identity.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AttributeGrant {
+    /// The attribute, e.g. `role:doctor`.
+    pub attribute: String,
+    /// The attribute's version when it was granted.
+    pub granted_version: u64,
+    /// When it was granted (Unix seconds).
+    pub granted_at: i64,
+}
+
+/// Whether a consent is in force.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConsentStatus {
+    /// In force.
+    Active,
+    /// Withdrawn by the patient.
+    Withdrawn,
+}
+
+impl ConsentStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConsentStatus::Active => "active",
+            ConsentStatus::Withdrawn => "withdrawn",
+        }
+    }
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(ConsentStatus::Active),
+            "withdrawn" => Ok(ConsentStatus::Withdrawn),
+            _ => Err(StoreError::Corrupt(format!("consent status `{s}`"))),
+        }
+    }
+}
+
+/// One version of a patient's consent.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Consent {
+    /// Pseudonym of the patient.
+    pub patient: String,
+    /// The consent's id (stable across versions).
+    pub consent_id: String,
+    /// Version, from 1; assigned by [`Store::put_consent`].
+    pub version: u64,
+    /// Who it is granted to (an identity or an attribute).
+    pub grantee: String,
+    /// What it covers (e.g. a resource type, or `*`).
+    pub scope: String,
+    /// In force or withdrawn.
+    pub status: ConsentStatus,
+    /// The FHIR Consent resource, if kept (JSON bytes; may be encrypted).
+    pub document: Option<Vec<u8>>,
+    /// When this version was written (Unix seconds).
+    pub updated_at: i64,
+}
+
+/// A break-glass grant: short-lived emergency access to a patient's records.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct EmergencyGrant {
+    /// Pseudonym of the patient.
+    pub patient: String,
+    /// The grant's id.
+    pub grant_id: String,
+    /// Who declared the emergency.
+    pub clinician: String,
+    /// Why, in their words.
+    pub reason: String,
+    /// When it was issued (Unix seconds).
+    pub issued_at: i64,
+    /// When it stops working (Unix seconds).
+    pub expires_at: i64,
+    /// The auditor who reviewed it, once reviewed.
+    pub reviewed_by: Option<String>,
+    /// When it was reviewed.
+    pub reviewed_at: Option<i64>,
+}
+
+fn identity(row: &Row) -> Result<Identity, StoreError> {
+    Ok(Identity {
+        id: row.text(0)?,
+        kind: row.text(1)?,
+        display_name: row.text(2)?,
+        public_key: row.opt_bytes(3)?,
+        status: IdentityStatus::parse(&row.text(4)?)?,
+    })
+}
+
+fn consent(row: &Row) -> Result<Consent, StoreError> {
+    Ok(Consent {
+        patient: row.text(0)?,
+        consent_id: row.text(1)?,
+        version: row.uint(2)?,
+        grantee: row.text(3)?,
+        scope: row.text(4)?,
+        status: ConsentStatus::parse(&row.text(5)?)?,
+        document: row.opt_bytes(6)?,
+        updated_at: row.int(7)?,
+    })
+}
+
+fn grant(row: &Row) -> Result<EmergencyGrant, StoreError> {
+    Ok(EmergencyGrant {
+        patient: row.text(0)?,
+        grant_id: row.text(1)?,
+        clinician: row.text(2)?,
+        reason: row.text(3)?,
+        issued_at: row.int(4)?,
+        expires_at: row.int(5)?,
+        reviewed_by: row.opt_text(6)?,
+        reviewed_at: row.opt_int(7)?,
+    })
+}
+
+const CONSENT_COLUMNS: &str =
+    "patient, consent_id, version, grantee, scope, status, document, updated_at";
+const GRANT_COLUMNS: &str =
+    "patient, grant_id, clinician, reason, issued_at, expires_at, reviewed_by, reviewed_at";
+
+impl Store {
+    /// Creates or updates an identity.
+    pub fn put_identity(&self, identity: &Identity) -> Result<(), StoreError> {
+        let at = now();
+        self.transaction(|tx| {
+            tx.exec(
+                "INSERT INTO identities (identity_id, kind, display_name, public_key, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (identity_id) DO UPDATE SET kind = excluded.kind, display_name = excluded.display_name, public_key = excluded.public_key, status = excluded.status, updated_at = excluded.updated_at",
+                &[
+                    identity.id.as_str().into(),
+                    identity.kind.as_str().into(),
+                    identity.display_name.as_str().into(),
+                    identity.public_key.clone().into(),
+                    identity.status.as_str().into(),
+                    Value::Int(at),
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// An identity by id.
+    pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
+        self.transaction(|tx| {
+            tx.query_opt(
+                "SELECT identity_id, kind, display_name, public_key, status FROM identities WHERE identity_id = $1",
+                &[id.into()],
+            )?
+            .as_ref()
+            .map(identity)
+            .transpose()
+        })
+    }
+
+    /// All identities, by id.
+    pub fn identities(&self) -> Result<Vec<Identity>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                "SELECT identity_id, kind, display_name, public_key, status FROM identities ORDER BY identity_id",
+                &[],
+            )?
+            .iter()
+            .map(identity)
+            .collect()
+        })
+    }
+
+    /// The current version of an attribute (0 if never revoked from anyone).
+    pub fn attribute_version(&self, attribute: &str) -> Result<u64, StoreError> {
+        self.transaction(|tx| {
+            tx.query_opt(
+                "SELECT version FROM attribute_versions WHERE attribute = $1",
+                &[attribute.into()],
+            )?
+            .map_or(Ok(0), |r| r.uint(0))
+        })
+    }
+
+    /// Grants an attribute to an identity at the attribute's current version.
+    pub fn grant_attribute(&self, identity_id: &str, attribute: &str) -> Result<u64, StoreError> {
+        let at = now();
+        self.transaction(|tx| {
+            if tx
+                .query_opt("SELECT 1 FROM identities WHERE identity_id = $1", &[identity_id.into()])?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!("identity {identity_id}")));
+            }
+            let version = tx
+                .query_opt(
+                    "SELECT version FROM attribute_versions WHERE attribute = $1",
+                    &[attribute.into()],
+                )?
+                .map_or(Ok(0), |r| r.uint(0))?;
+            tx.exec(
+                "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) VALUES ($1, $2, $3, $4, NULL) \
+                 ON CONFLICT (identity_id, attribute) DO UPDATE SET granted_version = excluded.granted_version, granted_at = excluded.granted_at, revoked_at = NULL",
+                &[identity_id.into(), attribute.into(), int(version)?, Value::Int(at)],
+            )?;
+            Ok(version)
+        })
+    }
+
+    /// Revokes an attribute from an identity and bumps the attribute's
+    /// version (remaining holders need fresh keys). Returns the new version.
+    pub fn revoke_attribute(&self, identity_id: &str, attribute: &str) -> Result<u64, StoreError> {
+        let at = now();
+        self.transaction(|tx| {
+            let changed = tx.exec(
+                "UPDATE identity_attributes SET revoked_at = $1 WHERE identity_id = $2 AND attribute = $3 AND revoked_at IS NULL",
+                &[Value::Int(at), identity_id.into(), attribute.into()],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "identity {identity_id} does not hold {attribute}"
+                )));
+            }
+            let row = tx
+                .query_opt(
+                    "INSERT INTO attribute_versions (attribute, version) VALUES ($1, 1) \
+                     ON CONFLICT (attribute) DO UPDATE SET version = attribute_versions.version + 1 RETURNING version",
+                    &[attribute.into()],
+                )?
+                .ok_or_else(|| StoreError::Corrupt("attribute version not returned".into()))?;
+            row.uint(0)
+        })
+    }
+
+    /// The attributes an identity holds now.
+    pub fn identity_attributes(
+        &self,
+        identity_id: &str,
+    ) -> Result<Vec<AttributeGrant>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                "SELECT attribute, granted_version, granted_at FROM identity_attributes WHERE identity_id = $1 AND revoked_at IS NULL ORDER BY attribute",
+                &[identity_id.into()],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AttributeGrant {
+                    attribute: r.text(0)?,
+                    granted_version: r.uint(1)?,
+                    granted_at: r.int(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// The identities holding an attribute now.
+    pub fn attribute_holders(&self, attribute: &str) -> Result<Vec<String>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                "SELECT identity_id FROM identity_attributes WHERE attribute = $1 AND revoked_at IS NULL ORDER BY identity_id",
+                &[attribute.into()],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
+        })
+    }
+
+    /// Writes a new version of a consent (its `version` field is ignored and
+    /// assigned: one more than the latest). Returns the version written.
+    pub fn put_consent(&self, c: &Consent) -> Result<u64, StoreError> {
+        let at = now();
+        self.transaction(|tx| {
+            let latest = tx
+                .query_opt(
+                    "SELECT MAX(version) FROM consents WHERE patient = $1 AND consent_id = $2",
+                    &[c.patient.as_str().into(), c.consent_id.as_str().into()],
+                )?
+                .map(|r| r.opt_int(0))
+                .transpose()?
+                .flatten()
+                .unwrap_or(0);
+            let version = latest + 1;
+            tx.exec(
+                &format!("INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+                &[
+                    c.patient.as_str().into(),
+                    c.consent_id.as_str().into(),
+                    Value::Int(version),
+                    c.grantee.as_str().into(),
+                    c.scope.as_str().into(),
+                    c.status.as_str().into(),
+                    c.document.clone().into(),
+                    Value::Int(at),
+                ],
+            )?;
+            Ok(version as u64)
+        })
+    }
+
+    /// The latest version of each of a patient's consents.
+    pub fn consents(&self, patient: &str) -> Result<Vec<Consent>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents c WHERE patient = $1 AND version = \
+                     (SELECT MAX(version) FROM consents d WHERE d.patient = c.patient AND d.consent_id = c.consent_id) ORDER BY consent_id"
+                ),
+                &[patient.into()],
+            )?
+            .iter()
+            .map(consent)
+            .collect()
+        })
+    }
+
+    /// Every version of one consent, oldest first.
+    pub fn consent_history(
+        &self,
+        patient: &str,
+        consent_id: &str,
+    ) -> Result<Vec<Consent>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                &format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE patient = $1 AND consent_id = $2 ORDER BY version"),
+                &[patient.into(), consent_id.into()],
+            )?
+            .iter()
+            .map(consent)
+            .collect()
+        })
+    }
+
+    /// Records an emergency grant (a grant id used before is a conflict).
+    pub fn put_emergency_grant(&self, g: &EmergencyGrant) -> Result<(), StoreError> {
+        let result = self.transaction(|tx| {
+            tx.exec(
+                &format!("INSERT INTO emergency_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)"),
+                &[
+                    g.patient.as_str().into(),
+                    g.grant_id.as_str().into(),
+                    g.clinician.as_str().into(),
+                    g.reason.as_str().into(),
+                    Value::Int(g.issued_at),
+                    Value::Int(g.expires_at),
+                ],
+            )
+            .map(|_| ())
+        });
+        match result {
+            Err(e) if crate::sse::is_duplicate(&e) => Err(StoreError::Conflict(format!(
+                "emergency grant {} exists",
+                g.grant_id
+            ))),
+            other => other,
+        }
+    }
+
+    /// A patient's emergency grants, newest first.
+    pub fn emergency_grants(&self, patient: &str) -> Result<Vec<EmergencyGrant>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE patient = $1 ORDER BY issued_at DESC, grant_id"),
+                &[patient.into()],
+            )?
+            .iter()
+            .map(grant)
+            .collect()
+        })
+    }
+
+    /// Grants no auditor has reviewed yet, oldest first (the review queue).
+    pub fn unreviewed_emergency_grants(&self) -> Result<Vec<EmergencyGrant>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE reviewed_at IS NULL ORDER BY issued_at, grant_id"),
+                &[],
+            )?
+            .iter()
+            .map(grant)
+            .collect()
+        })
+    }
+
+    /// Marks a grant reviewed by `auditor`.
+    pub fn review_emergency_grant(
+        &self,
+        patient: &str,
+        grant_id: &str,
+        auditor: &str,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        self.transaction(|tx| {
+            let n = tx.exec(
+                "UPDATE emergency_grants SET reviewed_by = $1, reviewed_at = $2 WHERE patient = $3 AND grant_id = $4 AND reviewed_at IS NULL",
+                &[auditor.into(), Value::Int(at), patient.into(), grant_id.into()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "unreviewed emergency grant {grant_id} of {patient}"
+                )));
+            }
+            Ok(())
+        })
+    }
+}

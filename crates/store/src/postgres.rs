@@ -1,0 +1,264 @@
+//! PostgreSQL backend: a bounded pool of connections, each with its own cache
+//! of prepared statements; every write is one transaction committed with the
+//! server's `synchronous_commit` (on by default: durable at return).
+//!
+//! The `postgres` client drives its own small runtime: call the store from
+//! ordinary threads (in async services, from `spawn_blocking`).
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+
+use postgres::types::{IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+
+use crate::db::{insert_sql, Row, Tx, Value};
+use crate::StoreError;
+
+/// PostgreSQL accepts at most 65535 parameters per statement.
+const INSERT_CHUNK_PARAMS: usize = 60_000;
+/// Distinct statements cached per connection before the cache is reset.
+const STATEMENT_CACHE: usize = 512;
+
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+pub(crate) struct Postgres {
+    url: String,
+    schema: Option<String>,
+    idle: Mutex<(Vec<Conn>, usize)>,
+    returned: Condvar,
+    max_connections: usize,
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+impl Postgres {
+    pub(crate) fn open(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: usize,
+    ) -> Result<Self, StoreError> {
+        if let Some(s) = schema {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StoreError::Invalid(format!(
+                    "schema name `{s}`: use letters, digits and underscores"
+                )));
+            }
+        }
+        let pg = Postgres {
+            url: url.to_string(),
+            schema: schema.map(str::to_string),
+            idle: Mutex::new((Vec::new(), 0)),
+            returned: Condvar::new(),
+            max_connections: max_connections.max(1),
+        };
+        // Connect once now, so a wrong URL fails at start, not at first use.
+        let conn = pg.connect()?;
+        pg.give_back(conn);
+        Ok(pg)
+    }
+
+    fn connect(&self) -> Result<Conn, StoreError> {
+        let mut client = Client::connect(&self.url, NoTls).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot reach PostgreSQL at {}: {e}. Is the server running? (e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
+                redact(&self.url)
+            ))
+        })?;
+        if let Some(schema) = &self.schema {
+            client.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            ))?;
+        }
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn take(&self) -> Result<Conn, StoreError> {
+        let mut guard = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = guard.0.pop() {
+                if !conn.client.is_closed() {
+                    return Ok(conn);
+                }
+                guard.1 -= 1;
+                continue;
+            }
+            if guard.1 < self.max_connections {
+                guard.1 += 1;
+                drop(guard);
+                return self.connect().inspect_err(|_| {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).1 -= 1;
+                });
+            }
+            guard = self.returned.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn give_back(&self, conn: Conn) {
+        let mut guard = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.client.is_closed() {
+            guard.1 -= 1;
+        } else {
+            guard.0.push(conn);
+        }
+        drop(guard);
+        self.returned.notify_one();
+    }
+
+    pub(crate) fn transaction<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.take()?;
+        let result = (|| {
+            let Conn { client, statements } = &mut conn;
+            let tx = client.transaction()?;
+            let mut wrapped = PgTx { tx, statements };
+            let out = f(&mut wrapped)?;
+            wrapped.tx.commit()?;
+            Ok(out)
+        })();
+        // The transaction rolled back on drop if it failed; the connection is
+        // reusable unless the server closed it.
+        self.give_back(conn);
+        result
+    }
+}
+
+struct PgTx<'a> {
+    tx: postgres::Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+impl PgTx<'_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(x) => match *ty {
+                Type::INT2 => i16::try_from(*x)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*x)?.to_sql(ty, out),
+                _ => x.to_sql(ty, out),
+            },
+            Value::Bytes(b) => b.as_slice().to_sql(ty, out),
+            Value::Text(t) => t.as_str().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(
+            *ty,
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::BYTEA | Type::TEXT | Type::VARCHAR
+        )
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+fn params(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+fn convert(row: &postgres::Row) -> Result<Row, StoreError> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let v = match *col.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::Int),
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(i)?
+                .map(|x| Value::Int(x.into())),
+            Type::INT2 => row
+                .try_get::<_, Option<i16>>(i)?
+                .map(|x| Value::Int(x.into())),
+            Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Bytes),
+            Type::TEXT | Type::VARCHAR => row.try_get::<_, Option<String>>(i)?.map(Value::Text),
+            ref other => {
+                return Err(StoreError::Corrupt(format!(
+                    "column {} has unexpected type {other}",
+                    col.name()
+                )))
+            }
+        };
+        out.push(v.unwrap_or(Value::Null));
+    }
+    Ok(Row(out))
+}
+
+impl Tx for PgTx<'_> {
+    fn exec(&mut self, sql: &str, values: &[Value]) -> Result<u64, StoreError> {
+        let stmt = self.statement(sql)?;
+        Ok(self.tx.execute(&stmt, &params(values))?)
+    }
+
+    fn query(&mut self, sql: &str, values: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let stmt = self.statement(sql)?;
+        self.tx
+            .query(&stmt, &params(values))?
+            .iter()
+            .map(convert)
+            .collect()
+    }
+
+    fn insert_many(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Vec<Value>],
+    ) -> Result<(), StoreError> {
+        // Multi-row inserts: one round trip per chunk instead of per row.
+        let per_chunk = (INSERT_CHUNK_PARAMS / columns.len().max(1)).max(1);
+        for chunk in rows.chunks(per_chunk) {
+            let stmt = self.statement(&insert_sql(table, columns, chunk.len()))?;
+            let flat: Vec<&(dyn ToSql + Sync)> = chunk
+                .iter()
+                .flat_map(|r| r.iter().map(|v| v as &(dyn ToSql + Sync)))
+                .collect();
+            self.tx.execute(&stmt, &flat)?;
+        }
+        Ok(())
+    }
+}

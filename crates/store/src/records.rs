@@ -1,0 +1,243 @@
+//! Sealed record bodies (append-only history) and their data-key wrappers.
+
+use crate::db::{int, Row, Value};
+use crate::{now, Store, StoreError};
+
+/// Longest patient pseudonym, record id or wrapper slot name, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest sealed body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 17 * 1024 * 1024;
+
+/// One stored version of a record.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RecordVersion {
+    /// Pseudonym of the patient the record is about.
+    pub patient: String,
+    /// The record's id.
+    pub record_id: String,
+    /// Its version (1, 2, ...).
+    pub version: u64,
+    /// The sealed body (ciphertext).
+    pub body: Vec<u8>,
+    /// When it was stored (Unix seconds).
+    pub created_at: i64,
+}
+
+/// A data-key wrapper of one record version.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Wrapper {
+    /// Which wrapper (`main`, or another slot a deployment uses).
+    pub slot: String,
+    /// The wrapper's bytes.
+    pub bytes: Vec<u8>,
+    /// The attribute epoch it was made for (bumped by re-wraps).
+    pub epoch: u64,
+    /// When it was last written (Unix seconds).
+    pub updated_at: i64,
+}
+
+fn check_key(what: &str, s: &str) -> Result<(), StoreError> {
+    if s.is_empty() || s.len() > MAX_KEY_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "{what} must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn record_version(row: &Row) -> Result<RecordVersion, StoreError> {
+    Ok(RecordVersion {
+        patient: row.text(0)?,
+        record_id: row.text(1)?,
+        version: row.uint(2)?,
+        body: row.bytes(3)?,
+        created_at: row.int(4)?,
+    })
+}
+
+impl Store {
+    /// Stores version `version` of a record with its wrappers, atomically.
+    /// Versions start at 1 and go up by one; history is never rewritten, so
+    /// storing a version that exists, or skipping one, is a conflict.
+    pub fn put_record_version(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        body: &[u8],
+        wrappers: &[(&str, &[u8], u64)],
+    ) -> Result<(), StoreError> {
+        check_key("patient pseudonym", patient)?;
+        check_key("record id", record_id)?;
+        if body.is_empty() || body.len() > MAX_BODY_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "a sealed body must be 1 to {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        for (i, (slot, _, _)) in wrappers.iter().enumerate() {
+            check_key("wrapper slot", slot)?;
+            if wrappers[..i].iter().any(|(s, _, _)| s == slot) {
+                return Err(StoreError::Invalid(format!(
+                    "wrapper slot `{slot}` given twice"
+                )));
+            }
+        }
+        let at = now();
+        self.transaction(|tx| {
+            let latest = tx
+                .query_opt(
+                    "SELECT MAX(version) FROM record_versions WHERE patient = $1 AND record_id = $2",
+                    &[patient.into(), record_id.into()],
+                )?
+                .map(|r| r.opt_int(0))
+                .transpose()?
+                .flatten()
+                .unwrap_or(0);
+            if i64::try_from(version).ok() != latest.checked_add(1) {
+                return Err(StoreError::Conflict(format!(
+                    "record {record_id} is at version {latest}; the next version is {}",
+                    latest + 1
+                )));
+            }
+            tx.exec(
+                "INSERT INTO record_versions (patient, record_id, version, body, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[patient.into(), record_id.into(), int(version)?, body.into(), Value::Int(at)],
+            )?;
+            let rows = wrappers
+                .iter()
+                .map(|(slot, bytes, epoch)| {
+                    Ok(vec![
+                        patient.into(),
+                        record_id.into(),
+                        int(version)?,
+                        (*slot).into(),
+                        (*bytes).into(),
+                        int(*epoch)?,
+                        Value::Int(at),
+                    ])
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            tx.insert_many(
+                "key_wrappers",
+                &["patient", "record_id", "version", "slot", "wrapper", "epoch", "updated_at"],
+                &rows,
+            )
+        })
+    }
+
+    /// A version of a record (the latest when `version` is `None`).
+    pub fn record_version(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<RecordVersion>, StoreError> {
+        self.transaction(|tx| {
+            let row = match version {
+                Some(v) => tx.query_opt(
+                    "SELECT patient, record_id, version, body, created_at FROM record_versions WHERE patient = $1 AND record_id = $2 AND version = $3",
+                    &[patient.into(), record_id.into(), int(v)?],
+                )?,
+                None => tx.query_opt(
+                    "SELECT patient, record_id, version, body, created_at FROM record_versions WHERE patient = $1 AND record_id = $2 ORDER BY version DESC LIMIT 1",
+                    &[patient.into(), record_id.into()],
+                )?,
+            };
+            row.as_ref().map(record_version).transpose()
+        })
+    }
+
+    /// The versions of a record, oldest first.
+    pub fn record_versions(&self, patient: &str, record_id: &str) -> Result<Vec<u64>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                "SELECT version FROM record_versions WHERE patient = $1 AND record_id = $2 ORDER BY version",
+                &[patient.into(), record_id.into()],
+            )?
+            .iter()
+            .map(|r| r.uint(0))
+            .collect()
+        })
+    }
+
+    /// A patient's records with their latest version, by record id.
+    pub fn patient_records(&self, patient: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                "SELECT record_id, MAX(version) FROM record_versions WHERE patient = $1 GROUP BY record_id ORDER BY record_id",
+                &[patient.into()],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.uint(1)?)))
+            .collect()
+        })
+    }
+
+    /// The wrappers of a record version, by slot.
+    pub fn wrappers(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+    ) -> Result<Vec<Wrapper>, StoreError> {
+        self.transaction(|tx| {
+            tx.query(
+                "SELECT slot, wrapper, epoch, updated_at FROM key_wrappers WHERE patient = $1 AND record_id = $2 AND version = $3 ORDER BY slot",
+                &[patient.into(), record_id.into(), int(version)?],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Wrapper {
+                    slot: r.text(0)?,
+                    bytes: r.bytes(1)?,
+                    epoch: r.uint(2)?,
+                    updated_at: r.int(3)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Writes (or replaces) the wrapper in `slot` of an existing record
+    /// version: a re-wrap after revocation or a consent change.
+    pub fn put_wrapper(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        slot: &str,
+        bytes: &[u8],
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        check_key("wrapper slot", slot)?;
+        self.transaction(|tx| {
+            let exists = tx
+                .query_opt(
+                    "SELECT 1 FROM record_versions WHERE patient = $1 AND record_id = $2 AND version = $3",
+                    &[patient.into(), record_id.into(), int(version)?],
+                )?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(format!("record {record_id} version {version}")));
+            }
+            tx.exec(
+                "INSERT INTO key_wrappers (patient, record_id, version, slot, wrapper, epoch, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (patient, record_id, version, slot) DO UPDATE SET wrapper = excluded.wrapper, epoch = excluded.epoch, updated_at = excluded.updated_at",
+                &[patient.into(), record_id.into(), int(version)?, slot.into(), bytes.into(), int(epoch)?, Value::Int(now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Destroys every wrapper of every version of a record (crypto-shredding:
+    /// the bodies stay, but no key to open them exists any more). Returns how
+    /// many wrappers were destroyed.
+    pub fn shred_record(&self, patient: &str, record_id: &str) -> Result<u64, StoreError> {
+        self.transaction(|tx| {
+            tx.exec(
+                "DELETE FROM key_wrappers WHERE patient = $1 AND record_id = $2",
+                &[patient.into(), record_id.into()],
+            )
+        })
+    }
+}

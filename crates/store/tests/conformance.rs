@@ -1,0 +1,457 @@
+//! One conformance suite, run against SQLite and PostgreSQL.
+
+mod common;
+
+use asclepios_audit::log::audit_entries;
+use asclepios_audit::merkle::{self, MemoryTree};
+use asclepios_audit::{Checkpoint, Log, LogStore, NoteSigner};
+use asclepios_store::{
+    Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus, StoreError,
+};
+use common::Harness;
+
+conformance!(
+    migrations_are_idempotent,
+    record_history_is_append_only,
+    wrappers_are_replaceable_and_shreddable,
+    invalid_record_input_is_refused,
+    sse_index_batches_and_refuses_overwrites,
+    directory_tracks_attribute_versions,
+    consents_keep_their_history,
+    emergency_grants_queue_for_review,
+    log_proofs_match_an_in_memory_tree,
+    log_survives_reopening,
+    tampered_entries_are_caught_against_a_checkpoint,
+    tampered_nodes_stop_the_next_checkpoint,
+    forged_checkpoints_are_refused,
+    concurrent_writers_never_fork_the_log,
+);
+
+fn migrations_are_idempotent(h: &Harness) {
+    let store = h.open();
+    store.put_identity(&identity("dr-a")).unwrap();
+    drop(store);
+    // Reopening applies nothing twice and keeps the data.
+    let store = h.open();
+    assert_eq!(
+        store.identity("dr-a").unwrap().unwrap().display_name,
+        "Dr dr-a"
+    );
+}
+
+fn identity(id: &str) -> Identity {
+    Identity {
+        id: id.into(),
+        kind: "clinician".into(),
+        display_name: format!("Dr {id}"),
+        public_key: Some(vec![1, 2, 3]),
+        status: IdentityStatus::Active,
+    }
+}
+
+fn record_history_is_append_only(h: &Harness) {
+    let s = h.open();
+    s.put_record_version("p1", "r1", 1, b"body-1", &[("main", b"w1", 0)])
+        .unwrap();
+    s.put_record_version("p1", "r1", 2, b"body-2", &[("main", b"w2", 0)])
+        .unwrap();
+    s.put_record_version("p1", "r2", 1, b"other", &[]).unwrap();
+    s.put_record_version("p2", "r1", 1, b"p2 body", &[])
+        .unwrap();
+    // Existing and skipped versions are conflicts, and change nothing.
+    for v in [1, 2, 4, 0] {
+        let e = s.put_record_version("p1", "r1", v, b"x", &[]).unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{v}: {e}");
+    }
+    assert_eq!(s.record_versions("p1", "r1").unwrap(), vec![1, 2]);
+    let latest = s.record_version("p1", "r1", None).unwrap().unwrap();
+    assert_eq!(
+        (latest.version, latest.body.as_slice()),
+        (2, &b"body-2"[..])
+    );
+    let first = s.record_version("p1", "r1", Some(1)).unwrap().unwrap();
+    assert_eq!(first.body, b"body-1");
+    assert!(s.record_version("p1", "r1", Some(3)).unwrap().is_none());
+    assert!(s.record_version("p3", "r1", None).unwrap().is_none());
+    assert_eq!(
+        s.patient_records("p1").unwrap(),
+        vec![("r1".to_string(), 2), ("r2".to_string(), 1)]
+    );
+    // A duplicate wrapper slot is refused before anything is written.
+    let e = s
+        .put_record_version(
+            "p1",
+            "r2",
+            2,
+            b"v2",
+            &[("main", b"a", 0), ("main", b"b", 0)],
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+    assert_eq!(s.record_versions("p1", "r2").unwrap(), vec![1]);
+}
+
+fn wrappers_are_replaceable_and_shreddable(h: &Harness) {
+    let s = h.open();
+    s.put_record_version("p1", "r1", 1, b"b1", &[("main", b"w1", 0)])
+        .unwrap();
+    s.put_record_version(
+        "p1",
+        "r1",
+        2,
+        b"b2",
+        &[("main", b"w2", 0), ("emergency", b"e2", 0)],
+    )
+    .unwrap();
+    s.put_wrapper("p1", "r1", 1, "main", b"w1-rewrapped", 7)
+        .unwrap();
+    let w = s.wrappers("p1", "r1", 1).unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        (w[0].bytes.as_slice(), w[0].epoch),
+        (&b"w1-rewrapped"[..], 7)
+    );
+    let slots: Vec<_> = s
+        .wrappers("p1", "r1", 2)
+        .unwrap()
+        .into_iter()
+        .map(|w| w.slot)
+        .collect();
+    assert_eq!(slots, ["emergency", "main"]);
+    let e = s.put_wrapper("p1", "r1", 3, "main", b"x", 0).unwrap_err();
+    assert!(matches!(e, StoreError::NotFound(_)), "{e}");
+    assert_eq!(s.shred_record("p1", "r1").unwrap(), 3);
+    assert!(s.wrappers("p1", "r1", 1).unwrap().is_empty());
+    assert!(s.wrappers("p1", "r1", 2).unwrap().is_empty());
+    // The ciphertext stays, unreadable without a wrapper.
+    assert!(s.record_version("p1", "r1", Some(2)).unwrap().is_some());
+}
+
+fn invalid_record_input_is_refused(h: &Harness) {
+    let s = h.open();
+    let long = "x".repeat(300);
+    for (p, r, body) in [
+        ("", "r", &b"b"[..]),
+        ("p", "", b"b"),
+        (&long[..], "r", b"b"),
+        ("p", "r", b""),
+    ] {
+        let e = s.put_record_version(p, r, 1, body, &[]).unwrap_err();
+        assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+    }
+    let e = s
+        .put_record_version("p", "r", u64::MAX, b"b", &[])
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(_) | StoreError::Invalid(_)),
+        "{e}"
+    );
+}
+
+fn sse_index_batches_and_refuses_overwrites(h: &Harness) {
+    let s = h.open();
+    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0u32..1000)
+        .map(|i| (i.to_be_bytes().to_vec(), format!("v{i}").into_bytes()))
+        .collect();
+    s.sse_put(&batch).unwrap();
+    let addrs: Vec<Vec<u8>> = vec![
+        5u32.to_be_bytes().to_vec(),
+        5000u32.to_be_bytes().to_vec(),
+        999u32.to_be_bytes().to_vec(),
+    ];
+    assert_eq!(
+        s.sse_get(&addrs).unwrap(),
+        vec![Some(b"v5".to_vec()), None, Some(b"v999".to_vec())]
+    );
+    let all: Vec<Vec<u8>> = batch.iter().map(|(a, _)| a.clone()).collect();
+    assert!(s.sse_get(&all).unwrap().iter().all(Option::is_some));
+    // A batch touching an existing address writes nothing.
+    let e = s
+        .sse_put(&[
+            (vec![9, 9, 9], b"new".to_vec()),
+            (0u32.to_be_bytes().to_vec(), b"again".to_vec()),
+        ])
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    assert_eq!(s.sse_get(&[vec![9, 9, 9]]).unwrap(), vec![None]);
+    assert!(matches!(
+        s.sse_put(&[(vec![], vec![1])]),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+fn directory_tracks_attribute_versions(h: &Harness) {
+    let s = h.open();
+    for id in ["dr-a", "dr-b"] {
+        s.put_identity(&identity(id)).unwrap();
+        assert_eq!(s.grant_attribute(id, "role:doctor").unwrap(), 0);
+    }
+    assert!(matches!(
+        s.grant_attribute("nobody", "role:doctor"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.attribute_holders("role:doctor").unwrap(),
+        ["dr-a", "dr-b"]
+    );
+    assert_eq!(s.revoke_attribute("dr-a", "role:doctor").unwrap(), 1);
+    assert!(matches!(
+        s.revoke_attribute("dr-a", "role:doctor"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.attribute_version("role:doctor").unwrap(), 1);
+    assert_eq!(s.attribute_holders("role:doctor").unwrap(), ["dr-b"]);
+    assert!(s.identity_attributes("dr-a").unwrap().is_empty());
+    // Granted again: at the new version.
+    assert_eq!(s.grant_attribute("dr-a", "role:doctor").unwrap(), 1);
+    let mut revoked = identity("dr-b");
+    revoked.status = IdentityStatus::Revoked;
+    s.put_identity(&revoked).unwrap();
+    assert_eq!(
+        s.identity("dr-b").unwrap().unwrap().status,
+        IdentityStatus::Revoked
+    );
+    assert_eq!(s.identities().unwrap().len(), 2);
+}
+
+fn consents_keep_their_history(h: &Harness) {
+    let s = h.open();
+    let mut c = Consent {
+        patient: "p1".into(),
+        consent_id: "c1".into(),
+        version: 0,
+        grantee: "org:cardiology".into(),
+        scope: "Observation".into(),
+        status: ConsentStatus::Active,
+        document: Some(b"{}".to_vec()),
+        updated_at: 0,
+    };
+    assert_eq!(s.put_consent(&c).unwrap(), 1);
+    c.status = ConsentStatus::Withdrawn;
+    c.document = None;
+    assert_eq!(s.put_consent(&c).unwrap(), 2);
+    c.consent_id = "c2".into();
+    c.status = ConsentStatus::Active;
+    assert_eq!(s.put_consent(&c).unwrap(), 1);
+    let now = s.consents("p1").unwrap();
+    assert_eq!(now.len(), 2);
+    assert_eq!(
+        (now[0].consent_id.as_str(), now[0].status),
+        ("c1", ConsentStatus::Withdrawn)
+    );
+    assert_eq!(now[0].document, None);
+    let history = s.consent_history("p1", "c1").unwrap();
+    assert_eq!(
+        history.iter().map(|c| c.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(history[0].document.as_deref(), Some(&b"{}"[..]));
+    assert!(s.consents("p2").unwrap().is_empty());
+}
+
+fn emergency_grants_queue_for_review(h: &Harness) {
+    let s = h.open();
+    let g = EmergencyGrant {
+        patient: "p1".into(),
+        grant_id: "g1".into(),
+        clinician: "dr-er".into(),
+        reason: "unconscious, suspected overdose".into(),
+        issued_at: 1000,
+        expires_at: 4600,
+        reviewed_by: None,
+        reviewed_at: None,
+    };
+    s.put_emergency_grant(&g).unwrap();
+    assert!(matches!(
+        s.put_emergency_grant(&g),
+        Err(StoreError::Conflict(_))
+    ));
+    let g2 = EmergencyGrant {
+        grant_id: "g2".into(),
+        issued_at: 2000,
+        ..g.clone()
+    };
+    s.put_emergency_grant(&g2).unwrap();
+    let queue = s.unreviewed_emergency_grants().unwrap();
+    assert_eq!(
+        queue
+            .iter()
+            .map(|g| g.grant_id.as_str())
+            .collect::<Vec<_>>(),
+        ["g1", "g2"]
+    );
+    s.review_emergency_grant("p1", "g1", "auditor-1").unwrap();
+    assert!(matches!(
+        s.review_emergency_grant("p1", "g1", "auditor-1"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.unreviewed_emergency_grants().unwrap().len(), 1);
+    let all = s.emergency_grants("p1").unwrap();
+    assert_eq!(all[0].grant_id, "g2");
+    assert_eq!(all[1].reviewed_by.as_deref(), Some("auditor-1"));
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("audit.asclepios.test", &[42; 32]).unwrap()
+}
+
+fn entry(i: u64) -> Vec<u8> {
+    format!("entry {i}").into_bytes()
+}
+
+fn append_range(log: &Log<asclepios_store::Store>, range: std::ops::Range<u64>, batch: usize) {
+    let entries: Vec<Vec<u8>> = range.map(entry).collect();
+    for chunk in entries.chunks(batch) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        log.append(&refs).unwrap();
+    }
+}
+
+fn open_log(h: &Harness) -> Log<asclepios_store::Store> {
+    Log::open(h.open(), "main", "audit.asclepios.test/main", signer()).unwrap()
+}
+
+fn log_proofs_match_an_in_memory_tree(h: &Harness) {
+    let log = open_log(h);
+    let mut memory = MemoryTree::new();
+    let mut appended = 0u64;
+    for batch in [1usize, 2, 3, 5, 8, 13, 21, 34] {
+        append_range(&log, appended..appended + batch as u64, batch);
+        for i in appended..appended + batch as u64 {
+            memory.push(&entry(i));
+        }
+        appended += batch as u64;
+        let (size, root) = log.head();
+        assert_eq!((size, root), (memory.size(), memory.root()));
+    }
+    for size in [1, 2, 7, 64, 87] {
+        assert_eq!(log.root_at(size).unwrap(), memory.root_at(size));
+        for index in [0, size / 2, size - 1] {
+            let proof = log.prove_inclusion(index, size).unwrap();
+            assert_eq!(proof, memory.prove_inclusion(index, size));
+            merkle::verify_inclusion(
+                index,
+                size,
+                &merkle::leaf_hash(&entry(index)),
+                &proof,
+                &memory.root_at(size),
+            )
+            .unwrap();
+        }
+        for old in [0, 1, size / 3, size] {
+            let proof = log.prove_consistency(old, size).unwrap();
+            merkle::verify_consistency(
+                old,
+                size,
+                &memory.root_at(old),
+                &memory.root_at(size),
+                &proof,
+            )
+            .unwrap();
+        }
+    }
+    assert!(log.prove_inclusion(87, 87).is_err());
+    assert!(log.prove_inclusion(0, 88).is_err());
+    let note = log.checkpoint().unwrap();
+    let cp = Checkpoint::verify(&note, &log.verifier()).unwrap();
+    assert_eq!((cp.size, cp.root), (87, memory.root()));
+    assert_eq!(cp.origin, "audit.asclepios.test/main");
+    // Same size: the same checkpoint, not a second signature.
+    assert_eq!(log.checkpoint().unwrap(), note);
+    assert_eq!(log.entries(10..12).unwrap(), vec![entry(10), entry(11)]);
+}
+
+fn log_survives_reopening(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..100, 7);
+    let first = log.checkpoint().unwrap();
+    drop(log);
+    let log = open_log(h);
+    assert_eq!(log.head().0, 100);
+    append_range(&log, 100..150, 50);
+    let second = Checkpoint::verify(&log.checkpoint().unwrap(), &log.verifier()).unwrap();
+    let first = Checkpoint::verify(&first, &log.verifier()).unwrap();
+    let proof = log.prove_consistency(first.size, second.size).unwrap();
+    merkle::verify_consistency(first.size, second.size, &first.root, &second.root, &proof).unwrap();
+}
+
+fn tampered_entries_are_caught_against_a_checkpoint(h: &Harness) {
+    let tampers = [
+        ("change", "UPDATE audit_entries SET entry = (SELECT entry FROM audit_entries WHERE idx = 36) WHERE idx = 37"),
+        ("remove", "DELETE FROM audit_entries WHERE idx = 50"),
+        (
+            "reorder",
+            "UPDATE audit_entries SET idx = -1 WHERE idx = 10; UPDATE audit_entries SET idx = 10 WHERE idx = 11; UPDATE audit_entries SET idx = 11 WHERE idx = -1",
+        ),
+        (
+            "insert",
+            "UPDATE audit_entries SET idx = -idx - 1000 WHERE idx >= 20; UPDATE audit_entries SET idx = -idx - 999 WHERE idx < 0; \
+             INSERT INTO audit_entries (log_id, idx, entry) SELECT log_id, 20, entry FROM audit_entries WHERE idx = 3",
+        ),
+    ];
+    for (what, sql) in tampers {
+        let fresh = Harness::new(h.kind());
+        let log = open_log(&fresh);
+        append_range(&log, 0..100, 16);
+        let note = log.checkpoint().unwrap();
+        append_range(&log, 100..120, 16);
+        audit_entries(log.store(), "main", &note, &log.verifier()).unwrap();
+        fresh.raw(sql);
+        let e = audit_entries(log.store(), "main", &note, &log.verifier()).unwrap_err();
+        assert!(e.to_string().contains("inconsistent"), "{what}: {e}");
+    }
+}
+
+fn tampered_nodes_stop_the_next_checkpoint(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..64, 64);
+    log.checkpoint().unwrap();
+    append_range(&log, 64..70, 6);
+    // Rewrite history in the stored hashes behind the log's back.
+    h.raw("UPDATE audit_nodes SET hash = (SELECT hash FROM audit_nodes WHERE level = 0 AND idx = 1) WHERE level = 6 AND idx = 0");
+    let log = open_log(h);
+    let e = log.checkpoint().unwrap_err();
+    assert!(e.to_string().contains("inconsistent"), "{e}");
+    assert_eq!(
+        LogStore::log_latest_checkpoint(log.store(), "main")
+            .unwrap()
+            .unwrap()
+            .0,
+        64
+    );
+}
+
+fn forged_checkpoints_are_refused(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..10, 10);
+    let note = log.checkpoint().unwrap();
+    let forged = note.replacen("\n10\n", "\n9\n", 1);
+    assert!(audit_entries(log.store(), "main", &forged, &log.verifier()).is_err());
+    let other = NoteSigner::from_seed("audit.asclepios.test", &[1; 32]).unwrap();
+    let mut cp = Checkpoint::verify(&note, &log.verifier()).unwrap();
+    cp.root = [0; 32];
+    let mis_signed = cp.sign(&other).unwrap();
+    assert!(audit_entries(log.store(), "main", &mis_signed, &log.verifier()).is_err());
+    // A forged checkpoint stored behind the log's back stops it signing.
+    LogStore::log_put_checkpoint(log.store(), "main", 11, &mis_signed).unwrap();
+    append_range(&log, 10..12, 2);
+    assert!(log.checkpoint().is_err());
+}
+
+fn concurrent_writers_never_fork_the_log(h: &Harness) {
+    let a = open_log(h);
+    let b = open_log(h);
+    append_range(&a, 0..5, 5);
+    // `b` still believes the log is empty; its append must land after `a`'s.
+    let range = b.append(&[b"from b"]).unwrap();
+    assert_eq!(range, 5..6);
+    append_range(&a, 6..8, 2);
+    let log = open_log(h);
+    assert_eq!(log.head().0, 8);
+    let mut memory = MemoryTree::new();
+    for e in log.entries(0..8).unwrap() {
+        memory.push(&e);
+    }
+    assert_eq!(log.head().1, memory.root());
+    log.checkpoint().unwrap();
+}
