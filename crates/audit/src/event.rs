@@ -5,8 +5,8 @@
 //!
 //! * to every auditor's X25519 key with HPKE (RFC 9180, base mode,
 //!   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305), the HPKE
-//!   associated data being the sealed body's binding, so a wrapped key cannot
-//!   be moved to another entry;
+//!   associated data binding the sealed body and the ABE wrapper, so a wrapped
+//!   key cannot be moved to another entry nor the entry edited around it;
 //! * under the ABE policy `patient:<pseudonym> or role:auditor`, so the
 //!   patient concerned reads events about their own records.
 //!
@@ -259,6 +259,14 @@ impl AuditorSecretKey {
     }
 }
 
+/// What an auditor's wrapped key is bound to: this entry's body and ABE
+/// wrapper, so neither can be swapped or edited under an auditor's nose.
+fn recipient_aad(body: &SealedBody, wrapper: &KeyWrapper) -> Vec<u8> {
+    let mut aad = body.binding().to_vec();
+    aad.extend_from_slice(&Sha256::digest(wrapper.to_bytes()));
+    aad
+}
+
 struct Recipient {
     id: [u8; 8],
     enc: [u8; 32],
@@ -304,7 +312,7 @@ impl SealedEvent {
         };
         let dek = DataKey::generate(rng);
         let sealed = envelope::seal_with_key(abe_public_key, &policy, &context, &json, &dek, rng)?;
-        let aad = sealed.body.binding();
+        let aad = recipient_aad(&sealed.body, &sealed.wrapper);
         let mut recipients = Vec::with_capacity(auditors.len());
         for auditor in auditors {
             let (enc, wrapped) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
@@ -345,7 +353,7 @@ impl SealedEvent {
                 &enc,
                 HPKE_INFO,
                 &r.wrapped,
-                &self.body.binding(),
+                &recipient_aad(&self.body, &self.wrapper),
             )
             .map_err(|_| {
                 Error::Crypto(asclepios_crypto::Error::Authentication("auditor key wrap"))
