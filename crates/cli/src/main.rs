@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod log_cmd;
 
 use std::process::ExitCode;
 
@@ -49,11 +50,18 @@ enum Command {
         /// The policy text, e.g. 'role:doctor and dept:cardiology'.
         policy: String,
     },
+    /// Verify the audit log's proofs and checkpoints, as a monitor or auditor.
+    ///
+    /// Works for any RFC 9162 log (SHA-256, C2SP checkpoints), not only asclepios'.
+    /// Exit status: 0 when the claim holds, 1 when it does not, 2 on malformed input.
+    #[command(subcommand)]
+    Log(log_cmd::LogCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Log(command) => return log_cmd::run(command),
         Command::Demo { seed } => demo::run(seed),
         Command::Policy { policy } => check_policy(&policy),
     };
