@@ -10,14 +10,21 @@
 #![forbid(unsafe_code)]
 
 mod abe;
+mod audit;
 mod timing;
 
 use anyhow::bail;
 
-const SUITES: &[(&str, &str)] = &[(
-    "abe",
-    "FAME CP-ABE keygen/encrypt/decrypt vs rabe AC17 (AND/OR of 2, 10, 50 attributes)",
-)];
+const SUITES: &[(&str, &str)] = &[
+    (
+        "abe",
+        "FAME CP-ABE keygen/encrypt/decrypt vs rabe AC17 (AND/OR of 2, 10, 50 attributes)",
+    ),
+    (
+        "audit",
+        "audit log: durable appends vs raw inserts (SQLite, PostgreSQL), proofs at 10^6 leaves, in-memory hashing vs ct-merkle",
+    ),
+];
 
 fn usage() -> String {
     let mut s = String::from(
@@ -48,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     };
     let rows = match suite.as_str() {
         "abe" => abe::run(quick, budget)?,
+        "audit" => audit::run(quick, budget)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {
@@ -62,15 +70,18 @@ fn main() -> anyhow::Result<()> {
 
 /// A readable table: the identifying fields, then the figures.
 fn print_table(rows: &[serde_json::Value]) {
-    let Some(first) = rows.first() else {
-        return;
-    };
-    let keys: Vec<&String> = first
-        .as_object()
-        .map(|o| o.keys().filter(|k| *k != "suite").collect())
-        .unwrap_or_default();
+    // Every field any row has, in the order they first appear.
+    let mut keys: Vec<&String> = Vec::new();
+    for row in rows {
+        for k in row.as_object().into_iter().flat_map(|o| o.keys()) {
+            if k != "suite" && !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
     let cell = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
         other => other.to_string(),
     };
     let widths: Vec<usize> = keys

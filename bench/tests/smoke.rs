@@ -45,3 +45,47 @@ fn unknown_suite_is_refused_with_the_list() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("abe"));
 }
+
+#[test]
+fn audit_suite_quick_prints_every_case_on_both_backends() {
+    let out = Command::new(env!("CARGO_BIN_EXE_asclepios-bench"))
+        .args(["audit", "--quick", "--json"])
+        .output()
+        .expect("the bench binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let positive = |row: &serde_json::Value, field: &str| {
+        let v = row[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} missing in {row}"));
+        assert!(v > 0.0, "{field} = {v} in {row}");
+    };
+    // append: 2 backends × 2 quick batches; proofs: 2 backends × 4 ops; memory: 2.
+    assert_eq!(rows.len(), 14, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["suite"], "audit");
+        match row["op"].as_str().unwrap() {
+            "append" => {
+                assert!(["sqlite", "postgres"].contains(&row["backend"].as_str().unwrap()));
+                ["batch", "per_s", "floor_per_s", "ratio"].map(|f| positive(row, f));
+            }
+            "prove-inclusion" | "prove-consistency" | "verify-inclusion" | "verify-consistency" => {
+                assert!(row["backend"].is_string());
+                ["leaves", "ours_us"].map(|f| positive(row, f));
+            }
+            "memory-root" | "memory-prove" => {
+                assert_eq!(row["peer"], "ct-merkle");
+                ["leaves", "ours_us", "peer_us", "speedup"].map(|f| positive(row, f));
+            }
+            other => panic!("unexpected op {other}"),
+        }
+    }
+}

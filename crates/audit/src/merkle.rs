@@ -112,6 +112,11 @@ fn split_point(n: u64) -> u64 {
 /// first subtree).
 pub fn tiling(start: u64, end: u64) -> Vec<NodeId> {
     let mut out = Vec::new();
+    tiling_into(start, end, &mut out);
+    out
+}
+
+fn tiling_into(start: u64, end: u64, out: &mut Vec<NodeId>) {
     let mut at = start;
     while at < end {
         let remaining = end - at;
@@ -123,7 +128,6 @@ pub fn tiling(start: u64, end: u64) -> Vec<NodeId> {
         out.push(NodeId::new(level as u8, at >> level));
         at += 1u64 << level;
     }
-    out
 }
 
 /// Folds the hashes of a tiling (left to right) into the range's RFC 9162 hash.
@@ -199,14 +203,20 @@ pub fn range_hashes<S: NodeSource>(
     source: &S,
     ranges: &[(u64, u64)],
 ) -> Result<Vec<Hash>, S::Error> {
-    let tilings: Vec<Vec<NodeId>> = ranges.iter().map(|&(a, b)| tiling(a, b)).collect();
-    let ids: Vec<NodeId> = tilings.iter().flatten().copied().collect();
+    // One flat list of node ids for all ranges (one batched read), and where
+    // each range's tiling ends in it.
+    let mut ids = Vec::with_capacity(ranges.len() + 8);
+    let mut ends = Vec::with_capacity(ranges.len());
+    for &(a, b) in ranges {
+        tiling_into(a, b, &mut ids);
+        ends.push(ids.len());
+    }
     let hashes = source.nodes(&ids)?;
     let mut out = Vec::with_capacity(ranges.len());
-    let mut at = 0;
-    for t in &tilings {
-        out.push(fold_tiling(&hashes[at..at + t.len()]));
-        at += t.len();
+    let mut start = 0;
+    for end in ends {
+        out.push(fold_tiling(&hashes[start..end]));
+        start = end;
     }
     Ok(out)
 }
@@ -394,8 +404,7 @@ pub fn append_nodes(
         .map(|(id, h)| (id.level, *h))
         .collect();
     let mut created = Vec::with_capacity(leaves.len() * 2);
-    let mut n = size;
-    for leaf in leaves {
+    for (n, leaf) in (size..).zip(leaves) {
         created.push((NodeId::new(0, n), *leaf));
         let mut hash = *leaf;
         let mut level = 0u8;
@@ -410,7 +419,6 @@ pub fn append_nodes(
             created.push((NodeId::new(level, n >> level), hash));
         }
         stack.push((level, hash));
-        n += 1;
     }
     (created, stack.into_iter().map(|(_, h)| h).collect())
 }

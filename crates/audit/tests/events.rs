@@ -61,8 +61,7 @@ fn auditors_and_the_patient_read_events_others_do_not() {
     for i in (0..single.len()).step_by(7) {
         let mut t = single.clone();
         t[i] ^= 1;
-        let ok =
-            SealedEvent::from_bytes(&t).map_or(false, |s| s.open_as_auditor(&auditor_sk).is_ok());
+        let ok = SealedEvent::from_bytes(&t).is_ok_and(|s| s.open_as_auditor(&auditor_sk).is_ok());
         assert!(!ok, "bit flip at byte {i} went unnoticed");
     }
     for n in (0..bytes.len()).step_by(13) {

@@ -1,5 +1,15 @@
-//! The audit log's storage: entries, complete subtree hashes, checkpoints.
+//! The audit log's storage: entries with the subtree hashes they complete,
+//! and checkpoints.
+//!
+//! Every complete subtree of a Merkle tree ends at exactly one leaf: node
+//! `(level, index)` ends at leaf `(index+1)·2^level - 1`. So the row of leaf
+//! `i` carries, in `subtree_hashes`, the hashes of the subtrees ending there,
+//! level 0 (the leaf hash) first: `1 + trailing_ones(i)` hashes, two on
+//! average. An append writes one row per entry, like a plain insert of the
+//! same bytes, and a proof reads the rows that hold its nodes by primary key,
+//! in one statement.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use asclepios_audit::{Hash, LogStore, NodeId};
@@ -7,14 +17,23 @@ use asclepios_audit::{Hash, LogStore, NodeId};
 use crate::db::{int, Value};
 use crate::{now, Store, StoreError};
 
-/// Node ids per lookup statement (keeps statements short and cacheable).
-const NODES_PER_QUERY: usize = 64;
+/// Rows per lookup statement (keeps statements short and cacheable).
+const ROWS_PER_QUERY: usize = 64;
+
+/// The leaf whose row holds node `id`.
+fn holding_leaf(id: NodeId) -> Result<u64, StoreError> {
+    id.index
+        .checked_add(1)
+        .and_then(|x| x.checked_mul(1u64.checked_shl(id.level.into())?))
+        .map(|x| x - 1)
+        .ok_or_else(|| StoreError::Invalid(format!("node {id:?} lies beyond 2^64 entries")))
+}
 
 impl LogStore for Store {
     type Error = StoreError;
 
     fn log_size(&self, log: &str) -> Result<u64, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query_opt(
                 "SELECT size FROM audit_logs WHERE log_id = $1",
                 &[log.into()],
@@ -31,20 +50,35 @@ impl LogStore for Store {
         nodes: &[(NodeId, Hash)],
     ) -> Result<bool, StoreError> {
         let new_size = first_index + entries.len() as u64;
-        let entry_rows = entries
+        // Gather each leaf's subtree hashes, level by level from 0.
+        let mut per_leaf: Vec<Vec<u8>> = vec![Vec::with_capacity(64); entries.len()];
+        let mut sorted: Vec<&(NodeId, Hash)> = nodes.iter().collect();
+        sorted.sort_by_key(|(id, _)| id.level);
+        for (id, hash) in sorted {
+            let leaf = holding_leaf(*id)?;
+            let slot = leaf
+                .checked_sub(first_index)
+                .and_then(|i| per_leaf.get_mut(i as usize))
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!("node {id:?} does not end in this append"))
+                })?;
+            if slot.len() != usize::from(id.level) * 32 {
+                return Err(StoreError::Invalid(format!("node {id:?} out of order")));
+            }
+            slot.extend_from_slice(hash);
+        }
+        let rows = entries
             .iter()
+            .zip(per_leaf)
             .enumerate()
-            .map(|(i, e)| Ok(vec![log.into(), int(first_index + i as u64)?, (*e).into()]))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let node_rows = nodes
-            .iter()
-            .map(|(id, h)| {
-                Ok(vec![
-                    log.into(),
-                    Value::Int(id.level.into()),
-                    int(id.index)?,
-                    h.as_slice().into(),
-                ])
+            .map(|(i, (e, hashes))| {
+                let index = first_index + i as u64;
+                if hashes.len() != 32 * (1 + index.trailing_ones() as usize) {
+                    return Err(StoreError::Invalid(format!(
+                        "entry {index} lacks the subtree hashes it completes"
+                    )));
+                }
+                Ok(vec![log.into(), int(index)?, (*e).into(), hashes.into()])
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.transaction(|tx| {
@@ -64,8 +98,11 @@ impl LogStore for Store {
             if moved != 1 {
                 return Ok(false);
             }
-            tx.insert_many("audit_entries", &["log_id", "idx", "entry"], &entry_rows)?;
-            tx.insert_many("audit_nodes", &["log_id", "level", "idx", "hash"], &node_rows)?;
+            tx.insert_many(
+                "audit_entries",
+                &["log_id", "idx", "entry", "subtree_hashes"],
+                &rows,
+            )?;
             Ok(true)
         })
     }
@@ -74,51 +111,51 @@ impl LogStore for Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.transaction(|tx| {
-            let mut found = std::collections::HashMap::with_capacity(ids.len());
-            for chunk in ids.chunks(NODES_PER_QUERY) {
-                let mut sql = String::from(
-                    "SELECT level, idx, hash FROM audit_nodes WHERE log_id = $1 AND (",
+        let mut leaves = ids
+            .iter()
+            .map(|id| holding_leaf(*id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = leaves.clone();
+        leaves.sort_unstable();
+        leaves.dedup();
+        self.read(|tx| {
+            let mut rows: HashMap<u64, Vec<u8>> = HashMap::with_capacity(leaves.len());
+            for chunk in leaves.chunks(ROWS_PER_QUERY) {
+                let placeholders: Vec<String> =
+                    (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT idx, subtree_hashes FROM audit_entries WHERE log_id = $1 AND idx IN ({})",
+                    placeholders.join(", ")
                 );
-                let mut params = vec![log.into()];
-                for (i, id) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        sql.push_str(" OR ");
-                    }
-                    sql.push_str(&format!(
-                        "(level = ${} AND idx = ${})",
-                        2 * i + 2,
-                        2 * i + 3
-                    ));
-                    params.push(Value::Int(id.level.into()));
-                    params.push(int(id.index)?);
+                let mut params = Vec::with_capacity(chunk.len() + 1);
+                params.push(log.into());
+                for leaf in chunk {
+                    params.push(int(*leaf)?);
                 }
-                sql.push(')');
                 for row in tx.query(&sql, &params)? {
-                    let level = u8::try_from(row.int(0)?)
-                        .map_err(|_| StoreError::Corrupt("node level out of range".into()))?;
-                    let hash: Hash = row
-                        .bytes(2)?
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("node hash is not 32 bytes".into()))?;
-                    found.insert(NodeId::new(level, row.uint(1)?), hash);
+                    rows.insert(row.uint(0)?, row.bytes(1)?);
                 }
             }
             ids.iter()
-                .map(|id| {
-                    found.get(id).copied().ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "log {log}: subtree hash at level {} index {} is missing",
-                            id.level, id.index
-                        ))
-                    })
+                .zip(wanted)
+                .map(|(id, leaf)| {
+                    let at = usize::from(id.level) * 32;
+                    rows.get(&leaf)
+                        .and_then(|h| h.get(at..at + 32))
+                        .and_then(|h| h.try_into().ok())
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "log {log}: subtree hash at level {} index {} is missing",
+                                id.level, id.index
+                            ))
+                        })
                 })
                 .collect()
         })
     }
 
     fn log_entries(&self, log: &str, range: Range<u64>) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT entry FROM audit_entries WHERE log_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
                 &[log.into(), int(range.start)?, int(range.end)?],
@@ -140,7 +177,7 @@ impl LogStore for Store {
     }
 
     fn log_latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query_opt(
                 "SELECT size, note FROM audit_checkpoints WHERE log_id = $1 ORDER BY size DESC LIMIT 1",
                 &[log.into()],

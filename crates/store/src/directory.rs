@@ -186,7 +186,7 @@ impl Store {
 
     /// An identity by id.
     pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query_opt(
                 "SELECT identity_id, kind, display_name, public_key, status FROM identities WHERE identity_id = $1",
                 &[id.into()],
@@ -199,7 +199,7 @@ impl Store {
 
     /// All identities, by id.
     pub fn identities(&self) -> Result<Vec<Identity>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT identity_id, kind, display_name, public_key, status FROM identities ORDER BY identity_id",
                 &[],
@@ -212,7 +212,7 @@ impl Store {
 
     /// The current version of an attribute (0 if never revoked from anyone).
     pub fn attribute_version(&self, attribute: &str) -> Result<u64, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query_opt(
                 "SELECT version FROM attribute_versions WHERE attribute = $1",
                 &[attribute.into()],
@@ -276,7 +276,7 @@ impl Store {
         &self,
         identity_id: &str,
     ) -> Result<Vec<AttributeGrant>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT attribute, granted_version, granted_at FROM identity_attributes WHERE identity_id = $1 AND revoked_at IS NULL ORDER BY attribute",
                 &[identity_id.into()],
@@ -295,7 +295,7 @@ impl Store {
 
     /// The identities holding an attribute now.
     pub fn attribute_holders(&self, attribute: &str) -> Result<Vec<String>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT identity_id FROM identity_attributes WHERE attribute = $1 AND revoked_at IS NULL ORDER BY identity_id",
                 &[attribute.into()],
@@ -340,7 +340,7 @@ impl Store {
 
     /// The latest version of each of a patient's consents.
     pub fn consents(&self, patient: &str) -> Result<Vec<Consent>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 &format!(
                     "SELECT {CONSENT_COLUMNS} FROM consents c WHERE patient = $1 AND version = \
@@ -360,7 +360,7 @@ impl Store {
         patient: &str,
         consent_id: &str,
     ) -> Result<Vec<Consent>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 &format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE patient = $1 AND consent_id = $2 ORDER BY version"),
                 &[patient.into(), consent_id.into()],
@@ -398,7 +398,7 @@ impl Store {
 
     /// A patient's emergency grants, newest first.
     pub fn emergency_grants(&self, patient: &str) -> Result<Vec<EmergencyGrant>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE patient = $1 ORDER BY issued_at DESC, grant_id"),
                 &[patient.into()],
@@ -411,7 +411,7 @@ impl Store {
 
     /// Grants no auditor has reviewed yet, oldest first (the review queue).
     pub fn unreviewed_emergency_grants(&self) -> Result<Vec<EmergencyGrant>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE reviewed_at IS NULL ORDER BY issued_at, grant_id"),
                 &[],

@@ -178,6 +178,18 @@ impl Store {
         }
     }
 
+    /// Runs read-only statements outside an explicit transaction: one round
+    /// trip per statement on PostgreSQL instead of three.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.read(f),
+            Backend::Postgres(b) => b.read(f),
+        }
+    }
+
     /// Inserts raw rows into a scratch table in one transaction: the floor
     /// that benchmarks compare durable appends with. Not part of the schema
     /// the services use.

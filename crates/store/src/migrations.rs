@@ -44,17 +44,11 @@ CREATE TABLE audit_logs (
     size        {INT}   NOT NULL
 );
 CREATE TABLE audit_entries (
-    log_id      TEXT    NOT NULL,
-    idx         {INT}   NOT NULL,
-    entry       {BYTES} NOT NULL,
+    log_id          TEXT    NOT NULL,
+    idx             {INT}   NOT NULL,
+    entry           {BYTES} NOT NULL,
+    subtree_hashes  {BYTES} NOT NULL,
     PRIMARY KEY (log_id, idx)
-);
-CREATE TABLE audit_nodes (
-    log_id      TEXT    NOT NULL,
-    level       {INT}   NOT NULL,
-    idx         {INT}   NOT NULL,
-    hash        {BYTES} NOT NULL,
-    PRIMARY KEY (log_id, level, idx)
 );
 CREATE TABLE audit_checkpoints (
     log_id      TEXT    NOT NULL,

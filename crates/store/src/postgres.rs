@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 
 use postgres::types::{IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, GenericClient, NoTls, Statement};
 
 use crate::db::{insert_sql, Row, Tx, Value};
 use crate::StoreError;
@@ -139,10 +139,12 @@ impl Postgres {
         let mut conn = self.take()?;
         let result = (|| {
             let Conn { client, statements } = &mut conn;
-            let tx = client.transaction()?;
-            let mut wrapped = PgTx { tx, statements };
-            let out = f(&mut wrapped)?;
-            wrapped.tx.commit()?;
+            let mut tx = client.transaction()?;
+            let out = f(&mut PgTx {
+                client: &mut tx,
+                statements,
+            })?;
+            tx.commit()?;
             Ok(out)
         })();
         // The transaction rolled back on drop if it failed; the connection is
@@ -150,14 +152,26 @@ impl Postgres {
         self.give_back(conn);
         result
     }
+
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.take()?;
+        let Conn { client, statements } = &mut conn;
+        let result = f(&mut PgTx { client, statements });
+        self.give_back(conn);
+        result
+    }
 }
 
-struct PgTx<'a> {
-    tx: postgres::Transaction<'a>,
+/// Statements on a client or inside a transaction.
+struct PgTx<'a, C: GenericClient> {
+    client: &'a mut C,
     statements: &'a mut HashMap<String, Statement>,
 }
 
-impl PgTx<'_> {
+impl<C: GenericClient> PgTx<'_, C> {
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -165,7 +179,7 @@ impl PgTx<'_> {
         if self.statements.len() >= STATEMENT_CACHE {
             self.statements.clear();
         }
-        let s = self.tx.prepare(sql)?;
+        let s = self.client.prepare(sql)?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
@@ -228,15 +242,15 @@ fn convert(row: &postgres::Row) -> Result<Row, StoreError> {
     Ok(Row(out))
 }
 
-impl Tx for PgTx<'_> {
+impl<C: GenericClient> Tx for PgTx<'_, C> {
     fn exec(&mut self, sql: &str, values: &[Value]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
-        Ok(self.tx.execute(&stmt, &params(values))?)
+        Ok(self.client.execute(&stmt, &params(values))?)
     }
 
     fn query(&mut self, sql: &str, values: &[Value]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        self.tx
+        self.client
             .query(&stmt, &params(values))?
             .iter()
             .map(convert)
@@ -257,7 +271,7 @@ impl Tx for PgTx<'_> {
                 .iter()
                 .flat_map(|r| r.iter().map(|v| v as &(dyn ToSql + Sync)))
                 .collect();
-            self.tx.execute(&stmt, &flat)?;
+            self.client.execute(&stmt, &flat)?;
         }
         Ok(())
     }

@@ -132,7 +132,7 @@ impl Store {
         record_id: &str,
         version: Option<u64>,
     ) -> Result<Option<RecordVersion>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             let row = match version {
                 Some(v) => tx.query_opt(
                     "SELECT patient, record_id, version, body, created_at FROM record_versions WHERE patient = $1 AND record_id = $2 AND version = $3",
@@ -149,7 +149,7 @@ impl Store {
 
     /// The versions of a record, oldest first.
     pub fn record_versions(&self, patient: &str, record_id: &str) -> Result<Vec<u64>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT version FROM record_versions WHERE patient = $1 AND record_id = $2 ORDER BY version",
                 &[patient.into(), record_id.into()],
@@ -162,7 +162,7 @@ impl Store {
 
     /// A patient's records with their latest version, by record id.
     pub fn patient_records(&self, patient: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT record_id, MAX(version) FROM record_versions WHERE patient = $1 GROUP BY record_id ORDER BY record_id",
                 &[patient.into()],
@@ -180,7 +180,7 @@ impl Store {
         record_id: &str,
         version: u64,
     ) -> Result<Vec<Wrapper>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             tx.query(
                 "SELECT slot, wrapper, epoch, updated_at FROM key_wrappers WHERE patient = $1 AND record_id = $2 AND version = $3 ORDER BY slot",
                 &[patient.into(), record_id.into(), int(version)?],

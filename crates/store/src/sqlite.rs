@@ -51,15 +51,22 @@ impl Sqlite {
         // IMMEDIATE: take the write lock up front, so two writers never both
         // read a state and then race to change it.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut wrapped = SqliteTx { tx: &tx };
-        let out = f(&mut wrapped)?;
+        let out = f(&mut SqliteTx { conn: &tx })?;
         tx.commit()?;
         Ok(out)
+    }
+
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut SqliteTx { conn: &conn })
     }
 }
 
 struct SqliteTx<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    conn: &'a Connection,
 }
 
 /// `$1` placeholders become SQLite's `?1`.
@@ -89,13 +96,13 @@ fn from_sql(v: ValueRef<'_>) -> Value {
 
 impl Tx for SqliteTx<'_> {
     fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        let mut stmt = self.tx.prepare_cached(&dialect(sql))?;
+        let mut stmt = self.conn.prepare_cached(&dialect(sql))?;
         let n = stmt.execute(rusqlite::params_from_iter(params.iter().map(to_sql)))?;
         Ok(n as u64)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(&dialect(sql))?;
+        let mut stmt = self.conn.prepare_cached(&dialect(sql))?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(to_sql)))?;
         let mut out = Vec::new();
@@ -118,7 +125,7 @@ impl Tx for SqliteTx<'_> {
         // One cached single-row statement: with no network in between, this is
         // as fast as multi-row inserts and keeps the statement cache small.
         let sql = dialect(&insert_sql(table, columns, 1));
-        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         for row in rows {
             stmt.execute(rusqlite::params_from_iter(row.iter().map(to_sql)))?;
         }

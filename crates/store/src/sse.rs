@@ -35,7 +35,7 @@ impl Store {
 
     /// Reads index entries; `None` where an address holds nothing.
     pub fn sse_get(&self, addrs: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             let mut found = std::collections::HashMap::with_capacity(addrs.len());
             for chunk in addrs.chunks(ADDRS_PER_QUERY) {
                 let placeholders: Vec<String> =

@@ -386,7 +386,7 @@ fn tampered_entries_are_caught_against_a_checkpoint(h: &Harness) {
         (
             "insert",
             "UPDATE audit_entries SET idx = -idx - 1000 WHERE idx >= 20; UPDATE audit_entries SET idx = -idx - 999 WHERE idx < 0; \
-             INSERT INTO audit_entries (log_id, idx, entry) SELECT log_id, 20, entry FROM audit_entries WHERE idx = 3",
+             INSERT INTO audit_entries (log_id, idx, entry, subtree_hashes) SELECT log_id, 20, entry, subtree_hashes FROM audit_entries WHERE idx = 3",
         ),
     ];
     for (what, sql) in tampers {
@@ -408,12 +408,17 @@ fn tampered_nodes_stop_the_next_checkpoint(h: &Harness) {
     log.checkpoint().unwrap();
     append_range(&log, 64..70, 6);
     // Rewrite history in the stored hashes behind the log's back.
-    h.raw("UPDATE audit_nodes SET hash = (SELECT hash FROM audit_nodes WHERE level = 0 AND idx = 1) WHERE level = 6 AND idx = 0");
-    let log = open_log(h);
-    let e = log.checkpoint().unwrap_err();
-    assert!(e.to_string().contains("inconsistent"), "{e}");
+    // Row 63 holds the hashes of the subtrees ending at leaf 63, up to the one
+    // of leaves 0..64; give it row 31's instead.
+    h.raw("UPDATE audit_entries SET subtree_hashes = (SELECT subtree_hashes FROM audit_entries WHERE idx = 31) WHERE idx = 63");
+    let log = Log::open(h.open(), "main", "audit.asclepios.test/main", signer());
+    let e = log
+        .map_err(|e| e.to_string())
+        .and_then(|log| log.checkpoint().map_err(|e| e.to_string()))
+        .unwrap_err();
+    assert!(e.contains("inconsistent") || e.contains("corrupt"), "{e}");
     assert_eq!(
-        LogStore::log_latest_checkpoint(log.store(), "main")
+        LogStore::log_latest_checkpoint(&h.open(), "main")
             .unwrap()
             .unwrap()
             .0,

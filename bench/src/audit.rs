@@ -1,0 +1,299 @@
+//! The audit log: durable appends against raw inserts of the same bytes into
+//! the same backend, proofs at a million leaves from stored subtree hashes,
+//! and in-memory tree hashing against ct-merkle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use asclepios_audit::merkle::{self, MemoryTree};
+use asclepios_audit::{Log, NoteSigner};
+use asclepios_store::{BackendKind, Store};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_json::{json, Value};
+
+use crate::timing::{self, Budget};
+
+/// Bytes of an entry in the append cases: about one sealed audit event.
+const ENTRY_BYTES: usize = 1024;
+/// Entries per append while building the large logs.
+const BUILD_BATCH: usize = 8192;
+
+/// Where the PostgreSQL cases run (a fresh schema, dropped afterwards).
+fn postgres_url() -> String {
+    std::env::var("ASCLEPIOS_BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("ASCLEPIOS_TEST_POSTGRES_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A store in a scratch location that is removed afterwards.
+struct Scratch {
+    store: Option<Store>,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<String>,
+}
+
+impl Scratch {
+    fn new(kind: BackendKind, tag: &str) -> anyhow::Result<Self> {
+        match kind {
+            BackendKind::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let store = Store::open_sqlite(&dir.path().join("bench.db"))?;
+                Ok(Scratch {
+                    store: Some(store),
+                    _dir: Some(dir),
+                    schema: None,
+                })
+            }
+            BackendKind::Postgres => {
+                let schema = format!("asclepios_bench_{tag}_{}", std::process::id());
+                let store = Store::open_postgres(&postgres_url(), Some(&schema), 2).with_context(|| {
+                    "the PostgreSQL cases need a server (set ASCLEPIOS_BENCH_POSTGRES_URL); \
+                     start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+                })?;
+                Ok(Scratch {
+                    store: Some(store),
+                    _dir: None,
+                    schema: Some(schema),
+                })
+            }
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("open until dropped")
+    }
+
+    fn take(&mut self) -> Store {
+        self.store.take().expect("taken once")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.store = None;
+        if let Some(schema) = &self.schema {
+            if let Ok(mut c) = postgres::Client::connect(&postgres_url(), postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("bench.asclepios", &[3; 32]).expect("valid name")
+}
+
+fn entries(rng: &mut ChaCha20Rng, n: usize, len: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let mut e = vec![0u8; len];
+            rng.fill_bytes(&mut e);
+            e
+        })
+        .collect()
+}
+
+fn append_cases(
+    kind: BackendKind,
+    batches: &[usize],
+    budget: Budget,
+    rows: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    let mut scratch = Scratch::new(kind, "append")?;
+    scratch.store().bench_reset()?;
+    let raw_store = Scratch::new(kind, "raw")?;
+    raw_store.store().bench_reset()?;
+    let log = Log::open(scratch.take(), "bench", "bench.asclepios/log", signer())?;
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let key = AtomicU64::new(0);
+    for &batch in batches {
+        eprintln!("audit: append {} batch {batch}", kind.name());
+        let data = entries(&mut rng, batch, ENTRY_BYTES);
+        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut failure = None;
+        let mut ours = || {
+            if let Err(e) = log.append(&refs) {
+                failure.get_or_insert(e.to_string());
+            }
+        };
+        let mut raw_failure = None;
+        let mut floor = || {
+            let first = key.fetch_add(batch as u64, Ordering::Relaxed);
+            let raw: Vec<(u64, &[u8])> = refs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (first + i as u64, *e))
+                .collect();
+            if let Err(e) = raw_store.store().bench_raw_insert(&raw) {
+                raw_failure.get_or_insert(e.to_string());
+            }
+        };
+        let us = timing::interleaved(budget, &mut [&mut ours, &mut floor]);
+        if let Some(e) = failure.or(raw_failure) {
+            anyhow::bail!("append {} batch {batch}: {e}", kind.name());
+        }
+        let per_s = batch as f64 / (us[0] / 1e6);
+        let floor_per_s = batch as f64 / (us[1] / 1e6);
+        rows.push(json!({
+            "suite": "audit", "op": "append", "backend": kind.name(), "batch": batch,
+            "per_s": per_s.round(), "floor_per_s": floor_per_s.round(),
+            "ratio": (per_s / floor_per_s * 1000.0).round() / 1000.0,
+        }));
+    }
+    Ok(())
+}
+
+fn proof_cases(
+    kind: BackendKind,
+    leaves: u64,
+    budget: Budget,
+    rows: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    let mut scratch = Scratch::new(kind, "proofs")?;
+    let log = Log::open(scratch.take(), "bench", "bench.asclepios/log", signer())?;
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    eprintln!(
+        "audit: building a log of {leaves} entries on {}",
+        kind.name()
+    );
+    let mut built = 0u64;
+    while built < leaves {
+        let n = BUILD_BATCH.min((leaves - built) as usize);
+        let data = entries(&mut rng, n, 64);
+        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        built = log.append(&refs)?.end;
+    }
+    let size = leaves;
+    let root = log.root_at(size)?;
+    let mut pick = ChaCha20Rng::seed_from_u64(3);
+    let mut failure: Option<String> = None;
+    let mut record = |op: &str, us: f64| {
+        rows.push(json!({
+            "suite": "audit", "op": op, "backend": kind.name(), "leaves": leaves,
+            "ours_us": (us * 100.0).round() / 100.0,
+        }));
+    };
+    let us = timing::single(budget, || {
+        let index = pick.next_u64() % size;
+        if let Err(e) = log.prove_inclusion(index, size) {
+            failure.get_or_insert(e.to_string());
+        }
+    });
+    record("prove-inclusion", us);
+    let us = timing::single(budget, || {
+        let old = 1 + pick.next_u64() % (size - 1);
+        if let Err(e) = log.prove_consistency(old, size) {
+            failure.get_or_insert(e.to_string());
+        }
+    });
+    record("prove-consistency", us);
+    // Verification is pure computation on a proof; time it on real proofs.
+    let index = pick.next_u64() % size;
+    let leaf = merkle::leaf_hash(&log.entries(index..index + 1)?[0]);
+    let proof = log.prove_inclusion(index, size)?;
+    let us = timing::single(budget, || {
+        if merkle::verify_inclusion(index, size, &leaf, &proof, &root).is_err() {
+            failure.get_or_insert("inclusion proof did not verify".into());
+        }
+    });
+    record("verify-inclusion", us);
+    let old = size / 3 + 1;
+    let old_root = log.root_at(old)?;
+    let proof = log.prove_consistency(old, size)?;
+    let us = timing::single(budget, || {
+        if merkle::verify_consistency(old, size, &old_root, &root, &proof).is_err() {
+            failure.get_or_insert("consistency proof did not verify".into());
+        }
+    });
+    record("verify-consistency", us);
+    if let Some(e) = failure {
+        anyhow::bail!("proofs on {}: {e}", kind.name());
+    }
+    Ok(())
+}
+
+fn memory_cases(leaves: usize, budget: Budget, rows: &mut Vec<Value>) -> anyhow::Result<()> {
+    use ct_merkle::mem_backed_tree::MemoryBackedTree;
+    eprintln!("audit: in-memory trees of {leaves} leaves");
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let data = entries(&mut rng, leaves, 32);
+    let mut ours_root = [0u8; 32];
+    let mut peer_root = [0u8; 32];
+    let us = timing::interleaved(
+        budget,
+        &mut [
+            &mut || {
+                let mut t = MemoryTree::new();
+                for e in &data {
+                    t.push(e);
+                }
+                ours_root = t.root();
+            },
+            &mut || {
+                let mut t = MemoryBackedTree::<sha2::Sha256, Vec<u8>>::new();
+                for e in &data {
+                    t.push(e.clone());
+                }
+                peer_root = t.root().as_bytes().as_slice().try_into().unwrap_or([0; 32]);
+            },
+        ],
+    );
+    anyhow::ensure!(
+        ours_root == peer_root,
+        "ct-merkle and asclepios disagree on the root"
+    );
+    rows.push(json!({
+        "suite": "audit", "op": "memory-root", "leaves": leaves,
+        "ours_us": us[0].round(), "peer": "ct-merkle", "peer_us": us[1].round(),
+        "speedup": (us[1] / us[0] * 100.0).round() / 100.0,
+    }));
+    let mut ours = MemoryTree::new();
+    let mut peer = MemoryBackedTree::<sha2::Sha256, Vec<u8>>::new();
+    for e in &data {
+        ours.push(e);
+        peer.push(e.clone());
+    }
+    let size = leaves as u64;
+    let mut pick = ChaCha20Rng::seed_from_u64(5);
+    // Both sides prove the same random leaf in each round.
+    let index = std::cell::Cell::new(0u64);
+    let sink = std::cell::Cell::new(0usize);
+    let us = timing::interleaved(
+        budget,
+        &mut [
+            &mut || {
+                index.set(pick.next_u64() % size);
+                let proof = ours.prove_inclusion(index.get(), size);
+                sink.set(sink.get() + proof.len());
+            },
+            &mut || {
+                let proof = peer.prove_inclusion(index.get() as usize);
+                sink.set(sink.get() + proof.as_bytes().len());
+            },
+        ],
+    );
+    std::hint::black_box(sink.get());
+    rows.push(json!({
+        "suite": "audit", "op": "memory-prove", "leaves": leaves,
+        "ours_us": (us[0] * 1000.0).round() / 1000.0, "peer": "ct-merkle",
+        "peer_us": (us[1] * 1000.0).round() / 1000.0,
+        "speedup": (us[1] / us[0] * 100.0).round() / 100.0,
+    }));
+    Ok(())
+}
+
+pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    let batches: &[usize] = if quick { &[1, 64] } else { &[1, 64, 1024] };
+    let proof_leaves: u64 = if quick { 10_000 } else { 1_000_000 };
+    let memory_leaves: usize = if quick { 4096 } else { 100_000 };
+    for kind in [BackendKind::Sqlite, BackendKind::Postgres] {
+        append_cases(kind, batches, budget, &mut rows)?;
+    }
+    for kind in [BackendKind::Sqlite, BackendKind::Postgres] {
+        proof_cases(kind, proof_leaves, budget, &mut rows)?;
+    }
+    memory_cases(memory_leaves, budget, &mut rows)?;
+    Ok(rows)
+}
