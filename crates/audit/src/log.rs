@@ -10,6 +10,7 @@
 //! it proves, from the store, that the tree of `n` leaves extends the last
 //! checkpoint it signed, and refuses otherwise (a store edited behind its back).
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -60,15 +61,57 @@ fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
     Error::Storage(Box::new(e))
 }
 
+/// Subtrees of at least `2^CACHE_MIN_LEVEL` leaves are kept in memory once
+/// seen: they are 1/32 of all nodes, appear in most proofs, and never change.
+/// A proof then reads only its few low-level siblings from the store.
+const CACHE_MIN_LEVEL: u8 = 5;
+/// At most this many cached hashes (32 MiB); past it, nothing more is cached.
+const CACHE_MAX_NODES: usize = 1 << 20;
+
+#[derive(Default)]
+struct NodeCache(Mutex<HashMap<NodeId, Hash>>);
+
+impl NodeCache {
+    fn insert(&self, nodes: impl IntoIterator<Item = (NodeId, Hash)>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, hash) in nodes {
+            if id.level >= CACHE_MIN_LEVEL && map.len() < CACHE_MAX_NODES {
+                map.insert(id, hash);
+            }
+        }
+    }
+}
+
 struct Nodes<'a, S> {
     store: &'a S,
     log: &'a str,
+    cache: &'a NodeCache,
 }
 
 impl<S: LogStore> NodeSource for Nodes<'_, S> {
     type Error = S::Error;
     fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, S::Error> {
-        self.store.log_nodes(self.log, ids)
+        let mut out: Vec<Option<Hash>> = {
+            let map = self.cache.0.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().map(|id| map.get(id).copied()).collect()
+        };
+        let missing: Vec<NodeId> = ids
+            .iter()
+            .zip(&out)
+            .filter(|(_, h)| h.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !missing.is_empty() {
+            let fetched = self.store.log_nodes(self.log, &missing)?;
+            self.cache
+                .insert(missing.iter().copied().zip(fetched.iter().copied()));
+            let mut fetched = fetched.into_iter();
+            for slot in out.iter_mut().filter(|h| h.is_none()) {
+                *slot = fetched.next();
+            }
+        }
+        // Every slot is filled: the store returns one hash per id or fails.
+        Ok(out.into_iter().map(|h| h.unwrap_or_default()).collect())
     }
 }
 
@@ -85,6 +128,7 @@ pub struct Log<S> {
     origin: String,
     signer: NoteSigner,
     head: Mutex<Head>,
+    cache: NodeCache,
 }
 
 impl<S> std::fmt::Debug for Log<S> {
@@ -112,6 +156,7 @@ impl<S: LogStore> Log<S> {
                 size: 0,
                 frontier: Vec::new(),
             }),
+            cache: NodeCache::default(),
         };
         log.reload()?;
         Ok(log)
@@ -125,6 +170,11 @@ impl<S: LogStore> Log<S> {
             .map_err(storage)?;
         *self.head.lock().unwrap_or_else(|p| p.into_inner()) = Head { size, frontier };
         Ok(())
+    }
+
+    /// Closes the log, returning the backend.
+    pub fn into_store(self) -> S {
+        self.store
     }
 
     /// The backend.
@@ -174,6 +224,7 @@ impl<S: LogStore> Log<S> {
             {
                 head.size += entries.len() as u64;
                 head.frontier = frontier;
+                self.cache.insert(nodes);
                 return Ok(first..head.size);
             }
             drop(head);
@@ -237,6 +288,7 @@ impl<S: LogStore> Log<S> {
         Nodes {
             store: &self.store,
             log: &self.log_id,
+            cache: &self.cache,
         }
     }
 
