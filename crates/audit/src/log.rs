@@ -9,6 +9,11 @@
 //! The log never signs two inconsistent checkpoints: before signing size `n`,
 //! it proves, from the store, that the tree of `n` leaves extends the last
 //! checkpoint it signed, and refuses otherwise (a store edited behind its back).
+//! "The last checkpoint it signed" is the larger of the one this process signed
+//! (or was told of with [`Log::trust_checkpoint`]) and the one in the store, so
+//! deleting checkpoint rows does not let a rewritten history be signed. A
+//! deployment keeps its latest checkpoint outside the database too (witnesses,
+//! monitors, the data directory) and hands it to `trust_checkpoint` at start.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -62,8 +67,10 @@ fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
 }
 
 /// Subtrees of at least `2^CACHE_MIN_LEVEL` leaves are kept in memory once
-/// seen: they are 1/32 of all nodes, appear in most proofs, and never change.
-/// A proof then reads only its few low-level siblings from the store.
+/// known to be right: they are 1/32 of all nodes, appear in most proofs, and
+/// never change. A proof then reads only its few low-level siblings from the
+/// store. Only hashes this process computed, or read from the store as part of
+/// a proof that it checked against the current root, enter the cache.
 const CACHE_MIN_LEVEL: u8 = 5;
 /// At most this many cached hashes (32 MiB); past it, nothing more is cached.
 const CACHE_MAX_NODES: usize = 1 << 20;
@@ -82,18 +89,24 @@ impl NodeCache {
     }
 }
 
+/// Hashes from the cache, the rest from the store in one read. What was read
+/// from the store is kept aside in `fetched` until the caller has checked it.
 struct Nodes<'a, S> {
     store: &'a S,
     log: &'a str,
-    cache: &'a NodeCache,
+    cache: Option<&'a NodeCache>,
+    fetched: std::cell::RefCell<Vec<(NodeId, Hash)>>,
 }
 
 impl<S: LogStore> NodeSource for Nodes<'_, S> {
-    type Error = S::Error;
-    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, S::Error> {
-        let mut out: Vec<Option<Hash>> = {
-            let map = self.cache.0.lock().unwrap_or_else(|p| p.into_inner());
-            ids.iter().map(|id| map.get(id).copied()).collect()
+    type Error = Error;
+    fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, Error> {
+        let mut out: Vec<Option<Hash>> = match self.cache {
+            Some(cache) => {
+                let map = cache.0.lock().unwrap_or_else(|p| p.into_inner());
+                ids.iter().map(|id| map.get(id).copied()).collect()
+            }
+            None => vec![None; ids.len()],
         };
         let missing: Vec<NodeId> = ids
             .iter()
@@ -102,22 +115,39 @@ impl<S: LogStore> NodeSource for Nodes<'_, S> {
             .map(|(id, _)| *id)
             .collect();
         if !missing.is_empty() {
-            let fetched = self.store.log_nodes(self.log, &missing)?;
-            self.cache
-                .insert(missing.iter().copied().zip(fetched.iter().copied()));
+            let fetched = self.store.log_nodes(self.log, &missing).map_err(storage)?;
+            if fetched.len() != missing.len() {
+                return Err(Error::Inconsistent(format!(
+                    "the store returned {} subtree hashes for {} asked",
+                    fetched.len(),
+                    missing.len()
+                )));
+            }
+            self.fetched
+                .borrow_mut()
+                .extend(missing.iter().copied().zip(fetched.iter().copied()));
             let mut fetched = fetched.into_iter();
             for slot in out.iter_mut().filter(|h| h.is_none()) {
                 *slot = fetched.next();
             }
         }
-        // Every slot is filled: the store returns one hash per id or fails.
-        Ok(out.into_iter().map(|h| h.unwrap_or_default()).collect())
+        Ok(out.into_iter().flatten().collect())
     }
 }
 
 struct Head {
     size: u64,
     frontier: Vec<Hash>,
+}
+
+impl Head {
+    fn root(&self) -> Hash {
+        let mut iter = self.frontier.iter().rev();
+        match iter.next() {
+            None => merkle::empty_root(),
+            Some(last) => iter.fold(*last, |acc, h| merkle::node_hash(h, &acc)),
+        }
+    }
 }
 
 /// A transparency log named `log_id` in a store, signing checkpoints for
@@ -129,6 +159,8 @@ pub struct Log<S> {
     signer: NoteSigner,
     head: Mutex<Head>,
     cache: NodeCache,
+    /// The largest checkpoint this process signed or was told to trust.
+    last_signed: Mutex<Option<Checkpoint>>,
 }
 
 impl<S> std::fmt::Debug for Log<S> {
@@ -144,8 +176,16 @@ impl<S: LogStore> Log<S> {
     /// Opens (or starts) the log `log_id`; `origin` is the checkpoint origin
     /// line, `signer` the checkpoint key.
     pub fn open(store: S, log_id: &str, origin: &str, signer: NoteSigner) -> Result<Self, Error> {
-        if origin.is_empty() || origin.contains('\n') {
-            return Err(Error::Invalid("origin must be one non-empty line".into()));
+        let probe = Checkpoint {
+            origin: origin.to_string(),
+            size: 0,
+            root: merkle::empty_root(),
+            extensions: Vec::new(),
+        };
+        if origin.is_empty() || Checkpoint::from_text(&probe.to_text()).as_ref() != Ok(&probe) {
+            return Err(Error::Invalid(
+                "the origin must be one non-empty line without control characters".into(),
+            ));
         }
         let log = Log {
             store,
@@ -157,18 +197,40 @@ impl<S: LogStore> Log<S> {
                 frontier: Vec::new(),
             }),
             cache: NodeCache::default(),
+            last_signed: Mutex::new(None),
         };
         log.reload()?;
         Ok(log)
     }
 
+    /// Re-reads the size and right border from the store.
     fn reload(&self) -> Result<(), Error> {
         let size = self.store.log_size(&self.log_id).map_err(storage)?;
-        let frontier = self
-            .store
-            .log_nodes(&self.log_id, &merkle::frontier(size))
-            .map_err(storage)?;
+        let ids = merkle::frontier(size);
+        let frontier = self.store.log_nodes(&self.log_id, &ids).map_err(storage)?;
+        if frontier.len() != ids.len() {
+            return Err(Error::Inconsistent(
+                "the store's right border is incomplete".into(),
+            ));
+        }
         *self.head.lock().unwrap_or_else(|p| p.into_inner()) = Head { size, frontier };
+        Ok(())
+    }
+
+    /// Tells the log of a checkpoint it signed before (kept outside the
+    /// database). It will refuse to sign anything that does not extend it.
+    pub fn trust_checkpoint(&self, note: &str) -> Result<(), Error> {
+        let cp = Checkpoint::verify(note, &self.verifier())?;
+        if cp.origin != self.origin {
+            return Err(Error::Invalid(format!(
+                "checkpoint of `{}`, not of this log `{}`",
+                cp.origin, self.origin
+            )));
+        }
+        let mut last = self.last_signed.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_none_or(|l| l.size < cp.size) {
+            *last = Some(cp);
+        }
         Ok(())
     }
 
@@ -190,12 +252,7 @@ impl<S: LogStore> Log<S> {
     /// The current size and root.
     pub fn head(&self) -> (u64, Hash) {
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        let mut iter = head.frontier.iter().rev();
-        let root = match iter.next() {
-            None => merkle::empty_root(),
-            Some(last) => iter.fold(*last, |acc, h| merkle::node_hash(h, &acc)),
-        };
-        (head.size, root)
+        (head.size, head.root())
     }
 
     /// Appends entries durably; returns their indices. One transaction for the
@@ -233,54 +290,102 @@ impl<S: LogStore> Log<S> {
         Err(Error::Conflict)
     }
 
-    /// Signs a checkpoint of the current tree, after proving from the store
-    /// that it extends the last checkpoint signed. Returns the signed note.
-    pub fn checkpoint(&self) -> Result<String, Error> {
-        let (size, root) = self.head();
-        if let Some((old_size, old_note)) = self
+    /// The previous checkpoint: the larger of the store's latest and the one
+    /// this process knows of. Both must be ours, and agree where they meet.
+    fn previous_checkpoint(&self) -> Result<Option<(Checkpoint, Option<String>)>, Error> {
+        let stored = match self
             .store
             .log_latest_checkpoint(&self.log_id)
             .map_err(storage)?
         {
-            let old = Checkpoint::verify(&old_note, &self.verifier())?;
-            if old.size != old_size || old.origin != self.origin {
-                return Err(Error::Inconsistent(
-                    "the stored checkpoint does not match its row".into(),
-                ));
+            Some((row_size, note)) => {
+                let cp = Checkpoint::verify(&note, &self.verifier())?;
+                if cp.size != row_size || cp.origin != self.origin {
+                    return Err(Error::Inconsistent(
+                        "the stored checkpoint does not match its row".into(),
+                    ));
+                }
+                Some((cp, Some(note)))
             }
+            None => None,
+        };
+        let known = self
+            .last_signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(match (stored, known) {
+            (Some((s, note)), Some(k)) if s.size == k.size => {
+                if s.root != k.root {
+                    return Err(Error::Inconsistent(format!(
+                        "two different checkpoints of size {} exist",
+                        s.size
+                    )));
+                }
+                Some((s, note))
+            }
+            (Some((s, note)), Some(k)) => {
+                if s.size > k.size {
+                    Some((s, note))
+                } else {
+                    Some((k, None))
+                }
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(k)) => Some((k, None)),
+            (None, None) => None,
+        })
+    }
+
+    /// Signs a checkpoint of the current tree, after proving from the store
+    /// that it extends the last checkpoint signed. Returns the signed note.
+    pub fn checkpoint(&self) -> Result<String, Error> {
+        let previous = self.previous_checkpoint()?;
+        if let Some((old, _)) = &previous {
+            if self.head().0 < old.size {
+                // Another writer may have appended: catch up before judging.
+                self.reload()?;
+            }
+        }
+        let (size, root) = self.head();
+        if let Some((old, old_note)) = previous {
             if size < old.size {
                 return Err(Error::Inconsistent(format!(
                     "the log has {size} entries but a checkpoint of {} was signed",
                     old.size
                 )));
             }
-            let proof = self.prove_consistency(old.size, size)?;
+            // Read straight from the store: the check is of what it holds.
+            let proof = merkle::prove_consistency(&self.uncached_nodes(), old.size, size)?;
             merkle::verify_consistency(old.size, size, &old.root, &root, &proof).map_err(|e| {
                 Error::Inconsistent(format!(
                     "the stored tree does not extend the last signed checkpoint: {e}"
                 ))
             })?;
             if old.size == size {
-                return Ok(old_note);
+                if let Some(note) = old_note {
+                    return Ok(note);
+                }
             }
         }
         // The root from the in-memory border must agree with the stored nodes.
-        let stored_root = merkle::root(&self.nodes(), size).map_err(storage)?;
+        let stored_root = merkle::root(&self.uncached_nodes(), size)?;
         if stored_root != root {
             return Err(Error::Inconsistent(
                 "stored subtree hashes disagree with the log's head".into(),
             ));
         }
-        let note = Checkpoint {
+        let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size,
             root,
             extensions: Vec::new(),
-        }
-        .sign(&self.signer)?;
+        };
+        let note = checkpoint.sign(&self.signer)?;
         self.store
             .log_put_checkpoint(&self.log_id, size, &note)
             .map_err(storage)?;
+        *self.last_signed.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint);
         Ok(note)
     }
 
@@ -288,11 +393,23 @@ impl<S: LogStore> Log<S> {
         Nodes {
             store: &self.store,
             log: &self.log_id,
-            cache: &self.cache,
+            cache: Some(&self.cache),
+            fetched: Default::default(),
         }
     }
 
+    fn uncached_nodes(&self) -> Nodes<'_, S> {
+        Nodes {
+            cache: None,
+            ..self.nodes()
+        }
+    }
+
+    /// Checks `size` against the log, catching up with other writers first.
     fn check_size(&self, size: u64) -> Result<(), Error> {
+        if size > self.head().0 {
+            self.reload()?;
+        }
         let (current, _) = self.head();
         if size > current {
             return Err(Error::Invalid(format!(
@@ -305,10 +422,13 @@ impl<S: LogStore> Log<S> {
     /// The root of the first `size` entries.
     pub fn root_at(&self, size: u64) -> Result<Hash, Error> {
         self.check_size(size)?;
-        merkle::root(&self.nodes(), size).map_err(storage)
+        merkle::root(&self.nodes(), size)
     }
 
     /// The inclusion proof of entry `index` in the tree of `size` entries.
+    ///
+    /// For the current size, the leaf's own hash is read in the same query and
+    /// the proof checked against the head before what was read is cached.
     pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
         self.check_size(size)?;
         if index >= size {
@@ -316,7 +436,18 @@ impl<S: LogStore> Log<S> {
                 "index {index} is outside a tree of {size}"
             )));
         }
-        merkle::prove_inclusion(&self.nodes(), index, size).map_err(storage)
+        let nodes = self.nodes();
+        let mut ranges = merkle::inclusion_ranges(index, size);
+        ranges.push((index, index + 1));
+        let mut hashes = merkle::range_hashes(&nodes, &ranges)?;
+        let leaf = hashes.pop().unwrap_or_default();
+        let (head_size, head_root) = self.head();
+        if size == head_size
+            && merkle::verify_inclusion(index, size, &leaf, &hashes, &head_root).is_ok()
+        {
+            self.cache.insert(nodes.fetched.take());
+        }
+        Ok(hashes)
     }
 
     /// The consistency proof between the trees of `old` and `new` entries.
@@ -327,7 +458,7 @@ impl<S: LogStore> Log<S> {
                 "old size {old} exceeds new size {new}"
             )));
         }
-        merkle::prove_consistency(&self.nodes(), old, new).map_err(storage)
+        merkle::prove_consistency(&self.nodes(), old, new)
     }
 
     /// Entries `range`.
@@ -346,16 +477,26 @@ impl<S: LogStore> Log<S> {
     }
 }
 
-/// Re-reads every stored entry of the first `checkpoint.size` and checks they
-/// hash to the checkpoint's root: catches any entry changed, removed,
-/// reordered or inserted since the checkpoint was signed. Reads in chunks.
+/// Re-reads every stored entry up to a checkpoint's size, and every stored
+/// subtree hash, and checks them against the checkpoint: catches any entry
+/// changed, removed, reordered or inserted since it was signed, and any stored
+/// hash that does not match the entries (which would otherwise serve proofs
+/// for entries that are not there). Works in chunks with memory logarithmic in
+/// the size.
 pub fn audit_entries<S: LogStore>(
     store: &S,
     log_id: &str,
+    origin: &str,
     signed_checkpoint: &str,
     verifier: &NoteVerifier,
 ) -> Result<Checkpoint, Error> {
     let checkpoint = Checkpoint::verify(signed_checkpoint, verifier)?;
+    if checkpoint.origin != origin {
+        return Err(Error::Inconsistent(format!(
+            "the checkpoint is for `{}`, not `{origin}`",
+            checkpoint.origin
+        )));
+    }
     let stored = store.log_size(log_id).map_err(storage)?;
     if stored < checkpoint.size {
         return Err(Error::Inconsistent(format!(
@@ -363,8 +504,8 @@ pub fn audit_entries<S: LogStore>(
             checkpoint.size
         )));
     }
-    let mut tree = merkle::MemoryTree::new();
     const CHUNK: u64 = 4096;
+    let mut frontier = Vec::new();
     let mut at = 0;
     while at < checkpoint.size {
         let end = (at + CHUNK).min(checkpoint.size);
@@ -375,12 +516,31 @@ pub fn audit_entries<S: LogStore>(
                 entries.len()
             )));
         }
-        for e in &entries {
-            tree.push(e);
+        let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+        let (created, next) = merkle::append_nodes(at, &frontier, &leaves);
+        let ids: Vec<NodeId> = created.iter().map(|(id, _)| *id).collect();
+        let stored_hashes = store.log_nodes(log_id, &ids).map_err(storage)?;
+        if let Some(((id, _), _)) = created
+            .iter()
+            .zip(&stored_hashes)
+            .find(|((_, want), got)| want != *got)
+        {
+            return Err(Error::Inconsistent(format!(
+                "the stored hash of the subtree at level {} index {} does not match the entries",
+                id.level, id.index
+            )));
         }
+        if stored_hashes.len() != ids.len() {
+            return Err(Error::Inconsistent("subtree hashes are missing".into()));
+        }
+        frontier = next;
         at = end;
     }
-    let root = tree.root();
+    let root = Head {
+        size: checkpoint.size,
+        frontier,
+    }
+    .root();
     if root != checkpoint.root {
         return Err(Error::Inconsistent(format!(
             "the stored entries hash to {} but the checkpoint of size {} says {}",

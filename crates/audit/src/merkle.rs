@@ -279,7 +279,8 @@ pub fn root_from_inclusion(
     // proof climbs a perfect subtree ("inner"); above it, the proof only has
     // left siblings on the right border ("border").
     let inner = (64 - (index ^ (size - 1)).leading_zeros()) as usize;
-    let border = (index >> inner).count_ones() as usize;
+    // `inner` reaches 64 when the paths split at the root of a 2^64 tree.
+    let border = index.checked_shr(inner as u32).unwrap_or(0).count_ones() as usize;
     if proof.len() != inner + border {
         return Err(ProofError::WrongLength {
             got: proof.len(),
@@ -338,7 +339,10 @@ pub fn verify_consistency(
     let last_new = (new - 1) >> shift;
     let start_is_given = seed_index == 0; // the old tree is itself that perfect subtree
     let inner = (64 - (seed_index ^ last_new).leading_zeros()) as usize;
-    let border = (seed_index >> inner).count_ones() as usize;
+    let border = seed_index
+        .checked_shr(inner as u32)
+        .unwrap_or(0)
+        .count_ones() as usize;
     let want = inner + border + usize::from(!start_is_given);
     if proof.len() != want {
         return Err(ProofError::WrongLength {
@@ -390,13 +394,14 @@ pub fn frontier(size: u64) -> Vec<NodeId> {
 }
 
 /// Appends leaf hashes to a tree whose frontier hashes are `frontier_hashes`
-/// (as [`frontier`] of `size` lists them), returning every complete node the
-/// appends create (leaves included) and the new frontier hashes.
+/// (exactly as many as [`frontier`] of `size` lists), returning every complete
+/// node the appends create (leaves included) and the new frontier hashes.
 pub fn append_nodes(
     size: u64,
     frontier_hashes: &[Hash],
     leaves: &[Hash],
 ) -> (Vec<(NodeId, Hash)>, Vec<Hash>) {
+    debug_assert_eq!(frontier(size).len(), frontier_hashes.len());
     // Stack of (level, hash) along the right border, smallest on top.
     let mut stack: Vec<(u8, Hash)> = frontier(size)
         .iter()
@@ -611,12 +616,99 @@ mod tests {
         // A proof of the right length for the last leaf verifies against the
         // root it leads to, with no overflow on the way.
         let inner = (64 - (index ^ (size - 1)).leading_zeros()) as usize;
-        let border = (index >> inner).count_ones() as usize;
+        let border = index.checked_shr(inner as u32).unwrap_or(0).count_ones() as usize;
         let proof = vec![[7u8; 32]; inner + border];
         let root = root_from_inclusion(index, size, &leaf, &proof).unwrap();
         verify_inclusion(index, size, &leaf, &proof, &root).unwrap();
         assert!(verify_inclusion(index, size, &leaf, &proof[1..], &root).is_err());
         let ranges = consistency_ranges(1 << 62, (1 << 63) + 5);
         assert!(!ranges.is_empty());
+    }
+
+    /// Where the paths split at the top of a tree above 2^63 leaves, the
+    /// proof has one hash per level (64) and no border: no shift by 64, and
+    /// the length the RFC's algorithm needs.
+    #[test]
+    fn verifiers_handle_a_split_at_the_top_level() {
+        let leaf = leaf_hash(b"x");
+        let size = (1u64 << 63) + 1;
+        for index in [0u64, 1, (1 << 63) - 1] {
+            let proof: Vec<Hash> = (0..64).map(|i| [i as u8; 32]).collect();
+            let root = root_from_inclusion(index, size, &leaf, &proof).unwrap();
+            verify_inclusion(index, size, &leaf, &proof, &root).unwrap();
+            assert!(verify_inclusion(index, size, &leaf, &proof[..63], &root).is_err());
+        }
+        for old in [1u64, 3, 5] {
+            let r = [1u8; 32];
+            // A wrong proof of any length fails cleanly, without a panic.
+            for len in [0usize, 63, 64, 65, 66] {
+                let proof = vec![[2u8; 32]; len];
+                assert!(verify_consistency(old, size, &r, &r, &proof).is_err());
+            }
+        }
+    }
+
+    /// RFC 9162's own consistency algorithm (§2.1.4.2), to cross-check the
+    /// length rules at sizes no tree here reaches.
+    fn rfc_consistency(
+        first: u64,
+        second: u64,
+        first_hash: &Hash,
+        second_hash: &Hash,
+        path: &[Hash],
+    ) -> bool {
+        if path.is_empty() {
+            return false;
+        }
+        let mut path = path.to_vec();
+        if first.is_power_of_two() {
+            path.insert(0, *first_hash);
+        }
+        let (mut fnn, mut sn) = (first - 1, second - 1);
+        while fnn & 1 == 1 {
+            fnn >>= 1;
+            sn >>= 1;
+        }
+        let (mut fr, mut sr) = (path[0], path[0]);
+        for c in &path[1..] {
+            if sn == 0 {
+                return false;
+            }
+            if fnn & 1 == 1 || fnn == sn {
+                fr = node_hash(c, &fr);
+                sr = node_hash(c, &sr);
+                while fnn & 1 == 0 && fnn != 0 {
+                    fnn >>= 1;
+                    sn >>= 1;
+                }
+            } else {
+                sr = node_hash(&sr, c);
+            }
+            fnn >>= 1;
+            sn >>= 1;
+        }
+        &fr == first_hash && &sr == second_hash && sn == 0
+    }
+
+    #[test]
+    fn consistency_agrees_with_the_rfc_algorithm_on_real_trees() {
+        let all = leaves(40);
+        let mut tree = MemoryTree::new();
+        for leaf in &all {
+            tree.push_leaf_hash(*leaf);
+        }
+        for n in 2..=40u64 {
+            for m in 1..n {
+                let proof = tree.prove_consistency(m, n);
+                let (r1, r2) = (tree.root_at(m), tree.root_at(n));
+                assert!(rfc_consistency(m, n, &r1, &r2, &proof), "{m} {n}");
+                let mut bad = proof.clone();
+                bad[0][0] ^= 1;
+                assert_eq!(
+                    rfc_consistency(m, n, &r1, &r2, &bad),
+                    verify_consistency(m, n, &r1, &r2, &bad).is_ok()
+                );
+            }
+        }
     }
 }

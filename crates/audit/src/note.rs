@@ -15,7 +15,7 @@ use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -141,7 +141,9 @@ impl NoteVerifier {
             return Err(malformed(WHAT, "key id does not match the key"));
         }
         let key = VerifyingKey::from_bytes(&key)
-            .map_err(|_| malformed(WHAT, "not a valid Ed25519 public key"))?;
+            .ok()
+            .filter(|k| !k.is_weak())
+            .ok_or_else(|| malformed(WHAT, "not a valid Ed25519 public key"))?;
         Ok(NoteVerifier {
             name: name.to_string(),
             id,
@@ -339,15 +341,23 @@ impl SignedNote {
         })
     }
 
-    /// Checks that `verifier` signed this note.
+    /// Checks that `verifier` signed this note: at least one signature line
+    /// names its key, and every line that does carries a valid signature (as
+    /// Go's `note.Open` requires). Signatures by other keys are ignored.
     pub fn verify(&self, verifier: &NoteVerifier) -> Result<(), NoteError> {
-        let ok = self.signatures.iter().any(|(name, id, sig)| {
-            name == &verifier.name
-                && id == &verifier.id
-                && Signature::from_slice(sig)
-                    .is_ok_and(|s| verifier.key.verify(self.text.as_bytes(), &s).is_ok())
+        let mut by_this_key = self
+            .signatures
+            .iter()
+            .filter(|(name, id, _)| name == &verifier.name && id == &verifier.id)
+            .peekable();
+        if by_this_key.peek().is_none() {
+            return Err(NoteError::NotSigned(verifier.name.clone()));
+        }
+        let all_valid = by_this_key.all(|(_, _, sig)| {
+            Signature::from_slice(sig)
+                .is_ok_and(|s| verifier.key.verify_strict(self.text.as_bytes(), &s).is_ok())
         });
-        if ok {
+        if all_valid {
             Ok(())
         } else {
             Err(NoteError::NotSigned(verifier.name.clone()))
@@ -424,9 +434,18 @@ impl Checkpoint {
         })
     }
 
-    /// Signs the checkpoint, returning the signed note.
+    /// Signs the checkpoint, returning the signed note. Refuses a checkpoint
+    /// whose text would read back as something else (an origin or extension
+    /// with a line break, an empty extension).
     pub fn sign(&self, signer: &NoteSigner) -> Result<String, NoteError> {
-        signer.sign(&self.to_text())
+        let text = self.to_text();
+        if Self::from_text(&text).as_ref() != Ok(self) {
+            return Err(malformed(
+                "checkpoint",
+                "origin and extensions must be single non-empty lines without control characters",
+            ));
+        }
+        signer.sign(&text)
     }
 
     /// Parses a signed checkpoint and checks `verifier` signed it.
@@ -464,6 +483,54 @@ mod tests {
         assert!(Checkpoint::verify(&note, &other.verifier()).is_err());
         let again = NoteSigner::parse(&signer.to_secret_string()).unwrap();
         assert_eq!(again.verifier(), verifier);
+    }
+
+    #[test]
+    fn checkpoints_that_would_read_back_differently_are_not_signed() {
+        let signer = NoteSigner::from_seed("log", &[7; 32]).unwrap();
+        let base = Checkpoint {
+            origin: "log".into(),
+            size: 1,
+            root: [0; 32],
+            extensions: vec![],
+        };
+        let cases = [
+            Checkpoint {
+                origin: "a\n5".into(),
+                ..base.clone()
+            },
+            Checkpoint {
+                origin: "a\r".into(),
+                ..base.clone()
+            },
+            Checkpoint {
+                extensions: vec!["x\ny".into()],
+                ..base.clone()
+            },
+            Checkpoint {
+                extensions: vec![String::new()],
+                ..base.clone()
+            },
+        ];
+        for cp in cases {
+            assert!(cp.sign(&signer).is_err(), "{cp:?}");
+        }
+        assert!(base.sign(&signer).is_ok());
+    }
+
+    #[test]
+    fn weak_verifier_keys_are_refused() {
+        // The identity point: every signature "verifies" under a weak key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut raw = vec![ALG_ED25519];
+        raw.extend_from_slice(&identity);
+        let text = format!(
+            "weak+{}+{}",
+            hex::encode(key_id("weak", &identity)),
+            B64.encode(raw)
+        );
+        assert!(NoteVerifier::parse(&text).is_err());
     }
 
     #[test]

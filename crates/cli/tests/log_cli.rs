@@ -121,6 +121,38 @@ fn verifiers_take_sizes_a_real_log_reaches() {
         &joined(&proof, b64),
     ]);
     assert_eq!(code, 0, "{line}");
+    // Paths that split at the very top of a tree of more than 2^63 leaves.
+    let size = (1u64 << 63) + 1;
+    let proof: Vec<[u8; 32]> = (0..64).map(|i| [i as u8; 32]).collect();
+    let root = merkle::root_from_inclusion(1, size, &leaf, &proof).unwrap();
+    let (code, line) = log(&[
+        "verify-inclusion",
+        "--size",
+        &size.to_string(),
+        "--index",
+        "1",
+        "--leaf-hash",
+        &hexed(&leaf),
+        "--root",
+        &hexed(&root),
+        "--proof",
+        &joined(&proof, hexed),
+    ]);
+    assert_eq!(code, 0, "{line}");
+    let (code, line) = log(&[
+        "verify-consistency",
+        "--old-size",
+        "1",
+        "--old-root",
+        &hexed(&leaf),
+        "--new-size",
+        &size.to_string(),
+        "--new-root",
+        &hexed(&root),
+        "--proof",
+        &joined(&proof[1..], hexed),
+    ]);
+    assert_eq!(code, 1, "{line}");
 }
 
 #[test]

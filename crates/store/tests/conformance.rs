@@ -25,6 +25,9 @@ conformance!(
     tampered_nodes_stop_the_next_checkpoint,
     forged_checkpoints_are_refused,
     concurrent_writers_never_fork_the_log,
+    tampered_subtree_hashes_are_caught_by_the_audit,
+    deleting_checkpoints_does_not_let_history_be_rewritten,
+    a_stale_writer_catches_up_before_signing,
 );
 
 fn migrations_are_idempotent(h: &Harness) {
@@ -307,8 +310,10 @@ fn append_range(log: &Log<asclepios_store::Store>, range: std::ops::Range<u64>, 
     }
 }
 
+const ORIGIN: &str = "audit.asclepios.test/main";
+
 fn open_log(h: &Harness) -> Log<asclepios_store::Store> {
-    Log::open(h.open(), "main", "audit.asclepios.test/main", signer()).unwrap()
+    Log::open(h.open(), "main", ORIGIN, signer()).unwrap()
 }
 
 fn log_proofs_match_an_in_memory_tree(h: &Harness) {
@@ -395,10 +400,17 @@ fn tampered_entries_are_caught_against_a_checkpoint(h: &Harness) {
         append_range(&log, 0..100, 16);
         let note = log.checkpoint().unwrap();
         append_range(&log, 100..120, 16);
-        audit_entries(log.store(), "main", &note, &log.verifier()).unwrap();
+        audit_entries(log.store(), "main", ORIGIN, &note, &log.verifier()).unwrap();
         fresh.raw(sql);
-        let e = audit_entries(log.store(), "main", &note, &log.verifier()).unwrap_err();
-        assert!(e.to_string().contains("inconsistent"), "{what}: {e}");
+        let e = audit_entries(log.store(), "main", ORIGIN, &note, &log.verifier())
+            .unwrap_err()
+            .to_string();
+        // Either the entries no longer hash to the root, or the stored
+        // subtree hashes no longer line up with them.
+        assert!(
+            e.contains("inconsistent") || e.contains("corrupt"),
+            "{what}: {e}"
+        );
     }
 }
 
@@ -431,12 +443,12 @@ fn forged_checkpoints_are_refused(h: &Harness) {
     append_range(&log, 0..10, 10);
     let note = log.checkpoint().unwrap();
     let forged = note.replacen("\n10\n", "\n9\n", 1);
-    assert!(audit_entries(log.store(), "main", &forged, &log.verifier()).is_err());
+    assert!(audit_entries(log.store(), "main", ORIGIN, &forged, &log.verifier()).is_err());
     let other = NoteSigner::from_seed("audit.asclepios.test", &[1; 32]).unwrap();
     let mut cp = Checkpoint::verify(&note, &log.verifier()).unwrap();
     cp.root = [0; 32];
     let mis_signed = cp.sign(&other).unwrap();
-    assert!(audit_entries(log.store(), "main", &mis_signed, &log.verifier()).is_err());
+    assert!(audit_entries(log.store(), "main", ORIGIN, &mis_signed, &log.verifier()).is_err());
     // A forged checkpoint stored behind the log's back stops it signing.
     LogStore::log_put_checkpoint(log.store(), "main", 11, &mis_signed).unwrap();
     append_range(&log, 10..12, 2);
@@ -459,4 +471,68 @@ fn concurrent_writers_never_fork_the_log(h: &Harness) {
     }
     assert_eq!(log.head().1, memory.root());
     log.checkpoint().unwrap();
+}
+
+fn tampered_subtree_hashes_are_caught_by_the_audit(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..100, 10);
+    let note = log.checkpoint().unwrap();
+    audit_entries(log.store(), "main", ORIGIN, &note, &log.verifier()).unwrap();
+    // Rows 62 and 60 each hold one hash (their leaf's): swap in the wrong one.
+    h.raw("UPDATE audit_entries SET subtree_hashes = (SELECT subtree_hashes FROM audit_entries WHERE idx = 60) WHERE idx = 62");
+    let e = audit_entries(log.store(), "main", ORIGIN, &note, &log.verifier()).unwrap_err();
+    assert!(e.to_string().contains("level 0 index 62"), "{e}");
+    let e = audit_entries(
+        log.store(),
+        "main",
+        "another/origin",
+        &note,
+        &log.verifier(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("another/origin"), "{e}");
+}
+
+fn deleting_checkpoints_does_not_let_history_be_rewritten(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..20, 20);
+    let published = log.checkpoint().unwrap();
+    // Someone with the database's keys rewrites history and deletes the
+    // checkpoint rows, then the service restarts.
+    h.raw("DELETE FROM audit_checkpoints; DELETE FROM audit_entries; DELETE FROM audit_logs;");
+    drop(log);
+    let log = open_log(h);
+    append_range(&log, 100..125, 25);
+    // Told of the checkpoint it published (kept outside the database), the log
+    // refuses to sign the rewritten history.
+    log.trust_checkpoint(&published).unwrap();
+    let e = log.checkpoint().unwrap_err();
+    assert!(e.to_string().contains("inconsistent"), "{e}");
+    // In the same process it remembers by itself.
+    let h2 = Harness::new(h.kind());
+    let log = open_log(&h2);
+    append_range(&log, 0..20, 20);
+    log.checkpoint().unwrap();
+    h2.raw("DELETE FROM audit_checkpoints; DELETE FROM audit_entries; DELETE FROM audit_logs;");
+    append_range(&log, 500..530, 10);
+    let e = log.checkpoint().unwrap_err();
+    assert!(e.to_string().contains("inconsistent"), "{e}");
+    let other = NoteSigner::from_seed("audit.asclepios.test", &[1; 32]).unwrap();
+    let foreign = Checkpoint::verify(&published, &signer().verifier())
+        .unwrap()
+        .sign(&other)
+        .unwrap();
+    assert!(log.trust_checkpoint(&foreign).is_err());
+}
+
+fn a_stale_writer_catches_up_before_signing(h: &Harness) {
+    let a = open_log(h);
+    let b = open_log(h);
+    append_range(&a, 0..10, 10);
+    a.checkpoint().unwrap();
+    // `b` last saw an empty log; it catches up instead of crying tamper.
+    let note = b.checkpoint().unwrap();
+    assert_eq!(Checkpoint::verify(&note, &b.verifier()).unwrap().size, 10);
+    assert_eq!(b.prove_inclusion(3, 10).unwrap().len(), 4);
+    assert_eq!(b.entries(9..10).unwrap(), vec![entry(9)]);
 }

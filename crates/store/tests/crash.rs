@@ -116,7 +116,14 @@ fn crash_and_recover(h: &Harness) {
     let after = Checkpoint::verify(&after_note, &log.verifier()).unwrap();
     let proof = log.prove_consistency(before.size, after.size).unwrap();
     merkle::verify_consistency(before.size, after.size, &before.root, &after.root, &proof).unwrap();
-    audit_entries(log.store(), "main", &after_note, &log.verifier()).unwrap();
+    audit_entries(
+        log.store(),
+        "main",
+        "crash.asclepios.test",
+        &after_note,
+        &log.verifier(),
+    )
+    .unwrap();
     eprintln!(
         "{}: killed after {acked} acknowledged; {size} stored; checkpoint {} -> {} consistent",
         h.kind().name(),
