@@ -167,7 +167,13 @@ fn proof_cases(
     }
     // Measure a freshly opened log (as a reader process would start), not the
     // writer whose in-memory node cache the build filled.
+    let opened = std::time::Instant::now();
     let log = Log::open(log.into_store(), "bench", "bench.asclepios/log", signer())?;
+    eprintln!(
+        "audit: opened the {} log of {leaves} in {:?} (cache warm-up included)",
+        kind.name(),
+        opened.elapsed()
+    );
     let size = leaves;
     let root = log.root_at(size)?;
     let mut pick = ChaCha20Rng::seed_from_u64(3);

@@ -67,18 +67,29 @@ fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
 }
 
 /// Subtrees of at least `2^CACHE_MIN_LEVEL` leaves are kept in memory once
-/// known to be right: they are 1/32 of all nodes, appear in most proofs, and
+/// known to be right: they are 1/16 of all nodes, appear in every proof, and
 /// never change. A proof then reads only its few low-level siblings from the
 /// store. Only hashes this process computed, or read from the store as part of
 /// a proof that it checked against the current root, enter the cache.
-const CACHE_MIN_LEVEL: u8 = 5;
-/// At most this many cached hashes (32 MiB); past it, nothing more is cached.
-const CACHE_MAX_NODES: usize = 1 << 20;
+const CACHE_MIN_LEVEL: u8 = 4;
+/// At most this many cached hashes (about 40 MiB with the map's overhead);
+/// larger logs cache only their higher levels.
+const CACHE_MAX_NODES: usize = 1 << 19;
 
 #[derive(Default)]
 struct NodeCache(Mutex<HashMap<NodeId, Hash>>);
 
 impl NodeCache {
+    /// Whether every cacheable subtree the ranges' tilings need is cached.
+    fn covers(&self, ranges: &[(u64, u64)]) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ranges.iter().all(|&(a, b)| {
+            merkle::tiling(a, b)
+                .iter()
+                .all(|id| id.level < CACHE_MIN_LEVEL || map.contains_key(id))
+        })
+    }
+
     fn insert(&self, nodes: impl IntoIterator<Item = (NodeId, Hash)>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for (id, hash) in nodes {
@@ -200,7 +211,72 @@ impl<S: LogStore> Log<S> {
             last_signed: Mutex::new(None),
         };
         log.reload()?;
+        log.warm_cache()?;
         Ok(log)
+    }
+
+    /// Loads every stored subtree of `2^CACHE_MIN_LEVEL` leaves or more (as
+    /// many as the cache holds, largest first) and checks each against its
+    /// children and the head, so proofs read only low-level siblings from the
+    /// start. A stored hash that does not fit is an error: the store was
+    /// edited.
+    fn warm_cache(&self) -> Result<(), Error> {
+        let (size, _) = self.head();
+        let frontier = merkle::frontier(size);
+        let head_frontier = self
+            .head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .frontier
+            .clone();
+        // The lowest level whose nodes, with all above, fit in the cache.
+        let mut low = CACHE_MIN_LEVEL;
+        while low < 63 && (size >> low) as usize > CACHE_MAX_NODES / 2 {
+            low += 1;
+        }
+        let mut ids = Vec::new();
+        let mut level = low;
+        while level < 64 && size >> level > 0 {
+            ids.extend((0..size >> level).map(|j| NodeId::new(level, j)));
+            level += 1;
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let hashes = self.store.log_nodes(&self.log_id, &ids).map_err(storage)?;
+        if hashes.len() != ids.len() {
+            return Err(Error::Inconsistent(
+                "stored subtree hashes are missing".into(),
+            ));
+        }
+        let map: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
+        for (id, hash) in &map {
+            if id.level > low {
+                let left = map.get(&NodeId::new(id.level - 1, 2 * id.index));
+                let right = map.get(&NodeId::new(id.level - 1, 2 * id.index + 1));
+                if let (Some(l), Some(r)) = (left, right) {
+                    if &merkle::node_hash(l, r) != hash {
+                        return Err(Error::Inconsistent(format!(
+                            "the stored subtree hash at level {} index {} does not match its children",
+                            id.level, id.index
+                        )));
+                    }
+                }
+            }
+        }
+        for (id, hash) in frontier.iter().zip(&head_frontier) {
+            if map.get(id).is_some_and(|h| h != hash) {
+                return Err(Error::Inconsistent(
+                    "stored subtree hashes disagree with the head".into(),
+                ));
+            }
+        }
+        // The largest stored subtree at each level is tied to the head through
+        // the frontier: a complete node at level >= low either is on the
+        // frontier or has a parent in the map, so the checks above chain every
+        // cached hash to the head's root.
+        self.cache.insert(map);
+        Ok(())
     }
 
     /// Re-reads the size and right border from the store.
@@ -438,14 +514,19 @@ impl<S: LogStore> Log<S> {
         }
         let nodes = self.nodes();
         let mut ranges = merkle::inclusion_ranges(index, size);
-        ranges.push((index, index + 1));
-        let mut hashes = merkle::range_hashes(&nodes, &ranges)?;
-        let leaf = hashes.pop().unwrap_or_default();
         let (head_size, head_root) = self.head();
-        if size == head_size
-            && merkle::verify_inclusion(index, size, &leaf, &hashes, &head_root).is_ok()
-        {
-            self.cache.insert(nodes.fetched.take());
+        // Read the leaf too (same query) when the proof will bring hashes
+        // worth caching, so they can be checked against the head first.
+        let check = size == head_size && !self.cache.covers(&ranges);
+        if check {
+            ranges.push((index, index + 1));
+        }
+        let mut hashes = merkle::range_hashes(&nodes, &ranges)?;
+        if check {
+            let leaf = hashes.pop().unwrap_or_default();
+            if merkle::verify_inclusion(index, size, &leaf, &hashes, &head_root).is_ok() {
+                self.cache.insert(nodes.fetched.take());
+            }
         }
         Ok(hashes)
     }

@@ -28,6 +28,7 @@ conformance!(
     tampered_subtree_hashes_are_caught_by_the_audit,
     deleting_checkpoints_does_not_let_history_be_rewritten,
     a_stale_writer_catches_up_before_signing,
+    tampered_upper_hashes_are_refused_at_open,
 );
 
 fn migrations_are_idempotent(h: &Harness) {
@@ -535,4 +536,15 @@ fn a_stale_writer_catches_up_before_signing(h: &Harness) {
     assert_eq!(Checkpoint::verify(&note, &b.verifier()).unwrap().size, 10);
     assert_eq!(b.prove_inclusion(3, 10).unwrap().len(), 4);
     assert_eq!(b.entries(9..10).unwrap(), vec![entry(9)]);
+}
+
+fn tampered_upper_hashes_are_refused_at_open(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..100, 100);
+    drop(log);
+    // Rows 15 and 47 each end a 16-leaf subtree (levels 0..=4): swap row 47's
+    // hashes for row 15's, as someone editing the database might.
+    h.raw("UPDATE audit_entries SET subtree_hashes = (SELECT subtree_hashes FROM audit_entries WHERE idx = 15) WHERE idx = 47");
+    let e = Log::open(h.open(), "main", ORIGIN, signer()).unwrap_err();
+    assert!(e.to_string().contains("does not match its children"), "{e}");
 }
