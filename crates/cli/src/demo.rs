@@ -2,11 +2,18 @@
 //! what should happen and checks it; any surprise makes the command fail.
 
 use anyhow::{bail, Context};
+use asclepios_audit::log::audit_entries;
+use asclepios_audit::merkle;
+use asclepios_audit::{
+    Action, AuditEvent, AuditorSecretKey, Checkpoint, Log, NoteSigner, Outcome, SealedEvent,
+};
 use asclepios_crypto::abe::{setup, UserKey};
+use asclepios_crypto::abe::{MasterSecretKey, PublicKey};
 use asclepios_crypto::envelope::{open, seal, Envelope, RecordContext};
 use asclepios_crypto::{Error, Policy};
 use asclepios_fhir::synth::Generator;
 use asclepios_fhir::ResourceView;
+use asclepios_store::Store;
 use rand_core::OsRng;
 
 struct Story {
@@ -175,10 +182,173 @@ pub fn run(seed: u64) -> anyhow::Result<()> {
         Err(e) => story.expect(false, &format!("the nurse still cannot open it: {e}")),
     }
 
+    audit_section(&mut story, &mpk, &msk, &pid, &context.record_id)?;
+
     println!();
     if story.failures > 0 {
         bail!("{} expectation(s) failed", story.failures);
     }
     println!("All expectations held.");
     Ok(())
+}
+
+/// Section 7: the accesses above, as confidential events in the audit log on
+/// the embedded SQLite store (a scratch file, removed afterwards).
+fn audit_section(
+    story: &mut Story,
+    mpk: &PublicKey,
+    msk: &MasterSecretKey,
+    pid: &str,
+    record_id: &str,
+) -> anyhow::Result<()> {
+    let mut rng = OsRng;
+    story.section("7. Every access lands, encrypted, in a tamper-evident audit log");
+    let dir = std::env::temp_dir().join(format!("asclepios-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let store = Store::open_sqlite(&dir.join("asclepios.db"))?;
+    const ORIGIN: &str = "demo.asclepios.local/audit";
+    let log = Log::open(store, "audit", ORIGIN, NoteSigner::generate(ORIGIN)?)?;
+    let (auditor_key, auditor_public) = AuditorSecretKey::generate(&mut rng);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let event = |n: u32, actor: &str, action, outcome, purpose: &str, emergency| AuditEvent {
+        id: format!("demo-event-{n}"),
+        actor: actor.into(),
+        action,
+        resource: format!("Observation/{record_id}"),
+        patient: Some(pid.to_string()),
+        time: now,
+        outcome,
+        purpose: purpose.into(),
+        emergency,
+        request_signature: None,
+    };
+    let events = [
+        event(
+            1,
+            "dr-heart",
+            Action::Create,
+            Outcome::Success,
+            "TREAT",
+            false,
+        ),
+        event(
+            2,
+            "dr-heart",
+            Action::Read,
+            Outcome::Success,
+            "TREAT",
+            false,
+        ),
+        event(
+            3,
+            "nurse-ward",
+            Action::Read,
+            Outcome::Denied,
+            "TREAT",
+            false,
+        ),
+        event(
+            4,
+            "nurse-ward",
+            Action::EmergencyAccess,
+            Outcome::Success,
+            "ETREAT",
+            true,
+        ),
+    ];
+    let sealed: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| {
+            Ok(
+                SealedEvent::seal(e, std::slice::from_ref(&auditor_public), mpk, &mut rng)?
+                    .to_bytes(),
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let refs: Vec<&[u8]> = sealed.iter().map(Vec::as_slice).collect();
+    let range = log.append(&refs)?;
+    let note = log.checkpoint()?;
+    let checkpoint = Checkpoint::verify(&note, &log.verifier())?;
+    story.note(&format!(
+        "{} events appended (entries {}..{}), each about {} bytes; signed checkpoint:",
+        events.len(),
+        range.start,
+        range.end,
+        sealed[0].len()
+    ));
+    for line in note.lines() {
+        story.note(&format!("  | {line}"));
+    }
+    story.expect(
+        !sealed
+            .iter()
+            .any(|e| e.windows(6).any(|w| w == b"ETREAT" || w == b"nurse-")),
+        "the stored entries hold no actor, action or purpose in clear (only the ABE policy's patient pseudonym)",
+    );
+    let index = range.end - 1;
+    let proof = log.prove_inclusion(index, checkpoint.size)?;
+    story.expect(
+        merkle::verify_inclusion(
+            index,
+            checkpoint.size,
+            &merkle::leaf_hash(&sealed[3]),
+            &proof,
+            &checkpoint.root,
+        )
+        .is_ok(),
+        &format!(
+            "the break-glass entry's inclusion proof ({} hashes) checks against the checkpoint",
+            proof.len()
+        ),
+    );
+    story.expect(
+        audit_entries(log.store(), "audit", ORIGIN, &note, &log.verifier()).is_ok(),
+        "an auditor re-hashes the stored log and finds it matches the checkpoint",
+    );
+    let patient_key = msk.keygen(&[format!("patient:{pid}")], &mut rng)?;
+    let stranger_key = msk.keygen(&["patient:someone-else"], &mut rng)?;
+    let entries = log.entries(0..checkpoint.size)?;
+    let parsed: Vec<SealedEvent> = entries
+        .iter()
+        .map(|e| SealedEvent::from_bytes(e))
+        .collect::<Result<_, _>>()?;
+    let patient_reads = parsed
+        .iter()
+        .filter(|e| e.open_with_abe(&patient_key).is_ok())
+        .count();
+    story.expect(
+        patient_reads == events.len(),
+        &format!("the patient reads all {patient_reads} events about their record"),
+    );
+    story.expect(
+        parsed
+            .iter()
+            .all(|e| e.open_with_abe(&stranger_key).is_err()),
+        "another patient reads none of them",
+    );
+    let emergency = parsed[3].open_as_auditor(&auditor_key)?;
+    let fhir = emergency.to_fhir();
+    story.expect(
+        emergency == events[3] && fhir["subtype"][0]["code"] == "110127",
+        &format!(
+            "the auditor reads the break-glass event; as FHIR AuditEvent: type {} / subtype {} \"{}\", purpose {}",
+            fhir["type"]["code"].as_str().unwrap_or("?"),
+            fhir["subtype"][0]["code"].as_str().unwrap_or("?"),
+            fhir["subtype"][0]["display"].as_str().unwrap_or("?"),
+            fhir["purposeOfEvent"][0]["coding"][0]["code"].as_str().unwrap_or("?"),
+        ),
+    );
+    Ok(())
+}
+
+/// Removes the demo's scratch directory however the section ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

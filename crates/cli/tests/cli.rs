@@ -21,6 +21,7 @@ fn demo_runs_and_every_expectation_holds() {
     assert!(stdout.contains("All expectations held."), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("is refused"), "{stdout}");
+    assert!(stdout.contains("Emergency Override Started"), "{stdout}");
 }
 
 #[test]
