@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
-#[test]
-fn abe_suite_quick_prints_one_json_line_per_case() {
+/// Runs a suite with `--quick --json`; its stdout and one JSON value per line.
+fn quick_json(suite: &str) -> (String, Vec<serde_json::Value>) {
     let out = Command::new(env!("CARGO_BIN_EXE_asclepios-bench"))
-        .args(["abe", "--quick", "--json"])
+        .args([suite, "--quick", "--json"])
         .output()
         .expect("the bench binary runs");
     assert!(
@@ -16,10 +16,16 @@ fn abe_suite_quick_prints_one_json_line_per_case() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<serde_json::Value> = stdout
+    let rows = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect();
+    (stdout, rows)
+}
+
+#[test]
+fn abe_suite_quick_prints_one_json_line_per_case() {
+    let (stdout, rows) = quick_json("abe");
     // keygen, encrypt, decrypt × and/or × 2 quick sizes.
     assert_eq!(rows.len(), 12, "{stdout}");
     for row in &rows {
@@ -48,20 +54,7 @@ fn unknown_suite_is_refused_with_the_list() {
 
 #[test]
 fn audit_suite_quick_prints_every_case_on_both_backends() {
-    let out = Command::new(env!("CARGO_BIN_EXE_asclepios-bench"))
-        .args(["audit", "--quick", "--json"])
-        .output()
-        .expect("the bench binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect();
+    let (stdout, rows) = quick_json("audit");
     let positive = |row: &serde_json::Value, field: &str| {
         let v = row[field]
             .as_f64()
