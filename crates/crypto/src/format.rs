@@ -139,7 +139,7 @@ pub enum DecodeError {
 pub struct Writer(Vec<u8>);
 
 impl Writer {
-    /// Starts an object of `kind` (writes the header) / checks the header.
+    /// Starts an object of `kind`: writes the header.
     pub fn new(kind: Kind) -> Self {
         let mut v = Vec::with_capacity(256);
         v.extend_from_slice(&MAGIC);
@@ -169,6 +169,11 @@ impl Writer {
     }
 
     /// Bytes with a u16 length prefix; callers keep them under the decoder's limit.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is longer than `u16::MAX`: every field has a smaller limit,
+    /// checked where the value is made.
     pub fn bytes16(&mut self, bytes: &[u8]) {
         let len = u16::try_from(bytes.len()).expect("field bounded by its limit");
         self.u16(len);
@@ -176,6 +181,10 @@ impl Writer {
     }
 
     /// Bytes with a u32 length prefix.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is longer than `u32::MAX` (no field may be).
     pub fn bytes32(&mut self, bytes: &[u8]) {
         let len = u32::try_from(bytes.len()).expect("field bounded by its limit");
         self.u32(len);
@@ -333,6 +342,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Bytes with a u32 length prefix.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is longer than `u32::MAX` (no field may be).
     pub fn bytes32(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let n = self.u32(what)? as usize;
         if n > max {

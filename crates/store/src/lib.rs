@@ -192,8 +192,8 @@ impl Store {
 
     /// Inserts raw rows into a scratch table in one transaction: the floor
     /// that benchmarks compare durable appends with. Not part of the schema
-    /// the services use.
-    #[doc(hidden)]
+    /// the services use; only built with the `bench-hooks` feature.
+    #[cfg(feature = "bench-hooks")]
     pub fn bench_raw_insert(&self, rows: &[(u64, &[u8])]) -> Result<(), StoreError> {
         self.transaction(|tx| {
             let rows = rows
@@ -205,7 +205,7 @@ impl Store {
     }
 
     /// Creates or empties the benchmark scratch table.
-    #[doc(hidden)]
+    #[cfg(feature = "bench-hooks")]
     pub fn bench_reset(&self) -> Result<(), StoreError> {
         let ddl = migrations::bench_table(self.kind());
         self.transaction(|tx| {

@@ -155,6 +155,7 @@ pub(crate) fn apply(store: &Store) -> Result<(), StoreError> {
 }
 
 /// DDL of the benchmark scratch table.
+#[cfg(feature = "bench-hooks")]
 pub(crate) fn bench_table(kind: BackendKind) -> String {
     render(
         "CREATE TABLE IF NOT EXISTS bench_raw (k {INT} PRIMARY KEY, v {BYTES} NOT NULL)",
