@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod demo;
 mod log_cmd;
 
@@ -56,12 +57,31 @@ enum Command {
     /// Exit status: 0 when the claim holds, 1 when it does not, 2 on malformed input.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
+    /// Write a working development deployment into a data directory: a CA, service and
+    /// identity certificates, a sample organisation (cardiologist, nurse, emergency
+    /// physician, lab, auditor, researcher, two patients) and asclepios.toml.
+    Init {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        /// Keep the store in PostgreSQL at this URL instead of SQLite in the directory.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+    },
+    /// Administer the directory of identities and their attributes.
+    User {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(command) => return log_cmd::run(command),
+        Command::Init { dir, postgres } => admin::run_init(&dir.path(), postgres),
+        Command::User { dir, command } => admin::run_user(&dir.path(), command),
         Command::Demo { seed } => demo::run(seed),
         Command::Policy { policy } => check_policy(&policy),
     };

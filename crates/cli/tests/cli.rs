@@ -53,3 +53,64 @@ fn help_teaches_the_policy_language() {
     );
     assert!(stdout.contains("demo"), "{stdout}");
 }
+
+#[test]
+fn init_then_user_administration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deployment");
+    let dir = dir.to_str().unwrap();
+    let out = asclepios(&["init", "--dir", dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = asclepios(&["init", "--dir", dir]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a deployment"));
+    let add = asclepios(&[
+        "user",
+        "add",
+        "dr-kim",
+        "--attr",
+        "role:doctor",
+        "--dir",
+        dir,
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let set = asclepios(&[
+        "user",
+        "set-attrs",
+        "dr-kim",
+        "--attr",
+        "role:nurse",
+        "--dir",
+        dir,
+    ]);
+    assert!(String::from_utf8_lossy(&set.stdout).contains("revoked: role:doctor"));
+    assert!(asclepios(&["user", "disable", "dr-kim", "--dir", dir])
+        .status
+        .success());
+    let list = String::from_utf8(asclepios(&["user", "list", "--dir", dir]).stdout).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("dr-kim") && l.contains("DISABLED")),
+        "{list}"
+    );
+    assert!(list
+        .lines()
+        .any(|l| l.starts_with("pat-00001") && l.contains("patient:pat-00001")));
+    let bad = asclepios(&["user", "add", "bad id!", "--dir", dir]);
+    assert!(!bad.status.success());
+    let missing = asclepios(&[
+        "user",
+        "list",
+        "--dir",
+        tmp.path().join("none").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("asclepios init"));
+}

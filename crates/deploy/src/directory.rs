@@ -1,0 +1,219 @@
+//! Administration of the directory of identities: what `asclepios user`
+//! does. Identities get a certificate from the deployment CA (written under
+//! `identities/`) and attributes in the store. Taking an attribute away bumps
+//! its version, so keys issued for the old version stop being renewed.
+
+use std::path::{Path, PathBuf};
+
+use asclepios_net::pki::{self, CertificateAuthority};
+use asclepios_store::{Identity, IdentityStatus, Store};
+
+use crate::{read_file, write_file, Config, Error};
+
+/// Where the deployment's files are.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The data directory.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Layout {
+            dir: dir.to_path_buf(),
+        }
+    }
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("pki/ca.pem")
+    }
+    /// The CA key (a secret).
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("pki/ca.key")
+    }
+    /// A service's certificate and key.
+    pub fn service(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("pki/{name}.pem")),
+            self.dir.join(format!("pki/{name}.key")),
+        )
+    }
+    /// An identity's certificate and key.
+    pub fn identity(&self, id: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("identities/{id}.pem")),
+            self.dir.join(format!("identities/{id}.key")),
+        )
+    }
+}
+
+/// An identity with its current attributes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Member {
+    /// The directory entry.
+    pub identity: Identity,
+    /// Its attributes, with the version each was granted at.
+    pub attributes: Vec<(String, u64)>,
+}
+
+/// The directory of a deployment.
+#[derive(Debug)]
+pub struct Directory {
+    layout: Layout,
+    store: Store,
+}
+
+fn check_attribute(a: &str) -> Result<(), Error> {
+    let ok = !a.is_empty()
+        && a.len() <= 256
+        && a.contains(':')
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "attribute `{a}`: write it as namespace:value with letters, digits, '-', '_', '.' (e.g. role:doctor)"
+        )));
+    }
+    Ok(())
+}
+
+impl Directory {
+    /// Opens the directory of the deployment in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        let config = Config::load(dir)?;
+        let store = Store::open(&config.store_location(dir))?;
+        Ok(Directory {
+            layout: Layout::new(dir),
+            store,
+        })
+    }
+
+    /// Opens it over an already opened store.
+    pub fn with_store(dir: &Path, store: Store) -> Self {
+        Directory {
+            layout: Layout::new(dir),
+            store,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn ca(&self) -> Result<CertificateAuthority, Error> {
+        let cert = read_file(&self.layout.ca_cert())?;
+        let key = zeroize::Zeroizing::new(read_file(&self.layout.ca_key())?);
+        Ok(CertificateAuthority::from_pem(&cert, &key)?)
+    }
+
+    /// Adds an identity: a certificate and key under `identities/`, an entry
+    /// in the directory, its attributes.
+    pub fn add(
+        &self,
+        id: &str,
+        kind: &str,
+        display_name: &str,
+        attributes: &[String],
+    ) -> Result<Member, Error> {
+        pki::check_identity_id(id)?;
+        for a in attributes {
+            check_attribute(a)?;
+        }
+        if self.store.identity(id)?.is_some() {
+            return Err(Error::Invalid(format!(
+                "identity `{id}` exists; use `asclepios user set-attrs`"
+            )));
+        }
+        let issued = self.ca()?.issue_identity(id)?;
+        let (cert_path, key_path) = self.layout.identity(id);
+        if let Some(parent) = cert_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::Io(format!("{}: {e}", parent.display())))?;
+        }
+        write_file(&key_path, &issued.key_pem, true)?;
+        write_file(&cert_path, &issued.cert_pem, false)?;
+        let der = asclepios_net::tls::certs_from_pem(&issued.cert_pem)?;
+        let peer = pki::peer_identity(&der[0])?;
+        self.store.put_identity(&Identity {
+            id: id.into(),
+            kind: kind.into(),
+            display_name: display_name.into(),
+            public_key: Some(peer.public_key.to_vec()),
+            status: IdentityStatus::Active,
+        })?;
+        for a in attributes {
+            self.store.grant_attribute(id, a)?;
+        }
+        self.member(id)
+    }
+
+    /// One identity with its attributes.
+    pub fn member(&self, id: &str) -> Result<Member, Error> {
+        let identity = self.store.identity(id)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "no identity `{id}`; `asclepios user list` shows them"
+            ))
+        })?;
+        let attributes = self
+            .store
+            .identity_attributes(id)?
+            .into_iter()
+            .map(|g| (g.attribute, g.granted_version))
+            .collect();
+        Ok(Member {
+            identity,
+            attributes,
+        })
+    }
+
+    /// Every identity.
+    pub fn list(&self) -> Result<Vec<Member>, Error> {
+        self.store
+            .identities()?
+            .into_iter()
+            .map(|i| self.member(&i.id))
+            .collect()
+    }
+
+    /// Sets an identity's attributes to exactly `attributes`. Returns the
+    /// attributes taken away (each now at a new version).
+    pub fn set_attributes(&self, id: &str, attributes: &[String]) -> Result<Vec<String>, Error> {
+        for a in attributes {
+            check_attribute(a)?;
+        }
+        let current = self.member(id)?;
+        if current.identity.status == IdentityStatus::Revoked {
+            return Err(Error::Invalid(format!("identity `{id}` is disabled")));
+        }
+        let mut removed = Vec::new();
+        for (a, _) in &current.attributes {
+            if !attributes.contains(a) {
+                self.store.revoke_attribute(id, a)?;
+                removed.push(a.clone());
+            }
+        }
+        for a in attributes {
+            if !current.attributes.iter().any(|(have, _)| have == a) {
+                self.store.grant_attribute(id, a)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Disables an identity: refused everywhere, every attribute revoked
+    /// (each bumped to a new version). Returns the attributes revoked.
+    pub fn disable(&self, id: &str) -> Result<Vec<String>, Error> {
+        let current = self.member(id)?;
+        let mut revoked = Vec::new();
+        for (a, _) in &current.attributes {
+            self.store.revoke_attribute(id, a)?;
+            revoked.push(a.clone());
+        }
+        let mut identity = current.identity;
+        identity.status = IdentityStatus::Revoked;
+        self.store.put_identity(&identity)?;
+        Ok(revoked)
+    }
+}

@@ -1,0 +1,187 @@
+//! `asclepios init`: a working development deployment in a data directory.
+//!
+//! ```text
+//! asclepios.toml            the configuration (every option at its default)
+//! pki/ca.pem, ca.key        the deployment CA (the key is a secret: keep it offline in production)
+//! pki/authority.pem, .key   the key authority's TLS certificate (localhost, 127.0.0.1)
+//! pki/records.pem, .key     the record service's TLS certificate
+//! identities/<id>.pem, .key each sample identity's client certificate and key
+//! asclepios.db              the SQLite store with the directory
+//! ```
+
+use std::path::Path;
+
+use asclepios_net::pki::CertificateAuthority;
+
+use crate::config::CONFIG_FILE;
+use crate::directory::{Directory, Layout, Member};
+use crate::{write_file, Config, Error};
+
+/// The services that get TLS certificates.
+pub const SERVICES: [&str; 2] = ["authority", "records"];
+
+/// One identity of the sample organisation.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleIdentity {
+    /// Identity id (a pseudonym for patients).
+    pub id: &'static str,
+    /// What it is.
+    pub kind: &'static str,
+    /// Its name.
+    pub display_name: &'static str,
+    /// Its attributes.
+    pub attributes: &'static [&'static str],
+}
+
+/// The sample organisation: a small hospital's people, a lab, and two
+/// patients whose pseudonyms match the synthetic data generator's.
+pub const SAMPLE_ORGANISATION: &[SampleIdentity] = &[
+    SampleIdentity {
+        id: "dr-heart",
+        kind: "clinician",
+        display_name: "Dr. Ada Heart, cardiologist",
+        attributes: &["role:doctor", "dept:cardiology", "care-team:pat-00000"],
+    },
+    SampleIdentity {
+        id: "nurse-ward",
+        kind: "clinician",
+        display_name: "Nurse Ben Ward, cardiology ward",
+        attributes: &["role:nurse", "dept:cardiology", "care-team:pat-00000"],
+    },
+    SampleIdentity {
+        id: "dr-er",
+        kind: "clinician",
+        display_name: "Dr. Cy Rush, emergency physician",
+        attributes: &["role:doctor", "role:emergency", "dept:emergency"],
+    },
+    SampleIdentity {
+        id: "lab-central",
+        kind: "device",
+        display_name: "Central laboratory analyser",
+        attributes: &["role:lab"],
+    },
+    SampleIdentity {
+        id: "auditor-ann",
+        kind: "auditor",
+        display_name: "Ann Lee, privacy officer",
+        attributes: &["role:auditor"],
+    },
+    SampleIdentity {
+        id: "researcher-rita",
+        kind: "researcher",
+        display_name: "Rita Stat, epidemiologist",
+        attributes: &["role:researcher"],
+    },
+    SampleIdentity {
+        id: "pat-00000",
+        kind: "patient",
+        display_name: "patient pat-00000",
+        attributes: &["patient:pat-00000"],
+    },
+    SampleIdentity {
+        id: "pat-00001",
+        kind: "patient",
+        display_name: "patient pat-00001",
+        attributes: &["patient:pat-00001"],
+    },
+];
+
+/// Writes a development deployment into `dir` (created if needed). Refuses
+/// a directory that already holds one.
+pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
+    let config_path = dir.join(CONFIG_FILE);
+    if config_path.exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a deployment; choose another --dir or remove it",
+            dir.display()
+        )));
+    }
+    for sub in ["pki", "identities"] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", path.display())))?;
+    }
+    let layout = Layout::new(dir);
+    let ca = CertificateAuthority::generate(&format!("{} deployment CA", config.name))?;
+    write_file(&layout.ca_key(), &ca.key_pem(), true)?;
+    write_file(&layout.ca_cert(), &ca.cert_pem(), false)?;
+    for service in SERVICES {
+        let issued = ca.issue_server(
+            &format!("asclepios {service}"),
+            &["localhost", "127.0.0.1", "::1"],
+        )?;
+        let (cert, key) = layout.service(service);
+        write_file(&key, &issued.key_pem, true)?;
+        write_file(&cert, &issued.cert_pem, false)?;
+    }
+    write_file(&config_path, &config.to_toml()?, false)?;
+    let directory = Directory::open(dir)?;
+    SAMPLE_ORGANISATION
+        .iter()
+        .map(|s| {
+            let attrs: Vec<String> = s.attributes.iter().map(|a| a.to_string()).collect();
+            directory.add(s.id, s.kind, s.display_name, &attrs)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_deployment_and_the_directory_administers_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dep");
+        let members = init(&dir, &Config::default()).unwrap();
+        assert_eq!(members.len(), SAMPLE_ORGANISATION.len());
+        assert!(
+            init(&dir, &Config::default()).is_err(),
+            "a second init must refuse"
+        );
+        let layout = Layout::new(&dir);
+        for path in [
+            layout.ca_cert(),
+            layout.service("records").0,
+            layout.identity("dr-heart").1,
+        ] {
+            assert!(path.exists(), "{}", path.display());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(layout.identity("dr-heart").1)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "keys are private to their owner");
+        }
+        let directory = Directory::open(&dir).unwrap();
+        let added = directory
+            .add("dr-new", "clinician", "Dr New", &["role:doctor".into()])
+            .unwrap();
+        assert_eq!(added.attributes, vec![("role:doctor".to_string(), 0)]);
+        assert!(directory.add("dr-new", "clinician", "again", &[]).is_err());
+        assert!(directory
+            .add("x", "clinician", "bad attr", &["nocolon".into()])
+            .is_err());
+        let removed = directory
+            .set_attributes("nurse-ward", &["role:nurse".into(), "ward:icu".into()])
+            .unwrap();
+        assert_eq!(removed, ["care-team:pat-00000", "dept:cardiology"]);
+        assert_eq!(
+            directory
+                .store()
+                .attribute_version("dept:cardiology")
+                .unwrap(),
+            1
+        );
+        let revoked = directory.disable("dr-new").unwrap();
+        assert_eq!(revoked, ["role:doctor"]);
+        assert!(directory.set_attributes("dr-new", &[]).is_err());
+        assert_eq!(
+            directory.list().unwrap().len(),
+            SAMPLE_ORGANISATION.len() + 1
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! asclepios transport security.
+//!
+//! * [`pki`]: the deployment's certificate authority, and certificates for
+//!   services and identities. Every key is Ed25519, so the key a client
+//!   authenticates with in TLS is the key it signs requests with.
+//! * [`tls`]: rustls configurations: TLS 1.3 only, client certificates
+//!   required, X25519MLKEM768 hybrid key exchange preferred.
+//! * [`signature`]: signed requests in the form of HTTP Message Signatures
+//!   (RFC 9421) over method, path, body digest, creation time and nonce, with
+//!   a replay guard.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod pki;
+pub mod signature;
+pub mod tls;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate or key could not be made or read.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// A TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A request signature was missing, malformed, stale, replayed or wrong.
+    #[error("request signature: {0}")]
+    Signature(String),
+}

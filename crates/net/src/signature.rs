@@ -1,0 +1,316 @@
+//! Signed requests, as HTTP Message Signatures (RFC 9421) with one fixed
+//! profile: label `sig1`, Ed25519, covering `@method`, `@path` and
+//! `content-digest` (RFC 9530, SHA-256 of the body), with the parameters
+//! `created` (Unix seconds), `keyid` (the caller's identity) and `nonce`.
+//!
+//! ```text
+//! Content-Digest:  sha-256=:<base64>:
+//! Signature-Input: sig1=("@method" "@path" "content-digest");created=1790000000;keyid="dr-heart";nonce="...";alg="ed25519"
+//! Signature:       sig1=:<base64 Ed25519 signature of the signature base>:
+//! ```
+//!
+//! The key is the one in the caller's TLS client certificate, so a signature
+//! binds the request to the authenticated identity and can be shown later to
+//! a third party (non-repudiation). Verifiers refuse stale or future
+//! `created` values and nonces seen before ([`ReplayGuard`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// The covered components, in order.
+const COMPONENTS: &str = r#"("@method" "@path" "content-digest")"#;
+/// How far `created` may be from the verifier's clock, in seconds.
+pub const MAX_SKEW_SECS: u64 = 300;
+/// Longest nonce accepted.
+const MAX_NONCE: usize = 64;
+
+fn sig_err(why: impl Into<String>) -> Error {
+    Error::Signature(why.into())
+}
+
+/// The `Content-Digest` value of a body.
+pub fn content_digest(body: &[u8]) -> String {
+    format!("sha-256=:{}:", B64.encode(Sha256::digest(body)))
+}
+
+/// The three headers of a signed request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SignedHeaders {
+    /// `Content-Digest`.
+    pub content_digest: String,
+    /// `Signature-Input`.
+    pub signature_input: String,
+    /// `Signature`.
+    pub signature: String,
+}
+
+fn signature_base(method: &str, path: &str, digest: &str, params: &str) -> String {
+    format!(
+        "\"@method\": {}\n\"@path\": {path}\n\"content-digest\": {digest}\n\"@signature-params\": {params}",
+        method.to_ascii_uppercase()
+    )
+}
+
+fn check_token(what: &str, s: &str, max: usize) -> Result<(), Error> {
+    if s.is_empty()
+        || s.len() > max
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        return Err(sig_err(format!(
+            "{what} must be 1 to {max} printable characters without quotes"
+        )));
+    }
+    Ok(())
+}
+
+/// Signs requests for one identity.
+pub struct RequestSigner {
+    key: SigningKey,
+    keyid: String,
+}
+
+impl std::fmt::Debug for RequestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSigner")
+            .field("keyid", &self.keyid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestSigner {
+    /// A signer from the identity's PKCS#8 PEM key (its TLS client key).
+    pub fn from_pem(keyid: &str, key_pem: &str) -> Result<Self, Error> {
+        check_token("keyid", keyid, 128)?;
+        let key = SigningKey::from_pkcs8_pem(key_pem)
+            .map_err(|e| Error::Certificate(format!("an Ed25519 PKCS#8 key was expected: {e}")))?;
+        Ok(RequestSigner {
+            key,
+            keyid: keyid.to_string(),
+        })
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Signs a request made at `created` with a fresh `nonce`.
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        created: u64,
+        nonce: &str,
+    ) -> Result<SignedHeaders, Error> {
+        check_token("nonce", nonce, MAX_NONCE)?;
+        check_token("path", path, 8192)?;
+        let digest = content_digest(body);
+        let params = format!(
+            "{COMPONENTS};created={created};keyid=\"{}\";nonce=\"{nonce}\";alg=\"ed25519\"",
+            self.keyid
+        );
+        let base = signature_base(method, path, &digest, &params);
+        let sig = self.key.sign(base.as_bytes());
+        Ok(SignedHeaders {
+            content_digest: digest,
+            signature_input: format!("sig1={params}"),
+            signature: format!("sig1=:{}:", B64.encode(sig.to_bytes())),
+        })
+    }
+}
+
+/// What a verified signature said.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Verified {
+    /// The signer's identity.
+    pub keyid: String,
+    /// When it was signed (Unix seconds).
+    pub created: u64,
+    /// Its nonce.
+    pub nonce: String,
+    /// SHA-256 of the signature base: names the request in receipts and the
+    /// audit log.
+    pub request_hash: [u8; 32],
+    /// The signature (base64), kept for non-repudiation.
+    pub signature: String,
+}
+
+fn parse_params(input: &str) -> Result<(String, u64, String, String), Error> {
+    let params = input
+        .strip_prefix("sig1=")
+        .ok_or_else(|| sig_err("Signature-Input must hold one signature labelled sig1"))?;
+    let rest = params
+        .strip_prefix(COMPONENTS)
+        .ok_or_else(|| sig_err(format!("the signature must cover exactly {COMPONENTS}")))?;
+    let mut fields: HashMap<&str, &str> = HashMap::new();
+    for part in rest.split(';').skip(1) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| sig_err(format!("malformed parameter `{part}`")))?;
+        if fields.insert(k, v).is_some() {
+            return Err(sig_err(format!("parameter `{k}` given twice")));
+        }
+    }
+    if !rest.is_empty() && !rest.starts_with(';') {
+        return Err(sig_err("malformed Signature-Input"));
+    }
+    let quoted = |k: &str| -> Result<String, Error> {
+        fields
+            .get(k)
+            .and_then(|v| v.strip_prefix('"')?.strip_suffix('"'))
+            .map(str::to_string)
+            .ok_or_else(|| sig_err(format!("parameter `{k}` (a quoted string) is required")))
+    };
+    if fields.len() != 4 || quoted("alg")? != "ed25519" {
+        return Err(sig_err(
+            "parameters must be exactly created, keyid, nonce and alg=\"ed25519\"",
+        ));
+    }
+    let created = fields
+        .get("created")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| sig_err("parameter `created` (Unix seconds) is required"))?;
+    let keyid = quoted("keyid")?;
+    let nonce = quoted("nonce")?;
+    check_token("keyid", &keyid, 128)?;
+    check_token("nonce", &nonce, MAX_NONCE)?;
+    Ok((params.to_string(), created, keyid, nonce))
+}
+
+/// Verifies a signed request against the caller's certificate key, at time
+/// `now` (Unix seconds). Does not check replays: see [`ReplayGuard`].
+pub fn verify(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &SignedHeaders,
+    public_key: &[u8; 32],
+    now: u64,
+) -> Result<Verified, Error> {
+    if headers.content_digest != content_digest(body) {
+        return Err(sig_err("Content-Digest does not match the body"));
+    }
+    let (params, created, keyid, nonce) = parse_params(&headers.signature_input)?;
+    if created.abs_diff(now) > MAX_SKEW_SECS {
+        return Err(sig_err(format!(
+            "signature created at {created}, {} s from the server's clock (at most {MAX_SKEW_SECS} s)",
+            created.abs_diff(now)
+        )));
+    }
+    let sig_b64 = headers
+        .signature
+        .strip_prefix("sig1=:")
+        .and_then(|s| s.strip_suffix(':'))
+        .ok_or_else(|| sig_err("Signature must be `sig1=:<base64>:`"))?;
+    let sig = B64
+        .decode(sig_b64)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .ok_or_else(|| sig_err("Signature is not a base64 Ed25519 signature"))?;
+    let key = VerifyingKey::from_bytes(public_key).map_err(|_| sig_err("bad public key"))?;
+    let base = signature_base(method, path, &headers.content_digest, &params);
+    key.verify_strict(base.as_bytes(), &sig)
+        .map_err(|_| sig_err("the signature does not verify with the caller's certificate key"))?;
+    Ok(Verified {
+        keyid,
+        created,
+        nonce,
+        request_hash: Sha256::digest(base.as_bytes()).into(),
+        signature: sig_b64.to_string(),
+    })
+}
+
+/// Remembers `(keyid, nonce)` pairs for the skew window so a captured request
+/// cannot be replayed. Bounded: when full it refuses new requests rather than
+/// forget (fail closed).
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: Mutex<HashMap<(String, String), u64>>,
+}
+
+/// Most remembered nonces.
+const REPLAY_CAPACITY: usize = 1 << 20;
+
+impl ReplayGuard {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the request's nonce; an error if it was seen before.
+    pub fn check(&self, verified: &Verified, now: u64) -> Result<(), Error> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= REPLAY_CAPACITY / 2 {
+            seen.retain(|_, expires| *expires > now);
+        }
+        if seen.len() >= REPLAY_CAPACITY {
+            return Err(sig_err("too many requests in flight; retry shortly"));
+        }
+        let key = (verified.keyid.clone(), verified.nonce.clone());
+        if seen.contains_key(&key) {
+            return Err(sig_err("this request was already received (replay)"));
+        }
+        seen.insert(key, verified.created + 2 * MAX_SKEW_SECS);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CertificateAuthority;
+
+    fn signer() -> RequestSigner {
+        let ca = CertificateAuthority::generate("t").unwrap();
+        let issued = ca.issue_identity("dr-heart").unwrap();
+        RequestSigner::from_pem("dr-heart", &issued.key_pem).unwrap()
+    }
+
+    #[test]
+    fn signed_requests_verify_and_changes_do_not() {
+        let s = signer();
+        let pk = s.public_key();
+        let h = s
+            .sign("post", "/v1/records", b"{\"a\":1}", 1000, "n1")
+            .unwrap();
+        let v = verify("POST", "/v1/records", b"{\"a\":1}", &h, &pk, 1010).unwrap();
+        assert_eq!((v.keyid.as_str(), v.created), ("dr-heart", 1000));
+        assert!(verify("GET", "/v1/records", b"{\"a\":1}", &h, &pk, 1010).is_err());
+        assert!(verify("POST", "/v1/records/x", b"{\"a\":1}", &h, &pk, 1010).is_err());
+        assert!(verify("POST", "/v1/records", b"{\"a\":2}", &h, &pk, 1010).is_err());
+        assert!(verify("POST", "/v1/records", b"{\"a\":1}", &h, &pk, 2000).is_err());
+        let other = signer().public_key();
+        assert!(verify("POST", "/v1/records", b"{\"a\":1}", &h, &other, 1010).is_err());
+        let mut forged = h.clone();
+        forged.signature_input = forged
+            .signature_input
+            .replace("created=1000", "created=1001");
+        assert!(verify("POST", "/v1/records", b"{\"a\":1}", &forged, &pk, 1010).is_err());
+        for bad in ["", "sig1=(\"@method\");created=1", "sig2=x", "sig1=(\"@method\" \"@path\" \"content-digest\");created=1;created=2;keyid=\"a\";nonce=\"b\";alg=\"ed25519\""] {
+            let mut t = h.clone();
+            t.signature_input = bad.into();
+            assert!(verify("POST", "/v1/records", b"{\"a\":1}", &t, &pk, 1010).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replays_are_refused() {
+        let s = signer();
+        let h = s.sign("GET", "/v1/x", b"", 1000, "once").unwrap();
+        let v = verify("GET", "/v1/x", b"", &h, &s.public_key(), 1000).unwrap();
+        let guard = ReplayGuard::new();
+        guard.check(&v, 1000).unwrap();
+        assert!(guard.check(&v, 1001).is_err());
+    }
+}
