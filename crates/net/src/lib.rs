@@ -8,11 +8,16 @@
 //! * [`signature`]: signed requests in the form of HTTP Message Signatures
 //!   (RFC 9421) over method, path, body digest, creation time and nonce, with
 //!   a replay guard.
+//! * [`server`]: serving an axum router over mutual TLS, with the caller's
+//!   identity on every request and the signature check as middleware.
+//! * [`client`]: the matching HTTPS client that signs every request.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod pki;
+pub mod server;
 pub mod signature;
 pub mod tls;
 
@@ -28,4 +33,7 @@ pub enum Error {
     /// A request signature was missing, malformed, stale, replayed or wrong.
     #[error("request signature: {0}")]
     Signature(String),
+    /// The connection or request failed.
+    #[error("transport: {0}")]
+    Transport(String),
 }

@@ -1,0 +1,70 @@
+//! The client side: HTTPS with the identity's certificate, every request
+//! signed with the same key.
+
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::signature::RequestSigner;
+use crate::tls::client_config;
+use crate::Error;
+
+/// An identity's connection to one service.
+#[derive(Debug)]
+pub struct SignedClient {
+    http: reqwest::Client,
+    base: String,
+    signer: RequestSigner,
+}
+
+impl SignedClient {
+    /// A client for the service at `base` (e.g. `https://127.0.0.1:7444`) as
+    /// identity `id`, trusting `ca_pem`.
+    pub fn new(
+        base: &str,
+        id: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, Error> {
+        let tls = client_config(ca_pem, cert_pem, key_pem)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Certificate(format!("HTTPS client: {e}")))?;
+        Ok(SignedClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            signer: RequestSigner::from_pem(id, key_pem)?,
+        })
+    }
+
+    /// Sends a signed request; the response as it came.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, Error> {
+        let mut nonce = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let headers = self.signer.sign(
+            method.as_str(),
+            path,
+            &body,
+            crate::server::unix_now(),
+            &hex::encode(nonce),
+        )?;
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("content-digest", headers.content_digest)
+            .header("signature-input", headers.signature_input)
+            .header("signature", headers.signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))
+    }
+}
