@@ -7,6 +7,7 @@
 //! pki/records.pem, .key     the record service's TLS certificate
 //! identities/<id>.pem, .key each sample identity's client certificate and key
 //! asclepios.db              the SQLite store with the directory
+//! authority/, pki/audit-log.*  service keys (see [`crate::keys`])
 //! ```
 
 use std::path::Path;
@@ -114,6 +115,7 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         write_file(&key, &issued.key_pem, true)?;
         write_file(&cert, &issued.cert_pem, false)?;
     }
+    crate::keys::create(dir, &config.audit.origin, &["auditor-ann"])?;
     write_file(&config_path, &config.to_toml()?, false)?;
     let directory = Directory::open(dir)?;
     SAMPLE_ORGANISATION

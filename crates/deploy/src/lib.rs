@@ -4,6 +4,8 @@
 //! * [`init`]: `asclepios init`: a working development deployment (CA,
 //!   service and identity certificates, a sample organisation in the
 //!   directory, the configuration).
+//! * [`keys`]: the service keys (FAME master keys sealed at rest, the audit
+//!   log's checkpoint key, auditors' HPKE keys).
 //! * [`directory`]: `asclepios user ...`: adding identities, setting their
 //!   attributes (revocation bumps attribute versions), disabling them.
 
@@ -13,6 +15,7 @@
 pub mod config;
 pub mod directory;
 pub mod init;
+pub mod keys;
 
 pub use config::Config;
 
@@ -31,6 +34,9 @@ pub enum Error {
     /// The store.
     #[error(transparent)]
     Store(#[from] asclepios_store::StoreError),
+    /// A note key.
+    #[error(transparent)]
+    Note(#[from] asclepios_audit::NoteError),
     /// A request that cannot be carried out as asked.
     #[error("{0}")]
     Invalid(String),

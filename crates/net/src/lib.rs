@@ -8,6 +8,8 @@
 //! * [`signature`]: signed requests in the form of HTTP Message Signatures
 //!   (RFC 9421) over method, path, body digest, creation time and nonce, with
 //!   a replay guard.
+//! * [`sealed_box`]: encrypting a payload to an identity's certificate key
+//!   (HPKE to its X25519 form), for keys the authority hands out.
 //! * [`server`]: serving an axum router over mutual TLS, with the caller's
 //!   identity on every request and the signature check as middleware.
 //! * [`client`]: the matching HTTPS client that signs every request.
@@ -17,6 +19,7 @@
 
 pub mod client;
 pub mod pki;
+pub mod sealed_box;
 pub mod server;
 pub mod signature;
 pub mod tls;

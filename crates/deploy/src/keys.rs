@@ -1,0 +1,152 @@
+//! The deployment's service keys, made by `init` and loaded by the services:
+//!
+//! ```text
+//! authority/abe-public.key     FAME master public key (shared with every client)
+//! authority/abe-master.sealed  FAME master secret key, sealed (XChaCha20-Poly1305)
+//! authority/seal.key           the sealing key (a secret; in production it comes
+//!                              from attestation-bound storage, not a file)
+//! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
+//! authority/auditors.pub       auditors' HPKE public keys, one hex line each
+//! identities/<id>.audit.key    an auditor's HPKE secret key
+//! ```
+
+use std::path::Path;
+
+use asclepios_audit::{AuditorPublicKey, AuditorSecretKey, NoteSigner, NoteVerifier};
+use asclepios_crypto::abe::{self, MasterSecretKey, PublicKey};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::{read_file, write_file, Error};
+
+const SEAL_AAD: &[u8] = b"asclepios abe master secret v1";
+
+fn write_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
+    write_file(path, &hex::encode(bytes), secret)
+}
+
+fn read_hex(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let text = Zeroizing::new(read_file(path)?);
+    hex::decode(text.trim())
+        .map(Zeroizing::new)
+        .map_err(|_| Error::Io(format!("{} is not hex", path.display())))
+}
+
+/// Makes the service keys of a new deployment; `auditors` get HPKE keys.
+pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> {
+    std::fs::create_dir_all(dir.join("authority")).map_err(|e| Error::Io(e.to_string()))?;
+    let (mpk, msk) = abe::setup(&mut OsRng);
+    write_bytes(
+        &dir.join("authority/abe-public.key"),
+        &mpk.to_bytes(),
+        false,
+    )?;
+    let mut seal_key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(seal_key.as_mut());
+    let mut nonce = [0u8; 24];
+    OsRng.fill_bytes(&mut nonce);
+    let sealed = XChaCha20Poly1305::new(seal_key.as_ref().into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &msk.to_bytes(),
+                aad: SEAL_AAD,
+            },
+        )
+        .map_err(|_| Error::Invalid("sealing the master secret failed".into()))?;
+    write_bytes(&dir.join("authority/seal.key"), seal_key.as_ref(), true)?;
+    write_bytes(
+        &dir.join("authority/abe-master.sealed"),
+        &[nonce.as_slice(), &sealed].concat(),
+        true,
+    )?;
+    let signer = NoteSigner::generate(origin)?;
+    write_file(
+        &dir.join("pki/audit-log.key"),
+        &signer.to_secret_string(),
+        true,
+    )?;
+    write_file(
+        &dir.join("pki/audit-log.pub"),
+        &format!("{}\n", signer.verifier()),
+        false,
+    )?;
+    let mut publics = String::new();
+    for id in auditors {
+        let (sk, pk) = AuditorSecretKey::generate(&mut OsRng);
+        write_bytes(
+            &dir.join(format!("identities/{id}.audit.key")),
+            sk.to_bytes().as_ref(),
+            true,
+        )?;
+        publics.push_str(&format!("{}\n", hex::encode(pk.to_bytes())));
+    }
+    write_file(&dir.join("authority/auditors.pub"), &publics, false)
+}
+
+/// The FAME master public key.
+pub fn abe_public_key(dir: &Path) -> Result<PublicKey, Error> {
+    let bytes = read_hex(&dir.join("authority/abe-public.key"))?;
+    PublicKey::from_bytes(&bytes).map_err(|e| Error::Invalid(format!("abe-public.key: {e}")))
+}
+
+/// Unseals the FAME master secret key (the authority only).
+pub fn abe_master_key(dir: &Path) -> Result<MasterSecretKey, Error> {
+    let key = read_hex(&dir.join("authority/seal.key"))?;
+    let sealed = read_hex(&dir.join("authority/abe-master.sealed"))?;
+    if key.len() != 32 || sealed.len() < 24 {
+        return Err(Error::Invalid(
+            "the sealed master secret or its key is damaged".into(),
+        ));
+    }
+    let plain = Zeroizing::new(
+        XChaCha20Poly1305::new(key.as_slice().into())
+            .decrypt(
+                XNonce::from_slice(&sealed[..24]),
+                Payload {
+                    msg: &sealed[24..],
+                    aad: SEAL_AAD,
+                },
+            )
+            .map_err(|_| {
+                Error::Invalid("the master secret does not unseal with authority/seal.key".into())
+            })?,
+    );
+    MasterSecretKey::from_bytes(&plain).map_err(|e| Error::Invalid(format!("master secret: {e}")))
+}
+
+/// The audit log's checkpoint signer.
+pub fn log_signer(dir: &Path) -> Result<NoteSigner, Error> {
+    let text = Zeroizing::new(read_file(&dir.join("pki/audit-log.key"))?);
+    Ok(NoteSigner::parse(&text)?)
+}
+
+/// The audit log's checkpoint verifier key.
+pub fn log_verifier(dir: &Path) -> Result<NoteVerifier, Error> {
+    Ok(NoteVerifier::parse(&read_file(
+        &dir.join("pki/audit-log.pub"),
+    )?)?)
+}
+
+/// The auditors' public keys.
+pub fn auditors(dir: &Path) -> Result<Vec<AuditorPublicKey>, Error> {
+    read_file(&dir.join("authority/auditors.pub"))?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let bytes = hex::decode(l.trim())
+                .map_err(|_| Error::Invalid("auditors.pub: not hex".into()))?;
+            AuditorPublicKey::from_bytes(&bytes).map_err(|e| Error::Invalid(e.to_string()))
+        })
+        .collect()
+}
+
+/// An auditor's secret key.
+pub fn auditor_secret(dir: &Path, id: &str) -> Result<AuditorSecretKey, Error> {
+    let bytes = read_hex(&dir.join(format!("identities/{id}.audit.key")))?;
+    Ok(AuditorSecretKey::from_bytes(&bytes)
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .0)
+}
