@@ -8,6 +8,8 @@
 //!   are never signed for a tree that does not extend the previous one.
 //! * [`event`]: audit events, encrypted to auditors (HPKE) and to the patient
 //!   concerned (CP-ABE) before they become leaves; FHIR `AuditEvent` export.
+//! * [`receipt`]: signed receipts naming a request's leaf and a checkpoint
+//!   that includes it, and the trail services write them from.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -16,11 +18,13 @@ pub mod event;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod receipt;
 
 pub use event::{Action, AuditEvent, AuditorPublicKey, AuditorSecretKey, Outcome, SealedEvent};
 pub use log::{Log, LogStore};
 pub use merkle::{Hash, NodeId};
 pub use note::{Checkpoint, NoteError, NoteSigner, NoteVerifier};
+pub use receipt::{AuditTrail, Receipt};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]

@@ -120,6 +120,12 @@ impl Policy {
         Ok(policy)
     }
 
+    /// A policy from a tree, checked like parsed text (it is printed and
+    /// parsed again, so every rule and limit applies).
+    pub fn from_root(root: Node) -> Result<Self, PolicyError> {
+        Policy::parse(&Policy { root }.to_string())
+    }
+
     /// The root of the policy tree.
     pub fn root(&self) -> &Node {
         &self.root

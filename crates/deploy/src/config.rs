@@ -33,6 +33,9 @@ pub struct Config {
 pub struct StoreConfig {
     /// `sqlite://<path>` (relative to the data directory) or `postgres://...`.
     pub url: String,
+    /// PostgreSQL only: the schema to keep the tables in (created if missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 /// One HTTPS service.
@@ -92,6 +95,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: "sqlite://asclepios.db".into(),
+            schema: None,
         }
     }
 }
@@ -170,6 +174,18 @@ impl Config {
             }
             None => self.store.url.clone(),
         }
+    }
+
+    /// Opens the deployment's store.
+    pub fn open_store(&self, dir: &Path) -> Result<asclepios_store::Store, Error> {
+        let location = self.store_location(dir);
+        Ok(
+            if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+                asclepios_store::Store::open_postgres(&location, self.store.schema.as_deref(), 8)?
+            } else {
+                asclepios_store::Store::open(&location)?
+            },
+        )
     }
 
     /// The default policy text for a patient (with the emergency clause).

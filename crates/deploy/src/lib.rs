@@ -6,6 +6,8 @@
 //!   directory, the configuration).
 //! * [`keys`]: the service keys (FAME master keys sealed at rest, the audit
 //!   log's checkpoint key, auditors' HPKE keys).
+//! * [`serve`]: the key authority and the record service of a deployment,
+//!   started over mutual TLS (what `asclepios serve` and the demo run).
 //! * [`directory`]: `asclepios user ...`: adding identities, setting their
 //!   attributes (revocation bumps attribute versions), disabling them.
 
@@ -16,6 +18,7 @@ pub mod config;
 pub mod directory;
 pub mod init;
 pub mod keys;
+pub mod serve;
 
 pub use config::Config;
 

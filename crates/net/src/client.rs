@@ -47,6 +47,17 @@ impl SignedClient {
         path: &str,
         body: Vec<u8>,
     ) -> Result<reqwest::Response, Error> {
+        Ok(self.send_signed(method, path, body).await?.0)
+    }
+
+    /// Sends a signed request; the response and the request's hash (what its
+    /// receipt names).
+    pub async fn send_signed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(reqwest::Response, [u8; 32]), Error> {
         let mut nonce = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
         let headers = self.signer.sign(
@@ -56,7 +67,9 @@ impl SignedClient {
             crate::server::unix_now(),
             &hex::encode(nonce),
         )?;
-        self.http
+        let request_hash = headers.request_hash;
+        let response = self
+            .http
             .request(method, format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .header("content-digest", headers.content_digest)
@@ -65,6 +78,7 @@ impl SignedClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| Error::Transport(e.to_string()))
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok((response, request_hash))
     }
 }

@@ -187,6 +187,22 @@ pub struct PeerIdentity {
     pub public_key: [u8; 32],
 }
 
+/// The Ed25519 public key of a certificate (service or identity).
+pub fn public_key(cert_der: &[u8]) -> Result<[u8; 32], Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(cert_err)?;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != "1.3.101.112" {
+        return Err(Error::Certificate(
+            "asclepios certificates carry Ed25519 keys".into(),
+        ));
+    }
+    spki.subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| Error::Certificate("an Ed25519 key is 32 bytes".into()))
+}
+
 /// Reads the identity and key from a (chain-verified) client certificate.
 pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(cert_err)?;

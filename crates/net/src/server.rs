@@ -141,6 +141,7 @@ pub async fn require_signature(
         content_digest: header(&req, "content-digest")?.to_string(),
         signature_input: header(&req, "signature-input")?.to_string(),
         signature: header(&req, "signature")?.to_string(),
+        request_hash: [0; 32],
     };
     let method = req.method().as_str().to_string();
     let path = req

@@ -41,7 +41,8 @@ pub fn content_digest(body: &[u8]) -> String {
     format!("sha-256=:{}:", B64.encode(Sha256::digest(body)))
 }
 
-/// The three headers of a signed request.
+/// The three headers of a signed request (and, for the signer, the hash
+/// receipts name it by).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SignedHeaders {
     /// `Content-Digest`.
@@ -50,6 +51,8 @@ pub struct SignedHeaders {
     pub signature_input: String,
     /// `Signature`.
     pub signature: String,
+    /// SHA-256 of the signature base: how receipts name the request (not sent).
+    pub request_hash: [u8; 32],
 }
 
 fn signature_base(method: &str, path: &str, digest: &str, params: &str) -> String {
@@ -126,6 +129,7 @@ impl RequestSigner {
             content_digest: digest,
             signature_input: format!("sig1={params}"),
             signature: format!("sig1=:{}:", B64.encode(sig.to_bytes())),
+            request_hash: Sha256::digest(base.as_bytes()).into(),
         })
     }
 }

@@ -166,6 +166,18 @@ impl Postgres {
 }
 
 /// Statements on a client or inside a transaction.
+impl Drop for Postgres {
+    /// The `postgres` client closes its connection by driving its own small
+    /// runtime, which panics on an async runtime's thread (services drop the
+    /// store there when they stop): close the connections on a plain thread.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle.lock().unwrap_or_else(|p| p.into_inner()).0);
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 struct PgTx<'a, C: GenericClient> {
     client: &'a mut C,
     statements: &'a mut HashMap<String, Statement>,

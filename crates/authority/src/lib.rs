@@ -1,0 +1,292 @@
+//! The key authority: holds the FAME master secret and the directory's view
+//! of who holds which attribute at which version.
+//!
+//! * `POST /v1/keys`: a FAME key for the caller's current attributes, each at
+//!   its current version (`role:doctor@v2` after two revocations), sealed to
+//!   the caller's certificate key. Disabled identities are refused.
+//! * `POST /v1/policy/resolve`: a policy with every attribute at its current
+//!   version, the form records are sealed under, so a revoked holder's old key
+//!   no longer satisfies what is written afterwards.
+//! * `GET /v1/abe/public-key`: the FAME master public key.
+//!
+//! Every issuance and refusal is logged as a confidential audit event with a
+//! signed receipt.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
+use asclepios_crypto::abe::MasterSecretKey;
+use asclepios_crypto::policy::{Node, Policy};
+use asclepios_net::sealed_box::{self, SealedBox};
+use asclepios_net::server::{require_signature, ApiError, Caller, SignatureCheck};
+use asclepios_net::signature::Verified;
+use asclepios_store::{IdentityStatus, Store, StoreError};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// The attribute as keys and policies carry it at `version`.
+pub fn versioned(attribute: &str, version: u64) -> String {
+    if version == 0 {
+        attribute.to_string()
+    } else {
+        format!("{attribute}@v{version}")
+    }
+}
+
+/// The context an issued key is sealed under.
+pub fn key_context(identity: &str) -> Vec<u8> {
+    format!("asclepios abe user key v1:{identity}").into_bytes()
+}
+
+/// An issued key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuedKey {
+    /// The attributes it holds (versioned).
+    pub attributes: Vec<String>,
+    /// The FAME user key, sealed to the caller.
+    pub key: SealedBox,
+}
+
+/// A policy to resolve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyText {
+    /// The policy.
+    pub policy: String,
+}
+
+/// A response with its receipt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithReceipt<T> {
+    /// The answer.
+    pub result: T,
+    /// The signed receipt.
+    pub receipt: Receipt,
+}
+
+/// The authority's state.
+pub struct KeyAuthority {
+    store: Store,
+    trail: AuditTrail<Store>,
+    master: MasterSecretKey,
+    public_key_hex: String,
+}
+
+impl std::fmt::Debug for KeyAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyAuthority(<master secret redacted>)")
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("storage unavailable: {e}"),
+    )
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request was interrupted",
+        )
+    })?
+}
+
+impl KeyAuthority {
+    /// An authority over `store` with the master secret, logging through `trail`.
+    pub fn new(store: Store, trail: AuditTrail<Store>, master: MasterSecretKey) -> Self {
+        let public_key_hex = hex::encode(master.public_key().to_bytes());
+        KeyAuthority {
+            store,
+            trail,
+            master,
+            public_key_hex,
+        }
+    }
+
+    /// The router: every route behind the signature check.
+    pub fn router(self: Arc<Self>, check: Arc<SignatureCheck>) -> Router {
+        Router::new()
+            .route("/v1/keys", post(issue_key))
+            .route("/v1/policy/resolve", post(resolve_policy))
+            .route("/v1/abe/public-key", get(public_key))
+            .layer(axum::middleware::from_fn_with_state(
+                check,
+                require_signature,
+            ))
+            .with_state(self)
+    }
+
+    fn active(&self, caller: &str) -> Result<(), ApiError> {
+        match self.store.identity(caller).map_err(store_error)? {
+            Some(i) if i.status == IdentityStatus::Active => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("identity `{caller}` is disabled"),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("identity `{caller}` is not in the directory"),
+            )),
+        }
+    }
+
+    fn audit(
+        &self,
+        caller: &str,
+        v: &Verified,
+        outcome: Outcome,
+        status: StatusCode,
+    ) -> Result<Receipt, ApiError> {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let event = AuditEvent {
+            id: hex::encode(id),
+            actor: caller.to_string(),
+            action: Action::KeyIssue,
+            resource: format!("abe-key/{caller}"),
+            patient: None,
+            time: asclepios_net::server::unix_now(),
+            outcome,
+            purpose: "TREAT".into(),
+            emergency: false,
+            request_signature: Some(v.signature.clone()),
+        };
+        self.trail
+            .record(&event, &v.request_hash, status.as_u16())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("audit log unavailable: {e}"),
+                )
+            })
+    }
+
+    /// The caller's current attributes, each at its current version.
+    pub fn current_attributes(&self, identity: &str) -> Result<Vec<String>, ApiError> {
+        self.store
+            .identity_attributes(identity)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|g| {
+                let v = self
+                    .store
+                    .attribute_version(&g.attribute)
+                    .map_err(store_error)?;
+                Ok(versioned(&g.attribute, v))
+            })
+            .collect()
+    }
+
+    fn issue(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+    ) -> Result<WithReceipt<IssuedKey>, ApiError> {
+        if let Err(e) = self.active(&caller.id) {
+            self.audit(&caller.id, v, Outcome::Denied, e.status)?;
+            return Err(e);
+        }
+        let attributes = self.current_attributes(&caller.id)?;
+        let key = self
+            .master
+            .keygen(&attributes, &mut rand_core::OsRng)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        let sealed = sealed_box::seal(
+            &caller.public_key,
+            &key_context(&caller.id),
+            &key.to_bytes(),
+        )
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let receipt = self.audit(&caller.id, v, Outcome::Success, StatusCode::OK)?;
+        Ok(WithReceipt {
+            result: IssuedKey {
+                attributes,
+                key: sealed,
+            },
+            receipt,
+        })
+    }
+
+    /// `policy` with every attribute at its current version.
+    pub fn resolve(&self, policy: &Policy) -> Result<Policy, ApiError> {
+        fn walk(
+            node: &Node,
+            f: &dyn Fn(&str) -> Result<String, ApiError>,
+        ) -> Result<Node, ApiError> {
+            Ok(match node {
+                Node::Attr(a) => Node::Attr(f(a)?),
+                Node::And(children) => Node::And(
+                    children
+                        .iter()
+                        .map(|c| walk(c, f))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Node::Or(children) => Node::Or(
+                    children
+                        .iter()
+                        .map(|c| walk(c, f))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Node::Threshold(k, children) => Node::Threshold(
+                    *k,
+                    children
+                        .iter()
+                        .map(|c| walk(c, f))
+                        .collect::<Result<_, _>>()?,
+                ),
+            })
+        }
+        let root = walk(policy.root(), &|a| {
+            let base = a.split_once("@v").map_or(a, |(b, _)| b);
+            Ok(versioned(
+                base,
+                self.store.attribute_version(base).map_err(store_error)?,
+            ))
+        })?;
+        Policy::from_root(root).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+    }
+}
+
+async fn issue_key(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+) -> Result<Json<WithReceipt<IssuedKey>>, ApiError> {
+    blocking(move || s.issue(&caller, &v)).await.map(Json)
+}
+
+async fn resolve_policy(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Json<PolicyText>, ApiError> {
+    let req: PolicyText = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    let policy = Policy::parse(&req.policy)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    blocking(move || {
+        s.active(&caller.id)?;
+        Ok(PolicyText {
+            policy: s.resolve(&policy)?.to_string(),
+        })
+    })
+    .await
+    .map(Json)
+}
+
+async fn public_key(State(s): State<Arc<KeyAuthority>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "public_key": s.public_key_hex }))
+}

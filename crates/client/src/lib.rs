@@ -1,0 +1,351 @@
+//! The asclepios client SDK: what the CLI, the portal and the tests use.
+//!
+//! A client acts as one identity of a deployment: its certificate and key
+//! authenticate every connection (mutual TLS) and sign every request. Records
+//! are sealed here, before they leave: the FHIR resource under a fresh data
+//! key, the key wrapped under the record's policy (each attribute at its
+//! current version, as the authority resolves it), the whole signed by the
+//! author. Reading fetches the sealed record and opens it with the identity's
+//! ABE key from the authority. Every answer's receipt is checked: signed by
+//! the service, naming this request, included in a checkpoint of the audit log.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::path::Path;
+
+use asclepios_audit::{NoteVerifier, Receipt};
+use asclepios_authority::{IssuedKey, PolicyText};
+use asclepios_crypto::abe::{PublicKey, UserKey};
+use asclepios_crypto::envelope::{self, Envelope, KeyWrapper, RecordContext, SealedBody};
+use asclepios_crypto::Policy;
+use asclepios_net::client::SignedClient;
+use asclepios_net::pki::public_key;
+use asclepios_net::tls::certs_from_pem;
+use asclepios_records::{author_message, PutRecord, RecordOut, WithReceipt};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::{Signer, SigningKey};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The service refused the request.
+    #[error("{service} refused the request ({status}): {message}")]
+    Refused {
+        /// Which service.
+        service: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The service's explanation.
+        message: String,
+    },
+    /// Transport, certificates or request signing.
+    #[error(transparent)]
+    Net(#[from] asclepios_net::Error),
+    /// Sealing or opening.
+    #[error(transparent)]
+    Crypto(#[from] asclepios_crypto::Error),
+    /// A receipt or the audit log did not check out.
+    #[error(transparent)]
+    Audit(#[from] asclepios_audit::Error),
+    /// The deployment's files.
+    #[error(transparent)]
+    Deploy(#[from] asclepios_deploy::Error),
+    /// An answer that is not what the protocol says.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+struct Service {
+    name: &'static str,
+    http: SignedClient,
+    receipt_key: [u8; 32],
+}
+
+/// One identity's connection to a deployment.
+pub struct Client {
+    id: String,
+    key_pem: Zeroizing<String>,
+    signing: SigningKey,
+    authority: Service,
+    records: Service,
+    log: NoteVerifier,
+    abe_public_key: PublicKey,
+    user_key: Option<UserKey>,
+    attributes: Vec<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<String, ClientError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ClientError::Deploy(asclepios_deploy::Error::Io(format!(
+            "cannot read {}: {e}",
+            path.display()
+        )))
+    })
+}
+
+/// A service's receipt key: the Ed25519 key of its certificate.
+fn service_key(cert_pem: &str) -> Result<[u8; 32], ClientError> {
+    let der = certs_from_pem(cert_pem)?;
+    Ok(public_key(&der[0])?)
+}
+
+impl Client {
+    /// Connects as identity `id` of the deployment in `dir`, to the services
+    /// at `authority` and `records` (e.g. `https://localhost:7443`).
+    pub fn connect(
+        dir: &Path,
+        id: &str,
+        authority: &str,
+        records: &str,
+    ) -> Result<Self, ClientError> {
+        let layout = asclepios_deploy::directory::Layout::new(dir);
+        let ca = read(&layout.ca_cert())?;
+        let (cert_path, key_path) = layout.identity(id);
+        let cert = read(&cert_path)?;
+        let key_pem = Zeroizing::new(read(&key_path)?);
+        let signing = SigningKey::from_pkcs8_pem(&key_pem)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", key_path.display())))?;
+        let service = |name: &'static str, url: &str| -> Result<Service, ClientError> {
+            Ok(Service {
+                name,
+                http: SignedClient::new(url, id, &ca, &cert, &key_pem)?,
+                receipt_key: service_key(&read(&layout.service(name).0)?)?,
+            })
+        };
+        Ok(Client {
+            id: id.to_string(),
+            signing,
+            authority: service("authority", authority)?,
+            records: service("records", records)?,
+            log: asclepios_deploy::keys::log_verifier(dir)?,
+            abe_public_key: asclepios_deploy::keys::abe_public_key(dir)?,
+            user_key: None,
+            attributes: Vec::new(),
+            key_pem,
+        })
+    }
+
+    /// The identity.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The attributes of the ABE key last fetched.
+    pub fn attributes(&self) -> &[String] {
+        &self.attributes
+    }
+
+    async fn call<T: DeserializeOwned>(
+        service: &Service,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(T, [u8; 32]), ClientError> {
+        let (response, request_hash) = service.http.send_signed(method, path, body).await?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Net(asclepios_net::Error::Transport(e.to_string())))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Refused {
+                service: service.name,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("{} answered {e}", service.name)))?;
+        Ok((value, request_hash))
+    }
+
+    /// Calls a service and checks the answer's receipt.
+    async fn call_with_receipt<T: DeserializeOwned>(
+        &self,
+        which: &'static str,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(T, Receipt), ClientError> {
+        let service = if which == "authority" {
+            &self.authority
+        } else {
+            &self.records
+        };
+        let (answer, hash): (WithReceipt<T>, _) = Self::call(service, method, path, body).await?;
+        answer
+            .receipt
+            .verify(&service.receipt_key, &self.log, &hash)?;
+        Ok((answer.result, answer.receipt))
+    }
+
+    /// Fetches a fresh ABE key for the identity's current attributes.
+    pub async fn refresh_key(&mut self) -> Result<&[String], ClientError> {
+        let (issued, _receipt): (IssuedKey, Receipt) = {
+            let (a, r): (asclepios_authority::WithReceipt<IssuedKey>, _) =
+                Self::call(&self.authority, Method::POST, "/v1/keys", Vec::new()).await?;
+            a.receipt
+                .verify(&self.authority.receipt_key, &self.log, &r)?;
+            (a.result, a.receipt)
+        };
+        let bytes = asclepios_net::sealed_box::open(
+            &self.key_pem,
+            &asclepios_authority::key_context(&self.id),
+            &issued.key,
+        )?;
+        self.user_key = Some(UserKey::from_bytes(&bytes).map_err(asclepios_crypto::Error::from)?);
+        self.attributes = issued.attributes;
+        Ok(&self.attributes)
+    }
+
+    /// The policy with every attribute at its current version.
+    pub async fn resolve_policy(&self, policy: &str) -> Result<Policy, ClientError> {
+        let body = serde_json::to_vec(&PolicyText {
+            policy: policy.to_string(),
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (resolved, _): (PolicyText, _) =
+            Self::call(&self.authority, Method::POST, "/v1/policy/resolve", body).await?;
+        Ok(Policy::parse(&resolved.policy).map_err(asclepios_crypto::Error::from)?)
+    }
+
+    /// Seals a FHIR resource and stores it as `version` of `record_id`.
+    pub async fn put_record(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        resource: &serde_json::Value,
+        policy: &str,
+    ) -> Result<Receipt, ClientError> {
+        let policy = self.resolve_policy(policy).await?;
+        let payload = Zeroizing::new(
+            serde_json::to_vec(resource).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        );
+        let context = RecordContext {
+            record_id: record_id.to_string(),
+            version,
+        };
+        let envelope = envelope::seal(
+            &self.abe_public_key,
+            &policy,
+            &context,
+            &payload,
+            &mut rand_core::OsRng,
+        )?;
+        let body = envelope.body.to_bytes();
+        let wrapper = envelope.wrapper.to_bytes();
+        let signature = self.signing.sign(&author_message(
+            patient, record_id, version, &body, &wrapper,
+        ));
+        let put = PutRecord {
+            patient: patient.to_string(),
+            record_id: record_id.to_string(),
+            version,
+            body: B64.encode(&body),
+            wrapper: B64.encode(&wrapper),
+            author_signature: B64.encode(signature.to_bytes()),
+        };
+        let json = serde_json::to_vec(&put).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (_version, receipt): (u64, _) = self
+            .call_with_receipt("records", Method::POST, "/v1/records", json)
+            .await?;
+        Ok(receipt)
+    }
+
+    /// The sealed record as stored (for inspection and tamper tests).
+    pub async fn get_sealed(
+        &self,
+        patient: &str,
+        record_id: &str,
+    ) -> Result<(RecordOut, Receipt), ClientError> {
+        self.call_with_receipt(
+            "records",
+            Method::GET,
+            &format!("/v1/records/{patient}/{record_id}"),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Opens a sealed record with this identity's ABE key.
+    pub fn open(&self, record: &RecordOut) -> Result<serde_json::Value, ClientError> {
+        let key = self.user_key.as_ref().ok_or_else(|| {
+            ClientError::Protocol("no ABE key yet: call refresh_key first".into())
+        })?;
+        let wrapper_b64 = record.wrapper.as_ref().ok_or_else(|| {
+            ClientError::Protocol("the record was erased: no key wrapper remains".into())
+        })?;
+        let decode = |what: &str, s: &str| {
+            B64.decode(s)
+                .map_err(|_| ClientError::Protocol(format!("{what} is not base64")))
+        };
+        let body = SealedBody::from_bytes(&decode("body", &record.body)?)
+            .map_err(asclepios_crypto::Error::from)?;
+        let wrapper = KeyWrapper::from_bytes(&decode("wrapper", wrapper_b64)?)
+            .map_err(asclepios_crypto::Error::from)?;
+        if body.context().record_id != record.record_id || body.context().version != record.version
+        {
+            return Err(ClientError::Protocol(
+                "the body is bound to another record".into(),
+            ));
+        }
+        let opened = envelope::open(key, &Envelope { body, wrapper })?;
+        serde_json::from_slice(&opened.payload)
+            .map_err(|e| ClientError::Protocol(format!("record content: {e}")))
+    }
+
+    /// Reads and opens the latest version of a record.
+    pub async fn get_record(
+        &self,
+        patient: &str,
+        record_id: &str,
+    ) -> Result<(serde_json::Value, Receipt), ClientError> {
+        let (record, receipt) = self.get_sealed(patient, record_id).await?;
+        Ok((self.open(&record)?, receipt))
+    }
+
+    /// A patient's record ids with their latest versions.
+    pub async fn list_records(&self, patient: &str) -> Result<Vec<(String, u64)>, ClientError> {
+        Ok(self
+            .call_with_receipt(
+                "records",
+                Method::GET,
+                &format!("/v1/patients/{patient}/records"),
+                Vec::new(),
+            )
+            .await?
+            .0)
+    }
+
+    /// Erases a record (crypto-shredding): the patient only.
+    pub async fn erase_record(&self, patient: &str, record_id: &str) -> Result<u64, ClientError> {
+        Ok(self
+            .call_with_receipt(
+                "records",
+                Method::DELETE,
+                &format!("/v1/records/{patient}/{record_id}"),
+                Vec::new(),
+            )
+            .await?
+            .0)
+    }
+}

@@ -1,0 +1,263 @@
+//! The platform end to end over real mutual TLS on localhost, on SQLite and
+//! on PostgreSQL: sealing on the client, who can read, what the service
+//! refuses, receipts, erasure, and what the database holds.
+
+use std::path::Path;
+
+use asclepios_client::{Client, ClientError};
+use asclepios_deploy::serve::{start, Listen, Services};
+use asclepios_deploy::{init::init, Config};
+use asclepios_fhir::synth::Generator;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn pg_url() -> String {
+    std::env::var("ASCLEPIOS_TEST_POSTGRES_URL").unwrap_or_else(|_| PG_URL.into())
+}
+
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    services: Services,
+    pg_schema: Option<String>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Some(schema) = self.pg_schema.clone() {
+            // The blocking client cannot run on the test's async threads.
+            let _ = std::thread::spawn(move || {
+                if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
+                    let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                }
+            })
+            .join();
+        }
+    }
+}
+
+async fn deploy(postgres: bool) -> Deployment {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deployment");
+    let mut config = Config::default();
+    let mut pg_schema = None;
+    if postgres {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let schema = format!("asclepios_e2e_{}_{nanos}", std::process::id());
+        config.store.url = pg_url();
+        config.store.schema = Some(schema.clone());
+        pg_schema = Some(schema);
+    }
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || init(&d, &config))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "init failed: {e}\n(the PostgreSQL case needs a server at {}; start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
+                pg_url()
+            )
+        });
+    let listen = Listen {
+        authority: Some("127.0.0.1:0".into()),
+        records: Some("127.0.0.1:0".into()),
+    };
+    let services = start(&dir, &listen).await.unwrap();
+    Deployment {
+        _tmp: tmp,
+        dir,
+        services,
+        pg_schema,
+    }
+}
+
+fn client(d: &Deployment, id: &str) -> Client {
+    Client::connect(
+        &d.dir,
+        id,
+        &format!("https://localhost:{}", d.services.authority.port()),
+        &format!("https://localhost:{}", d.services.records.port()),
+    )
+    .unwrap()
+}
+
+async fn scenario(d: Deployment) {
+    let mut generator = Generator::new(7);
+    let bundle = generator.patient(1);
+    let pid = bundle.patient_id().to_string();
+    assert_eq!(pid, "pat-00000");
+    let family = bundle.patient["name"][0]["family"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let observation = generator.blood_pressure(&pid);
+    let record_id = observation["id"].as_str().unwrap().to_string();
+    let policy = Config::load(&d.dir).unwrap().default_policy(&pid);
+
+    let mut heart = client(&d, "dr-heart");
+    let attrs = heart.refresh_key().await.unwrap().to_vec();
+    assert!(attrs.contains(&"role:doctor".to_string()), "{attrs:?}");
+    let receipt = heart
+        .put_record(&pid, &record_id, 1, &observation, &policy)
+        .await
+        .unwrap();
+    assert_eq!(receipt.status, 200);
+    heart
+        .put_record(&pid, &pid, 1, &bundle.patient, &policy)
+        .await
+        .unwrap();
+
+    // The patient reads their record; the receipt was checked by the client.
+    let mut patient = client(&d, &pid);
+    patient.refresh_key().await.unwrap();
+    let (read, receipt) = patient.get_record(&pid, &record_id).await.unwrap();
+    assert_eq!(read, observation);
+    assert!(receipt.leaf_index > 0);
+    // The care-team nurse reads it; the researcher receives ciphertext it cannot open.
+    let mut nurse = client(&d, "nurse-ward");
+    nurse.refresh_key().await.unwrap();
+    assert_eq!(
+        nurse.get_record(&pid, &record_id).await.unwrap().0,
+        observation
+    );
+    let mut researcher = client(&d, "researcher-rita");
+    researcher.refresh_key().await.unwrap();
+    let err = researcher.get_record(&pid, &record_id).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Crypto(asclepios_crypto::Error::NotSatisfied { .. })
+        ),
+        "{err}"
+    );
+
+    // A tampered body or wrapper is rejected by the client.
+    let (sealed, _) = heart.get_sealed(&pid, &record_id).await.unwrap();
+    for field in ["body", "wrapper"] {
+        let mut t = sealed.clone();
+        let slot = if field == "body" {
+            &mut t.body
+        } else {
+            t.wrapper.as_mut().unwrap()
+        };
+        let mut bytes = B64.decode(&*slot).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 1;
+        *slot = B64.encode(bytes);
+        assert!(heart.open(&t).is_err(), "tampered {field} opened");
+    }
+
+    // History is append-only: writing version 1 again is a conflict.
+    let err = heart
+        .put_record(&pid, &record_id, 1, &observation, &policy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 409, .. }),
+        "{err}"
+    );
+    let mut listed = heart.list_records(&pid).await.unwrap();
+    listed.sort();
+    assert_eq!(listed.len(), 2);
+
+    // A disabled identity is refused by both services.
+    let dir = d.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        asclepios_deploy::directory::Directory::open(&dir)
+            .unwrap()
+            .disable("researcher-rita")
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = researcher.get_sealed(&pid, &record_id).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    let err = researcher.refresh_key().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+
+    // Only the patient may erase; afterwards nobody can open the record.
+    let err = heart.erase_record(&pid, &record_id).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    assert_eq!(patient.erase_record(&pid, &record_id).await.unwrap(), 1);
+    assert!(heart.get_record(&pid, &record_id).await.is_err());
+
+    // The store holds no name, code, unit or value of the patient in clear.
+    let (dir, schema) = (d.dir.clone(), d.pg_schema.clone());
+    let raw = tokio::task::spawn_blocking(move || raw_bytes(&dir, schema.as_deref()))
+        .await
+        .unwrap();
+    let systolic = observation["valueQuantity"]["value"].to_string();
+    assert!(systolic.parse::<f64>().is_ok(), "{systolic}");
+    for needle in [
+        family.as_str(),
+        "8480-6",
+        "Systolic",
+        "mm[Hg]",
+        "resourceType",
+        systolic.as_str(),
+    ] {
+        assert!(
+            !contains(&raw, needle.as_bytes()),
+            "`{needle}` found in the raw store"
+        );
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every byte the store holds: the SQLite files, or every table of the schema.
+fn raw_bytes(dir: &Path, pg_schema: Option<&str>) -> Vec<u8> {
+    match pg_schema {
+        None => ["asclepios.db", "asclepios.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::read(dir.join(f)).ok())
+            .flatten()
+            .collect(),
+        Some(schema) => {
+            let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+            let mut out = Vec::new();
+            let tables = c
+                .query(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+                    &[&schema],
+                )
+                .unwrap();
+            for t in tables {
+                let name: String = t.get(0);
+                let sql = format!("SELECT row_to_json(x)::text FROM {schema}.{name} x");
+                for row in c.query(&sql, &[]).unwrap() {
+                    let text: String = row.get(0);
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+            out
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_end_to_end_on_sqlite() {
+    scenario(deploy(false).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_end_to_end_on_postgres() {
+    scenario(deploy(true).await).await;
+}

@@ -1,0 +1,178 @@
+//! Starting a deployment's services: the key authority and the record
+//! service, each over mutual TLS with its own certificate, both on the
+//! deployment's store and audit log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use asclepios_audit::{AuditTrail, Log};
+use asclepios_authority::KeyAuthority;
+use asclepios_net::server::{self, SignatureCheck};
+use asclepios_net::signature::ReplayGuard;
+use asclepios_net::tls;
+use asclepios_records::RecordService;
+use asclepios_store::Store;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::SigningKey;
+use tokio::net::TcpListener;
+use zeroize::Zeroizing;
+
+use crate::directory::Layout;
+use crate::{keys, read_file, Config, Error};
+
+/// The log every service appends to.
+pub const AUDIT_LOG_ID: &str = "audit";
+
+/// Running services; dropping this stops them.
+#[derive(Debug)]
+pub struct Services {
+    /// Where the authority listens.
+    pub authority: SocketAddr,
+    /// Where the record service listens.
+    pub records: SocketAddr,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Where each service listens (overriding the configuration, e.g. port 0).
+#[derive(Clone, Debug, Default)]
+pub struct Listen {
+    /// The authority's address.
+    pub authority: Option<String>,
+    /// The record service's address.
+    pub records: Option<String>,
+}
+
+fn open_store(dir: &Path, config: &Config) -> Result<Store, Error> {
+    config.open_store(dir)
+}
+
+struct ServiceKeys {
+    tls: Arc<rustls::ServerConfig>,
+    receipt: SigningKey,
+}
+
+fn service_keys(layout: &Layout, name: &str) -> Result<ServiceKeys, Error> {
+    let ca = read_file(&layout.ca_cert())?;
+    let (cert_path, key_path) = layout.service(name);
+    let cert = read_file(&cert_path)?;
+    let key = Zeroizing::new(read_file(&key_path)?);
+    Ok(ServiceKeys {
+        tls: tls::server_config(&ca, &cert, &key)?,
+        receipt: SigningKey::from_pkcs8_pem(&key)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", key_path.display())))?,
+    })
+}
+
+fn trail(
+    dir: &Path,
+    config: &Config,
+    name: &str,
+    receipt: SigningKey,
+) -> Result<AuditTrail<Store>, Error> {
+    let store = open_store(dir, config)?;
+    let log = Log::open(
+        store,
+        AUDIT_LOG_ID,
+        &config.audit.origin,
+        keys::log_signer(dir)?,
+    )
+    .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    Ok(AuditTrail::new(
+        log,
+        keys::abe_public_key(dir)?,
+        keys::auditors(dir)?,
+        name,
+        receipt,
+    ))
+}
+
+/// Starts both services of the deployment in `dir`.
+pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
+    let config = Config::load(dir)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+
+    // Opening stores and unsealing keys blocks (PostgreSQL's client runs its
+    // own runtime): do it off the async threads.
+    let owned = dir.to_path_buf();
+    let cfg = config.clone();
+    let (authority, authority_tls, records, records_tls) = tokio::task::spawn_blocking(move || {
+        let dir = owned.as_path();
+        let layout = Layout::new(dir);
+        let authority_keys = service_keys(&layout, "authority")?;
+        let authority = Arc::new(KeyAuthority::new(
+            open_store(dir, &cfg)?,
+            trail(dir, &cfg, "authority", authority_keys.receipt)?,
+            keys::abe_master_key(dir)?,
+        ));
+        let records_keys = service_keys(&layout, "records")?;
+        let records = Arc::new(RecordService::new(
+            open_store(dir, &cfg)?,
+            trail(dir, &cfg, "records", records_keys.receipt)?,
+        ));
+        Ok::<_, Error>((authority, authority_keys.tls, records, records_keys.tls))
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("starting services: {e}")))??;
+
+    let bind = |addr: String| async move {
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))
+    };
+    let authority_listener = bind(
+        listen
+            .authority
+            .clone()
+            .unwrap_or(config.authority.listen.clone()),
+    )
+    .await?;
+    let records_listener = bind(
+        listen
+            .records
+            .clone()
+            .unwrap_or(config.records.listen.clone()),
+    )
+    .await?;
+    let authority_addr = authority_listener
+        .local_addr()
+        .map_err(|e| Error::Io(e.to_string()))?;
+    let records_addr = records_listener
+        .local_addr()
+        .map_err(|e| Error::Io(e.to_string()))?;
+
+    let check = |max| {
+        Arc::new(SignatureCheck {
+            replays: ReplayGuard::new(),
+            max_body_bytes: max,
+        })
+    };
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(server::serve(
+        authority_listener,
+        authority_tls,
+        authority.router(check(config.authority.max_body_bytes)),
+        until_stopped(stopped.clone()),
+    ));
+    tokio::spawn(server::serve(
+        records_listener,
+        records_tls,
+        records.router(check(config.records.max_body_bytes)),
+        until_stopped(stopped),
+    ));
+    Ok(Services {
+        authority: authority_addr,
+        records: records_addr,
+        stop: Some(stop),
+    })
+}

@@ -1,0 +1,441 @@
+//! The record service: stores sealed FHIR records it cannot read.
+//!
+//! A record version arrives as a sealed body, a data-key wrapper and the
+//! author's Ed25519 signature over both (with the patient pseudonym, record id
+//! and version), over mutual TLS and a signed request. The service checks the
+//! structure and the author signature, applies its own rules as a second
+//! layer (the caller's identity must be active), stores the version, logs the
+//! access as a confidential audit event and answers with a signed receipt.
+//! Refused requests are logged too. It never holds a key that opens a record.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
+use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
+use asclepios_net::server::{require_signature, ApiError, Caller, SignatureCheck};
+use asclepios_net::signature::Verified;
+use asclepios_store::{IdentityStatus, Store, StoreError};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The slot of a record's main key wrapper.
+pub const MAIN_SLOT: &str = "main";
+
+/// What an author signs: the record's place and both sealed parts.
+pub fn author_message(
+    patient: &str,
+    record_id: &str,
+    version: u64,
+    body: &[u8],
+    wrapper: &[u8],
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for part in [
+        b"asclepios record v1".as_slice(),
+        patient.as_bytes(),
+        record_id.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(version.to_be_bytes());
+    h.update(Sha256::digest(body));
+    h.update(Sha256::digest(wrapper));
+    h.finalize().to_vec()
+}
+
+/// A record version as uploaded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRecord {
+    /// The patient's pseudonym (routing metadata).
+    pub patient: String,
+    /// The record's id.
+    pub record_id: String,
+    /// Its version (1, 2, ...).
+    pub version: u64,
+    /// The sealed body (base64).
+    pub body: String,
+    /// The data-key wrapper (base64).
+    pub wrapper: String,
+    /// The author's signature over [`author_message`] (base64).
+    pub author_signature: String,
+}
+
+/// A record version as returned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordOut {
+    /// The patient's pseudonym.
+    pub patient: String,
+    /// The record's id.
+    pub record_id: String,
+    /// Its version.
+    pub version: u64,
+    /// The author's identity.
+    pub author: String,
+    /// The sealed body (base64).
+    pub body: String,
+    /// The main data-key wrapper (base64); absent once the record is shredded.
+    pub wrapper: Option<String>,
+    /// The author's signature (base64).
+    pub author_signature: String,
+}
+
+/// A response with its receipt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithReceipt<T> {
+    /// The answer.
+    pub result: T,
+    /// The signed receipt of the request.
+    pub receipt: Receipt,
+}
+
+/// What the store keeps as a version's body: the sealed body and its author.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    author: String,
+    author_signature: String,
+    body: String,
+}
+
+/// The service's state.
+pub struct RecordService {
+    store: Store,
+    trail: AuditTrail<Store>,
+}
+
+impl std::fmt::Debug for RecordService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordService")
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+        StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+        StoreError::Invalid(m) => bad_request(m),
+        other => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unavailable: {other}"),
+        ),
+    }
+}
+
+fn b64(what: &str, s: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(s)
+        .map_err(|_| bad_request(format!("`{what}` is not base64")))
+}
+
+fn now() -> u64 {
+    asclepios_net::server::unix_now()
+}
+
+impl RecordService {
+    /// A service over `store`, logging through `trail`.
+    pub fn new(store: Store, trail: AuditTrail<Store>) -> Self {
+        RecordService { store, trail }
+    }
+
+    /// The router: every route behind the signature check.
+    pub fn router(self: Arc<Self>, check: Arc<SignatureCheck>) -> Router {
+        Router::new()
+            .route("/v1/records", axum::routing::post(put_record))
+            .route(
+                "/v1/records/{patient}/{record_id}",
+                get(get_record).delete(shred_record),
+            )
+            .route("/v1/patients/{patient}/records", get(list_records))
+            .layer(axum::middleware::from_fn_with_state(
+                check,
+                require_signature,
+            ))
+            .route("/openapi.json", get(openapi))
+            .with_state(self)
+    }
+
+    fn event(
+        caller: &str,
+        action: Action,
+        resource: String,
+        patient: &str,
+        outcome: Outcome,
+        v: &Verified,
+    ) -> AuditEvent {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        AuditEvent {
+            id: hex::encode(id),
+            actor: caller.to_string(),
+            action,
+            resource,
+            patient: Some(patient.to_string()),
+            time: now(),
+            outcome,
+            purpose: "TREAT".into(),
+            emergency: false,
+            request_signature: Some(v.signature.clone()),
+        }
+    }
+
+    /// Logs an outcome; returns the receipt.
+    fn audit(
+        &self,
+        event: &AuditEvent,
+        v: &Verified,
+        status: StatusCode,
+    ) -> Result<Receipt, ApiError> {
+        self.trail
+            .record(event, &v.request_hash, status.as_u16())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("audit log unavailable: {e}"),
+                )
+            })
+    }
+
+    /// The second layer: the caller's identity must be known and active.
+    fn check_caller(&self, caller: &str) -> Result<(), ApiError> {
+        match self.store.identity(caller).map_err(store_error)? {
+            Some(i) if i.status == IdentityStatus::Active => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("identity `{caller}` is disabled"),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("identity `{caller}` is not in the directory"),
+            )),
+        }
+    }
+
+    /// Runs `work`; on refusal logs a denied event, on success the given one.
+    fn audited<T>(
+        &self,
+        caller: &str,
+        action: Action,
+        resource: String,
+        patient: &str,
+        v: &Verified,
+        work: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<WithReceipt<T>, ApiError> {
+        let result = self.check_caller(caller).and_then(|()| work());
+        match result {
+            Ok(result) => {
+                let event = Self::event(caller, action, resource, patient, Outcome::Success, v);
+                let receipt = self.audit(&event, v, StatusCode::OK)?;
+                Ok(WithReceipt { result, receipt })
+            }
+            Err(e) => {
+                let outcome = if e.status.is_client_error() {
+                    Outcome::Denied
+                } else {
+                    Outcome::Failed
+                };
+                let event = Self::event(caller, action, resource, patient, outcome, v);
+                self.audit(&event, v, e.status)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn put(
+        &self,
+        caller: &PeerCaller,
+        v: &Verified,
+        put: PutRecord,
+    ) -> Result<WithReceipt<u64>, ApiError> {
+        let resource = format!("record/{}/{}", put.patient, put.record_id);
+        let patient = put.patient.clone();
+        self.audited(&caller.id, if put.version == 1 { Action::Create } else { Action::Update }, resource, &patient, v, || {
+            let body = b64("body", &put.body)?;
+            let wrapper = b64("wrapper", &put.wrapper)?;
+            let sealed = SealedBody::from_bytes(&body).map_err(|e| bad_request(format!("body: {e}")))?;
+            KeyWrapper::from_bytes(&wrapper).map_err(|e| bad_request(format!("wrapper: {e}")))?;
+            if sealed.context().record_id != put.record_id || sealed.context().version != put.version {
+                return Err(bad_request("the sealed body is bound to another record id or version"));
+            }
+            let sig = b64("author_signature", &put.author_signature)?;
+            let sig = Signature::from_slice(&sig).map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
+            VerifyingKey::from_bytes(&caller.public_key)
+                .and_then(|k| k.verify_strict(&author_message(&put.patient, &put.record_id, put.version, &body, &wrapper), &sig))
+                .map_err(|_| bad_request("the author signature does not verify with the caller's certificate key"))?;
+            let stored = serde_json::to_vec(&Stored {
+                author: caller.id.clone(),
+                author_signature: put.author_signature.clone(),
+                body: put.body.clone(),
+            })
+            .map_err(|e| bad_request(e.to_string()))?;
+            self.store
+                .put_record_version(&put.patient, &put.record_id, put.version, &stored, &[(MAIN_SLOT, &wrapper, 0)])
+                .map_err(store_error)?;
+            Ok(put.version)
+        })
+    }
+
+    fn get(
+        &self,
+        caller: &PeerCaller,
+        v: &Verified,
+        patient: &str,
+        record_id: &str,
+        version: Option<u64>,
+    ) -> Result<WithReceipt<RecordOut>, ApiError> {
+        let resource = format!("record/{patient}/{record_id}");
+        self.audited(&caller.id, Action::Read, resource, patient, v, || {
+            let found = self
+                .store
+                .record_version(patient, record_id, version)
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no record {record_id} of {patient}"),
+                    )
+                })?;
+            let stored: Stored = serde_json::from_slice(&found.body).map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "a stored record is damaged",
+                )
+            })?;
+            let wrapper = self
+                .store
+                .wrappers(patient, record_id, found.version)
+                .map_err(store_error)?
+                .into_iter()
+                .find(|w| w.slot == MAIN_SLOT)
+                .map(|w| B64.encode(w.bytes));
+            Ok(RecordOut {
+                patient: found.patient,
+                record_id: found.record_id,
+                version: found.version,
+                author: stored.author,
+                body: stored.body,
+                wrapper,
+                author_signature: stored.author_signature,
+            })
+        })
+    }
+}
+
+/// The caller as handlers see it.
+type PeerCaller = asclepios_net::pki::PeerIdentity;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request was interrupted",
+        )
+    })?
+}
+
+async fn put_record(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<u64>>, ApiError> {
+    let put: PutRecord = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("malformed request: {e}")))?;
+    blocking(move || s.put(&caller, &v, put)).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: Option<u64>,
+}
+
+async fn get_record(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    Path((patient, record_id)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<WithReceipt<RecordOut>>, ApiError> {
+    blocking(move || s.get(&caller, &v, &patient, &record_id, q.version))
+        .await
+        .map(Json)
+}
+
+async fn list_records(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    Path(patient): Path<String>,
+) -> Result<Json<WithReceipt<Vec<(String, u64)>>>, ApiError> {
+    blocking(move || {
+        let resource = format!("patient/{patient}/records");
+        s.audited(&caller.id, Action::Search, resource, &patient, &v, || {
+            s.store.patient_records(&patient).map_err(store_error)
+        })
+    })
+    .await
+    .map(Json)
+}
+
+async fn shred_record(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    Path((patient, record_id)): Path<(String, String)>,
+) -> Result<Json<WithReceipt<u64>>, ApiError> {
+    blocking(move || {
+        let resource = format!("record/{patient}/{record_id}");
+        s.audited(&caller.id, Action::Delete, resource, &patient, &v, || {
+            // Erasure is the patient's right (GDPR art. 17).
+            if caller.id != patient {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only the patient may erase their records",
+                ));
+            }
+            s.store
+                .shred_record(&patient, &record_id)
+                .map_err(store_error)
+        })
+    })
+    .await
+    .map(Json)
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "openapi": "3.1.0",
+        "info": {"title": "asclepios record service", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"mtls": {"type": "mutualTLS"}}},
+        "security": [{"mtls": []}],
+        "paths": {
+            "/v1/records": {"post": {"summary": "Store a sealed record version (signed request).",
+                "responses": {"200": {"description": "stored, with receipt"}, "400": {"description": "malformed"}, "401": {"description": "bad request signature"}, "403": {"description": "identity disabled"}, "409": {"description": "version exists or skipped"}}}},
+            "/v1/records/{patient}/{record_id}": {
+                "get": {"summary": "A sealed record version (latest, or ?version=N), with receipt.",
+                    "responses": {"200": {"description": "found"}, "404": {"description": "unknown record"}}},
+                "delete": {"summary": "Erase (crypto-shred) a record: the patient only.",
+                    "responses": {"200": {"description": "wrappers destroyed"}, "403": {"description": "not the patient"}}}},
+            "/v1/patients/{patient}/records": {"get": {"summary": "A patient's record ids and latest versions.",
+                "responses": {"200": {"description": "list"}}}}
+        }
+    }))
+}
