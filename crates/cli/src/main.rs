@@ -5,6 +5,7 @@
 mod admin;
 mod demo;
 mod log_cmd;
+mod platform;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,68 @@ enum Command {
         #[command(subcommand)]
         command: admin::UserCommand,
     },
+    /// Run the key authority and the record service of a deployment (mutual TLS).
+    Serve {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        /// Use PostgreSQL at this URL (saved in asclepios.toml) instead of the embedded SQLite.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+    },
+    /// Seal a FHIR R4 resource (JSON file) on this machine and store it.
+    ///
+    /// Example: asclepios put --as dr-heart --patient pat-00000 observation.json
+    Put {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// The patient's pseudonym.
+        #[arg(long)]
+        patient: String,
+        /// The access policy; by default the configured one, with the emergency clause.
+        #[arg(long)]
+        policy: Option<String>,
+        /// The record version (1 for a new record).
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+        /// The FHIR resource (JSON).
+        file: std::path::PathBuf,
+    },
+    /// Fetch a record and open it with your ABE key (the service never can).
+    Get {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// The patient's pseudonym.
+        #[arg(long)]
+        patient: String,
+        /// The record id.
+        record: String,
+    },
+    /// List a patient's records.
+    Records {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// The patient's pseudonym.
+        #[arg(long)]
+        patient: String,
+    },
+    /// Erase a record by destroying its key wrappers (the patient only; GDPR art. 17).
+    Erase {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// The patient's pseudonym.
+        #[arg(long)]
+        patient: String,
+        /// The record id.
+        record: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +145,28 @@ fn main() -> ExitCode {
         Command::Log(command) => return log_cmd::run(command),
         Command::Init { dir, postgres } => admin::run_init(&dir.path(), postgres),
         Command::User { dir, command } => admin::run_user(&dir.path(), command),
+        Command::Serve { dir, postgres } => platform::serve(&dir.path(), postgres),
+        Command::Put {
+            dir,
+            who,
+            patient,
+            policy,
+            version,
+            file,
+        } => platform::put(&dir.path(), &who, &patient, &file, policy, version),
+        Command::Get {
+            dir,
+            who,
+            patient,
+            record,
+        } => platform::get(&dir.path(), &who, &patient, &record),
+        Command::Records { dir, who, patient } => platform::list(&dir.path(), &who, &patient),
+        Command::Erase {
+            dir,
+            who,
+            patient,
+            record,
+        } => platform::erase(&dir.path(), &who, &patient, &record),
         Command::Demo { seed } => demo::run(seed),
         Command::Policy { policy } => check_policy(&policy),
     };
