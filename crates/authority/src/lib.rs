@@ -222,41 +222,7 @@ impl KeyAuthority {
 
     /// `policy` with every attribute at its current version.
     pub fn resolve(&self, policy: &Policy) -> Result<Policy, ApiError> {
-        fn walk(
-            node: &Node,
-            f: &dyn Fn(&str) -> Result<String, ApiError>,
-        ) -> Result<Node, ApiError> {
-            Ok(match node {
-                Node::Attr(a) => Node::Attr(f(a)?),
-                Node::And(children) => Node::And(
-                    children
-                        .iter()
-                        .map(|c| walk(c, f))
-                        .collect::<Result<_, _>>()?,
-                ),
-                Node::Or(children) => Node::Or(
-                    children
-                        .iter()
-                        .map(|c| walk(c, f))
-                        .collect::<Result<_, _>>()?,
-                ),
-                Node::Threshold(k, children) => Node::Threshold(
-                    *k,
-                    children
-                        .iter()
-                        .map(|c| walk(c, f))
-                        .collect::<Result<_, _>>()?,
-                ),
-            })
-        }
-        let root = walk(policy.root(), &|a| {
-            let base = a.split_once("@v").map_or(a, |(b, _)| b);
-            Ok(versioned(
-                base,
-                self.store.attribute_version(base).map_err(store_error)?,
-            ))
-        })?;
-        Policy::from_root(root).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+        resolve_with(&self.store, policy).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
     }
 }
 
@@ -289,4 +255,101 @@ async fn resolve_policy(
 
 async fn public_key(State(s): State<Arc<KeyAuthority>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "public_key": s.public_key_hex }))
+}
+
+/// Re-wraps, under their policies with every attribute at its current
+/// version, the data keys of every stored record whose wrapper names one of
+/// `revoked` (attribute names without versions). The old wrappers are
+/// replaced. Keys issued before the revocation no longer open these records;
+/// holders that keep the attribute get fresh keys at their next fetch.
+/// Returns how many wrappers were re-wrapped.
+pub fn rewrap_after_revocation(
+    store: &Store,
+    master: &MasterSecretKey,
+    revoked: &[String],
+) -> Result<usize, String> {
+    use asclepios_crypto::envelope::KeyWrapper;
+    let mpk = master.public_key();
+    let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
+    let mut after: Option<(String, String, u64, String)> = None;
+    let mut count = 0;
+    loop {
+        let page = store
+            .scan_wrappers(
+                after
+                    .as_ref()
+                    .map(|(p, r, v, s)| (p.as_str(), r.as_str(), *v, s.as_str())),
+                256,
+            )
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last.patient.clone(),
+            last.record_id.clone(),
+            last.version,
+            last.wrapper.slot.clone(),
+        ));
+        for row in &page {
+            let wrapper = KeyWrapper::from_bytes(&row.wrapper.bytes).map_err(|e| e.to_string())?;
+            let attributes: Vec<String> = wrapper
+                .policy()
+                .leaves()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            if !attributes.iter().any(|a| revoked.contains(&base(a))) {
+                continue;
+            }
+            let stored = store
+                .record_version(&row.patient, &row.record_id, Some(row.version))
+                .map_err(|e| e.to_string())?
+                .ok_or("a wrapper without its record")?;
+            let body = asclepios_records::stored_sealed_body(&stored.body)?;
+            // A key for exactly the policy's attributes, made and dropped here.
+            let mut unique = attributes.clone();
+            unique.sort();
+            unique.dedup();
+            let key = master
+                .keygen(&unique, &mut rand_core::OsRng)
+                .map_err(|e| e.to_string())?;
+            let policy = resolve_with(store, wrapper.policy())?;
+            let rewrapped = wrapper
+                .rewrap(&key, &body, &mpk, &policy, &mut rand_core::OsRng)
+                .map_err(|e| e.to_string())?;
+            store
+                .put_wrapper(
+                    &row.patient,
+                    &row.record_id,
+                    row.version,
+                    &row.wrapper.slot,
+                    &rewrapped.to_bytes(),
+                    row.wrapper.epoch + 1,
+                )
+                .map_err(|e| e.to_string())?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// `policy` with every attribute at its current version in `store`.
+fn resolve_with(store: &Store, policy: &Policy) -> Result<Policy, String> {
+    fn walk(node: &Node, store: &Store) -> Result<Node, String> {
+        Ok(match node {
+            Node::Attr(a) => {
+                let base = a.split_once("@v").map_or(a.as_str(), |(b, _)| b);
+                Node::Attr(versioned(
+                    base,
+                    store.attribute_version(base).map_err(|e| e.to_string())?,
+                ))
+            }
+            Node::And(c) => Node::And(c.iter().map(|n| walk(n, store)).collect::<Result<_, _>>()?),
+            Node::Or(c) => Node::Or(c.iter().map(|n| walk(n, store)).collect::<Result<_, _>>()?),
+            Node::Threshold(k, c) => Node::Threshold(
+                *k,
+                c.iter().map(|n| walk(n, store)).collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+    Policy::from_root(walk(policy.root(), store)?).map_err(|e| e.to_string())
 }

@@ -130,19 +130,27 @@ pub fn run_user(dir: &Path, command: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::SetAttrs { id, attrs } => {
-            let removed = directory.set_attributes(&id, &attrs)?;
+            let done = directory.set_attributes(&id, &attrs)?;
             print_member(&directory.member(&id)?);
-            if !removed.is_empty() {
+            if !done.revoked.is_empty() {
                 println!(
                     "revoked: {} (new versions; other holders get fresh keys at their next key fetch)",
-                    removed.join(", ")
+                    done.revoked.join(", ")
+                );
+                println!(
+                    "re-wrapped {} record key(s) under the new versions",
+                    done.rewrapped
                 );
             }
         }
         UserCommand::Disable { id } => {
-            let revoked = directory.disable(&id)?;
+            let done = directory.disable(&id)?;
             print_member(&directory.member(&id)?);
-            println!("disabled; revoked attributes: {}", revoked.join(", "));
+            println!(
+                "disabled; revoked attributes: {}; re-wrapped {} record key(s)",
+                done.revoked.join(", "),
+                done.rewrapped
+            );
         }
     }
     Ok(())

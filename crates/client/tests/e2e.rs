@@ -153,6 +153,45 @@ async fn scenario(d: Deployment) {
         assert!(heart.open(&t).is_err(), "tampered {field} opened");
     }
 
+    // Revocation: the nurse leaves the care team and the cardiology ward.
+    let dir = d.dir.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        asclepios_deploy::directory::Directory::open(&dir)
+            .unwrap()
+            .set_attributes("nurse-ward", &["role:nurse".to_string()])
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.revoked, ["care-team:pat-00000", "dept:cardiology"]);
+    assert_eq!(done.rewrapped, 2, "both records name the care team");
+    // Neither her old key nor a fresh one opens the re-wrapped record.
+    assert!(nurse.get_record(&pid, &record_id).await.is_err());
+    nurse.refresh_key().await.unwrap();
+    assert_eq!(nurse.attributes(), ["role:nurse"]);
+    assert!(nurse.get_record(&pid, &record_id).await.is_err());
+    // The cardiologist stays on the care team: her old key is stale, a fresh
+    // one (care-team:pat-00000@v1) opens the record again.
+    assert!(heart.get_record(&pid, &record_id).await.is_err());
+    let attrs = heart.refresh_key().await.unwrap().to_vec();
+    assert!(
+        attrs.contains(&"care-team:pat-00000@v1".to_string()),
+        "{attrs:?}"
+    );
+    assert_eq!(
+        heart.get_record(&pid, &record_id).await.unwrap().0,
+        observation
+    );
+    // Records written afterwards carry the new versions too.
+    let later = generator.blood_pressure(&pid);
+    let later_id = later["id"].as_str().unwrap().to_string();
+    heart
+        .put_record(&pid, &later_id, 1, &later, &policy)
+        .await
+        .unwrap();
+    assert!(nurse.get_record(&pid, &later_id).await.is_err());
+    assert_eq!(patient.get_record(&pid, &later_id).await.unwrap().0, later);
+
     // History is append-only: writing version 1 again is a conflict.
     let err = heart
         .put_record(&pid, &record_id, 1, &observation, &policy)
@@ -164,7 +203,7 @@ async fn scenario(d: Deployment) {
     );
     let mut listed = heart.list_records(&pid).await.unwrap();
     listed.sort();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
 
     // A disabled identity is refused by both services.
     let dir = d.dir.clone();

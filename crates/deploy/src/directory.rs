@@ -48,6 +48,15 @@ impl Layout {
     }
 }
 
+/// What a revocation did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Revocation {
+    /// Attributes taken away (each now at a new version).
+    pub revoked: Vec<String>,
+    /// Data-key wrappers re-wrapped so keys from before no longer open them.
+    pub rewrapped: usize,
+}
+
 /// An identity with its current attributes.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Member {
@@ -177,9 +186,23 @@ impl Directory {
             .collect()
     }
 
-    /// Sets an identity's attributes to exactly `attributes`. Returns the
-    /// attributes taken away (each now at a new version).
-    pub fn set_attributes(&self, id: &str, attributes: &[String]) -> Result<Vec<String>, Error> {
+    /// Re-wraps the records that name revoked attributes (the authority's
+    /// job, done here with its master key from the data directory).
+    fn rewrap(&self, revoked: Vec<String>) -> Result<Revocation, Error> {
+        if revoked.is_empty() {
+            return Ok(Revocation::default());
+        }
+        let master = crate::keys::abe_master_key(&self.layout.dir)?;
+        let rewrapped =
+            asclepios_authority::rewrap_after_revocation(&self.store, &master, &revoked)
+                .map_err(|e| Error::Invalid(format!("re-wrapping after the revocation: {e}")))?;
+        Ok(Revocation { revoked, rewrapped })
+    }
+
+    /// Sets an identity's attributes to exactly `attributes`. Attributes
+    /// taken away are revoked: their versions bump and every record whose
+    /// policy names them is re-wrapped.
+    pub fn set_attributes(&self, id: &str, attributes: &[String]) -> Result<Revocation, Error> {
         for a in attributes {
             check_attribute(a)?;
         }
@@ -199,12 +222,12 @@ impl Directory {
                 self.store.grant_attribute(id, a)?;
             }
         }
-        Ok(removed)
+        self.rewrap(removed)
     }
 
     /// Disables an identity: refused everywhere, every attribute revoked
-    /// (each bumped to a new version). Returns the attributes revoked.
-    pub fn disable(&self, id: &str) -> Result<Vec<String>, Error> {
+    /// (each bumped to a new version, the records naming them re-wrapped).
+    pub fn disable(&self, id: &str) -> Result<Revocation, Error> {
         let current = self.member(id)?;
         let mut revoked = Vec::new();
         for (a, _) in &current.attributes {
@@ -214,6 +237,6 @@ impl Directory {
         let mut identity = current.identity;
         identity.status = IdentityStatus::Revoked;
         self.store.put_identity(&identity)?;
-        Ok(revoked)
+        self.rewrap(revoked)
     }
 }

@@ -170,7 +170,7 @@ mod tests {
         let removed = directory
             .set_attributes("nurse-ward", &["role:nurse".into(), "ward:icu".into()])
             .unwrap();
-        assert_eq!(removed, ["care-team:pat-00000", "dept:cardiology"]);
+        assert_eq!(removed.revoked, ["care-team:pat-00000", "dept:cardiology"]);
         assert_eq!(
             directory
                 .store()
@@ -179,7 +179,7 @@ mod tests {
             1
         );
         let revoked = directory.disable("dr-new").unwrap();
-        assert_eq!(revoked, ["role:doctor"]);
+        assert_eq!(revoked.revoked, ["role:doctor"]);
         assert!(directory.set_attributes("dr-new", &[]).is_err());
         assert_eq!(
             directory.list().unwrap().len(),

@@ -102,6 +102,17 @@ pub struct WithReceipt<T> {
     pub receipt: Receipt,
 }
 
+/// The sealed body inside a stored record version (for the authority's
+/// re-wrapping, which must show the body a wrapper is bound to).
+pub fn stored_sealed_body(stored: &[u8]) -> Result<SealedBody, String> {
+    let stored: Stored =
+        serde_json::from_slice(stored).map_err(|e| format!("stored record: {e}"))?;
+    let bytes = B64
+        .decode(&stored.body)
+        .map_err(|_| "stored record: body is not base64".to_string())?;
+    SealedBody::from_bytes(&bytes).map_err(|e| format!("stored record: {e}"))
+}
+
 /// What the store keeps as a version's body: the sealed body and its author.
 #[derive(Serialize, Deserialize)]
 struct Stored {

@@ -49,7 +49,7 @@ pub use directory::{
     AttributeGrant, Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus,
 };
 pub use migrations::SCHEMA_VERSION;
-pub use records::{RecordVersion, Wrapper};
+pub use records::{RecordVersion, Wrapper, WrapperRow};
 
 use db::Tx;
 

@@ -23,6 +23,19 @@ pub struct RecordVersion {
     pub created_at: i64,
 }
 
+/// A wrapper with the record version it belongs to (for scans).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct WrapperRow {
+    /// The patient's pseudonym.
+    pub patient: String,
+    /// The record's id.
+    pub record_id: String,
+    /// The record version.
+    pub version: u64,
+    /// The wrapper.
+    pub wrapper: Wrapper,
+}
+
 /// A data-key wrapper of one record version.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Wrapper {
@@ -226,6 +239,41 @@ impl Store {
                 &[patient.into(), record_id.into(), int(version)?, slot.into(), bytes.into(), int(epoch)?, Value::Int(now())],
             )?;
             Ok(())
+        })
+    }
+
+    /// Wrappers in key order after `after` (a previous row's position), at
+    /// most `limit`: for background scans such as re-wrapping after a
+    /// revocation.
+    pub fn scan_wrappers(
+        &self,
+        after: Option<(&str, &str, u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<WrapperRow>, StoreError> {
+        let (p, r, v, s) = after.unwrap_or(("", "", 0, ""));
+        self.read(|tx| {
+            tx.query(
+                "SELECT patient, record_id, version, slot, wrapper, epoch, updated_at FROM key_wrappers \
+                 WHERE (patient > $1) OR (patient = $1 AND record_id > $2) OR (patient = $1 AND record_id = $2 AND version > $3) \
+                 OR (patient = $1 AND record_id = $2 AND version = $3 AND slot > $4) \
+                 ORDER BY patient, record_id, version, slot LIMIT $5",
+                &[p.into(), r.into(), int(v)?, s.into(), int(limit as u64)?],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(WrapperRow {
+                    patient: row.text(0)?,
+                    record_id: row.text(1)?,
+                    version: row.uint(2)?,
+                    wrapper: Wrapper {
+                        slot: row.text(3)?,
+                        bytes: row.bytes(4)?,
+                        epoch: row.uint(5)?,
+                        updated_at: row.int(6)?,
+                    },
+                })
+            })
+            .collect()
         })
     }
 

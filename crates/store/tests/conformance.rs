@@ -29,6 +29,7 @@ conformance!(
     deleting_checkpoints_does_not_let_history_be_rewritten,
     a_stale_writer_catches_up_before_signing,
     tampered_upper_hashes_are_refused_at_open,
+    wrapper_scans_page_through_everything_once,
 );
 
 fn migrations_are_idempotent(h: &Harness) {
@@ -547,4 +548,53 @@ fn tampered_upper_hashes_are_refused_at_open(h: &Harness) {
     h.raw("UPDATE audit_entries SET subtree_hashes = (SELECT subtree_hashes FROM audit_entries WHERE idx = 15) WHERE idx = 47");
     let e = Log::open(h.open(), "main", ORIGIN, signer()).unwrap_err();
     assert!(e.to_string().contains("does not match its children"), "{e}");
+}
+
+fn wrapper_scans_page_through_everything_once(h: &Harness) {
+    let s = h.open();
+    for (p, r) in [("p2", "b"), ("p1", "z"), ("p1", "a"), ("p3", "a")] {
+        s.put_record_version(p, r, 1, b"body", &[("main", b"w", 0), ("extra", b"x", 0)])
+            .unwrap();
+    }
+    s.put_record_version("p1", "a", 2, b"body", &[("main", b"w2", 0)])
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<(String, String, u64, String)> = None;
+    loop {
+        let page = s
+            .scan_wrappers(
+                after
+                    .as_ref()
+                    .map(|(p, r, v, sl)| (p.as_str(), r.as_str(), *v, sl.as_str())),
+                2,
+            )
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last.patient.clone(),
+            last.record_id.clone(),
+            last.version,
+            last.wrapper.slot.clone(),
+        ));
+        seen.extend(page.into_iter().map(|w| {
+            format!(
+                "{}/{}/{}/{}",
+                w.patient, w.record_id, w.version, w.wrapper.slot
+            )
+        }));
+    }
+    assert_eq!(
+        seen,
+        [
+            "p1/a/1/extra",
+            "p1/a/1/main",
+            "p1/a/2/main",
+            "p1/z/1/extra",
+            "p1/z/1/main",
+            "p2/b/1/extra",
+            "p2/b/1/main",
+            "p3/a/1/extra",
+            "p3/a/1/main"
+        ]
+    );
 }
