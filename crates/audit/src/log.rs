@@ -325,7 +325,14 @@ impl<S: LogStore> Log<S> {
         self.signer.verifier()
     }
 
-    /// The current size and root.
+    /// Catches up with other writers (other service instances on the same
+    /// store) and returns the current size and root.
+    pub fn sync(&self) -> Result<(u64, Hash), Error> {
+        self.reload()?;
+        Ok(self.head())
+    }
+
+    /// The current size and root, as this instance last saw them.
     pub fn head(&self) -> (u64, Hash) {
         let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         (head.size, head.root())

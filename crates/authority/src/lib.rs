@@ -54,6 +54,36 @@ pub struct IssuedKey {
     pub key: SealedBox,
 }
 
+/// A break-glass request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyRequest {
+    /// The patient's pseudonym.
+    pub patient: String,
+    /// Why, in the clinician's words (kept in the audit log).
+    pub reason: String,
+}
+
+/// A granted break-glass.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyGranted {
+    /// The grant's id.
+    pub grant_id: String,
+    /// The attribute granted (fetch a fresh key to use it).
+    pub attribute: String,
+    /// When it stops working (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// The attribute that opens a patient's records in an emergency.
+pub fn emergency_attribute(patient: &str) -> String {
+    format!("emergency:{patient}")
+}
+
+/// The role allowed to break the glass.
+pub const EMERGENCY_ROLE: &str = "role:emergency";
+
 /// A policy to resolve.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +108,7 @@ pub struct KeyAuthority {
     trail: AuditTrail<Store>,
     master: MasterSecretKey,
     public_key_hex: String,
+    emergency_seconds: i64,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -105,15 +136,167 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl KeyAuthority {
-    /// An authority over `store` with the master secret, logging through `trail`.
-    pub fn new(store: Store, trail: AuditTrail<Store>, master: MasterSecretKey) -> Self {
+    /// An authority over `store` with the master secret, logging through
+    /// `trail`; break-glass grants last `emergency_seconds`.
+    pub fn new(
+        store: Store,
+        trail: AuditTrail<Store>,
+        master: MasterSecretKey,
+        emergency_seconds: u64,
+    ) -> Self {
         let public_key_hex = hex::encode(master.public_key().to_bytes());
         KeyAuthority {
             store,
             trail,
             master,
             public_key_hex,
+            emergency_seconds: i64::try_from(emergency_seconds).unwrap_or(3600),
         }
+    }
+
+    /// Ends expired break-glass grants: the clinician's emergency attribute is
+    /// revoked and the patient's records re-wrapped, so the short-lived key
+    /// stops opening them. Returns how many grants ended.
+    pub fn expire_emergency_grants(&self, now: i64) -> Result<usize, String> {
+        let mut ended = 0;
+        for g in self
+            .store
+            .expired_emergency_grants(now)
+            .map_err(|e| e.to_string())?
+        {
+            let attribute = emergency_attribute(&g.patient);
+            let still_held = self
+                .store
+                .identity_attributes(&g.clinician)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .any(|a| a.attribute == attribute);
+            if still_held {
+                self.store
+                    .revoke_attribute(&g.clinician, &attribute)
+                    .map_err(|e| e.to_string())?;
+                rewrap_after_revocation(&self.store, &self.master, &[attribute])?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    fn break_glass(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: EmergencyRequest,
+    ) -> Result<WithReceipt<EmergencyGranted>, ApiError> {
+        let mut event_id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut event_id);
+        let event_id = hex::encode(event_id);
+        let refuse = |e: ApiError| -> Result<WithReceipt<EmergencyGranted>, ApiError> {
+            self.emergency_event(&event_id, &caller.id, &req, v, Outcome::Denied, e.status)?;
+            Err(e)
+        };
+        if let Err(e) = self.active(&caller.id) {
+            return refuse(e);
+        }
+        if req.reason.trim().is_empty()
+            || req.reason.len() > 1000
+            || req.patient.is_empty()
+            || req.patient.len() > 128
+        {
+            return refuse(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a patient and a reason (up to 1000 characters) are required",
+            ));
+        }
+        let holds_role = self
+            .store
+            .identity_attributes(&caller.id)
+            .map_err(store_error)?
+            .iter()
+            .any(|a| a.attribute == EMERGENCY_ROLE);
+        if !holds_role {
+            return refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("breaking the glass needs `{EMERGENCY_ROLE}`"),
+            ));
+        }
+        let now = asclepios_net::server::unix_now() as i64;
+        let mut id = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let grant = asclepios_store::EmergencyGrant {
+            patient: req.patient.clone(),
+            grant_id: hex::encode(id),
+            clinician: caller.id.clone(),
+            // The reason is health information: it lives only in the
+            // encrypted audit event, which the grant points to.
+            reason: format!("in audit event {event_id}"),
+            issued_at: now,
+            expires_at: now + self.emergency_seconds,
+            reviewed_by: None,
+            reviewed_at: None,
+        };
+        let attribute = emergency_attribute(&req.patient);
+        self.store
+            .grant_attribute(&caller.id, &attribute)
+            .map_err(store_error)?;
+        self.store
+            .put_emergency_grant(&grant)
+            .map_err(store_error)?;
+        let receipt = self.emergency_event(
+            &event_id,
+            &caller.id,
+            &req,
+            v,
+            Outcome::Success,
+            StatusCode::OK,
+        )?;
+        Ok(WithReceipt {
+            result: EmergencyGranted {
+                grant_id: grant.grant_id,
+                attribute,
+                expires_at: grant.expires_at,
+            },
+            receipt,
+        })
+    }
+
+    /// The critical audit event of a break-glass: readable by the patient.
+    fn emergency_event(
+        &self,
+        event_id: &str,
+        caller: &str,
+        req: &EmergencyRequest,
+        v: &Verified,
+        outcome: Outcome,
+        status: StatusCode,
+    ) -> Result<Receipt, ApiError> {
+        let patient = Some(req.patient.clone()).filter(|p| {
+            !p.is_empty() && p.len() <= 128 && asclepios_net::pki::check_identity_id(p).is_ok()
+        });
+        let event = AuditEvent {
+            id: event_id.to_string(),
+            actor: caller.to_string(),
+            action: Action::EmergencyAccess,
+            resource: format!(
+                "patient/{}; reason: {}",
+                req.patient.chars().take(128).collect::<String>(),
+                req.reason.chars().take(1000).collect::<String>()
+            ),
+            patient,
+            time: asclepios_net::server::unix_now(),
+            outcome,
+            purpose: "ETREAT".into(),
+            emergency: true,
+            request_signature: Some(v.signature.clone()),
+        };
+        self.trail
+            .record(&event, &v.request_hash, status.as_u16())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("audit log unavailable: {e}"),
+                )
+            })
     }
 
     /// The router: every route behind the signature check.
@@ -121,6 +304,7 @@ impl KeyAuthority {
         Router::new()
             .route("/v1/keys", post(issue_key))
             .route("/v1/policy/resolve", post(resolve_policy))
+            .route("/v1/emergency", post(emergency))
             .route("/v1/abe/public-key", get(public_key))
             .layer(axum::middleware::from_fn_with_state(
                 check,
@@ -232,6 +416,19 @@ async fn issue_key(
     Extension(v): Extension<Verified>,
 ) -> Result<Json<WithReceipt<IssuedKey>>, ApiError> {
     blocking(move || s.issue(&caller, &v)).await.map(Json)
+}
+
+async fn emergency(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<EmergencyGranted>>, ApiError> {
+    let req: EmergencyRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    blocking(move || s.break_glass(&caller, &v, req))
+        .await
+        .map(Json)
 }
 
 async fn resolve_policy(

@@ -125,6 +125,23 @@ enum Command {
         #[arg(long)]
         patient: String,
     },
+    /// Break-glass emergency access, and the auditors' review queue.
+    Emergency {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(subcommand)]
+        command: platform::EmergencyCommand,
+    },
+    /// The audit events you may read: for a patient, every access to their records.
+    Audit {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// Print each event as a FHIR AuditEvent (JSON lines).
+        #[arg(long)]
+        fhir: bool,
+    },
     /// Erase a record by destroying its key wrappers (the patient only; GDPR art. 17).
     Erase {
         #[command(flatten)]
@@ -161,6 +178,8 @@ fn main() -> ExitCode {
             record,
         } => platform::get(&dir.path(), &who, &patient, &record),
         Command::Records { dir, who, patient } => platform::list(&dir.path(), &who, &patient),
+        Command::Emergency { dir, command } => platform::emergency(&dir.path(), command),
+        Command::Audit { dir, who, fhir } => platform::audit(&dir.path(), &who, fhir),
         Command::Erase {
             dir,
             who,

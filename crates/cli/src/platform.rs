@@ -146,3 +146,92 @@ pub fn erase(dir: &Path, who: &AsArg, patient: &str, record_id: &str) -> anyhow:
         Ok(())
     })
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EmergencyCommand {
+    /// Break the glass: a short-lived key for a patient's emergency clause, logged as critical.
+    ///
+    /// Example: asclepios emergency open --as dr-er --patient pat-00000 --reason "unconscious on arrival"
+    Open {
+        #[command(flatten)]
+        who: AsArg,
+        /// The patient's pseudonym.
+        #[arg(long)]
+        patient: String,
+        /// Why (kept, encrypted, in the audit log; the patient will read it).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The auditors' review queue: unreviewed break-glass grants; --ack marks one reviewed.
+    Review {
+        /// Mark this grant reviewed.
+        #[arg(long, value_name = "GRANT")]
+        ack: Option<String>,
+        /// The patient of the grant to acknowledge.
+        #[arg(long)]
+        patient: Option<String>,
+        /// The auditor acknowledging.
+        #[arg(long = "as", value_name = "AUDITOR", default_value = "auditor-ann")]
+        auditor: String,
+    },
+}
+
+pub fn emergency(dir: &Path, command: EmergencyCommand) -> anyhow::Result<()> {
+    match command {
+        EmergencyCommand::Open { who, patient, reason } => runtime()?.block_on(async {
+            let mut client = connect(dir, &who)?;
+            let grant = client.break_glass(&patient, &reason).await?;
+            client.refresh_key().await?;
+            println!(
+                "BREAK-GLASS granted: {} until {} (grant {}); logged as critical, visible to the patient, queued for review",
+                grant.attribute, grant.expires_at, grant.grant_id
+            );
+            Ok(())
+        }),
+        EmergencyCommand::Review { ack, patient, auditor } => {
+            let directory = asclepios_deploy::directory::Directory::open(dir)?;
+            let store = directory.store();
+            if let Some(grant) = ack {
+                let patient = patient.context("--ack needs --patient")?;
+                store.review_emergency_grant(&patient, &grant, &auditor)?;
+                println!("grant {grant} reviewed by {auditor}");
+            }
+            let queue = store.unreviewed_emergency_grants()?;
+            println!("{} unreviewed break-glass grant(s)", queue.len());
+            for g in queue {
+                println!(
+                    "{}  patient {}  by {}  issued {}  expires {}  ({})",
+                    g.grant_id, g.patient, g.clinician, g.issued_at, g.expires_at, g.reason
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `asclepios audit`: the audit events this identity may read.
+pub fn audit(dir: &Path, who: &AsArg, fhir: bool) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut client = connect(dir, who)?;
+        client.refresh_key().await?;
+        let events = client.audit_events().await?;
+        for e in &events {
+            if fhir {
+                println!("{}", serde_json::to_string(&e.to_fhir())?);
+            } else {
+                println!(
+                    "{}  {:<16} {:?} {:?} {} {}{}",
+                    e.time,
+                    e.actor,
+                    e.action,
+                    e.outcome,
+                    e.resource,
+                    e.purpose,
+                    if e.emergency { "  EMERGENCY" } else { "" }
+                );
+            }
+        }
+        eprintln!("{} event(s) readable by {}", events.len(), client.id());
+        Ok(())
+    })
+}

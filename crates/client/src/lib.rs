@@ -336,6 +336,94 @@ impl Client {
             .0)
     }
 
+    /// Breaks the glass for `patient`: a short-lived emergency attribute is
+    /// granted (fetch a fresh key to use it), and a critical audit event,
+    /// readable by the patient, is logged.
+    pub async fn break_glass(
+        &self,
+        patient: &str,
+        reason: &str,
+    ) -> Result<asclepios_authority::EmergencyGranted, ClientError> {
+        let body = serde_json::to_vec(&asclepios_authority::EmergencyRequest {
+            patient: patient.to_string(),
+            reason: reason.to_string(),
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self
+            .call_with_receipt("authority", Method::POST, "/v1/emergency", body)
+            .await?
+            .0)
+    }
+
+    /// Every audit event this identity may read (its ABE key opens them):
+    /// for a patient, every access to their records. Checks each slice's
+    /// entries against the log's checkpoint.
+    pub async fn audit_events(&self) -> Result<Vec<asclepios_audit::AuditEvent>, ClientError> {
+        let key = self.user_key.as_ref().ok_or_else(|| {
+            ClientError::Protocol("no ABE key yet: call refresh_key first".into())
+        })?;
+        let mut events = Vec::new();
+        let mut tree = asclepios_audit::merkle::MemoryTree::new();
+        let mut checkpoint = None;
+        let mut retries = 0;
+        loop {
+            let path = format!("/v1/audit/entries?start={}", tree.size());
+            let (slice, _): (asclepios_records::AuditSlice, _) =
+                Self::call(&self.records, Method::GET, &path, Vec::new()).await?;
+            if slice.start != tree.size() {
+                return Err(ClientError::Protocol(
+                    "the audit slice starts elsewhere".into(),
+                ));
+            }
+            checkpoint = slice.checkpoint.or(checkpoint);
+            if slice.entries.is_empty() {
+                // Done, unless the checkpoint vouches for entries appended
+                // since the last slice: then read on.
+                let behind = match &checkpoint {
+                    Some(note) => {
+                        asclepios_audit::log::peek_checkpoint(note)
+                            .map_err(ClientError::Audit)?
+                            .size
+                            > tree.size()
+                    }
+                    None => false,
+                };
+                if !behind {
+                    break;
+                }
+                retries += 1;
+                if retries > 3 {
+                    return Err(ClientError::Protocol(
+                        "the checkpoint vouches for entries the service does not serve".into(),
+                    ));
+                }
+                continue;
+            }
+            for entry in &slice.entries {
+                let bytes = B64
+                    .decode(entry)
+                    .map_err(|_| ClientError::Protocol("an audit entry is not base64".into()))?;
+                tree.push(&bytes);
+                if let Ok(sealed) = asclepios_audit::SealedEvent::from_bytes(&bytes) {
+                    if let Ok(event) = sealed.open_with_abe(key) {
+                        events.push(event);
+                    }
+                }
+            }
+        }
+        // The entries read must be the log the checkpoint vouches for.
+        if let Some(note) = checkpoint {
+            let cp = asclepios_audit::Checkpoint::verify(&note, &self.log)
+                .map_err(|e| ClientError::Audit(e.into()))?;
+            if cp.size > tree.size() || tree.root_at(cp.size) != cp.root {
+                return Err(ClientError::Protocol(
+                    "the audit entries do not match the signed checkpoint".into(),
+                ));
+            }
+        }
+        Ok(events)
+    }
+
     /// Erases a record (crypto-shredding): the patient only.
     pub async fn erase_record(&self, patient: &str, record_id: &str) -> Result<u64, ClientError> {
         Ok(self

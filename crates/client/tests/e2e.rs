@@ -42,6 +42,8 @@ async fn deploy(postgres: bool) -> Deployment {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("deployment");
     let mut config = Config::default();
+    // Short break-glass grants, so the test sees one expire.
+    config.emergency.grant_seconds = 3;
     let mut pg_schema = None;
     if postgres {
         let nanos = std::time::SystemTime::now()
@@ -191,6 +193,64 @@ async fn scenario(d: Deployment) {
         .unwrap();
     assert!(nurse.get_record(&pid, &later_id).await.is_err());
     assert_eq!(patient.get_record(&pid, &later_id).await.unwrap().0, later);
+
+    // Break-glass: the emergency physician cannot read, breaks the glass, can.
+    let mut er = client(&d, "dr-er");
+    er.refresh_key().await.unwrap();
+    assert!(er.get_record(&pid, &later_id).await.is_err());
+    let grant = er
+        .break_glass(&pid, "unconscious, suspected overdose")
+        .await
+        .unwrap();
+    assert_eq!(grant.attribute, format!("emergency:{pid}"));
+    er.refresh_key().await.unwrap();
+    assert_eq!(er.get_record(&pid, &later_id).await.unwrap().0, later);
+    // Only the emergency role may break the glass.
+    let err = heart.break_glass(&pid, "curious").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    // The patient sees the break-glass, and every access to their records.
+    let events = patient.audit_events().await.unwrap();
+    let glass: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e.action == asclepios_audit::Action::EmergencyAccess
+                && e.outcome == asclepios_audit::Outcome::Success
+        })
+        .collect();
+    // The refused attempt is there too, for the patient to see.
+    assert!(events.iter().any(|e| e.actor == "dr-heart"
+        && e.action == asclepios_audit::Action::EmergencyAccess
+        && e.outcome == asclepios_audit::Outcome::Denied));
+    assert!(
+        events.iter().any(|e| e.actor == "dr-er"
+            && e.action == asclepios_audit::Action::Read
+            && e.emergency
+            && e.purpose == "ETREAT"),
+        "the emergency read is logged as such"
+    );
+    assert_eq!(glass.len(), 1, "{events:?}");
+    assert_eq!(glass[0].actor, "dr-er");
+    assert!(glass[0].resource.contains("suspected overdose"));
+    assert_eq!(glass[0].to_fhir()["subtype"][0]["code"], "110127");
+    assert!(events
+        .iter()
+        .any(|e| e.actor == "researcher-rita" && e.action == asclepios_audit::Action::Read));
+    // The grant expires: the authority revokes the attribute and re-wraps,
+    // so the emergency key stops working.
+    tokio::time::sleep(std::time::Duration::from_secs(
+        3 + asclepios_deploy::serve::SWEEP_SECONDS + 2,
+    ))
+    .await;
+    assert!(
+        er.get_record(&pid, &later_id).await.is_err(),
+        "expired grant still opens"
+    );
+    er.refresh_key().await.unwrap();
+    assert!(!er.attributes().iter().any(|a| a.starts_with("emergency:")));
+    assert!(er.get_record(&pid, &later_id).await.is_err());
 
     // History is append-only: writing version 1 again is a conflict.
     let err = heart

@@ -21,6 +21,9 @@ use zeroize::Zeroizing;
 use crate::directory::Layout;
 use crate::{keys, read_file, Config, Error};
 
+/// How often expired break-glass grants are ended, in seconds.
+pub const SWEEP_SECONDS: u64 = 2;
+
 /// The log every service appends to.
 pub const AUDIT_LOG_ID: &str = "audit";
 
@@ -112,6 +115,7 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
             open_store(dir, &cfg)?,
             trail(dir, &cfg, "authority", authority_keys.receipt)?,
             keys::abe_master_key(dir)?,
+            cfg.emergency.grant_seconds,
         ));
         let records_keys = service_keys(&layout, "records")?;
         let records = Arc::new(RecordService::new(
@@ -158,6 +162,22 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // End expired break-glass grants every few seconds.
+    let sweeper = authority.clone();
+    let mut sweep_stop = stopped.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(SWEEP_SECONDS)) => {}
+                _ = sweep_stop.wait_for(|stop| *stop) => return,
+            }
+            let s = sweeper.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                s.expire_emergency_grants(asclepios_net::server::unix_now() as i64)
+            })
+            .await;
+        }
+    });
     tokio::spawn(server::serve(
         authority_listener,
         authority_tls,

@@ -173,6 +173,7 @@ impl RecordService {
                 get(get_record).delete(shred_record),
             )
             .route("/v1/patients/{patient}/records", get(list_records))
+            .route("/v1/audit/entries", get(audit_entries))
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -248,9 +249,35 @@ impl RecordService {
         work: impl FnOnce() -> Result<T, ApiError>,
     ) -> Result<WithReceipt<T>, ApiError> {
         let result = self.check_caller(caller).and_then(|()| work());
+        // Under an active break-glass grant, the access is logged as emergency
+        // treatment: loudly, for the patient and the auditors.
+        let now = now() as i64;
+        let emergency = self
+            .store
+            .emergency_grants(patient)
+            .map(|grants| {
+                grants
+                    .iter()
+                    .any(|g| g.clinician == caller && g.expires_at > now)
+            })
+            .unwrap_or(false);
+        let mark = |mut e: AuditEvent| {
+            if emergency {
+                e.emergency = true;
+                e.purpose = "ETREAT".into();
+            }
+            e
+        };
         match result {
             Ok(result) => {
-                let event = Self::event(caller, action, resource, patient, Outcome::Success, v);
+                let event = mark(Self::event(
+                    caller,
+                    action,
+                    resource,
+                    patient,
+                    Outcome::Success,
+                    v,
+                ));
                 let receipt = self.audit(&event, v, StatusCode::OK)?;
                 Ok(WithReceipt { result, receipt })
             }
@@ -260,7 +287,7 @@ impl RecordService {
                 } else {
                     Outcome::Failed
                 };
-                let event = Self::event(caller, action, resource, patient, outcome, v);
+                let event = mark(Self::event(caller, action, resource, patient, outcome, v));
                 self.audit(&event, v, e.status)?;
                 Err(e)
             }
@@ -431,6 +458,56 @@ async fn shred_record(
     .map(Json)
 }
 
+/// A slice of the audit log: encrypted entries, readable only by those the
+/// events concern (patients) and auditors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSlice {
+    /// Index of the first entry.
+    pub start: u64,
+    /// The entries (base64).
+    pub entries: Vec<String>,
+    /// The latest signed checkpoint.
+    pub checkpoint: Option<String>,
+}
+
+/// Most entries per audit slice.
+pub const MAX_AUDIT_SLICE: u64 = 512;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SliceQuery {
+    start: Option<u64>,
+}
+
+async fn audit_entries(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Query(q): Query<SliceQuery>,
+) -> Result<Json<AuditSlice>, ApiError> {
+    blocking(move || {
+        s.check_caller(&caller.id)?;
+        let log = s.trail.log();
+        let (size, _) = log
+            .sync()
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let start = q.start.unwrap_or(0).min(size);
+        let end = (start + MAX_AUDIT_SLICE).min(size);
+        let entries = log
+            .entries(start..end)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        Ok(AuditSlice {
+            start,
+            entries: entries.iter().map(|e| B64.encode(e)).collect(),
+            checkpoint: log
+                .latest_checkpoint()
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
+        })
+    })
+    .await
+    .map(Json)
+}
+
 async fn openapi() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "openapi": "3.1.0",
@@ -446,7 +523,9 @@ async fn openapi() -> Json<serde_json::Value> {
                 "delete": {"summary": "Erase (crypto-shred) a record: the patient only.",
                     "responses": {"200": {"description": "wrappers destroyed"}, "403": {"description": "not the patient"}}}},
             "/v1/patients/{patient}/records": {"get": {"summary": "A patient's record ids and latest versions.",
-                "responses": {"200": {"description": "list"}}}}
+                "responses": {"200": {"description": "list"}}}},
+            "/v1/audit/entries": {"get": {"summary": "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
+                "responses": {"200": {"description": "entries"}}}}
         }
     }))
 }

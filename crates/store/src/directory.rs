@@ -422,6 +422,19 @@ impl Store {
         })
     }
 
+    /// Grants that expired at or before `now` (Unix seconds), oldest first.
+    pub fn expired_emergency_grants(&self, now: i64) -> Result<Vec<EmergencyGrant>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE expires_at <= $1 ORDER BY expires_at, grant_id"),
+                &[Value::Int(now)],
+            )?
+            .iter()
+            .map(grant)
+            .collect()
+        })
+    }
+
     /// Marks a grant reviewed by `auditor`.
     pub fn review_emergency_grant(
         &self,
