@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod consent;
+
 use std::sync::Arc;
 
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
@@ -182,6 +184,252 @@ impl KeyAuthority {
         Ok(ended)
     }
 
+    /// Ends a consent: recorded as withdrawn; if no other active consent of
+    /// the patient names the same grantee, the grantee's `consent:<patient>`
+    /// is revoked and the patient's records re-wrapped.
+    fn end_consent(&self, c: &asclepios_store::Consent) -> Result<(), String> {
+        let mut withdrawn = c.clone();
+        withdrawn.status = asclepios_store::ConsentStatus::Withdrawn;
+        self.store
+            .put_consent(&withdrawn)
+            .map_err(|e| e.to_string())?;
+        let others = self
+            .store
+            .consents(&c.patient)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .any(|o| {
+                o.consent_id != c.consent_id
+                    && o.grantee == c.grantee
+                    && o.status == asclepios_store::ConsentStatus::Active
+            });
+        let attribute = consent::consent_attribute(&c.patient);
+        let held = self
+            .store
+            .identity_attributes(&c.grantee)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|a| a.attribute == attribute);
+        if !others && held {
+            self.store
+                .revoke_attribute(&c.grantee, &attribute)
+                .map_err(|e| e.to_string())?;
+            rewrap_after_revocation(&self.store, &self.master, &[attribute])?;
+        }
+        Ok(())
+    }
+
+    /// Ends consents whose expiry has passed. Returns how many.
+    pub fn expire_consents(&self, now: i64) -> Result<usize, String> {
+        let mut ended = 0;
+        for c in self.store.all_consents().map_err(|e| e.to_string())? {
+            let expired = c.status == asclepios_store::ConsentStatus::Active
+                && serde_json::from_str::<consent::ConsentGrant>(&c.scope)
+                    .ok()
+                    .and_then(|g| g.expires_at)
+                    .is_some_and(|t| t <= now);
+            if expired {
+                self.end_consent(&c)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    fn consent_out(c: &asclepios_store::Consent) -> Option<consent::ConsentOut> {
+        let grant: consent::ConsentGrant = serde_json::from_str(&c.scope).ok()?;
+        let active = c.status == asclepios_store::ConsentStatus::Active;
+        Some(consent::ConsentOut {
+            consent_id: c.consent_id.clone(),
+            version: c.version,
+            status: if active { "active" } else { "withdrawn" }.into(),
+            fhir: consent::to_fhir(&c.patient, &c.consent_id, active, &grant, c.updated_at),
+            grant,
+        })
+    }
+
+    fn consent_event(
+        &self,
+        patient: &str,
+        resource: String,
+        v: &Verified,
+        outcome: Outcome,
+        status: StatusCode,
+    ) -> Result<Receipt, ApiError> {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let event = AuditEvent {
+            id: hex::encode(id),
+            actor: patient.to_string(),
+            action: Action::ConsentChange,
+            resource,
+            patient: Some(patient.to_string())
+                .filter(|p| asclepios_net::pki::check_identity_id(p).is_ok()),
+            time: asclepios_net::server::unix_now(),
+            outcome,
+            purpose: "PATADMIN".into(),
+            emergency: false,
+            request_signature: Some(v.signature.clone()),
+        };
+        self.trail
+            .record(&event, &v.request_hash, status.as_u16())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("audit log unavailable: {e}"),
+                )
+            })
+    }
+
+    /// The caller must be an active patient identity.
+    fn patient(&self, caller: &str) -> Result<(), ApiError> {
+        self.active(caller)?;
+        let is_patient = self
+            .store
+            .identity(caller)
+            .map_err(store_error)?
+            .is_some_and(|i| i.kind == "patient");
+        if !is_patient {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only patients give or withdraw consent for their records",
+            ));
+        }
+        Ok(())
+    }
+
+    fn grant(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        grant: consent::ConsentGrant,
+    ) -> Result<WithReceipt<consent::ConsentOut>, ApiError> {
+        let checks = || -> Result<(), ApiError> {
+            self.patient(&caller.id)?;
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*')
+            };
+            if !token(&grant.purpose)
+                || grant.resource_types.is_empty()
+                || !grant.resource_types.iter().all(|t| token(t))
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "purpose and resource types must be codes (letters and digits, or *)",
+                ));
+            }
+            if grant
+                .expires_at
+                .is_some_and(|t| t <= asclepios_net::server::unix_now() as i64)
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "the expiry is in the past",
+                ));
+            }
+            match self.store.identity(&grant.grantee).map_err(store_error)? {
+                Some(i) if i.status == IdentityStatus::Active => Ok(()),
+                _ => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("no active identity `{}` to grant to", grant.grantee),
+                )),
+            }
+        };
+        let resource = format!("consent for {}", grant.grantee);
+        if let Err(e) = checks() {
+            self.consent_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
+            return Err(e);
+        }
+        let mut id = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let consent_id = format!("consent-{}", hex::encode(id));
+        let record = asclepios_store::Consent {
+            patient: caller.id.clone(),
+            consent_id: consent_id.clone(),
+            version: 0,
+            grantee: grant.grantee.clone(),
+            scope: serde_json::to_string(&grant)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
+            status: asclepios_store::ConsentStatus::Active,
+            document: None,
+            updated_at: 0,
+        };
+        let version = self.store.put_consent(&record).map_err(store_error)?;
+        self.store
+            .grant_attribute(&grant.grantee, &consent::consent_attribute(&caller.id))
+            .map_err(store_error)?;
+        let receipt = self.consent_event(
+            &caller.id,
+            format!("{consent_id} for {}", grant.grantee),
+            v,
+            Outcome::Success,
+            StatusCode::OK,
+        )?;
+        let stored = asclepios_store::Consent {
+            version,
+            updated_at: asclepios_net::server::unix_now() as i64,
+            ..record
+        };
+        let out = Self::consent_out(&stored).ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "consent not readable")
+        })?;
+        Ok(WithReceipt {
+            result: out,
+            receipt,
+        })
+    }
+
+    fn withdraw(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        consent_id: &str,
+    ) -> Result<WithReceipt<consent::ConsentOut>, ApiError> {
+        let resource = format!("{consent_id} withdrawn");
+        let found = self.patient(&caller.id).and_then(|()| {
+            self.store
+                .consents(&caller.id)
+                .map_err(store_error)?
+                .into_iter()
+                .find(|c| {
+                    c.consent_id == consent_id && c.status == asclepios_store::ConsentStatus::Active
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no active consent `{consent_id}`"),
+                    )
+                })
+        });
+        let c = match found {
+            Ok(c) => c,
+            Err(e) => {
+                self.consent_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
+                return Err(e);
+            }
+        };
+        self.end_consent(&c)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let receipt =
+            self.consent_event(&caller.id, resource, v, Outcome::Success, StatusCode::OK)?;
+        let latest = self
+            .store
+            .consents(&caller.id)
+            .map_err(store_error)?
+            .into_iter()
+            .find(|x| x.consent_id == consent_id)
+            .and_then(|x| Self::consent_out(&x))
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "consent not readable")
+            })?;
+        Ok(WithReceipt {
+            result: latest,
+            receipt,
+        })
+    }
+
     fn break_glass(
         &self,
         caller: &asclepios_net::pki::PeerIdentity,
@@ -305,6 +553,8 @@ impl KeyAuthority {
             .route("/v1/keys", post(issue_key))
             .route("/v1/policy/resolve", post(resolve_policy))
             .route("/v1/emergency", post(emergency))
+            .route("/v1/consents", post(grant_consent).get(list_consents))
+            .route("/v1/consents/{consent_id}/withdraw", post(withdraw_consent))
             .route("/v1/abe/public-key", get(public_key))
             .layer(axum::middleware::from_fn_with_state(
                 check,
@@ -429,6 +679,47 @@ async fn emergency(
     blocking(move || s.break_glass(&caller, &v, req))
         .await
         .map(Json)
+}
+
+async fn grant_consent(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<consent::ConsentOut>>, ApiError> {
+    let grant: consent::ConsentGrant = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    blocking(move || s.grant(&caller, &v, grant))
+        .await
+        .map(Json)
+}
+
+async fn withdraw_consent(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(consent_id): axum::extract::Path<String>,
+) -> Result<Json<WithReceipt<consent::ConsentOut>>, ApiError> {
+    blocking(move || s.withdraw(&caller, &v, &consent_id))
+        .await
+        .map(Json)
+}
+
+async fn list_consents(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<Vec<consent::ConsentOut>>, ApiError> {
+    blocking(move || {
+        s.patient(&caller.id)?;
+        Ok(s.store
+            .consents(&caller.id)
+            .map_err(store_error)?
+            .iter()
+            .filter_map(KeyAuthority::consent_out)
+            .collect())
+    })
+    .await
+    .map(Json)
 }
 
 async fn resolve_policy(

@@ -424,6 +424,41 @@ impl Client {
         Ok(events)
     }
 
+    /// As a patient: grants `grant.grantee` access to this patient's records.
+    pub async fn grant_consent(
+        &self,
+        grant: &asclepios_authority::consent::ConsentGrant,
+    ) -> Result<asclepios_authority::consent::ConsentOut, ClientError> {
+        let body = serde_json::to_vec(grant).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(self
+            .call_with_receipt("authority", Method::POST, "/v1/consents", body)
+            .await?
+            .0)
+    }
+
+    /// As a patient: withdraws a consent (its grantee's access ends as a revocation does).
+    pub async fn withdraw_consent(
+        &self,
+        consent_id: &str,
+    ) -> Result<asclepios_authority::consent::ConsentOut, ClientError> {
+        let path = format!("/v1/consents/{consent_id}/withdraw");
+        Ok(self
+            .call_with_receipt("authority", Method::POST, &path, Vec::new())
+            .await?
+            .0)
+    }
+
+    /// As a patient: every consent, latest version each (with its FHIR Consent).
+    pub async fn consents(
+        &self,
+    ) -> Result<Vec<asclepios_authority::consent::ConsentOut>, ClientError> {
+        Ok(
+            Self::call(&self.authority, Method::GET, "/v1/consents", Vec::new())
+                .await?
+                .0,
+        )
+    }
+
     /// Erases a record (crypto-shredding): the patient only.
     pub async fn erase_record(&self, patient: &str, record_id: &str) -> Result<u64, ClientError> {
         Ok(self

@@ -252,6 +252,77 @@ async fn scenario(d: Deployment) {
     assert!(!er.attributes().iter().any(|a| a.starts_with("emergency:")));
     assert!(er.get_record(&pid, &later_id).await.is_err());
 
+    // Consent: the patient lets the emergency physician (a doctor) in, then withdraws.
+    let consent = patient
+        .grant_consent(&asclepios_authority::consent::ConsentGrant {
+            grantee: "dr-er".into(),
+            purpose: "TREAT".into(),
+            resource_types: vec!["Observation".into()],
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(consent.fhir["resourceType"], "Consent");
+    assert_eq!(consent.fhir["provision"]["class"][0]["code"], "Observation");
+    er.refresh_key().await.unwrap();
+    assert_eq!(er.get_record(&pid, &later_id).await.unwrap().0, later);
+    let err = heart
+        .grant_consent(&asclepios_authority::consent::ConsentGrant {
+            grantee: "dr-heart".into(),
+            purpose: "TREAT".into(),
+            resource_types: vec!["*".into()],
+            expires_at: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "only patients consent: {err}"
+    );
+    let withdrawn = patient.withdraw_consent(&consent.consent_id).await.unwrap();
+    assert_eq!(withdrawn.status, "withdrawn");
+    assert_eq!(withdrawn.fhir["status"], "inactive");
+    assert!(
+        er.get_record(&pid, &later_id).await.is_err(),
+        "withdrawn consent still opens"
+    );
+    er.refresh_key().await.unwrap();
+    assert!(er.get_record(&pid, &later_id).await.is_err());
+    assert_eq!(patient.consents().await.unwrap().len(), 1);
+    assert_eq!(patient.consents().await.unwrap()[0].status, "withdrawn");
+    // A consent with an expiry ends by itself.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    patient
+        .grant_consent(&asclepios_authority::consent::ConsentGrant {
+            grantee: "dr-er".into(),
+            purpose: "TREAT".into(),
+            resource_types: vec!["*".into()],
+            expires_at: Some(now + 2),
+        })
+        .await
+        .unwrap();
+    er.refresh_key().await.unwrap();
+    assert_eq!(er.get_record(&pid, &later_id).await.unwrap().0, later);
+    tokio::time::sleep(std::time::Duration::from_secs(
+        2 + asclepios_deploy::serve::SWEEP_SECONDS + 2,
+    ))
+    .await;
+    assert!(
+        er.get_record(&pid, &later_id).await.is_err(),
+        "expired consent still opens"
+    );
+    assert!(patient
+        .consents()
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.status == "withdrawn"));
+    // The patient's own access and the care team's are untouched.
+    assert_eq!(patient.get_record(&pid, &later_id).await.unwrap().0, later);
+
     // History is append-only: writing version 1 again is a conflict.
     let err = heart
         .put_record(&pid, &record_id, 1, &observation, &policy)

@@ -162,7 +162,7 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    // End expired break-glass grants every few seconds.
+    // End expired break-glass grants and consents every few seconds.
     let sweeper = authority.clone();
     let mut sweep_stop = stopped.clone();
     tokio::spawn(async move {
@@ -173,7 +173,9 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
             }
             let s = sweeper.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                s.expire_emergency_grants(asclepios_net::server::unix_now() as i64)
+                let now = asclepios_net::server::unix_now() as i64;
+                let _ = s.expire_emergency_grants(now);
+                let _ = s.expire_consents(now);
             })
             .await;
         }

@@ -354,6 +354,22 @@ impl Store {
         })
     }
 
+    /// The latest version of every consent of every patient (for expiry sweeps).
+    pub fn all_consents(&self) -> Result<Vec<Consent>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents c WHERE version = \
+                     (SELECT MAX(version) FROM consents d WHERE d.patient = c.patient AND d.consent_id = c.consent_id) ORDER BY patient, consent_id"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(consent)
+            .collect()
+        })
+    }
+
     /// Every version of one consent, oldest first.
     pub fn consent_history(
         &self,
