@@ -410,8 +410,9 @@ async fn get_record(
     Extension(Caller(caller)): Extension<Caller>,
     Extension(v): Extension<Verified>,
     Path((patient, record_id)): Path<(String, String)>,
-    Query(q): Query<VersionQuery>,
+    q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<WithReceipt<RecordOut>>, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
     blocking(move || s.get(&caller, &v, &patient, &record_id, q.version))
         .await
         .map(Json)
@@ -483,8 +484,9 @@ struct SliceQuery {
 async fn audit_entries(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
-    Query(q): Query<SliceQuery>,
+    q: Result<Query<SliceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditSlice>, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
     blocking(move || {
         s.check_caller(&caller.id)?;
         let log = s.trail.log();

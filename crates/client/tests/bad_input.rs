@@ -1,0 +1,154 @@
+//! What bad input gets from the services: a 4xx with a JSON error naming the
+//! problem, never a 5xx, nothing written; refused accesses are audited.
+
+use asclepios_deploy::serve::{start, Listen};
+use asclepios_deploy::{init::init, Config};
+use asclepios_net::client::SignedClient;
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_4xx_json_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || init(&d, &Config::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let listen = Listen {
+        authority: Some("127.0.0.1:0".into()),
+        records: Some("127.0.0.1:0".into()),
+    };
+    let services = start(&dir, &listen).await.unwrap();
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
+    let records = SignedClient::new(
+        &format!("https://localhost:{}", services.records.port()),
+        "dr-heart",
+        &read("pki/ca.pem"),
+        &read("identities/dr-heart.pem"),
+        &read("identities/dr-heart.key"),
+    )
+    .unwrap();
+    let authority = SignedClient::new(
+        &format!("https://localhost:{}", services.authority.port()),
+        "dr-heart",
+        &read("pki/ca.pem"),
+        &read("identities/dr-heart.pem"),
+        &read("identities/dr-heart.key"),
+    )
+    .unwrap();
+    let valid_put = serde_json::json!({
+        "patient": "pat-00000", "record_id": "r1", "version": 1,
+        "body": "AAAA", "wrapper": "AAAA", "author_signature": "AAAA"
+    });
+    let mut unknown_field = valid_put.clone();
+    unknown_field["extra"] = serde_json::json!(1);
+    let cases: Vec<(&SignedClient, Method, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            &records,
+            Method::POST,
+            "/v1/records",
+            b"{not json".to_vec(),
+            400,
+            "malformed request",
+        ),
+        (
+            &records,
+            Method::POST,
+            "/v1/records",
+            serde_json::to_vec(&unknown_field).unwrap(),
+            400,
+            "unknown field",
+        ),
+        (
+            &records,
+            Method::POST,
+            "/v1/records",
+            serde_json::to_vec(&valid_put).unwrap(),
+            400,
+            "body",
+        ),
+        (
+            &records,
+            Method::POST,
+            "/v1/records",
+            vec![b'x'; 9 << 20],
+            413,
+            "exceeds",
+        ),
+        (
+            &records,
+            Method::GET,
+            "/v1/records/pat-00000/nope",
+            vec![],
+            404,
+            "no record",
+        ),
+        (
+            &records,
+            Method::GET,
+            "/v1/records/pat-00000/nope?version=abc",
+            vec![],
+            400,
+            "query",
+        ),
+        (
+            &records,
+            Method::GET,
+            "/v1/audit/entries?start=-1",
+            vec![],
+            400,
+            "query",
+        ),
+        (
+            &authority,
+            Method::POST,
+            "/v1/policy/resolve",
+            br#"{"policy": "a and"}"#.to_vec(),
+            400,
+            "expected",
+        ),
+        (
+            &authority,
+            Method::POST,
+            "/v1/emergency",
+            b"[]".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            &authority,
+            Method::POST,
+            "/v1/consents",
+            br#"{"grantee": "x"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+    ];
+    for (client, method, path, body, want, says) in cases {
+        let response = client.send(method.clone(), path, body).await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, want, "{method} {path}: {text}");
+        if !says.is_empty() {
+            assert!(text.contains(says), "{method} {path}: {text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["error"].is_string(), "{text}");
+        }
+    }
+    // Nothing was written, and the refusals are in the audit log.
+    let d = dir.clone();
+    let (records_count, log_size) = tokio::task::spawn_blocking(move || {
+        let store = Config::load(&d).unwrap().open_store(&d).unwrap();
+        let n = store.patient_records("pat-00000").unwrap().len();
+        let size = asclepios_audit::LogStore::log_size(&store, "audit").unwrap();
+        (n, size)
+    })
+    .await
+    .unwrap();
+    assert_eq!(records_count, 0);
+    assert!(
+        log_size >= 2,
+        "refused accesses are audited ({log_size} entries)"
+    );
+}
