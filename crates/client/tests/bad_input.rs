@@ -6,6 +6,9 @@ use asclepios_deploy::{init::init, Config};
 use asclepios_net::client::SignedClient;
 use reqwest::Method;
 
+/// (service, method, path, body, expected status, what the error must say)
+type Case<'a> = (&'a SignedClient, Method, &'a str, Vec<u8>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_4xx_json_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -43,7 +46,7 @@ async fn malformed_requests_get_4xx_json_errors() {
     });
     let mut unknown_field = valid_put.clone();
     unknown_field["extra"] = serde_json::json!(1);
-    let cases: Vec<(&SignedClient, Method, &str, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             &records,
             Method::POST,
