@@ -103,6 +103,34 @@ enum Command {
         /// The FHIR resource (JSON).
         file: std::path::PathBuf,
     },
+    /// Import FHIR R4 Bundles (transaction, batch, collection) and NDJSON files (FHIR Bulk
+    /// Data): every resource is sealed here, under its patient's default policy, and stored.
+    ///
+    /// Example: asclepios import --as lab-central results.ndjson bundle.json
+    Import {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// Bundle (.json) or NDJSON (.ndjson) files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Write synthetic FHIR R4 data (patients with encounters, observations, conditions,
+    /// medications; LOINC, SNOMED CT and RxNorm codes) as NDJSON on stdout.
+    ///
+    /// Example: asclepios synth --patients 2 --encounters 3 > sample.ndjson
+    Synth {
+        /// How many patients (pseudonyms pat-00000, pat-00001, ...).
+        #[arg(long, default_value_t = 2)]
+        patients: usize,
+        /// Encounters per patient.
+        #[arg(long, default_value_t = 3)]
+        encounters: usize,
+        /// Seed (the same seed gives the same data).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Fetch a record and open it with your ABE key (the service never can).
     Get {
         #[command(flatten)]
@@ -131,6 +159,13 @@ enum Command {
         dir: admin::DirArg,
         #[command(subcommand)]
         command: platform::EmergencyCommand,
+    },
+    /// Patients' consents: grant, withdraw, list (as FHIR Consent with --fhir).
+    Consent {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(subcommand)]
+        command: platform::ConsentCommand,
     },
     /// The audit events you may read: for a patient, every access to their records.
     Audit {
@@ -178,7 +213,14 @@ fn main() -> ExitCode {
             record,
         } => platform::get(&dir.path(), &who, &patient, &record),
         Command::Records { dir, who, patient } => platform::list(&dir.path(), &who, &patient),
+        Command::Import { dir, who, files } => platform::import(&dir.path(), &who, &files),
+        Command::Synth {
+            patients,
+            encounters,
+            seed,
+        } => synth(patients, encounters, seed),
         Command::Emergency { dir, command } => platform::emergency(&dir.path(), command),
+        Command::Consent { dir, command } => platform::consent(&dir.path(), command),
         Command::Audit { dir, who, fhir } => platform::audit(&dir.path(), &who, fhir),
         Command::Erase {
             dir,
@@ -196,6 +238,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn synth(patients: usize, encounters: usize, seed: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut generator = asclepios_fhir::synth::Generator::new(seed);
+    let mut out = std::io::stdout().lock();
+    for _ in 0..patients {
+        for resource in generator.patient(encounters).all() {
+            match writeln!(out, "{}", serde_json::to_string(resource)?) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                other => other?,
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_policy(text: &str) -> anyhow::Result<()> {

@@ -235,3 +235,209 @@ pub fn audit(dir: &Path, who: &AsArg, fhir: bool) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ConsentCommand {
+    /// Grant a party access to your records (as a patient).
+    ///
+    /// Example: asclepios consent grant --as pat-00000 --to dr-er --purpose TREAT --types Observation,Condition --days 30
+    Grant {
+        #[command(flatten)]
+        who: AsArg,
+        /// The identity receiving access.
+        #[arg(long)]
+        to: String,
+        /// Purpose of use (HL7 v3-ActReason code).
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+        /// FHIR resource types covered, comma-separated, or * for all.
+        #[arg(long, default_value = "*", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Days until it ends by itself (none: until withdrawn).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// Withdraw a consent: the party's access ends as a revocation does.
+    Withdraw {
+        #[command(flatten)]
+        who: AsArg,
+        /// The consent id (see `consent list`).
+        consent: String,
+    },
+    /// Your consents; --fhir prints them as FHIR Consent resources.
+    List {
+        #[command(flatten)]
+        who: AsArg,
+        /// Print FHIR Consent JSON lines.
+        #[arg(long)]
+        fhir: bool,
+    },
+}
+
+pub fn consent(dir: &Path, command: ConsentCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        match command {
+            ConsentCommand::Grant {
+                who,
+                to,
+                purpose,
+                types,
+                days,
+            } => {
+                let client = connect(dir, &who)?;
+                let expires_at =
+                    days.map(|d| asclepios_net::server::unix_now() as i64 + i64::from(d) * 86_400);
+                let c = client
+                    .grant_consent(&asclepios_authority::consent::ConsentGrant {
+                        grantee: to,
+                        purpose,
+                        resource_types: types,
+                        expires_at,
+                    })
+                    .await?;
+                println!(
+                    "{} granted to {} ({})",
+                    c.consent_id, c.grant.grantee, c.grant.purpose
+                );
+            }
+            ConsentCommand::Withdraw { who, consent } => {
+                let client = connect(dir, &who)?;
+                let c = client.withdraw_consent(&consent).await?;
+                println!(
+                    "{} withdrawn; {} no longer opens your records",
+                    c.consent_id, c.grant.grantee
+                );
+            }
+            ConsentCommand::List { who, fhir } => {
+                let client = connect(dir, &who)?;
+                for c in client.consents().await? {
+                    if fhir {
+                        println!("{}", serde_json::to_string(&c.fhir)?);
+                    } else {
+                        println!(
+                            "{}  {:<9} to {:<16} {} {}",
+                            c.consent_id,
+                            c.status,
+                            c.grant.grantee,
+                            c.grant.purpose,
+                            c.grant.resource_types.join(",")
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The resources of a FHIR R4 Bundle (transaction, batch or collection) or
+/// of an NDJSON file (FHIR Bulk Data: one resource per line).
+fn read_resources(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let is_ndjson = path.extension().is_some_and(|e| e == "ndjson");
+    if is_ndjson {
+        return text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not a JSON resource", path.display(), i + 1))
+            })
+            .collect();
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if value["resourceType"] != "Bundle" {
+        return Ok(vec![value]);
+    }
+    let kind = value["type"].as_str().unwrap_or_default();
+    anyhow::ensure!(
+        matches!(kind, "transaction" | "batch" | "collection" | "searchset"),
+        "{}: a Bundle of type `{kind}` is not importable (transaction, batch, collection or searchset)",
+        path.display()
+    );
+    Ok(value["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e.get("resource").cloned())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The patient a resource is about: a Patient's own id, else its subject or patient reference.
+fn patient_of(view: &asclepios_fhir::ResourceView) -> Option<String> {
+    if view.resource_type() == "Patient" {
+        return view.id().map(str::to_string);
+    }
+    view.subject()
+        .and_then(|r| r.strip_prefix("Patient/").map(str::to_string))
+}
+
+/// `asclepios import`: seal and store every resource of Bundles and NDJSON files.
+pub fn import(dir: &Path, who: &AsArg, files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut resources = Vec::new();
+    for f in files {
+        resources.extend(read_resources(f)?);
+    }
+    let config = Config::load(dir)?;
+    runtime()?.block_on(async {
+        let client = connect(dir, who)?;
+        let bar = indicatif::ProgressBar::new(resources.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} sealing and storing {pos}/{len} [{bar:40}] {per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let mut policies: std::collections::HashMap<String, asclepios_crypto::Policy> =
+            Default::default();
+        let (mut stored, mut existing, mut skipped) = (0usize, 0usize, Vec::new());
+        for resource in resources {
+            bar.inc(1);
+            let view = match asclepios_fhir::ResourceView::from_value(resource.clone()) {
+                Ok(v) => v,
+                Err(e) => {
+                    skipped.push(format!("not a FHIR resource: {e}"));
+                    continue;
+                }
+            };
+            let (Some(id), Some(patient)) = (view.id().map(str::to_string), patient_of(&view))
+            else {
+                skipped.push(format!(
+                    "{} without an id or a patient",
+                    view.resource_type()
+                ));
+                continue;
+            };
+            if !policies.contains_key(&patient) {
+                let policy = client
+                    .resolve_policy(&config.default_policy(&patient))
+                    .await?;
+                policies.insert(patient.clone(), policy);
+            }
+            match client
+                .put_record_resolved(&patient, &id, 1, &resource, &policies[&patient])
+                .await
+            {
+                Ok(_) => stored += 1,
+                Err(asclepios_client::ClientError::Refused { status: 409, .. }) => existing += 1,
+                Err(e) => skipped.push(format!("{} {id}: {e}", view.resource_type())),
+            }
+        }
+        bar.finish_and_clear();
+        println!(
+            "imported {stored} resource(s); {existing} already stored; {} skipped",
+            skipped.len()
+        );
+        for s in skipped.iter().take(10) {
+            println!("  skipped: {s}");
+        }
+        Ok(())
+    })
+}

@@ -237,6 +237,20 @@ impl Client {
         policy: &str,
     ) -> Result<Receipt, ClientError> {
         let policy = self.resolve_policy(policy).await?;
+        self.put_record_resolved(patient, record_id, version, resource, &policy)
+            .await
+    }
+
+    /// Like [`Client::put_record`] with a policy already resolved (bulk
+    /// imports resolve once per patient).
+    pub async fn put_record_resolved(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        resource: &serde_json::Value,
+        policy: &Policy,
+    ) -> Result<Receipt, ClientError> {
         let payload = Zeroizing::new(
             serde_json::to_vec(resource).map_err(|e| ClientError::Protocol(e.to_string()))?,
         );
@@ -246,7 +260,7 @@ impl Client {
         };
         let envelope = envelope::seal(
             &self.abe_public_key,
-            &policy,
+            policy,
             &context,
             &payload,
             &mut rand_core::OsRng,

@@ -1,0 +1,178 @@
+//! The platform through the `asclepios` binary: init, serve, import, get,
+//! consent, break-glass, audit, over real mutual TLS.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn asclepios(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_asclepios"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = asclepios(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_deployment_through_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let d = dir.to_str().unwrap();
+    ok(&["init", "--dir", d]);
+    // Free ports, so tests may run side by side.
+    let config = dir.join("asclepios.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:7443", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:7444", &format!("127.0.0.1:{}", free_port()));
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_asclepios"))
+        .args(["serve", "--dir", d])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _serve = Serve(child);
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("mutual TLS") {
+            break;
+        }
+    }
+
+    let data = tmp.path().join("sample.ndjson");
+    std::fs::write(
+        &data,
+        ok(&["synth", "--patients", "2", "--encounters", "1"]),
+    )
+    .unwrap();
+    let imported = ok(&[
+        "import",
+        "--dir",
+        d,
+        "--as",
+        "lab-central",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        imported.contains("imported") && imported.contains("0 skipped"),
+        "{imported}"
+    );
+    let listed = ok(&[
+        "records",
+        "--dir",
+        d,
+        "--as",
+        "dr-heart",
+        "--patient",
+        "pat-00000",
+    ]);
+    let first = listed
+        .lines()
+        .find(|l| l.starts_with("obs-"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let json = ok(&[
+        "get",
+        "--dir",
+        d,
+        "--as",
+        "pat-00000",
+        "--patient",
+        "pat-00000",
+        &first,
+    ]);
+    assert!(json.contains("\"resourceType\": \"Observation\""), "{json}");
+    let refused = asclepios(&[
+        "get",
+        "--dir",
+        d,
+        "--as",
+        "researcher-rita",
+        "--patient",
+        "pat-00000",
+        &first,
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("do not satisfy the policy"));
+
+    ok(&[
+        "consent",
+        "grant",
+        "--dir",
+        d,
+        "--as",
+        "pat-00000",
+        "--to",
+        "researcher-rita",
+        "--purpose",
+        "HRESCH",
+    ]);
+    let consents = ok(&["consent", "list", "--dir", d, "--as", "pat-00000", "--fhir"]);
+    assert!(
+        consents.contains("\"resourceType\":\"Consent\""),
+        "{consents}"
+    );
+
+    let glass = ok(&[
+        "emergency",
+        "open",
+        "--dir",
+        d,
+        "--as",
+        "dr-er",
+        "--patient",
+        "pat-00001",
+        "--reason",
+        "unresponsive",
+    ]);
+    assert!(glass.contains("BREAK-GLASS granted"), "{glass}");
+    let queue = ok(&["emergency", "review", "--dir", d]);
+    assert!(queue.starts_with("1 unreviewed"), "{queue}");
+    let audit = ok(&["audit", "--dir", d, "--as", "pat-00001", "--fhir"]);
+    assert!(
+        audit.contains("110127"),
+        "the patient sees the break-glass: {audit}"
+    );
+    let bad = asclepios(&[
+        "emergency",
+        "open",
+        "--dir",
+        d,
+        "--as",
+        "nurse-ward",
+        "--patient",
+        "pat-00001",
+        "--reason",
+        "x",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("403"));
+}
