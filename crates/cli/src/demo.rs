@@ -16,20 +16,20 @@ use asclepios_fhir::ResourceView;
 use asclepios_store::Store;
 use rand_core::OsRng;
 
-struct Story {
-    failures: usize,
+pub(crate) struct Story {
+    pub(crate) failures: usize,
 }
 
 impl Story {
-    fn section(&self, title: &str) {
+    pub(crate) fn section(&self, title: &str) {
         println!("\n== {title}");
     }
 
-    fn note(&self, text: &str) {
+    pub(crate) fn note(&self, text: &str) {
         println!("   {text}");
     }
 
-    fn expect(&mut self, ok: bool, what: &str) {
+    pub(crate) fn expect(&mut self, ok: bool, what: &str) {
         if ok {
             println!("   ok    {what}");
         } else {
@@ -183,6 +183,7 @@ pub fn run(seed: u64) -> anyhow::Result<()> {
     }
 
     audit_section(&mut story, &mpk, &msk, &pid, &context.record_id)?;
+    crate::demo_platform::run(&mut story, seed)?;
 
     println!();
     if story.failures > 0 {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod demo;
+mod demo_platform;
 mod log_cmd;
 mod platform;
 

@@ -22,6 +22,12 @@ fn demo_runs_and_every_expectation_holds() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("is refused"), "{stdout}");
     assert!(stdout.contains("Emergency Override Started"), "{stdout}");
+    // Part 2 runs the platform over mutual TLS and ends with the log verified.
+    assert!(
+        stdout.contains("entries re-hashed: they match the signed checkpoint"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("re-wrapped"), "{stdout}");
 }
 
 #[test]

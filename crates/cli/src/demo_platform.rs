@@ -1,0 +1,290 @@
+//! The demo's second part: the whole platform, in-process, over real mutual
+//! TLS on localhost with a temporary SQLite store.
+
+use anyhow::Context;
+use asclepios_audit::{Action, Checkpoint};
+use asclepios_client::{Client, ClientError};
+use asclepios_deploy::directory::Directory;
+use asclepios_deploy::serve::{start, Listen, AUDIT_LOG_ID};
+use asclepios_deploy::{init::init, keys, Config};
+use asclepios_fhir::synth::Generator;
+
+use crate::demo::Story;
+
+fn refused(e: &ClientError) -> String {
+    match e {
+        ClientError::Refused {
+            status, message, ..
+        } => format!("{status}: {message}"),
+        other => other.to_string(),
+    }
+}
+
+pub fn run(story: &mut Story, seed: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(play(story, seed))
+}
+
+async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
+    println!("\nasclepios demo, part 2: the platform over mutual TLS");
+    story.section("8. A deployment: CA, certificates, a sample hospital, services on localhost");
+    let tmp = std::env::temp_dir().join(format!("asclepios-demo-platform-{}", std::process::id()));
+    let _cleanup = Remove(tmp.clone());
+    let dir = tmp.join("deployment");
+    let d = dir.clone();
+    let members = tokio::task::spawn_blocking(move || init(&d, &Config::default())).await??;
+    for m in &members {
+        let attrs: Vec<&str> = m.attributes.iter().map(|(a, _)| a.as_str()).collect();
+        story.note(&format!("{:<16} {}", m.identity.id, attrs.join(", ")));
+    }
+    let listen = Listen {
+        authority: Some("127.0.0.1:0".into()),
+        records: Some("127.0.0.1:0".into()),
+    };
+    let services = start(&dir, &listen).await?;
+    story.note(&format!(
+        "key authority https://{} and record service https://{}: TLS 1.3, client certificates required",
+        services.authority, services.records
+    ));
+    let connect = |id: &str| {
+        Client::connect(
+            &dir,
+            id,
+            &format!("https://localhost:{}", services.authority.port()),
+            &format!("https://localhost:{}", services.records.port()),
+        )
+    };
+
+    story.section("9. The lab imports synthetic records, sealed on its side");
+    let mut generator = Generator::new(seed);
+    let bundles = [generator.patient(2), generator.patient(1)];
+    let mut lab = connect("lab-central")?;
+    lab.refresh_key().await?;
+    let config = Config::load(&dir)?;
+    let mut imported = 0;
+    for bundle in &bundles {
+        let pid = bundle.patient_id();
+        let policy = lab.resolve_policy(&config.default_policy(pid)).await?;
+        for resource in bundle.all() {
+            let id = resource["id"]
+                .as_str()
+                .context("generated resources have ids")?;
+            lab.put_record_resolved(pid, id, 1, resource, &policy)
+                .await?;
+            imported += 1;
+        }
+    }
+    let pid = bundles[0].patient_id().to_string();
+    let observation = bundles[0]
+        .resources
+        .iter()
+        .find(|r| r["resourceType"] == "Observation")
+        .context("an observation")?
+        .clone();
+    let record = observation["id"].as_str().unwrap_or_default().to_string();
+    story.expect(
+        imported > 10,
+        &format!(
+            "{imported} resources for {} patients stored, each with a checked receipt",
+            bundles.len()
+        ),
+    );
+    story.note(&format!(
+        "policy of {pid}'s records: {}",
+        config.default_policy(&pid)
+    ));
+
+    story.section("10. Who can read what");
+    let mut heart = connect("dr-heart")?;
+    heart.refresh_key().await?;
+    let read = heart.get_record(&pid, &record).await;
+    story.expect(
+        read.as_ref().is_ok_and(|(r, _)| r == &observation),
+        "Dr. Heart (care team) reads the observation",
+    );
+    let mut patient = connect(&pid)?;
+    patient.refresh_key().await?;
+    story.expect(
+        patient.get_record(&pid, &record).await.is_ok(),
+        &format!("{pid} reads their own record"),
+    );
+    let mut rita = connect("researcher-rita")?;
+    rita.refresh_key().await?;
+    match rita.get_record(&pid, &record).await {
+        Err(e) => story.expect(true, &format!("the researcher gets ciphertext only: {e}")),
+        Ok(_) => story.expect(false, "the researcher read the record"),
+    }
+
+    story.section("11. Revocation: the nurse leaves the care team");
+    let mut nurse = connect("nurse-ward")?;
+    nurse.refresh_key().await?;
+    story.expect(
+        nurse.get_record(&pid, &record).await.is_ok(),
+        "before: the nurse reads it",
+    );
+    let d = dir.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        Directory::open(&d)?.set_attributes("nurse-ward", &["role:nurse".to_string()])
+    })
+    .await??;
+    story.note(&format!(
+        "revoked {}; {} record keys re-wrapped",
+        done.revoked.join(", "),
+        done.rewrapped
+    ));
+    nurse.refresh_key().await?;
+    story.expect(
+        nurse.get_record(&pid, &record).await.is_err(),
+        "after: neither her old key nor a fresh one opens it",
+    );
+    heart.refresh_key().await?;
+    story.expect(
+        heart.get_record(&pid, &record).await.is_ok(),
+        "Dr. Heart, still on the team, reads it with a fresh key",
+    );
+
+    story.section("12. Consent: the patient lets the emergency physician in, then withdraws");
+    let consent = patient
+        .grant_consent(&asclepios_authority::consent::ConsentGrant {
+            grantee: "dr-er".into(),
+            purpose: "TREAT".into(),
+            resource_types: vec!["Observation".into()],
+            expires_at: None,
+        })
+        .await?;
+    let mut er = connect("dr-er")?;
+    er.refresh_key().await?;
+    story.expect(
+        er.get_record(&pid, &record).await.is_ok(),
+        &format!("{} lets Dr. Rush read ({})", pid, consent.consent_id),
+    );
+    patient.withdraw_consent(&consent.consent_id).await?;
+    er.refresh_key().await?;
+    story.expect(
+        er.get_record(&pid, &record).await.is_err(),
+        "withdrawn: Dr. Rush is locked out again",
+    );
+    story.note(&format!(
+        "as FHIR: Consent/{} status {}",
+        consent.consent_id, "inactive"
+    ));
+
+    story.section("13. Break-glass for an unconscious patient");
+    let grant = er
+        .break_glass(&pid, "unconscious on arrival, no ID")
+        .await?;
+    er.refresh_key().await?;
+    story.expect(
+        er.get_record(&pid, &record).await.is_ok(),
+        &format!(
+            "Dr. Rush breaks the glass: {} until {}",
+            grant.attribute, grant.expires_at
+        ),
+    );
+    match heart.break_glass(&pid, "curious").await {
+        Err(e) => story.expect(
+            true,
+            &format!(
+                "a doctor without the emergency role is refused ({})",
+                refused(&e)
+            ),
+        ),
+        Ok(_) => story.expect(false, "the glass broke for the wrong person"),
+    }
+    let d = dir.clone();
+    let queue = tokio::task::spawn_blocking(move || {
+        Directory::open(&d)?
+            .store()
+            .unreviewed_emergency_grants()
+            .map_err(anyhow::Error::from)
+    })
+    .await??;
+    story.expect(
+        queue.len() == 1,
+        "the grant waits in the auditors' review queue",
+    );
+
+    story.section("14. The patient reads who accessed their records");
+    let events = patient.audit_events().await?;
+    for e in events.iter().filter(|e| e.actor != "lab-central").take(12) {
+        story.note(&format!(
+            "{:<16} {:<16} {:<8} {}{}",
+            e.actor,
+            format!("{:?}", e.action),
+            format!("{:?}", e.outcome),
+            e.purpose,
+            if e.emergency { "  EMERGENCY" } else { "" }
+        ));
+    }
+    story.expect(
+        events
+            .iter()
+            .any(|e| e.action == Action::EmergencyAccess && e.actor == "dr-er"),
+        &format!(
+            "{} events readable by {pid}, the break-glass among them",
+            events.len()
+        ),
+    );
+
+    story.section("15. Erasure and disabled identities");
+    match heart.erase_record(&pid, &record).await {
+        Err(e) => story.expect(
+            true,
+            &format!("only the patient may erase ({})", refused(&e)),
+        ),
+        Ok(_) => story.expect(false, "a doctor erased a record"),
+    }
+    let n = patient.erase_record(&pid, &record).await?;
+    story.expect(
+        heart.get_record(&pid, &record).await.is_err(),
+        &format!("{pid} erases it: {n} key wrapper destroyed, nobody can open it"),
+    );
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || Directory::open(&d)?.disable("researcher-rita")).await??;
+    match rita.list_records(&pid).await {
+        Err(e) => story.expect(
+            true,
+            &format!("the disabled researcher is refused ({})", refused(&e)),
+        ),
+        Ok(_) => story.expect(false, "a disabled identity was served"),
+    }
+
+    story.section("16. An auditor verifies the whole audit log");
+    let d = dir.clone();
+    let (size, verified) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
+        let config = Config::load(&d)?;
+        let store = config.open_store(&d)?;
+        let verifier = keys::log_verifier(&d)?;
+        let note = asclepios_audit::LogStore::log_latest_checkpoint(&store, AUDIT_LOG_ID)?
+            .context("a checkpoint")?
+            .1;
+        let cp = Checkpoint::verify(&note, &verifier)?;
+        let ok = asclepios_audit::log::audit_entries(
+            &store,
+            AUDIT_LOG_ID,
+            &config.audit.origin,
+            &note,
+            &verifier,
+        )
+        .is_ok();
+        Ok((cp.size, ok))
+    })
+    .await??;
+    story.expect(
+        verified,
+        &format!("{size} entries re-hashed: they match the signed checkpoint"),
+    );
+    drop(services);
+    Ok(())
+}
+
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
