@@ -11,6 +11,7 @@
 
 mod abe;
 mod audit;
+mod e2e;
 mod timing;
 
 use anyhow::bail;
@@ -19,6 +20,10 @@ const SUITES: &[(&str, &str)] = &[
     (
         "abe",
         "FAME CP-ABE keygen/encrypt/decrypt vs rabe AC17 (AND/OR of 2, 10, 50 attributes)",
+    ),
+    (
+        "e2e",
+        "records written and read over mutual TLS by 1, 4, 16 clients; the service path alone; one read split",
     ),
     (
         "audit",
@@ -56,6 +61,7 @@ fn main() -> anyhow::Result<()> {
     let rows = match suite.as_str() {
         "abe" => abe::run(quick, budget)?,
         "audit" => audit::run(quick, budget)?,
+        "e2e" => e2e::run(quick, budget)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

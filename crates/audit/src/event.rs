@@ -23,7 +23,7 @@
 
 use std::fmt;
 
-use asclepios_crypto::abe::{PublicKey, UserKey};
+use asclepios_crypto::abe::{Ciphertext, KemKey, PublicKey, UserKey};
 use asclepios_crypto::envelope::{self, DataKey, KeyWrapper, RecordContext, SealedBody};
 use asclepios_crypto::format::{Kind, Reader, Writer};
 use asclepios_crypto::{DecodeError, Policy};
@@ -296,6 +296,19 @@ impl SealedEvent {
         abe_public_key: &PublicKey,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Self, Error> {
+        let (abe, kem_key) = abe_public_key.encapsulate(&event.reader_policy()?, rng);
+        Self::seal_encapsulated(event, auditors, &abe, &kem_key, rng)
+    }
+
+    /// Like [`SealedEvent::seal`], under an encapsulation made earlier for
+    /// the event's reader policy (see `KeyWrapper::wrap_encapsulated`).
+    pub fn seal_encapsulated(
+        event: &AuditEvent,
+        auditors: &[AuditorPublicKey],
+        abe: &Ciphertext,
+        kem_key: &KemKey,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Self, Error> {
         if auditors.len() > MAX_RECIPIENTS {
             return Err(Error::Invalid(format!("at most {MAX_RECIPIENTS} auditors")));
         }
@@ -305,13 +318,17 @@ impl SealedEvent {
         if json.len() > MAX_EVENT_BYTES {
             return Err(Error::Invalid("event too large".into()));
         }
-        let policy = event.reader_policy()?;
+        if abe.policy() != &event.reader_policy()? {
+            return Err(Error::Invalid(
+                "the encapsulation is for another policy".into(),
+            ));
+        }
         let context = RecordContext {
             record_id: format!("audit-event:{}", event.id),
             version: 1,
         };
         let dek = DataKey::generate(rng);
-        let sealed = envelope::seal_with_key(abe_public_key, &policy, &context, &json, &dek, rng)?;
+        let sealed = envelope::seal_encapsulated(abe, kem_key, &context, &json, &dek, rng)?;
         let aad = recipient_aad(&sealed.body, &sealed.wrapper);
         let mut recipients = Vec::with_capacity(auditors.len());
         for auditor in auditors {

@@ -144,6 +144,11 @@ impl Client {
         &self.id
     }
 
+    /// The ABE key last fetched (for tools that open records themselves).
+    pub fn user_key(&self) -> Option<&UserKey> {
+        self.user_key.as_ref()
+    }
+
     /// The attributes of the ABE key last fetched.
     pub fn attributes(&self) -> &[String] {
         &self.attributes

@@ -27,7 +27,7 @@ use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::abe::{Ciphertext, PublicKey, UserKey};
+use crate::abe::{Ciphertext, KemKey, PublicKey, UserKey};
 use crate::format::{DecodeError, Kind, Reader, Writer};
 use crate::policy::Policy;
 use crate::Error;
@@ -154,6 +154,22 @@ pub fn seal(
     seal_with_key(mpk, policy, context, payload, &dek, rng)
 }
 
+/// Seals `payload` like [`seal_with_key`], wrapping the key under an
+/// encapsulation made earlier for `abe`'s policy (see
+/// [`KeyWrapper::wrap_encapsulated`]).
+pub fn seal_encapsulated(
+    abe: &Ciphertext,
+    kem_key: &KemKey,
+    context: &RecordContext,
+    payload: &[u8],
+    dek: &DataKey,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Envelope, Error> {
+    let body = seal_body(abe.policy(), context, payload, dek, rng)?;
+    let wrapper = KeyWrapper::wrap_encapsulated(abe, kem_key, &body, dek, rng);
+    Ok(Envelope { body, wrapper })
+}
+
 /// Seals `payload` like [`seal`] under a data key the caller chose, so the
 /// caller can also hand the key to recipients outside the ABE policy (the
 /// audit log wraps it to auditors with HPKE). The key must be fresh.
@@ -165,6 +181,19 @@ pub fn seal_with_key(
     dek: &DataKey,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<Envelope, Error> {
+    let body = seal_body(policy, context, payload, dek, rng)?;
+    let wrapper = KeyWrapper::wrap(mpk, policy, &body, dek, rng);
+    Ok(Envelope { body, wrapper })
+}
+
+/// The AEAD-sealed body alone.
+fn seal_body(
+    policy: &Policy,
+    context: &RecordContext,
+    payload: &[u8],
+    dek: &DataKey,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<SealedBody, Error> {
     check_context(context)?;
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Error::Invalid(format!(
@@ -190,8 +219,7 @@ pub fn seal_with_key(
             },
         )
         .map_err(|_| Error::Invalid("payload too large for the AEAD".into()))?;
-    let wrapper = KeyWrapper::wrap(mpk, policy, &body, dek, rng);
-    Ok(Envelope { body, wrapper })
+    Ok(body)
 }
 
 /// Opens an envelope with a user key.
@@ -292,6 +320,22 @@ impl KeyWrapper {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
         let (abe, kem_key) = mpk.encapsulate(policy, rng);
+        Self::wrap_encapsulated(&abe, &kem_key, body, dek, rng)
+    }
+
+    /// Wraps `dek` under an encapsulation made earlier for the same policy.
+    /// A service that seals many small objects for one policy (audit events
+    /// about one patient) reuses one encapsulation for a while: each wrap
+    /// still has its own random 192-bit nonce and binds its own body, so the
+    /// KEM key's reuse is safe; what it saves is the pairing-group work.
+    pub fn wrap_encapsulated(
+        abe: &Ciphertext,
+        kem_key: &KemKey,
+        body: &SealedBody,
+        dek: &DataKey,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Self {
+        let abe = abe.clone();
         let abe_bytes = abe.to_bytes();
         let body_binding = body.binding();
         let mut nonce = [0u8; 24];

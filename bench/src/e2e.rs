@@ -1,0 +1,193 @@
+//! End to end: records written and read over mutual TLS by 1, 4 and 16
+//! concurrent clients (services in-process on localhost, SQLite store), the
+//! read path without the client's decryption, and one read split into its
+//! parts: service path, ABE decapsulation, AEAD opening.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use asclepios_client::Client;
+use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
+use asclepios_deploy::serve::{start, Listen, Services};
+use asclepios_deploy::{init::init, Config};
+use asclepios_fhir::synth::Generator;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::timing::{self, Budget};
+
+const PATIENT: &str = "pat-00000";
+
+struct Bench {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    services: Services,
+}
+
+impl Bench {
+    fn client(&self, id: &str) -> anyhow::Result<Client> {
+        Ok(Client::connect(
+            &self.dir,
+            id,
+            &format!("https://localhost:{}", self.services.authority.port()),
+            &format!("https://localhost:{}", self.services.records.port()),
+        )?)
+    }
+}
+
+/// Runs `op` on `clients` concurrent tasks for the budget's time; returns
+/// operations per second and the median latency in microseconds.
+async fn throughput<F, Fut>(
+    clients: &[Arc<Client>],
+    budget: Budget,
+    op: F,
+) -> anyhow::Result<(f64, f64)>
+where
+    F: Fn(Arc<Client>, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = Instant::now() + budget.min_time;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (c, op) = (c.clone(), op.clone());
+        let min = budget.min_iters;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline || samples.len() < min {
+                let t = Instant::now();
+                op(c.clone(), (i as u64) << 32 | n).await?;
+                samples.push(t.elapsed().as_secs_f64() * 1e6);
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / elapsed, timing::median(&mut all)))
+}
+
+pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(quick, budget))
+}
+
+async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("deployment");
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || init(&d, &Config::default())).await??;
+    let listen = Listen {
+        authority: Some("127.0.0.1:0".into()),
+        records: Some("127.0.0.1:0".into()),
+    };
+    let services = start(&dir, &listen).await?;
+    let bench = Bench {
+        _tmp: tmp,
+        dir,
+        services,
+    };
+    let config = Config::load(&bench.dir)?;
+    let mut generator = Generator::new(11);
+    let observation = generator.blood_pressure(PATIENT);
+
+    let levels: &[usize] = if quick { &[1, 4] } else { &[1, 4, 16] };
+    let max = *levels.iter().max().unwrap_or(&1);
+    eprintln!("e2e: {max} clients connecting and fetching keys");
+    let mut clients = Vec::new();
+    for _ in 0..max {
+        let mut c = bench.client("dr-heart")?;
+        c.refresh_key().await?;
+        clients.push(Arc::new(c));
+    }
+    let policy = Arc::new(
+        clients[0]
+            .resolve_policy(&config.default_policy(PATIENT))
+            .await?,
+    );
+    // One record to read.
+    clients[0]
+        .put_record_resolved(PATIENT, "bench-read", 1, &observation, &policy)
+        .await?;
+    let observation = Arc::new(observation);
+    let mut rows = Vec::new();
+
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for &n in levels {
+        eprintln!("e2e: write with {n} client(s)");
+        let (p, o, ids) = (policy.clone(), observation.clone(), next_id.clone());
+        let (per_s, us) = throughput(&clients[..n], budget, move |c, _| {
+            let (p, o) = (p.clone(), o.clone());
+            let k = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                c.put_record_resolved(PATIENT, &format!("bench-{k:x}"), 1, &o, &p)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        rows.push(json!({"suite": "e2e", "op": "write", "clients": n, "per_s": per_s.round(), "ours_us": us.round()}));
+    }
+    for &n in levels {
+        eprintln!("e2e: read with {n} client(s)");
+        let (per_s, us) = throughput(&clients[..n], budget, |c, _| async move {
+            c.get_record(PATIENT, "bench-read").await?;
+            Ok(())
+        })
+        .await?;
+        rows.push(json!({"suite": "e2e", "op": "read", "clients": n, "per_s": per_s.round(), "ours_us": us.round()}));
+        eprintln!("e2e: read-service with {n} client(s)");
+        let (per_s, us) = throughput(&clients[..n], budget, |c, _| async move {
+            c.get_sealed(PATIENT, "bench-read").await?;
+            Ok(())
+        })
+        .await?;
+        rows.push(json!({"suite": "e2e", "op": "read-service", "clients": n, "per_s": per_s.round(), "ours_us": us.round()}));
+    }
+
+    // One read, split: the same client, measured in turn.
+    eprintln!("e2e: read split");
+    let c = clients[0].clone();
+    let (sealed, _) = c.get_sealed(PATIENT, "bench-read").await?;
+    let body = SealedBody::from_bytes(&B64.decode(&sealed.body)?)?;
+    let wrapper =
+        KeyWrapper::from_bytes(&B64.decode(sealed.wrapper.as_deref().context("wrapper")?)?)?;
+    let key = c.user_key().context("a key")?;
+    let dek = wrapper.unwrap_key(key, &body)?;
+    let abe_us = timing::single(budget, || {
+        let _ = wrapper.unwrap_key(key, &body);
+    });
+    let aead_us = timing::single(budget, || {
+        let _ = body.open(&dek);
+    });
+    let mut service = Vec::new();
+    let mut whole = Vec::new();
+    let deadline = Instant::now() + budget.min_time.max(Duration::from_millis(200));
+    while Instant::now() < deadline || service.len() < budget.min_iters {
+        let t = Instant::now();
+        c.get_sealed(PATIENT, "bench-read").await?;
+        service.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        c.get_record(PATIENT, "bench-read").await?;
+        whole.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let service_us = timing::median(&mut service);
+    let ours_us = timing::median(&mut whole);
+    rows.push(json!({
+        "suite": "e2e", "op": "read-split", "clients": 1,
+        "service_us": service_us.round(), "abe_us": abe_us.round(), "aead_us": (aead_us * 10.0).round() / 10.0,
+        "ours_us": ours_us.round(),
+        "ratio": (ours_us / (service_us + abe_us + aead_us) * 1000.0).round() / 1000.0,
+    }));
+    drop(bench);
+    Ok(rows)
+}
