@@ -86,3 +86,24 @@ fn audit_suite_quick_prints_every_case_on_both_backends() {
         }
     }
 }
+
+#[test]
+fn e2e_suite_quick_prints_every_case() {
+    let (stdout, rows) = quick_json("e2e");
+    // write, read, read-service for 1 and 4 clients, and one read split.
+    assert_eq!(rows.len(), 7, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["suite"], "e2e");
+        let op = row["op"].as_str().unwrap();
+        assert!(row["clients"].as_u64().unwrap() >= 1);
+        let fields: &[&str] = match op {
+            "write" | "read" => &["per_s", "ours_us"],
+            "read-service" => &["per_s"],
+            "read-split" => &["service_us", "abe_us", "aead_us", "ours_us", "ratio"],
+            other => panic!("unexpected op {other}"),
+        };
+        for f in fields {
+            assert!(row[*f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
+        }
+    }
+}

@@ -556,6 +556,7 @@ impl KeyAuthority {
             .route("/v1/consents", post(grant_consent).get(list_consents))
             .route("/v1/consents/{consent_id}/withdraw", post(withdraw_consent))
             .route("/v1/abe/public-key", get(public_key))
+            .route("/v1/identities/{id}", get(identity_key))
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -735,6 +736,45 @@ async fn resolve_policy(
         s.active(&caller.id)?;
         Ok(PolicyText {
             policy: s.resolve(&policy)?.to_string(),
+        })
+    })
+    .await
+    .map(Json)
+}
+
+/// An identity's public signing key, for checking what it signed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityKey {
+    /// The identity.
+    pub id: String,
+    /// Its Ed25519 certificate key (hex).
+    pub public_key: String,
+    /// Whether it may act now.
+    pub active: bool,
+}
+
+async fn identity_key(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<IdentityKey>, ApiError> {
+    blocking(move || {
+        s.active(&caller.id)?;
+        let identity =
+            s.store.identity(&id).map_err(store_error)?.ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no identity `{id}`"))
+            })?;
+        let key = identity.public_key.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("`{id}` has no registered key"),
+            )
+        })?;
+        Ok(IdentityKey {
+            id: identity.id,
+            public_key: hex::encode(key),
+            active: identity.status == IdentityStatus::Active,
         })
     })
     .await

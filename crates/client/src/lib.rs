@@ -78,6 +78,8 @@ pub struct Client {
     abe_public_key: PublicKey,
     user_key: Option<UserKey>,
     attributes: Vec<String>,
+    /// Authors' public keys, as the directory gave them.
+    authors: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -135,6 +137,7 @@ impl Client {
             abe_public_key: asclepios_deploy::keys::abe_public_key(dir)?,
             user_key: None,
             attributes: Vec::new(),
+            authors: Default::default(),
             key_pem,
         })
     }
@@ -272,9 +275,9 @@ impl Client {
         )?;
         let body = envelope.body.to_bytes();
         let wrapper = envelope.wrapper.to_bytes();
-        let signature = self.signing.sign(&author_message(
-            patient, record_id, version, &body, &wrapper,
-        ));
+        let signature = self
+            .signing
+            .sign(&author_message(patient, record_id, version, &body));
         let put = PutRecord {
             patient: patient.to_string(),
             record_id: record_id.to_string(),
@@ -332,14 +335,67 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("record content: {e}")))
     }
 
-    /// Reads and opens the latest version of a record.
+    /// Reads and opens the latest version of a record, after checking its
+    /// author's signature with the author's key from the directory.
     pub async fn get_record(
         &self,
         patient: &str,
         record_id: &str,
     ) -> Result<(serde_json::Value, Receipt), ClientError> {
         let (record, receipt) = self.get_sealed(patient, record_id).await?;
+        self.check_author(&record).await?;
         Ok((self.open(&record)?, receipt))
+    }
+
+    /// Checks a record's author signature (body and place, not the
+    /// replaceable key wrapper).
+    pub async fn check_author(&self, record: &RecordOut) -> Result<(), ClientError> {
+        let cached = self
+            .authors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.author)
+            .copied();
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let path = format!("/v1/identities/{}", record.author);
+                let (found, _): (asclepios_authority::IdentityKey, _) =
+                    Self::call(&self.authority, Method::GET, &path, Vec::new()).await?;
+                let key: [u8; 32] = hex::decode(&found.public_key)
+                    .ok()
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| {
+                        ClientError::Protocol("the directory gave a malformed key".into())
+                    })?;
+                self.authors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(record.author.clone(), key);
+                key
+            }
+        };
+        let body = B64
+            .decode(&record.body)
+            .map_err(|_| ClientError::Protocol("body is not base64".into()))?;
+        let signature = B64
+            .decode(&record.author_signature)
+            .ok()
+            .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
+            .ok_or_else(|| ClientError::Protocol("malformed author signature".into()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&key)
+            .and_then(|k| {
+                k.verify_strict(
+                    &author_message(&record.patient, &record.record_id, record.version, &body),
+                    &signature,
+                )
+            })
+            .map_err(|_| {
+                ClientError::Protocol(format!(
+                    "the record's signature does not verify with {}'s key",
+                    record.author
+                ))
+            })
     }
 
     /// A patient's record ids with their latest versions.

@@ -155,6 +155,13 @@ async fn scenario(d: Deployment) {
         assert!(heart.open(&t).is_err(), "tampered {field} opened");
     }
 
+    // The author's signature is checked against the directory's key: a record
+    // passed off as someone else's is refused.
+    heart.check_author(&sealed).await.unwrap();
+    let mut passed_off = sealed.clone();
+    passed_off.author = "nurse-ward".into();
+    assert!(heart.check_author(&passed_off).await.is_err());
+
     // Revocation: the nurse leaves the care team and the cardiology ward.
     let dir = d.dir.clone();
     let done = tokio::task::spawn_blocking(move || {

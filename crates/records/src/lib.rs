@@ -31,14 +31,10 @@ use sha2::{Digest, Sha256};
 /// The slot of a record's main key wrapper.
 pub const MAIN_SLOT: &str = "main";
 
-/// What an author signs: the record's place and both sealed parts.
-pub fn author_message(
-    patient: &str,
-    record_id: &str,
-    version: u64,
-    body: &[u8],
-    wrapper: &[u8],
-) -> Vec<u8> {
+/// What an author signs: the record's place and its sealed body. Not the
+/// key wrapper: wrappers are replaced on re-wrap (revocation, consent), and
+/// each is bound to the body by its own AEAD.
+pub fn author_message(patient: &str, record_id: &str, version: u64, body: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
     for part in [
         b"asclepios record v1".as_slice(),
@@ -50,7 +46,6 @@ pub fn author_message(
     }
     h.update(version.to_be_bytes());
     h.update(Sha256::digest(body));
-    h.update(Sha256::digest(wrapper));
     h.finalize().to_vec()
 }
 
@@ -313,7 +308,7 @@ impl RecordService {
             let sig = b64("author_signature", &put.author_signature)?;
             let sig = Signature::from_slice(&sig).map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
             VerifyingKey::from_bytes(&caller.public_key)
-                .and_then(|k| k.verify_strict(&author_message(&put.patient, &put.record_id, put.version, &body, &wrapper), &sig))
+                .and_then(|k| k.verify_strict(&author_message(&put.patient, &put.record_id, put.version, &body), &sig))
                 .map_err(|_| bad_request("the author signature does not verify with the caller's certificate key"))?;
             let stored = serde_json::to_vec(&Stored {
                 author: caller.id.clone(),
