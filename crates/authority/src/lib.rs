@@ -32,14 +32,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
-/// The attribute as keys and policies carry it at `version`.
-pub fn versioned(attribute: &str, version: u64) -> String {
-    if version == 0 {
-        attribute.to_string()
-    } else {
-        format!("{attribute}@v{version}")
-    }
-}
+pub use asclepios_store::versioned_attribute as versioned;
 
 /// The context an issued key is sealed under.
 pub fn key_context(identity: &str) -> Vec<u8> {

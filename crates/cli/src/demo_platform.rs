@@ -114,8 +114,19 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
     let mut rita = connect("researcher-rita")?;
     rita.refresh_key().await?;
     match rita.get_record(&pid, &record).await {
-        Err(e) => story.expect(true, &format!("the researcher gets ciphertext only: {e}")),
+        Err(e) => story.expect(
+            true,
+            &format!("the researcher is refused by the service ({})", refused(&e)),
+        ),
         Ok(_) => story.expect(false, "the researcher read the record"),
+    }
+    let (sealed, _) = heart.get_sealed(&pid, &record).await?;
+    match rita.open(&sealed) {
+        Err(e) => story.expect(
+            true,
+            &format!("and could not open the ciphertext anyway: {e}"),
+        ),
+        Ok(_) => story.expect(false, "the researcher opened the ciphertext"),
     }
 
     story.section("11. Revocation: the nurse leaves the care team");

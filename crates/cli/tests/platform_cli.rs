@@ -122,7 +122,7 @@ fn a_deployment_through_the_command_line() {
         &first,
     ]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("do not satisfy the policy"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("satisfy this record's policy"));
 
     ok(&[
         "consent",

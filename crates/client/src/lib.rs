@@ -398,6 +398,19 @@ impl Client {
             })
     }
 
+    /// The versions of a record, oldest first.
+    pub async fn record_versions(
+        &self,
+        patient: &str,
+        record_id: &str,
+    ) -> Result<Vec<u64>, ClientError> {
+        let path = format!("/v1/records/{patient}/{record_id}/versions");
+        Ok(self
+            .call_with_receipt("records", Method::GET, &path, Vec::new())
+            .await?
+            .0)
+    }
+
     /// A patient's record ids with their latest versions.
     pub async fn list_records(&self, patient: &str) -> Result<Vec<(String, u64)>, ClientError> {
         Ok(self

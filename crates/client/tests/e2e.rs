@@ -121,7 +121,8 @@ async fn scenario(d: Deployment) {
     let (read, receipt) = patient.get_record(&pid, &record_id).await.unwrap();
     assert_eq!(read, observation);
     assert!(receipt.leaf_index > 0);
-    // The care-team nurse reads it; the researcher receives ciphertext it cannot open.
+    // The care-team nurse reads it; the researcher is refused by the service
+    // (second layer) and could not open the ciphertext anyway (first layer).
     let mut nurse = client(&d, "nurse-ward");
     nurse.refresh_key().await.unwrap();
     assert_eq!(
@@ -131,6 +132,12 @@ async fn scenario(d: Deployment) {
     let mut researcher = client(&d, "researcher-rita");
     researcher.refresh_key().await.unwrap();
     let err = researcher.get_record(&pid, &record_id).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    let (ciphertext, _) = heart.get_sealed(&pid, &record_id).await.unwrap();
+    let err = researcher.open(&ciphertext).unwrap_err();
     assert!(
         matches!(
             err,
@@ -242,9 +249,9 @@ async fn scenario(d: Deployment) {
     assert_eq!(glass[0].actor, "dr-er");
     assert!(glass[0].resource.contains("suspected overdose"));
     assert_eq!(glass[0].to_fhir()["subtype"][0]["code"], "110127");
-    assert!(events
-        .iter()
-        .any(|e| e.actor == "researcher-rita" && e.action == asclepios_audit::Action::Read));
+    assert!(events.iter().any(|e| e.actor == "researcher-rita"
+        && e.action == asclepios_audit::Action::Read
+        && e.outcome == asclepios_audit::Outcome::Denied));
     // The grant expires: the authority revokes the attribute and re-wraps,
     // so the emergency key stops working.
     tokio::time::sleep(std::time::Duration::from_secs(
@@ -339,6 +346,14 @@ async fn scenario(d: Deployment) {
         matches!(err, ClientError::Refused { status: 409, .. }),
         "{err}"
     );
+    heart
+        .put_record(&pid, &record_id, 2, &observation, &policy)
+        .await
+        .unwrap();
+    assert_eq!(
+        heart.record_versions(&pid, &record_id).await.unwrap(),
+        [1, 2]
+    );
     let mut listed = heart.list_records(&pid).await.unwrap();
     listed.sort();
     assert_eq!(listed.len(), 3);
@@ -370,7 +385,8 @@ async fn scenario(d: Deployment) {
         matches!(err, ClientError::Refused { status: 403, .. }),
         "{err}"
     );
-    assert_eq!(patient.erase_record(&pid, &record_id).await.unwrap(), 1);
+    // Both versions' wrappers are destroyed.
+    assert_eq!(patient.erase_record(&pid, &record_id).await.unwrap(), 2);
     assert!(heart.get_record(&pid, &record_id).await.is_err());
 
     // The store holds no name, code, unit or value of the patient in clear.

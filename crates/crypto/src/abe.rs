@@ -741,6 +741,19 @@ impl Ciphertext {
         w.finish()
     }
 
+    /// Reads only the policy of an encoded ciphertext (no group elements are
+    /// decoded): for services that check who may ask for a ciphertext without
+    /// paying for its full validation.
+    pub fn peek_policy(bytes: &[u8]) -> Result<Policy, DecodeError> {
+        let mut r = Reader::new(bytes, Kind::AbeCiphertext)?;
+        let text = std::str::from_utf8(r.bytes32("policy", MAX_POLICY_BYTES)?)
+            .map_err(|_| DecodeError::InvalidUtf8("policy"))?;
+        Policy::parse(text).map_err(|e| DecodeError::Invalid {
+            what: "policy",
+            why: e.to_string(),
+        })
+    }
+
     /// Parses a ciphertext. The policy must be in canonical form and have exactly
     /// one row per attribute occurrence.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {

@@ -374,6 +374,13 @@ impl KeyWrapper {
         Ok(Self::wrap(mpk, new_policy, body, &dek, rng))
     }
 
+    /// Reads only the policy of an encoded wrapper (see
+    /// [`Ciphertext::peek_policy`]).
+    pub fn peek_policy(bytes: &[u8]) -> Result<Policy, DecodeError> {
+        let mut r = Reader::new(bytes, Kind::KeyWrapper)?;
+        Ciphertext::peek_policy(r.bytes32("ABE ciphertext", MAX_ABE_CIPHERTEXT_BYTES)?)
+    }
+
     /// The policy the data key is wrapped under.
     pub fn policy(&self) -> &Policy {
         self.abe.policy()

@@ -167,6 +167,10 @@ impl RecordService {
                 "/v1/records/{patient}/{record_id}",
                 get(get_record).delete(shred_record),
             )
+            .route(
+                "/v1/records/{patient}/{record_id}/versions",
+                get(record_versions),
+            )
             .route("/v1/patients/{patient}/records", get(list_records))
             .route("/v1/audit/entries", get(audit_entries))
             .layer(axum::middleware::from_fn_with_state(
@@ -216,6 +220,30 @@ impl RecordService {
                     format!("audit log unavailable: {e}"),
                 )
             })
+    }
+
+    /// The caller's attributes, each at its current version (as keys and
+    /// policies carry them).
+    fn current_attributes(
+        &self,
+        caller: &str,
+    ) -> Result<std::collections::HashSet<String>, ApiError> {
+        self.store
+            .identity_attributes(caller)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|g| {
+                let v = self
+                    .store
+                    .attribute_version(&g.attribute)
+                    .map_err(store_error)?;
+                Ok(if v == 0 {
+                    g.attribute
+                } else {
+                    format!("{}@v{v}", g.attribute)
+                })
+            })
+            .collect()
     }
 
     /// The second layer: the caller's identity must be known and active.
@@ -354,8 +382,30 @@ impl RecordService {
                 .wrappers(patient, record_id, found.version)
                 .map_err(store_error)?
                 .into_iter()
-                .find(|w| w.slot == MAIN_SLOT)
-                .map(|w| B64.encode(w.bytes));
+                .find(|w| w.slot == MAIN_SLOT);
+            // The second layer: the caller's current attributes (at their
+            // current versions) must satisfy the wrapper's policy. Revoked
+            // members, withdrawn consents and expired emergency grants are
+            // refused here, not only by the cryptography.
+            if let Some(w) = &wrapper {
+                let policy = KeyWrapper::peek_policy(&w.bytes).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "a stored key wrapper is damaged",
+                    )
+                })?;
+                let held = self.current_attributes(&caller.id)?;
+                if !policy.is_satisfied_by(&|a| held.contains(a)) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "`{}` does not hold attributes that satisfy this record's policy",
+                            caller.id
+                        ),
+                    ));
+                }
+            }
+            let wrapper = wrapper.map(|w| B64.encode(w.bytes));
             Ok(RecordOut {
                 patient: found.patient,
                 record_id: found.record_id,
@@ -423,6 +473,32 @@ async fn list_records(
         let resource = format!("patient/{patient}/records");
         s.audited(&caller.id, Action::Search, resource, &patient, &v, || {
             s.store.patient_records(&patient).map_err(store_error)
+        })
+    })
+    .await
+    .map(Json)
+}
+
+async fn record_versions(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    Path((patient, record_id)): Path<(String, String)>,
+) -> Result<Json<WithReceipt<Vec<u64>>>, ApiError> {
+    blocking(move || {
+        let resource = format!("record/{patient}/{record_id}/versions");
+        s.audited(&caller.id, Action::Search, resource, &patient, &v, || {
+            let versions = s
+                .store
+                .record_versions(&patient, &record_id)
+                .map_err(store_error)?;
+            if versions.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no record {record_id} of {patient}"),
+                ));
+            }
+            Ok(versions)
         })
     })
     .await
@@ -519,6 +595,8 @@ async fn openapi() -> Json<serde_json::Value> {
                     "responses": {"200": {"description": "found"}, "404": {"description": "unknown record"}}},
                 "delete": {"summary": "Erase (crypto-shred) a record: the patient only.",
                     "responses": {"200": {"description": "wrappers destroyed"}, "403": {"description": "not the patient"}}}},
+            "/v1/records/{patient}/{record_id}/versions": {"get": {"summary": "The versions of a record (its history), with receipt.",
+                "responses": {"200": {"description": "versions"}, "404": {"description": "unknown record"}}}},
             "/v1/patients/{patient}/records": {"get": {"summary": "A patient's record ids and latest versions.",
                 "responses": {"200": {"description": "list"}}}},
             "/v1/audit/entries": {"get": {"summary": "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",

@@ -4,6 +4,16 @@
 use crate::db::{int, Row, Value};
 use crate::{now, Store, StoreError};
 
+/// An attribute as keys and policies carry it at `version`: the bare name at
+/// version 0, `name@vN` after N revocations.
+pub fn versioned_attribute(attribute: &str, version: u64) -> String {
+    if version == 0 {
+        attribute.to_string()
+    } else {
+        format!("{attribute}@v{version}")
+    }
+}
+
 /// Whether an identity may act.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum IdentityStatus {

@@ -46,7 +46,8 @@ mod sse;
 use std::path::Path;
 
 pub use directory::{
-    AttributeGrant, Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus,
+    versioned_attribute, AttributeGrant, Consent, ConsentStatus, EmergencyGrant, Identity,
+    IdentityStatus,
 };
 pub use migrations::SCHEMA_VERSION;
 pub use records::{RecordVersion, Wrapper, WrapperRow};
