@@ -110,6 +110,34 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// An event happening now, with a fresh random id, for treatment
+    /// (`TREAT`) and not an emergency; change `purpose` and `emergency` as needed.
+    pub fn new(
+        actor: &str,
+        action: Action,
+        resource: String,
+        patient: Option<&str>,
+        outcome: Outcome,
+        request_signature: Option<String>,
+    ) -> Self {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        AuditEvent {
+            id: hex::encode(id),
+            actor: actor.to_string(),
+            action,
+            resource,
+            patient: patient.map(str::to_string),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            outcome,
+            purpose: "TREAT".into(),
+            emergency: false,
+            request_signature,
+        }
+    }
+
     /// The ABE policy that lets the patient concerned, and auditors, read it.
     pub fn reader_policy(&self) -> Result<Policy, Error> {
         let text = match &self.patient {

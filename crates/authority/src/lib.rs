@@ -249,29 +249,17 @@ impl KeyAuthority {
         outcome: Outcome,
         status: StatusCode,
     ) -> Result<Receipt, ApiError> {
-        let mut id = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        let event = AuditEvent {
-            id: hex::encode(id),
-            actor: patient.to_string(),
-            action: Action::ConsentChange,
+        let patient_ok = asclepios_net::pki::check_identity_id(patient).is_ok();
+        let mut event = AuditEvent::new(
+            patient,
+            Action::ConsentChange,
             resource,
-            patient: Some(patient.to_string())
-                .filter(|p| asclepios_net::pki::check_identity_id(p).is_ok()),
-            time: asclepios_net::server::unix_now(),
+            Some(patient).filter(|_| patient_ok),
             outcome,
-            purpose: "PATADMIN".into(),
-            emergency: false,
-            request_signature: Some(v.signature.clone()),
-        };
-        self.trail
-            .record(&event, &v.request_hash, status.as_u16())
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("audit log unavailable: {e}"),
-                )
-            })
+            Some(v.signature.clone()),
+        );
+        event.purpose = "PATADMIN".into();
+        asclepios_records::log_event(&self.trail, &event, v, status)
     }
 
     /// The caller must be an active patient identity.
@@ -511,33 +499,25 @@ impl KeyAuthority {
         outcome: Outcome,
         status: StatusCode,
     ) -> Result<Receipt, ApiError> {
-        let patient = Some(req.patient.clone()).filter(|p| {
-            !p.is_empty() && p.len() <= 128 && asclepios_net::pki::check_identity_id(p).is_ok()
-        });
-        let event = AuditEvent {
-            id: event_id.to_string(),
-            actor: caller.to_string(),
-            action: Action::EmergencyAccess,
-            resource: format!(
-                "patient/{}; reason: {}",
-                req.patient.chars().take(128).collect::<String>(),
-                req.reason.chars().take(1000).collect::<String>()
-            ),
+        let patient =
+            Some(req.patient.as_str()).filter(|p| asclepios_net::pki::check_identity_id(p).is_ok());
+        let resource = format!(
+            "patient/{}; reason: {}",
+            req.patient.chars().take(128).collect::<String>(),
+            req.reason.chars().take(1000).collect::<String>()
+        );
+        let mut event = AuditEvent::new(
+            caller,
+            Action::EmergencyAccess,
+            resource,
             patient,
-            time: asclepios_net::server::unix_now(),
             outcome,
-            purpose: "ETREAT".into(),
-            emergency: true,
-            request_signature: Some(v.signature.clone()),
-        };
-        self.trail
-            .record(&event, &v.request_hash, status.as_u16())
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("audit log unavailable: {e}"),
-                )
-            })
+            Some(v.signature.clone()),
+        );
+        event.id = event_id.to_string();
+        event.purpose = "ETREAT".into();
+        event.emergency = true;
+        asclepios_records::log_event(&self.trail, &event, v, status)
     }
 
     /// The router: every route behind the signature check.
@@ -558,17 +538,7 @@ impl KeyAuthority {
     }
 
     fn active(&self, caller: &str) -> Result<(), ApiError> {
-        match self.store.identity(caller).map_err(store_error)? {
-            Some(i) if i.status == IdentityStatus::Active => Ok(()),
-            Some(_) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("identity `{caller}` is disabled"),
-            )),
-            None => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("identity `{caller}` is not in the directory"),
-            )),
-        }
+        asclepios_records::require_active(&self.store, caller)
     }
 
     fn audit(
@@ -578,28 +548,15 @@ impl KeyAuthority {
         outcome: Outcome,
         status: StatusCode,
     ) -> Result<Receipt, ApiError> {
-        let mut id = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        let event = AuditEvent {
-            id: hex::encode(id),
-            actor: caller.to_string(),
-            action: Action::KeyIssue,
-            resource: format!("abe-key/{caller}"),
-            patient: None,
-            time: asclepios_net::server::unix_now(),
+        let event = AuditEvent::new(
+            caller,
+            Action::KeyIssue,
+            format!("abe-key/{caller}"),
+            None,
             outcome,
-            purpose: "TREAT".into(),
-            emergency: false,
-            request_signature: Some(v.signature.clone()),
-        };
-        self.trail
-            .record(&event, &v.request_hash, status.as_u16())
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("audit log unavailable: {e}"),
-                )
-            })
+            Some(v.signature.clone()),
+        );
+        asclepios_records::log_event(&self.trail, &event, v, status)
     }
 
     /// The caller's current attributes, each at its current version.

@@ -189,20 +189,14 @@ impl RecordService {
         outcome: Outcome,
         v: &Verified,
     ) -> AuditEvent {
-        let mut id = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        AuditEvent {
-            id: hex::encode(id),
-            actor: caller.to_string(),
+        AuditEvent::new(
+            caller,
             action,
             resource,
-            patient: Some(patient.to_string()),
-            time: now(),
+            Some(patient),
             outcome,
-            purpose: "TREAT".into(),
-            emergency: false,
-            request_signature: Some(v.signature.clone()),
-        }
+            Some(v.signature.clone()),
+        )
     }
 
     /// Logs an outcome; returns the receipt.
@@ -212,14 +206,7 @@ impl RecordService {
         v: &Verified,
         status: StatusCode,
     ) -> Result<Receipt, ApiError> {
-        self.trail
-            .record(event, &v.request_hash, status.as_u16())
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("audit log unavailable: {e}"),
-                )
-            })
+        log_event(&self.trail, event, v, status)
     }
 
     /// The caller's attributes, each at its current version (as keys and
@@ -248,17 +235,7 @@ impl RecordService {
 
     /// The second layer: the caller's identity must be known and active.
     fn check_caller(&self, caller: &str) -> Result<(), ApiError> {
-        match self.store.identity(caller).map_err(store_error)? {
-            Some(i) if i.status == IdentityStatus::Active => Ok(()),
-            Some(_) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("identity `{caller}` is disabled"),
-            )),
-            None => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("identity `{caller}` is not in the directory"),
-            )),
-        }
+        require_active(&self.store, caller)
     }
 
     /// Runs `work`; on refusal logs a denied event, on success the given one.
@@ -416,6 +393,39 @@ impl RecordService {
                 author_signature: stored.author_signature,
             })
         })
+    }
+}
+
+/// Logs `event` for the request `v` answered with `status`; its receipt.
+/// Shared by the services: an audit log that cannot be written is a 503.
+pub fn log_event(
+    trail: &AuditTrail<Store>,
+    event: &AuditEvent,
+    v: &Verified,
+    status: StatusCode,
+) -> Result<Receipt, ApiError> {
+    trail
+        .record(event, &v.request_hash, status.as_u16())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("audit log unavailable: {e}"),
+            )
+        })
+}
+
+/// The caller must be in the directory and active (403 otherwise).
+pub fn require_active(store: &Store, caller: &str) -> Result<(), ApiError> {
+    match store.identity(caller).map_err(store_error)? {
+        Some(i) if i.status == IdentityStatus::Active => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("identity `{caller}` is disabled"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("identity `{caller}` is not in the directory"),
+        )),
     }
 }
 
