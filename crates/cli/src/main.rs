@@ -27,7 +27,14 @@ Policies are written over namespaced attributes, for example:
 
     (role:doctor and dept:cardiology) or patient:7f3a or 2 of (role:nurse, ward:icu, shift:night)
 
-Start with `asclepios demo`, which walks through sealing a record and who can open it.";
+Start with `asclepios demo`: sealing a record and who can open it, then the whole platform
+over mutual TLS (revocation, consent, break-glass, the audit log). Then run your own:
+
+    asclepios init --dir d && asclepios serve --dir d &
+    asclepios synth --patients 2 > sample.ndjson
+    asclepios import --dir d --as lab-central sample.ndjson
+    asclepios records --dir d --as dr-heart --patient pat-00000
+    asclepios get --dir d --as pat-00000 --patient pat-00000 <record id>";
 
 #[derive(Parser, Debug)]
 #[command(name = "asclepios", version, about = ABOUT, long_about = LONG_ABOUT)]
