@@ -160,6 +160,17 @@ impl KeyAuthority {
             .map_err(|e| e.to_string())?
         {
             let attribute = emergency_attribute(&g.patient);
+            // A newer, live grant for the same clinician and patient keeps
+            // the attribute: only the last grant's expiry ends it.
+            let live = self
+                .store
+                .emergency_grants(&g.patient)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .any(|o| o.clinician == g.clinician && o.expires_at > now);
+            if live {
+                continue;
+            }
             let still_held = self
                 .store
                 .identity_attributes(&g.clinician)
@@ -437,6 +448,18 @@ impl KeyAuthority {
                 "a patient and a reason (up to 1000 characters) are required",
             ));
         }
+        let is_patient = asclepios_net::pki::check_identity_id(&req.patient).is_ok()
+            && self
+                .store
+                .identity(&req.patient)
+                .map_err(store_error)?
+                .is_some_and(|i| i.kind == "patient");
+        if !is_patient {
+            return refuse(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`{}` is not a patient in the directory", req.patient),
+            ));
+        }
         let holds_role = self
             .store
             .identity_attributes(&caller.id)
@@ -465,11 +488,12 @@ impl KeyAuthority {
             reviewed_at: None,
         };
         let attribute = emergency_attribute(&req.patient);
-        self.store
-            .grant_attribute(&caller.id, &attribute)
-            .map_err(store_error)?;
+        // The grant row first: an attribute without a row would never expire.
         self.store
             .put_emergency_grant(&grant)
+            .map_err(store_error)?;
+        self.store
+            .grant_attribute(&caller.id, &attribute)
             .map_err(store_error)?;
         let receipt = self.emergency_event(
             &event_id,
@@ -746,11 +770,10 @@ pub fn rewrap_after_revocation(
     master: &MasterSecretKey,
     revoked: &[String],
 ) -> Result<usize, String> {
-    use asclepios_crypto::envelope::KeyWrapper;
     let mpk = master.public_key();
-    let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
     let mut after: Option<(String, String, u64, String)> = None;
     let mut count = 0;
+    let mut failures = Vec::new();
     loop {
         let page = store
             .scan_wrappers(
@@ -768,46 +791,74 @@ pub fn rewrap_after_revocation(
             last.wrapper.slot.clone(),
         ));
         for row in &page {
-            let wrapper = KeyWrapper::from_bytes(&row.wrapper.bytes).map_err(|e| e.to_string())?;
-            let attributes: Vec<String> = wrapper
-                .policy()
-                .leaves()
-                .iter()
-                .map(|a| a.to_string())
-                .collect();
-            if !attributes.iter().any(|a| revoked.contains(&base(a))) {
-                continue;
+            match rewrap_row(store, master, &mpk, row, revoked) {
+                Ok(true) => count += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(format!(
+                    "{}/{} v{}: {e}",
+                    row.patient, row.record_id, row.version
+                )),
             }
-            let stored = store
-                .record_version(&row.patient, &row.record_id, Some(row.version))
-                .map_err(|e| e.to_string())?
-                .ok_or("a wrapper without its record")?;
-            let body = asclepios_records::stored_sealed_body(&stored.body)?;
-            // A key for exactly the policy's attributes, made and dropped here.
-            let mut unique = attributes.clone();
-            unique.sort();
-            unique.dedup();
-            let key = master
-                .keygen(&unique, &mut rand_core::OsRng)
-                .map_err(|e| e.to_string())?;
-            let policy = resolve_with(store, wrapper.policy())?;
-            let rewrapped = wrapper
-                .rewrap(&key, &body, &mpk, &policy, &mut rand_core::OsRng)
-                .map_err(|e| e.to_string())?;
-            store
-                .put_wrapper(
-                    &row.patient,
-                    &row.record_id,
-                    row.version,
-                    &row.wrapper.slot,
-                    &rewrapped.to_bytes(),
-                    row.wrapper.epoch + 1,
-                )
-                .map_err(|e| e.to_string())?;
-            count += 1;
         }
     }
+    if let Some(first) = failures.first() {
+        return Err(format!(
+            "{} re-wrapped; {} wrapper(s) could not be (first: {first}); they keep their old policy until fixed",
+            count,
+            failures.len()
+        ));
+    }
     Ok(count)
+}
+
+/// Re-wraps one wrapper if its policy names a revoked attribute. Returns
+/// whether it was replaced.
+fn rewrap_row(
+    store: &Store,
+    master: &MasterSecretKey,
+    mpk: &asclepios_crypto::abe::PublicKey,
+    row: &asclepios_store::WrapperRow,
+    revoked: &[String],
+) -> Result<bool, String> {
+    use asclepios_crypto::envelope::KeyWrapper;
+    let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
+    let wrapper = KeyWrapper::from_bytes(&row.wrapper.bytes).map_err(|e| e.to_string())?;
+    let attributes: Vec<String> = wrapper
+        .policy()
+        .leaves()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    if !attributes.iter().any(|a| revoked.contains(&base(a))) {
+        return Ok(false);
+    }
+    let stored = store
+        .record_version(&row.patient, &row.record_id, Some(row.version))
+        .map_err(|e| e.to_string())?
+        .ok_or("a wrapper without its record")?;
+    let body = asclepios_records::stored_sealed_body(&stored.body)?;
+    // A key for exactly the policy's attributes, made and dropped here.
+    let mut unique = attributes.clone();
+    unique.sort();
+    unique.dedup();
+    let key = master
+        .keygen(&unique, &mut rand_core::OsRng)
+        .map_err(|e| e.to_string())?;
+    let policy = resolve_with(store, wrapper.policy())?;
+    let rewrapped = wrapper
+        .rewrap(&key, &body, mpk, &policy, &mut rand_core::OsRng)
+        .map_err(|e| e.to_string())?;
+    store
+        .replace_wrapper(
+            &row.patient,
+            &row.record_id,
+            row.version,
+            &row.wrapper.slot,
+            row.wrapper.epoch,
+            &rewrapped.to_bytes(),
+            row.wrapper.epoch + 1,
+        )
+        .map_err(|e| e.to_string())
 }
 
 /// `policy` with every attribute at its current version in `store`.

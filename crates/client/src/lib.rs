@@ -299,13 +299,23 @@ impl Client {
         patient: &str,
         record_id: &str,
     ) -> Result<(RecordOut, Receipt), ClientError> {
-        self.call_with_receipt(
-            "records",
-            Method::GET,
-            &format!("/v1/records/{patient}/{record_id}"),
-            Vec::new(),
-        )
-        .await
+        let (record, receipt): (RecordOut, Receipt) = self
+            .call_with_receipt(
+                "records",
+                Method::GET,
+                &format!("/v1/records/{patient}/{record_id}"),
+                Vec::new(),
+            )
+            .await?;
+        // The service must answer with the record asked for, not another the
+        // caller can also read.
+        if record.patient != patient || record.record_id != record_id {
+            return Err(ClientError::Protocol(format!(
+                "asked for {patient}/{record_id}, got {}/{}",
+                record.patient, record.record_id
+            )));
+        }
+        Ok((record, receipt))
     }
 
     /// Opens a sealed record with this identity's ABE key.
@@ -356,6 +366,8 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .get(&record.author)
             .copied();
+        asclepios_net::pki::check_identity_id(&record.author)
+            .map_err(|_| ClientError::Protocol("the record names a malformed author".into()))?;
         let key = match cached {
             Some(k) => k,
             None => {

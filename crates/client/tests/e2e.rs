@@ -146,6 +146,37 @@ async fn scenario(d: Deployment) {
         "{err}"
     );
 
+    // Only the patient's circle writes the patient's records, under a policy
+    // that names the patient and the emergency clause.
+    let err = researcher
+        .put_record(&pid, "planted", 1, &observation, &policy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    let err = heart
+        .put_record(
+            &pid,
+            "no-emergency",
+            1,
+            &observation,
+            "patient:pat-00000 or role:doctor",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 400, .. }),
+        "{err}"
+    );
+    // A name that cannot be a pseudonym is refused before anything is logged.
+    let err = heart.get_sealed("pat%20x", &record_id).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 400, .. }),
+        "{err}"
+    );
+
     // A tampered body or wrapper is rejected by the client.
     let (sealed, _) = heart.get_sealed(&pid, &record_id).await.unwrap();
     for field in ["body", "wrapper"] {

@@ -374,6 +374,11 @@ impl KeyWrapper {
         Ok(Self::wrap(mpk, new_policy, body, &dek, rng))
     }
 
+    /// Whether this wrapper belongs with `body` (its binding matches).
+    pub fn binds(&self, body: &SealedBody) -> bool {
+        self.body_binding == body.binding()
+    }
+
     /// Reads only the policy of an encoded wrapper (see
     /// [`Ciphertext::peek_policy`]).
     pub fn peek_policy(bytes: &[u8]) -> Result<Policy, DecodeError> {

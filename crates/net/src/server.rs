@@ -72,7 +72,15 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of descriptors or a reset before accept: wait a little
+                // and keep serving rather than stop.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = &mut shutdown => return Ok(()),
         };
         let acceptor = acceptor.clone();

@@ -233,6 +233,53 @@ impl RecordService {
             .collect()
     }
 
+    /// Who may write a patient's records, and under what: the writer holds
+    /// `patient:<p>`, `care-team:<p>`, `consent:<p>`, `emergency:<p>` or
+    /// `role:lab`; the policy names the patient and the emergency clause, with
+    /// every attribute at its current version (so a re-wrap scan cannot miss it).
+    fn check_write_policy(
+        &self,
+        caller: &str,
+        patient: &str,
+        policy: &asclepios_crypto::Policy,
+    ) -> Result<(), ApiError> {
+        let held = self.current_attributes(caller)?;
+        let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
+        let may_write = held.iter().any(|a| {
+            let a = base(a);
+            a == "role:lab"
+                || ["patient", "care-team", "consent", "emergency"]
+                    .iter()
+                    .any(|ns| a == format!("{ns}:{patient}"))
+        });
+        if !may_write {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("`{caller}` may not write records of {patient}: it is not the patient, on the care team, consented or in an emergency"),
+            ));
+        }
+        let leaves = policy.leaves();
+        for required in [format!("patient:{patient}"), format!("emergency:{patient}")] {
+            if !leaves.iter().any(|l| base(l) == required) {
+                return Err(bad_request(format!("the policy must name `{required}`")));
+            }
+        }
+        for leaf in leaves {
+            let name = base(leaf);
+            let current = asclepios_store::versioned_attribute(
+                &name,
+                self.store.attribute_version(&name).map_err(store_error)?,
+            );
+            if leaf != current {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("the policy names `{leaf}` but the current version is `{current}`: resolve the policy again"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The second layer: the caller's identity must be known and active.
     fn check_caller(&self, caller: &str) -> Result<(), ApiError> {
         require_active(&self.store, caller)
@@ -248,6 +295,8 @@ impl RecordService {
         v: &Verified,
         work: impl FnOnce() -> Result<T, ApiError>,
     ) -> Result<WithReceipt<T>, ApiError> {
+        // A name that cannot go into an event is refused before anything.
+        check_name("patient", patient)?;
         let result = self.check_caller(caller).and_then(|()| work());
         // Under an active break-glass grant, the access is logged as emergency
         // treatment: loudly, for the patient and the auditors.
@@ -300,16 +349,24 @@ impl RecordService {
         v: &Verified,
         put: PutRecord,
     ) -> Result<WithReceipt<u64>, ApiError> {
+        // Names that go into events, policies and storage keys must be plain:
+        // refuse anything else before doing or logging anything.
+        check_name("patient", &put.patient)?;
+        check_name("record_id", &put.record_id)?;
         let resource = format!("record/{}/{}", put.patient, put.record_id);
         let patient = put.patient.clone();
         self.audited(&caller.id, if put.version == 1 { Action::Create } else { Action::Update }, resource, &patient, v, || {
             let body = b64("body", &put.body)?;
             let wrapper = b64("wrapper", &put.wrapper)?;
             let sealed = SealedBody::from_bytes(&body).map_err(|e| bad_request(format!("body: {e}")))?;
-            KeyWrapper::from_bytes(&wrapper).map_err(|e| bad_request(format!("wrapper: {e}")))?;
+            let parsed = KeyWrapper::from_bytes(&wrapper).map_err(|e| bad_request(format!("wrapper: {e}")))?;
             if sealed.context().record_id != put.record_id || sealed.context().version != put.version {
                 return Err(bad_request("the sealed body is bound to another record id or version"));
             }
+            if !parsed.binds(&sealed) {
+                return Err(bad_request("the key wrapper belongs to another body"));
+            }
+            self.check_write_policy(&caller.id, &put.patient, parsed.policy())?;
             let sig = b64("author_signature", &put.author_signature)?;
             let sig = Signature::from_slice(&sig).map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
             VerifyingKey::from_bytes(&caller.public_key)
@@ -394,6 +451,15 @@ impl RecordService {
             })
         })
     }
+}
+
+/// Patient pseudonyms and record ids: 1 to 128 letters, digits, `-`, `_`, `.`.
+pub fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
+    asclepios_net::pki::check_identity_id(s).map_err(|_| {
+        bad_request(format!(
+            "`{what}` must be 1 to 128 letters, digits, '-', '_' or '.'"
+        ))
+    })
 }
 
 /// Logs `event` for the request `v` answered with `status`; its receipt.

@@ -242,6 +242,39 @@ impl Store {
         })
     }
 
+    /// Replaces the wrapper in `slot` only if it is still at `expected_epoch`
+    /// (compare-and-swap): a re-wrap never resurrects a shredded wrapper nor
+    /// overwrites a newer one. Returns whether it was replaced.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replace_wrapper(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        slot: &str,
+        expected_epoch: u64,
+        bytes: &[u8],
+        new_epoch: u64,
+    ) -> Result<bool, StoreError> {
+        self.transaction(|tx| {
+            let n = tx.exec(
+                "UPDATE key_wrappers SET wrapper = $1, epoch = $2, updated_at = $3 \
+                 WHERE patient = $4 AND record_id = $5 AND version = $6 AND slot = $7 AND epoch = $8",
+                &[
+                    bytes.into(),
+                    int(new_epoch)?,
+                    Value::Int(now()),
+                    patient.into(),
+                    record_id.into(),
+                    int(version)?,
+                    slot.into(),
+                    int(expected_epoch)?,
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
     /// Wrappers in key order after `after` (a previous row's position), at
     /// most `limit`: for background scans such as re-wrapping after a
     /// revocation.
