@@ -346,7 +346,15 @@ impl SealedEvent {
         if json.len() > MAX_EVENT_BYTES {
             return Err(Error::Invalid("event too large".into()));
         }
-        if abe.policy() != &event.reader_policy()? {
+        // The encapsulation must be for the reader policy, possibly with its
+        // attributes at their current versions (`role:auditor@v1`).
+        let unversioned = |p: &Policy| {
+            p.leaves()
+                .iter()
+                .map(|l| l.split_once("@v").map_or(*l, |(b, _)| b).to_string())
+                .collect::<Vec<_>>()
+        };
+        if unversioned(abe.policy()) != unversioned(&event.reader_policy()?) {
             return Err(Error::Invalid(
                 "the encapsulation is for another policy".into(),
             ));

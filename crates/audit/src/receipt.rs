@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use asclepios_crypto::abe::{Ciphertext, KemKey, PublicKey};
+use asclepios_crypto::Policy;
 
 use crate::event::{AuditEvent, AuditorPublicKey, SealedEvent};
 use crate::log::{Log, LogStore};
@@ -113,6 +114,9 @@ pub struct AuditTrail<S> {
     receipt_key: SigningKey,
     /// Events waiting for the next batch, and whether a leader is committing.
     queue: Mutex<Queue>,
+    /// Versions the reader policy's attributes, if set.
+    #[allow(clippy::type_complexity)]
+    resolve: Option<Box<dyn Fn(&Policy) -> Result<Policy, String> + Send + Sync>>,
     /// Recent encapsulations by reader policy (see `seal`).
     kems: Mutex<std::collections::HashMap<String, (Ciphertext, KemKey, std::time::Instant)>>,
 }
@@ -162,7 +166,19 @@ impl<S: LogStore> AuditTrail<S> {
             receipt_key,
             queue: Mutex::new(Queue::default()),
             kems: Mutex::new(Default::default()),
+            resolve: None,
         }
+    }
+
+    /// Puts the events' reader policies at current attribute versions
+    /// (`role:auditor@v1` after a revocation), so revoked readers stop
+    /// reading new events and keys issued since can.
+    pub fn with_policy_versions(
+        mut self,
+        resolve: impl Fn(&Policy) -> Result<Policy, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.resolve = Some(Box::new(resolve));
+        self
     }
 
     /// The log.
@@ -208,7 +224,10 @@ impl<S: LogStore> AuditTrail<S> {
     /// about one patient within `KEM_REUSE_SECS` (each still has its own data
     /// key, nonce and binding). Cuts the dominant cost of logging a read.
     fn seal(&self, event: &AuditEvent) -> Result<Vec<u8>, Error> {
-        let policy = event.reader_policy()?;
+        let mut policy = event.reader_policy()?;
+        if let Some(resolve) = &self.resolve {
+            policy = resolve(&policy).map_err(Error::Invalid)?;
+        }
         let text = policy.to_string();
         let now = std::time::Instant::now();
         let cached = {

@@ -113,10 +113,16 @@ impl std::fmt::Debug for KeyAuthority {
 }
 
 fn store_error(e: StoreError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("storage unavailable: {e}"),
-    )
+    match e {
+        StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+        StoreError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+        // Backend details stay on the server.
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable; retry later",
+        ),
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -862,7 +868,7 @@ fn rewrap_row(
 }
 
 /// `policy` with every attribute at its current version in `store`.
-fn resolve_with(store: &Store, policy: &Policy) -> Result<Policy, String> {
+pub fn resolve_with(store: &Store, policy: &Policy) -> Result<Policy, String> {
     fn walk(node: &Node, store: &Store) -> Result<Node, String> {
         Ok(match node {
             Node::Attr(a) => {

@@ -503,24 +503,31 @@ impl Client {
                 let bytes = B64
                     .decode(entry)
                     .map_err(|_| ClientError::Protocol("an audit entry is not base64".into()))?;
+                let index = tree.size();
                 tree.push(&bytes);
                 if let Ok(sealed) = asclepios_audit::SealedEvent::from_bytes(&bytes) {
                     if let Ok(event) = sealed.open_with_abe(key) {
-                        events.push(event);
+                        events.push((index, event));
                     }
                 }
             }
         }
-        // The entries read must be the log the checkpoint vouches for.
-        if let Some(note) = checkpoint {
-            let cp = asclepios_audit::Checkpoint::verify(&note, &self.log)
-                .map_err(|e| ClientError::Audit(e.into()))?;
-            if cp.size > tree.size() || tree.root_at(cp.size) != cp.root {
-                return Err(ClientError::Protocol(
-                    "the audit entries do not match the signed checkpoint".into(),
-                ));
-            }
+        // The entries read must be the log a signed checkpoint vouches for;
+        // entries past it are not vouched for and are left out.
+        let note = checkpoint
+            .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
+        let cp = asclepios_audit::Checkpoint::verify(&note, &self.log)
+            .map_err(|e| ClientError::Audit(e.into()))?;
+        if cp.size > tree.size() || tree.root_at(cp.size) != cp.root {
+            return Err(ClientError::Protocol(
+                "the audit entries do not match the signed checkpoint".into(),
+            ));
         }
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(index, _)| *index < cp.size)
+            .map(|(_, e)| e)
+            .collect();
         Ok(events)
     }
 

@@ -170,6 +170,18 @@ async fn scenario(d: Deployment) {
         matches!(err, ClientError::Refused { status: 400, .. }),
         "{err}"
     );
+    // Ids and versions are metadata: outside the circle, no listing; the
+    // audit log is for patients and auditors.
+    let err = researcher.list_records(&pid).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+    let err = researcher.audit_events().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
     // A name that cannot be a pseudonym is refused before anything is logged.
     let err = heart.get_sealed("pat%20x", &record_id).await.unwrap_err();
     assert!(

@@ -229,14 +229,15 @@ impl Directory {
     /// (each bumped to a new version, the records naming them re-wrapped).
     pub fn disable(&self, id: &str) -> Result<Revocation, Error> {
         let current = self.member(id)?;
+        // Refused everywhere first; then the attributes, then the re-wrap.
+        let mut identity = current.identity;
+        identity.status = IdentityStatus::Revoked;
+        self.store.put_identity(&identity)?;
         let mut revoked = Vec::new();
         for (a, _) in &current.attributes {
             self.store.revoke_attribute(id, a)?;
             revoked.push(a.clone());
         }
-        let mut identity = current.identity;
-        identity.status = IdentityStatus::Revoked;
-        self.store.put_identity(&identity)?;
         self.rewrap(revoked)
     }
 }

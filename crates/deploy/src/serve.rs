@@ -89,13 +89,15 @@ fn trail(
         keys::log_signer(dir)?,
     )
     .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    let directory = open_store(dir, config)?;
     Ok(AuditTrail::new(
         log,
         keys::abe_public_key(dir)?,
         keys::auditors(dir)?,
         name,
         receipt,
-    ))
+    )
+    .with_policy_versions(move |p| asclepios_authority::resolve_with(&directory, p)))
 }
 
 /// Starts both services of the deployment in `dir`.

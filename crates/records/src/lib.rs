@@ -137,9 +137,10 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
         StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
         StoreError::Invalid(m) => bad_request(m),
-        other => ApiError::new(
+        // Backend details stay on the server.
+        _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("storage unavailable: {other}"),
+            "storage unavailable; retry later",
         ),
     }
 }
@@ -243,16 +244,8 @@ impl RecordService {
         patient: &str,
         policy: &asclepios_crypto::Policy,
     ) -> Result<(), ApiError> {
-        let held = self.current_attributes(caller)?;
         let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
-        let may_write = held.iter().any(|a| {
-            let a = base(a);
-            a == "role:lab"
-                || ["patient", "care-team", "consent", "emergency"]
-                    .iter()
-                    .any(|ns| a == format!("{ns}:{patient}"))
-        });
-        if !may_write {
+        if !self.in_circle(caller, patient, &["role:lab"])? {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("`{caller}` may not write records of {patient}: it is not the patient, on the care team, consented or in an emergency"),
@@ -278,6 +271,32 @@ impl RecordService {
             }
         }
         Ok(())
+    }
+
+    /// Whether `caller` is in `patient`'s circle: the patient, the care team,
+    /// a consented party, an emergency grant, or one of `also` (e.g. `role:lab`).
+    fn in_circle(&self, caller: &str, patient: &str, also: &[&str]) -> Result<bool, ApiError> {
+        let held = self.current_attributes(caller)?;
+        Ok(held.iter().any(|a| {
+            let a = a.split_once("@v").map_or(a.as_str(), |(b, _)| b);
+            also.contains(&a)
+                || ["patient", "care-team", "consent", "emergency"]
+                    .iter()
+                    .any(|ns| a == format!("{ns}:{patient}"))
+        }))
+    }
+
+    /// Listing a patient's records or a record's versions is for the
+    /// patient's circle and auditors: ids and versions are metadata too.
+    fn check_may_list(&self, caller: &str, patient: &str) -> Result<(), ApiError> {
+        if self.in_circle(caller, patient, &["role:auditor", "role:lab"])? {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("`{caller}` may not list the records of {patient}"),
+            ))
+        }
     }
 
     /// The second layer: the caller's identity must be known and active.
@@ -470,12 +489,13 @@ pub fn log_event(
     v: &Verified,
     status: StatusCode,
 ) -> Result<Receipt, ApiError> {
+    // Backend details stay on the server; the caller learns it may retry.
     trail
         .record(event, &v.request_hash, status.as_u16())
-        .map_err(|e| {
+        .map_err(|_| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("audit log unavailable: {e}"),
+                "audit log unavailable; retry later",
             )
         })
 }
@@ -548,6 +568,7 @@ async fn list_records(
     blocking(move || {
         let resource = format!("patient/{patient}/records");
         s.audited(&caller.id, Action::Search, resource, &patient, &v, || {
+            s.check_may_list(&caller.id, &patient)?;
             s.store.patient_records(&patient).map_err(store_error)
         })
     })
@@ -564,6 +585,7 @@ async fn record_versions(
     blocking(move || {
         let resource = format!("record/{patient}/{record_id}/versions");
         s.audited(&caller.id, Action::Search, resource, &patient, &v, || {
+            s.check_may_list(&caller.id, &patient)?;
             let versions = s
                 .store
                 .record_versions(&patient, &record_id)
@@ -636,6 +658,24 @@ async fn audit_entries(
     let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
     blocking(move || {
         s.check_caller(&caller.id)?;
+        // The entries are sealed, but their policies name patients: they are
+        // for patients (who read their own) and auditors.
+        let is_patient = s
+            .store
+            .identity(&caller.id)
+            .map_err(store_error)?
+            .is_some_and(|i| i.kind == "patient");
+        if !is_patient
+            && !s
+                .current_attributes(&caller.id)?
+                .iter()
+                .any(|a| a.starts_with("role:auditor"))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the audit log is for patients and auditors",
+            ));
+        }
         let log = s.trail.log();
         let (size, _) = log
             .sync()
