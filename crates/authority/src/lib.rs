@@ -25,7 +25,7 @@ use asclepios_crypto::policy::{Node, Policy};
 use asclepios_net::sealed_box::{self, SealedBox};
 use asclepios_net::server::{require_signature, ApiError, Caller, SignatureCheck};
 use asclepios_net::signature::Verified;
-use asclepios_store::{IdentityStatus, Store, StoreError};
+use asclepios_store::{IdentityStatus, Store};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -112,29 +112,7 @@ impl std::fmt::Debug for KeyAuthority {
     }
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
-        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-        StoreError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
-        // Backend details stay on the server.
-        _ => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage unavailable; retry later",
-        ),
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the request was interrupted",
-        )
-    })?
-}
+use asclepios_records::{blocking, store_error};
 
 impl KeyAuthority {
     /// An authority over `store` with the master secret, logging through

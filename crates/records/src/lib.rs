@@ -132,7 +132,9 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
-fn store_error(e: StoreError) -> ApiError {
+/// A store error as the caller sees it: 4xx for what the request got
+/// wrong, a bare 503 otherwise (backend details stay on the server).
+pub fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
         StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
@@ -518,7 +520,8 @@ pub fn require_active(store: &Store, caller: &str) -> Result<(), ApiError> {
 /// The caller as handlers see it.
 type PeerCaller = asclepios_net::pki::PeerIdentity;
 
-async fn blocking<T: Send + 'static>(
+/// Runs store and crypto work off the async threads.
+pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|_| {
