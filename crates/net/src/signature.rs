@@ -27,8 +27,9 @@ use crate::Error;
 
 /// The covered components, in order.
 const COMPONENTS: &str = r#"("@method" "@path" "content-digest")"#;
-/// How far `created` may be from the verifier's clock, in seconds.
-pub const MAX_SKEW_SECS: u64 = 300;
+/// How far `created` may be from the verifier's clock, in seconds. Short, so
+/// the replay guard remembers few nonces (clocks are kept by NTP).
+pub const MAX_SKEW_SECS: u64 = 120;
 /// Longest nonce accepted.
 const MAX_NONCE: usize = 64;
 
@@ -235,16 +236,24 @@ pub fn verify(
     })
 }
 
-/// Remembers `(keyid, nonce)` pairs for the skew window so a captured request
-/// cannot be replayed. Bounded: when full it refuses new requests rather than
-/// forget (fail closed).
+/// Remembers `(keyid, nonce)` pairs while their `created` is inside the
+/// acceptance window, so a captured request cannot be replayed. Expired pairs
+/// leave in arrival order at every check (no scans). Bounded: when full it
+/// refuses new requests rather than forget (fail closed).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<(String, String), u64>>,
+    inner: Mutex<Seen>,
 }
 
-/// Most remembered nonces.
-const REPLAY_CAPACITY: usize = 1 << 20;
+#[derive(Debug, Default)]
+struct Seen {
+    keys: std::collections::HashSet<(String, String)>,
+    order: std::collections::VecDeque<(u64, (String, String))>,
+}
+
+/// Most remembered nonces (a window of `2 * MAX_SKEW_SECS` at 4 000
+/// requests per second fits).
+const REPLAY_CAPACITY: usize = 1 << 21;
 
 impl ReplayGuard {
     /// An empty guard.
@@ -254,18 +263,27 @@ impl ReplayGuard {
 
     /// Records the request's nonce; an error if it was seen before.
     pub fn check(&self, verified: &Verified, now: u64) -> Result<(), Error> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= REPLAY_CAPACITY / 2 {
-            seen.retain(|_, expires| *expires > now);
-        }
-        if seen.len() >= REPLAY_CAPACITY {
-            return Err(sig_err("too many requests in flight; retry shortly"));
+        let mut seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // A pair can be forgotten once its `created` is out of the window:
+        // the signature check refuses it from then on anyway.
+        while let Some((expires, _)) = seen.order.front() {
+            if *expires > now {
+                break;
+            }
+            if let Some((_, key)) = seen.order.pop_front() {
+                seen.keys.remove(&key);
+            }
         }
         let key = (verified.keyid.clone(), verified.nonce.clone());
-        if seen.contains_key(&key) {
+        if seen.keys.contains(&key) {
             return Err(sig_err("this request was already received (replay)"));
         }
-        seen.insert(key, verified.created + 2 * MAX_SKEW_SECS);
+        if seen.keys.len() >= REPLAY_CAPACITY {
+            return Err(sig_err("too many requests in flight; retry shortly"));
+        }
+        seen.keys.insert(key.clone());
+        seen.order
+            .push_back((verified.created + MAX_SKEW_SECS + 1, key));
         Ok(())
     }
 }
@@ -316,5 +334,16 @@ mod tests {
         let guard = ReplayGuard::new();
         guard.check(&v, 1000).unwrap();
         assert!(guard.check(&v, 1001).is_err());
+        // Remembered for as long as the signature itself would be accepted.
+        assert!(guard.check(&v, 1000 + MAX_SKEW_SECS).is_err());
+        assert!(verify(
+            "GET",
+            "/v1/x",
+            b"",
+            &h,
+            &s.public_key(),
+            1000 + MAX_SKEW_SECS + 1
+        )
+        .is_err());
     }
 }
