@@ -87,7 +87,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         dir: admin::DirArg,
-        /// Use PostgreSQL at this URL (saved in asclepios.toml) instead of the embedded SQLite.
+        /// Use PostgreSQL at this URL (saved in asclepios.toml). It must hold the deployment's
+        /// directory: make such a deployment with `asclepios init --postgres URL`.
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
     },
