@@ -351,7 +351,7 @@ impl SealedEvent {
         let unversioned = |p: &Policy| {
             p.leaves()
                 .iter()
-                .map(|l| l.split_once("@v").map_or(*l, |(b, _)| b).to_string())
+                .map(|l| asclepios_crypto::policy::attribute_name(l).to_string())
                 .collect::<Vec<_>>()
         };
         if unversioned(abe.policy()) != unversioned(&event.reader_policy()?) {

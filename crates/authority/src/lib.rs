@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
 use asclepios_crypto::abe::MasterSecretKey;
-use asclepios_crypto::policy::{Node, Policy};
+use asclepios_crypto::policy::{attribute_name, Node, Policy};
 use asclepios_net::sealed_box::{self, SealedBox};
-use asclepios_net::server::{require_signature, ApiError, Caller, SignatureCheck};
+use asclepios_net::server::{json_body, require_signature, ApiError, Caller, SignatureCheck};
 use asclepios_net::signature::Verified;
 use asclepios_store::{IdentityStatus, Store};
 use axum::extract::State;
@@ -87,15 +87,7 @@ pub struct PolicyText {
     pub policy: String,
 }
 
-/// A response with its receipt.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WithReceipt<T> {
-    /// The answer.
-    pub result: T,
-    /// The signed receipt.
-    pub receipt: Receipt,
-}
+pub use asclepios_records::WithReceipt;
 
 /// The authority's state.
 pub struct KeyAuthority {
@@ -569,18 +561,7 @@ impl KeyAuthority {
 
     /// The caller's current attributes, each at its current version.
     pub fn current_attributes(&self, identity: &str) -> Result<Vec<String>, ApiError> {
-        self.store
-            .identity_attributes(identity)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|g| {
-                let v = self
-                    .store
-                    .attribute_version(&g.attribute)
-                    .map_err(store_error)?;
-                Ok(versioned(&g.attribute, v))
-            })
-            .collect()
+        self.store.current_attributes(identity).map_err(store_error)
     }
 
     fn issue(
@@ -633,8 +614,7 @@ async fn emergency(
     Extension(v): Extension<Verified>,
     body: axum::body::Bytes,
 ) -> Result<Json<WithReceipt<EmergencyGranted>>, ApiError> {
-    let req: EmergencyRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    let req: EmergencyRequest = json_body(&body)?;
     blocking(move || s.break_glass(&caller, &v, req))
         .await
         .map(Json)
@@ -646,8 +626,7 @@ async fn grant_consent(
     Extension(v): Extension<Verified>,
     body: axum::body::Bytes,
 ) -> Result<Json<WithReceipt<consent::ConsentOut>>, ApiError> {
-    let grant: consent::ConsentGrant = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    let grant: consent::ConsentGrant = json_body(&body)?;
     blocking(move || s.grant(&caller, &v, grant))
         .await
         .map(Json)
@@ -686,8 +665,7 @@ async fn resolve_policy(
     Extension(Caller(caller)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<PolicyText>, ApiError> {
-    let req: PolicyText = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))?;
+    let req: PolicyText = json_body(&body)?;
     let policy = Policy::parse(&req.policy)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     blocking(move || {
@@ -805,7 +783,6 @@ fn rewrap_row(
     revoked: &[String],
 ) -> Result<bool, String> {
     use asclepios_crypto::envelope::KeyWrapper;
-    let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
     let wrapper = KeyWrapper::from_bytes(&row.wrapper.bytes).map_err(|e| e.to_string())?;
     let attributes: Vec<String> = wrapper
         .policy()
@@ -813,7 +790,10 @@ fn rewrap_row(
         .iter()
         .map(|a| a.to_string())
         .collect();
-    if !attributes.iter().any(|a| revoked.contains(&base(a))) {
+    if !attributes
+        .iter()
+        .any(|a| revoked.iter().any(|r| r == attribute_name(a)))
+    {
         return Ok(false);
     }
     let stored = store
@@ -850,7 +830,7 @@ pub fn resolve_with(store: &Store, policy: &Policy) -> Result<Policy, String> {
     fn walk(node: &Node, store: &Store) -> Result<Node, String> {
         Ok(match node {
             Node::Attr(a) => {
-                let base = a.split_once("@v").map_or(a.as_str(), |(b, _)| b);
+                let base = attribute_name(a);
                 Node::Attr(versioned(
                     base,
                     store.attribute_version(base).map_err(|e| e.to_string())?,

@@ -207,13 +207,9 @@ impl Client {
 
     /// Fetches a fresh ABE key for the identity's current attributes.
     pub async fn refresh_key(&mut self) -> Result<&[String], ClientError> {
-        let (issued, _receipt): (IssuedKey, Receipt) = {
-            let (a, r): (asclepios_authority::WithReceipt<IssuedKey>, _) =
-                Self::call(&self.authority, Method::POST, "/v1/keys", Vec::new()).await?;
-            a.receipt
-                .verify(&self.authority.receipt_key, &self.log, &r)?;
-            (a.result, a.receipt)
-        };
+        let (issued, _receipt): (IssuedKey, Receipt) = self
+            .call_with_receipt("authority", Method::POST, "/v1/keys", Vec::new())
+            .await?;
         let bytes = asclepios_net::sealed_box::open(
             &self.key_pem,
             &asclepios_authority::key_context(&self.id),

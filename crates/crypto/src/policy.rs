@@ -37,6 +37,24 @@ pub const MAX_ATTRIBUTE_BYTES: usize = 256;
 /// `k = 1..=MAX_REPETITIONS` (the standard "attribute copies" technique).
 pub const MAX_REPETITIONS: usize = 4;
 
+/// An attribute as keys and policies carry it at `version`: the bare name at
+/// version 0, `name@vN` after N revocations of it.
+pub fn versioned_attribute(attribute: &str, version: u64) -> String {
+    if version == 0 {
+        attribute.to_string()
+    } else {
+        format!("{attribute}@v{version}")
+    }
+}
+
+/// An attribute's name without its version suffix (`role:doctor@v2` ->
+/// `role:doctor`).
+pub fn attribute_name(attribute: &str) -> &str {
+    attribute
+        .split_once("@v")
+        .map_or(attribute, |(name, _)| name)
+}
+
 /// A node of a policy tree.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Node {

@@ -61,6 +61,12 @@ impl IntoResponse for ApiError {
 /// Most concurrent connections per service.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// A JSON request body, or a 400 naming what is wrong with it.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+}
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
 use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
-use asclepios_net::server::{require_signature, ApiError, Caller, SignatureCheck};
+use asclepios_crypto::policy::attribute_name;
+use asclepios_net::server::{json_body, require_signature, ApiError, Caller, SignatureCheck};
 use asclepios_net::signature::Verified;
 use asclepios_store::{IdentityStatus, Store, StoreError};
 use axum::extract::{Path, Query, State};
@@ -214,26 +215,8 @@ impl RecordService {
 
     /// The caller's attributes, each at its current version (as keys and
     /// policies carry them).
-    fn current_attributes(
-        &self,
-        caller: &str,
-    ) -> Result<std::collections::HashSet<String>, ApiError> {
-        self.store
-            .identity_attributes(caller)
-            .map_err(store_error)?
-            .into_iter()
-            .map(|g| {
-                let v = self
-                    .store
-                    .attribute_version(&g.attribute)
-                    .map_err(store_error)?;
-                Ok(if v == 0 {
-                    g.attribute
-                } else {
-                    format!("{}@v{v}", g.attribute)
-                })
-            })
-            .collect()
+    fn current_attributes(&self, caller: &str) -> Result<Vec<String>, ApiError> {
+        self.store.current_attributes(caller).map_err(store_error)
     }
 
     /// Who may write a patient's records, and under what: the writer holds
@@ -246,7 +229,6 @@ impl RecordService {
         patient: &str,
         policy: &asclepios_crypto::Policy,
     ) -> Result<(), ApiError> {
-        let base = |a: &str| a.split_once("@v").map_or(a, |(b, _)| b).to_string();
         if !self.in_circle(caller, patient, &["role:lab"])? {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -255,15 +237,15 @@ impl RecordService {
         }
         let leaves = policy.leaves();
         for required in [format!("patient:{patient}"), format!("emergency:{patient}")] {
-            if !leaves.iter().any(|l| base(l) == required) {
+            if !leaves.iter().any(|l| attribute_name(l) == required) {
                 return Err(bad_request(format!("the policy must name `{required}`")));
             }
         }
         for leaf in leaves {
-            let name = base(leaf);
+            let name = attribute_name(leaf);
             let current = asclepios_store::versioned_attribute(
-                &name,
-                self.store.attribute_version(&name).map_err(store_error)?,
+                name,
+                self.store.attribute_version(name).map_err(store_error)?,
             );
             if leaf != current {
                 return Err(ApiError::new(
@@ -280,7 +262,7 @@ impl RecordService {
     fn in_circle(&self, caller: &str, patient: &str, also: &[&str]) -> Result<bool, ApiError> {
         let held = self.current_attributes(caller)?;
         Ok(held.iter().any(|a| {
-            let a = a.split_once("@v").map_or(a.as_str(), |(b, _)| b);
+            let a = attribute_name(a);
             also.contains(&a)
                 || ["patient", "care-team", "consent", "emergency"]
                     .iter()
@@ -449,7 +431,8 @@ impl RecordService {
                         "a stored key wrapper is damaged",
                     )
                 })?;
-                let held = self.current_attributes(&caller.id)?;
+                let held: std::collections::HashSet<String> =
+                    self.current_attributes(&caller.id)?.into_iter().collect();
                 if !policy.is_satisfied_by(&|a| held.contains(a)) {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
@@ -538,8 +521,7 @@ async fn put_record(
     Extension(v): Extension<Verified>,
     body: axum::body::Bytes,
 ) -> Result<Json<WithReceipt<u64>>, ApiError> {
-    let put: PutRecord = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("malformed request: {e}")))?;
+    let put: PutRecord = json_body(&body)?;
     blocking(move || s.put(&caller, &v, put)).await.map(Json)
 }
 

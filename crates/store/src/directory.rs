@@ -4,15 +4,7 @@
 use crate::db::{int, Row, Value};
 use crate::{now, Store, StoreError};
 
-/// An attribute as keys and policies carry it at `version`: the bare name at
-/// version 0, `name@vN` after N revocations.
-pub fn versioned_attribute(attribute: &str, version: u64) -> String {
-    if version == 0 {
-        attribute.to_string()
-    } else {
-        format!("{attribute}@v{version}")
-    }
-}
+pub use asclepios_crypto::policy::versioned_attribute;
 
 /// Whether an identity may act.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -301,6 +293,20 @@ impl Store {
             })
             .collect()
         })
+    }
+
+    /// The attributes an identity holds now, each at its current version
+    /// (the form keys and policies carry them in).
+    pub fn current_attributes(&self, identity_id: &str) -> Result<Vec<String>, StoreError> {
+        self.identity_attributes(identity_id)?
+            .into_iter()
+            .map(|g| {
+                Ok(versioned_attribute(
+                    &g.attribute,
+                    self.attribute_version(&g.attribute)?,
+                ))
+            })
+            .collect()
     }
 
     /// The identities holding an attribute now.
