@@ -31,6 +31,12 @@ pub enum Kind {
     Envelope = 0x07,
     /// A confidential audit-log entry.
     AuditEntry = 0x08,
+    /// A searchable-encryption keyword state, sealed by the authority.
+    SseState = 0x09,
+    /// The keywords a record is indexed under, sealed by the authority.
+    SseKeywords = 0x0a,
+    /// Search tokens: addresses and the keys of their values.
+    SseTokens = 0x0b,
 }
 
 impl Kind {
@@ -44,6 +50,9 @@ impl Kind {
             0x06 => Kind::KeyWrapper,
             0x07 => Kind::Envelope,
             0x08 => Kind::AuditEntry,
+            0x09 => Kind::SseState,
+            0x0a => Kind::SseKeywords,
+            0x0b => Kind::SseTokens,
             _ => return None,
         })
     }
@@ -59,6 +68,9 @@ impl Kind {
             Kind::KeyWrapper => "key wrapper",
             Kind::Envelope => "sealed envelope",
             Kind::AuditEntry => "audit entry",
+            Kind::SseState => "sealed keyword state",
+            Kind::SseKeywords => "sealed record keywords",
+            Kind::SseTokens => "search tokens",
         }
     }
 }
@@ -260,6 +272,19 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(r)
+    }
+
+    /// Reads fields of bytes that carry no header (an already authenticated
+    /// plaintext).
+    pub fn new_raw(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    /// Every byte not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let out = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        out
     }
 
     /// The next `n` bytes.

@@ -7,6 +7,8 @@
 //!   CCS 2017) over BLS12-381, used as a key-encapsulation mechanism.
 //! * [`envelope`]: sealed records: a fresh data key per record version, an AEAD
 //!   body, and a separable ABE wrapper of the data key.
+//! * [`sse`]: Mitra dynamic searchable encryption (Ghareh Chamani et al.,
+//!   CCS 2018) with forward and Type-II backward privacy, and compaction.
 //! * [`format`]: the tagged, versioned binary formats and their decode errors.
 //!
 //! This crate is pure: no I/O, no async, no global state beyond a cache of
@@ -21,6 +23,7 @@ pub mod envelope;
 pub mod format;
 pub mod lsss;
 pub mod policy;
+pub mod sse;
 
 pub use format::DecodeError;
 pub use policy::{Policy, PolicyError};
