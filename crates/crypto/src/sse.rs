@@ -72,7 +72,8 @@ pub const MAX_ID_LEN: usize = 255;
 pub const CHUNK_PLAINTEXT: usize = 2048;
 /// Single entries are padded to a multiple of this many plaintext bytes.
 const SINGLE_CLASS: usize = 64;
-const TAG_LEN: usize = 16;
+/// Bytes the AEAD tag adds to each value.
+pub const TAG_LEN: usize = 16;
 /// Most tokens one search may name (a keyword with more entries is compacted
 /// before it is searched).
 pub const MAX_TOKENS: usize = 1 << 20;
