@@ -160,6 +160,15 @@ impl Writer {
         Writer(v)
     }
 
+    /// Starts an object of `kind` with room for `body` more bytes.
+    pub fn with_capacity(kind: Kind, body: usize) -> Self {
+        let mut w = Writer(Vec::with_capacity(6 + body));
+        w.0.extend_from_slice(&MAGIC);
+        w.0.push(kind as u8);
+        w.0.push(VERSION);
+        w
+    }
+
     /// A big-endian u16.
     pub fn u16(&mut self, x: u16) {
         self.0.extend_from_slice(&x.to_be_bytes());

@@ -14,11 +14,11 @@
 //! * `K_w = HMAC-SHA256(K_kw, w)`; `G(K_w, ·)` is AES-256 under `K_w` on the
 //!   block `c (8 bytes, big-endian) ‖ tag (1 byte) ‖ 0…`, tag 0 for the
 //!   address, tags 1 and 2 for the 32-byte value key.
-//! * Values are sealed with AES-256-GCM under the entry's own key (a key is
-//!   used once, so the nonce is fixed), the address as associated data. The
-//!   paper XORs a pad; an AEAD costs 16 bytes more and lets a searcher detect
-//!   a server that altered or swapped entries. Counters never repeat because
-//!   the store refuses to write an address twice.
+//! * Values are sealed with AES-256-GCM under the entry's own key, with a
+//!   random nonce and the address as associated data. The paper XORs a pad;
+//!   the AEAD costs 28 bytes more and lets a searcher detect a server that
+//!   altered or swapped entries, and the random nonce keeps a value safe even
+//!   if a rolled-back state (a restored backup) ever reused a counter.
 //!
 //! Deviation, written down: **compaction** ([`Mitra::compact`]). The paper
 //! lets the client re-insert a search's result under fresh counters; here the
@@ -38,13 +38,21 @@
 //!   not whether it matches an earlier search: an entry written after a search
 //!   sits at an address that search's tokens never name.
 //! * **Searches:** the search pattern (the same keyword searched twice reads
-//!   overlapping addresses, until a compaction renews them) and the number of
+//!   overlapping addresses; a compaction links the addresses it deletes to the
+//!   chunks it writes, so the pattern carries across it) and the number of
 //!   entries read, which is the number of updates of the keyword since its last
 //!   compaction plus its chunks; from Type-II backward privacy, when those
 //!   updates happened. Not which entries are deletions, nor the ids deleted.
 //! * **Compaction:** the live result size, to within a chunk (≈ 90 ids).
+//!   Chunks (2 076 bytes) are told apart from single entries (92 to 348
+//!   bytes) by size.
 //! * **Results:** the records a searcher then reads are reads like any other
 //!   (access pattern), logged in the audit trail.
+//!
+//! Whoever holds a search's tokens (the searcher) learns more than the live
+//! result: every id added and deleted since the last compaction. Writers
+//! should shuffle an update batch that spans several keywords, so the order
+//! of entries in the batch does not group them by keyword.
 //!
 //! The keyword state ([`KeywordState`]) is small and sealed
 //! ([`Mitra::seal_state`]) for storage under a pseudorandom row id; anyone who
@@ -57,6 +65,7 @@ use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
 use aes::Aes256;
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::Aes256Gcm;
+use chacha20poly1305::XChaCha20Poly1305;
 use hmac::{Hmac, Mac};
 use rand_core::{CryptoRng, RngCore};
 use sha2::Sha256;
@@ -74,8 +83,12 @@ pub const CHUNK_PLAINTEXT: usize = 2048;
 const SINGLE_CLASS: usize = 64;
 /// Bytes the AEAD tag adds to each value.
 pub const TAG_LEN: usize = 16;
-/// Most tokens one search may name (a keyword with more entries is compacted
-/// before it is searched).
+/// Bytes of the random nonce each value starts with.
+pub const NONCE_LEN: usize = 12;
+/// Most keywords remembered for one record.
+pub const MAX_KEYWORDS: usize = 4096;
+/// Most tokens one token list may carry (the authority compacts a keyword
+/// before its list grows this long).
 pub const MAX_TOKENS: usize = 1 << 20;
 
 const ENTRY_ADD: u8 = 0x01;
@@ -108,8 +121,8 @@ pub enum SseError {
         /// Values received.
         values: usize,
     },
-    /// A keyword's list longer than one search may read.
-    #[error("a search may name at most {MAX_TOKENS} entries; compact the keyword first")]
+    /// A token list longer than one search may carry.
+    #[error("a token list may name at most {MAX_TOKENS} entries; compact the keyword first")]
     TooManyEntries,
     /// A sealed state or token list that does not decode.
     #[error(transparent)]
@@ -171,12 +184,12 @@ pub struct KeywordState {
 impl KeywordState {
     /// Entries a search reads.
     pub fn entries(&self) -> u64 {
-        self.next - self.first
+        self.next.saturating_sub(self.first)
     }
 
     /// Single updates since the last compaction.
     pub fn singles(&self) -> u64 {
-        self.next - self.compacted
+        self.next.saturating_sub(self.compacted)
     }
 
     /// Whether a search should compact first: once the updates since the last
@@ -184,7 +197,7 @@ impl KeywordState {
     /// most about 1.25 times the entries of a fresh compaction (plus 16), and
     /// each compaction's rewrite is paid for by the updates it folds in.
     pub fn should_compact(&self) -> bool {
-        let chunks = self.compacted - self.first;
+        let chunks = self.compacted.saturating_sub(self.first);
         self.singles() >= 16.max(chunks / 4)
     }
 }
@@ -223,14 +236,28 @@ pub struct Compaction {
 }
 
 /// What a search found.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SearchResult {
     /// The live ids, in the order they were first added (duplicates removed).
     pub ids: Vec<Vec<u8>>,
     /// Entries read.
     pub entries: usize,
-    /// Entries that were deletions or ids since deleted: what compaction removes.
+    /// Ids read that were deleted or added again since: what compaction
+    /// removes (deletions count twice: the delete and the add it cancels).
     pub stale: usize,
+}
+
+impl std::fmt::Debug for SearchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Record references are metadata: counts only.
+        write!(
+            f,
+            "SearchResult({} ids from {} entries, {} stale)",
+            self.ids.len(),
+            self.entries,
+            self.stale
+        )
+    }
 }
 
 /// A keyword's PRF `G(K_w, ·)`, keyed once per keyword.
@@ -274,17 +301,22 @@ fn aad(addr: &Addr) -> [u8; AAD_LABEL.len() + ADDR_LEN] {
 }
 
 impl Token {
-    fn seal(&self, plaintext: &[u8]) -> Entry {
+    fn seal(&self, plaintext: &[u8], rng: &mut (impl RngCore + CryptoRng)) -> Entry {
         let cipher = Aes256Gcm::new(GenericArray::from_slice(&self.key));
-        let value = cipher
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let sealed = cipher
             .encrypt(
-                &Default::default(),
+                GenericArray::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
                     aad: &aad(&self.addr),
                 },
             )
             .expect("AES-GCM seals any plaintext under 64 GiB");
+        let mut value = Vec::with_capacity(NONCE_LEN + sealed.len());
+        value.extend_from_slice(&nonce);
+        value.extend_from_slice(&sealed);
         Entry {
             addr: self.addr,
             value,
@@ -292,12 +324,16 @@ impl Token {
     }
 
     fn open(&self, value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if value.len() < NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let (nonce, sealed) = value.split_at(NONCE_LEN);
         let cipher = Aes256Gcm::new(GenericArray::from_slice(&self.key));
         cipher
             .decrypt(
-                &Default::default(),
+                GenericArray::from_slice(nonce),
                 Payload {
-                    msg: value,
+                    msg: sealed,
                     aad: &aad(&self.addr),
                 },
             )
@@ -321,7 +357,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
 pub struct Mitra {
     keyword_key: Zeroizing<[u8; 32]>,
     row_key: Zeroizing<[u8; 32]>,
-    seal: Aes256Gcm,
+    seal: XChaCha20Poly1305,
 }
 
 impl std::fmt::Debug for Mitra {
@@ -341,7 +377,7 @@ impl Mitra {
         Mitra {
             keyword_key: sub(b"keyword"),
             row_key: sub(b"row id"),
-            seal: Aes256Gcm::new(GenericArray::from_slice(seal_key.as_slice())),
+            seal: XChaCha20Poly1305::new(GenericArray::from_slice(seal_key.as_slice())),
         }
     }
 
@@ -357,12 +393,16 @@ impl Mitra {
         keyword: &str,
         state: &mut KeywordState,
         ops: &[(Op, &[u8])],
+        rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Vec<Entry>, SseError> {
         for (_, id) in ops {
             check_id(id)?;
         }
         let prf = self.prf(keyword);
-        let mut plaintext = Zeroizing::new(Vec::with_capacity(SINGLE_CLASS * 2));
+        // Sized for the longest id, so it never reallocates (and leaves no copy).
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(
+            (2 + MAX_ID_LEN).div_ceil(SINGLE_CLASS) * SINGLE_CLASS,
+        ));
         let mut out = Vec::with_capacity(ops.len());
         for (op, id) in ops {
             plaintext.clear();
@@ -374,33 +414,38 @@ impl Mitra {
             plaintext.extend_from_slice(id);
             let padded = plaintext.len().div_ceil(SINGLE_CLASS) * SINGLE_CLASS;
             plaintext.resize(padded, 0);
-            out.push(prf.token(state.next).seal(&plaintext));
+            out.push(prf.token(state.next).seal(&plaintext, rng));
             state.next += 1;
         }
         Ok(out)
     }
 
     /// The tokens of a search for `keyword`: one per entry in `first..next`.
-    pub fn tokens(&self, keyword: &str, state: &KeywordState) -> Result<Vec<Token>, SseError> {
-        if state.entries() > MAX_TOKENS as u64 {
-            return Err(SseError::TooManyEntries);
-        }
-        let prf = self.prf(keyword);
-        Ok((state.first..state.next).map(|c| prf.token(c)).collect())
+    pub fn tokens(&self, keyword: &str, state: &KeywordState) -> Vec<Token> {
+        self.tokens_between(keyword, state.first, state.next)
     }
 
-    /// Replaces a keyword's entries by chunks holding `live` (the result of a
-    /// search with the current state), at fresh counters; advances `state`.
-    /// Apply `put` and `delete` atomically with the new state.
+    /// The tokens of counters `from..to` (to read a long list page by page).
+    pub fn tokens_between(&self, keyword: &str, from: u64, to: u64) -> Vec<Token> {
+        let prf = self.prf(keyword);
+        (from..to).map(|c| prf.token(c)).collect()
+    }
+
+    /// Replaces a keyword's entries by chunks holding `live`, at fresh
+    /// counters; advances `state`. `state` must be the one the search that
+    /// found `live` used: apply `put` and `delete` in one transaction with a
+    /// compare-and-swap of the state, so an update made in between is not lost.
     pub fn compact(
         &self,
         keyword: &str,
         state: &mut KeywordState,
         live: &[Vec<u8>],
+        rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Compaction, SseError> {
         for id in live {
             check_id(id)?;
         }
+        let mut seen = HashSet::with_capacity(live.len());
         let prf = self.prf(keyword);
         let delete = (state.first..state.next)
             .map(|c| prf.token(c).addr)
@@ -410,11 +455,11 @@ impl Mitra {
         let mut chunk = Zeroizing::new(Vec::with_capacity(CHUNK_PLAINTEXT));
         let mut flush = |chunk: &mut Vec<u8>, state: &mut KeywordState| {
             chunk.resize(CHUNK_PLAINTEXT, 0);
-            put.push(prf.token(state.next).seal(chunk));
+            put.push(prf.token(state.next).seal(chunk, rng));
             state.next += 1;
             chunk.clear();
         };
-        for id in live {
+        for id in live.iter().filter(|id| seen.insert(id.as_slice())) {
             if chunk.is_empty() {
                 chunk.push(ENTRY_CHUNK);
             }
@@ -492,7 +537,8 @@ impl Mitra {
         keywords: &[String],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<u8> {
-        let mut plain = Zeroizing::new(Vec::new());
+        let len = 4 + keywords.iter().map(|k| 2 + k.len()).sum::<usize>();
+        let mut plain = Zeroizing::new(Vec::with_capacity(len.div_ceil(256) * 256));
         plain.extend_from_slice(&(keywords.len() as u32).to_be_bytes());
         for k in keywords {
             plain.extend_from_slice(&(k.len() as u16).to_be_bytes());
@@ -507,7 +553,7 @@ impl Mitra {
     pub fn open_keywords(&self, row: &[u8; 16], sealed: &[u8]) -> Result<Vec<String>, SseError> {
         let plain = self.open_row(Kind::SseKeywords, row, sealed)?;
         let mut r = Reader::new_raw(&plain);
-        let n = r.count("keyword count", 4, 2)?;
+        let n = r.count("keyword count", MAX_KEYWORDS, 2)?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             out.push(r.str16("keyword", 1 << 12)?.to_string());
@@ -522,7 +568,7 @@ impl Mitra {
         plain: &[u8],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<u8> {
-        let mut nonce = [0u8; 12];
+        let mut nonce = [0u8; 24];
         rng.fill_bytes(&mut nonce);
         let mut aad = Writer::new(kind);
         aad.raw(row);
@@ -549,7 +595,7 @@ impl Mitra {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, SseError> {
         let mut r = Reader::new(sealed, kind)?;
-        let nonce: [u8; 12] = r.fixed("nonce")?;
+        let nonce: [u8; 24] = r.fixed("nonce")?;
         let rest = r.rest();
         let mut aad = Writer::new(kind);
         aad.raw(row);
@@ -586,93 +632,131 @@ pub fn open_results(
     tokens: &[Token],
     values: &[Option<Vec<u8>>],
 ) -> Result<SearchResult, SseError> {
-    if tokens.len() != values.len() {
-        return Err(SseError::Mismatch {
-            tokens: tokens.len(),
-            values: values.len(),
-        });
+    let mut replay = Replay::default();
+    replay.feed(tokens, values)?;
+    Ok(replay.finish())
+}
+
+/// Replays a keyword's entries in counter order, page by page (a long list
+/// need not be held at once).
+#[derive(Default)]
+pub struct Replay {
+    /// Ids in first-added order; `None` once deleted.
+    ids: Vec<Option<Vec<u8>>>,
+    /// Where each id sits in `ids`. Chunks hold distinct ids, so a list that
+    /// is all chunks needs no map at all: it is built at the first single.
+    position: Option<HashMap<Vec<u8>, usize>>,
+    stale: usize,
+    entries: usize,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replay({} entries)", self.entries)
     }
-    let missing = values.iter().filter(|v| v.is_none()).count();
-    if missing > 0 {
-        return Err(SseError::Missing(missing));
-    }
-    // Ids in first-added order; `position` finds an id's slot when a later
-    // entry deletes or re-adds it. Chunks hold distinct ids, so a list that
-    // is all chunks needs no set at all.
-    let mut ids: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut position: Option<HashMap<Vec<u8>, usize>> = None;
-    let mut stale = 0usize;
-    for (i, (token, value)) in tokens.iter().zip(values).enumerate() {
-        let value = value.as_deref().unwrap_or_default();
-        let plain = token.open(value).ok_or(SseError::Corrupt(i))?;
-        match plain.first() {
-            Some(&ENTRY_CHUNK) => {
-                let mut rest = &plain[1..];
-                while let Some((&len, tail)) = rest.split_first() {
+}
+
+impl Replay {
+    /// Opens and replays the next page of entries.
+    pub fn feed(&mut self, tokens: &[Token], values: &[Option<Vec<u8>>]) -> Result<(), SseError> {
+        if tokens.len() != values.len() {
+            return Err(SseError::Mismatch {
+                tokens: tokens.len(),
+                values: values.len(),
+            });
+        }
+        let missing = values.iter().filter(|v| v.is_none()).count();
+        if missing > 0 {
+            return Err(SseError::Missing(missing));
+        }
+        for (token, value) in tokens.iter().zip(values) {
+            let i = self.entries;
+            self.entries += 1;
+            let value = value.as_deref().unwrap_or_default();
+            let plain = token.open(value).ok_or(SseError::Corrupt(i))?;
+            match plain.first() {
+                Some(&ENTRY_CHUNK) => {
+                    let mut rest = &plain[1..];
+                    while let Some((&len, tail)) = rest.split_first() {
+                        if len == 0 {
+                            break;
+                        }
+                        let id = tail.get(..len as usize).ok_or(SseError::Corrupt(i))?;
+                        rest = &tail[len as usize..];
+                        self.add(id);
+                    }
+                }
+                Some(&op @ (ENTRY_ADD | ENTRY_DELETE)) => {
+                    let len = *plain.get(1).ok_or(SseError::Corrupt(i))? as usize;
+                    let id = plain.get(2..2 + len).ok_or(SseError::Corrupt(i))?;
                     if len == 0 {
-                        break;
+                        return Err(SseError::Corrupt(i));
                     }
-                    let id = tail.get(..len as usize).ok_or(SseError::Corrupt(i))?;
-                    rest = &tail[len as usize..];
-                    match position.as_mut() {
-                        None => ids.push(Some(id.to_vec())),
-                        Some(pos) => {
-                            if let Some(&slot) = pos.get(id) {
-                                if ids[slot].is_some() {
-                                    stale += 1;
-                                }
-                                ids[slot] = Some(id.to_vec());
-                            } else {
-                                pos.insert(id.to_vec(), ids.len());
-                                ids.push(Some(id.to_vec()));
-                            }
-                        }
+                    self.index();
+                    if op == ENTRY_ADD {
+                        self.add(id);
+                    } else {
+                        self.delete(id);
                     }
                 }
+                _ => return Err(SseError::Corrupt(i)),
             }
-            Some(&op @ (ENTRY_ADD | ENTRY_DELETE)) => {
-                let len = *plain.get(1).ok_or(SseError::Corrupt(i))? as usize;
-                let id = plain.get(2..2 + len).ok_or(SseError::Corrupt(i))?;
-                if len == 0 {
-                    return Err(SseError::Corrupt(i));
-                }
-                let pos = position.get_or_insert_with(|| {
-                    ids.iter()
-                        .enumerate()
-                        .filter_map(|(slot, id)| Some((id.clone()?, slot)))
-                        .collect()
-                });
-                match (op, pos.get(id).copied()) {
-                    (ENTRY_ADD, Some(slot)) => {
-                        if ids[slot].is_some() {
-                            stale += 1;
-                        }
-                        ids[slot] = Some(id.to_vec());
-                    }
-                    (ENTRY_ADD, None) => {
-                        pos.insert(id.to_vec(), ids.len());
-                        ids.push(Some(id.to_vec()));
-                    }
-                    (_, Some(slot)) => {
-                        // The delete entry and the add it cancels.
-                        stale += 1 + usize::from(ids[slot].take().is_some());
-                    }
-                    (_, None) => stale += 1,
-                }
-            }
-            _ => return Err(SseError::Corrupt(i)),
+        }
+        Ok(())
+    }
+
+    /// Builds the position map (at the first single entry).
+    fn index(&mut self) {
+        if self.position.is_none() {
+            self.position = Some(
+                self.ids
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, id)| Some((id.clone()?, slot)))
+                    .collect(),
+            );
         }
     }
-    Ok(SearchResult {
-        ids: ids.into_iter().flatten().collect(),
-        entries: tokens.len(),
-        stale,
-    })
+
+    fn add(&mut self, id: &[u8]) {
+        let Some(pos) = self.position.as_mut() else {
+            self.ids.push(Some(id.to_vec()));
+            return;
+        };
+        match pos.get(id) {
+            Some(&slot) => {
+                if self.ids[slot].is_some() {
+                    self.stale += 1;
+                }
+                self.ids[slot] = Some(id.to_vec());
+            }
+            None => {
+                pos.insert(id.to_vec(), self.ids.len());
+                self.ids.push(Some(id.to_vec()));
+            }
+        }
+    }
+
+    fn delete(&mut self, id: &[u8]) {
+        let slot = self.position.as_ref().and_then(|pos| pos.get(id).copied());
+        // The delete entry, and the add it cancels.
+        self.stale += 1 + slot.map_or(0, |slot| usize::from(self.ids[slot].take().is_some()));
+    }
+
+    /// The live ids.
+    pub fn finish(self) -> SearchResult {
+        SearchResult {
+            ids: self.ids.into_iter().flatten().collect(),
+            entries: self.entries,
+            stale: self.stale,
+        }
+    }
 }
 
 /// Serializes tokens for the searcher (format kind `SseTokens`).
 pub fn encode_tokens(tokens: &[Token]) -> Zeroizing<Vec<u8>> {
-    let mut w = Writer::new(Kind::SseTokens);
+    // Sized up front: a reallocation would leave a copy of the keys behind.
+    let mut w = Writer::with_capacity(Kind::SseTokens, 4 + tokens.len() * (ADDR_LEN + 32));
     w.u32(tokens.len() as u32);
     for t in tokens {
         w.raw(&t.addr);
@@ -684,16 +768,12 @@ pub fn encode_tokens(tokens: &[Token]) -> Zeroizing<Vec<u8>> {
 /// Parses tokens serialized by [`encode_tokens`].
 pub fn decode_tokens(bytes: &[u8]) -> Result<Vec<Token>, SseError> {
     let mut r = Reader::new(bytes, Kind::SseTokens)?;
-    let n = r.count("token count", 4, ADDR_LEN + 32)?;
-    if n > MAX_TOKENS {
-        return Err(SseError::TooManyEntries);
-    }
+    let n = r.count("token count", MAX_TOKENS, ADDR_LEN + 32)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(Token {
-            addr: r.fixed("address")?,
-            key: r.fixed("value key")?,
-        });
+        let addr = r.fixed("address")?;
+        let key = Zeroizing::new(r.fixed::<32>("value key")?);
+        out.push(Token { addr, key: *key });
     }
     r.finish()?;
     Ok(out)
@@ -760,12 +840,16 @@ mod tests {
     use super::*;
     use rand_chacha::rand_core::SeedableRng;
 
+    fn rng() -> rand_chacha::ChaCha20Rng {
+        rand_chacha::ChaCha20Rng::from_entropy()
+    }
+
     fn scheme() -> Mitra {
         Mitra::new(&SseKey::from_bytes([7; 32]))
     }
 
     fn search(m: &Mitra, idx: &MemoryIndex, w: &str, st: &KeywordState) -> SearchResult {
-        let tokens = m.tokens(w, st).unwrap();
+        let tokens = m.tokens(w, st);
         let values = idx.get(tokens.iter().map(|t| t.addr));
         open_results(&tokens, &values).unwrap()
     }
@@ -782,8 +866,11 @@ mod tests {
             (Op::Add, b"r3"),
             (Op::Add, b"r1"),
         ];
-        idx.put(m.update("type:Observation", &mut st, &ops).unwrap())
-            .unwrap();
+        idx.put(
+            m.update("type:Observation", &mut st, &ops, &mut rng())
+                .unwrap(),
+        )
+        .unwrap();
         let r = search(&m, &idx, "type:Observation", &st);
         assert_eq!(r.ids, vec![b"r1".to_vec(), b"r2".to_vec(), b"r3".to_vec()]);
         assert_eq!(r.stale, 2);
@@ -791,7 +878,9 @@ mod tests {
             .ids
             .is_empty());
 
-        let c = m.compact("type:Observation", &mut st, &r.ids).unwrap();
+        let c = m
+            .compact("type:Observation", &mut st, &r.ids, &mut rng())
+            .unwrap();
         assert_eq!((c.put.len(), c.delete.len()), (1, 5));
         idx.delete(&c.delete);
         idx.put(c.put).unwrap();
@@ -809,12 +898,12 @@ mod tests {
         let ids: Vec<Vec<u8>> = (0..1000)
             .map(|i| format!("pat-{i:05}/obs-{i:07}").into_bytes())
             .collect();
-        let c = m.compact("w", &mut st, &ids).unwrap();
+        let c = m.compact("w", &mut st, &ids, &mut rng()).unwrap();
         assert!(c.put.len() > 5 && c.put.len() < 20, "{}", c.put.len());
         idx.put(c.put).unwrap();
         assert_eq!(search(&m, &idx, "w", &st).ids, ids);
         // An empty result compacts to nothing.
-        let c = m.compact("w", &mut st, &[]).unwrap();
+        let c = m.compact("w", &mut st, &[], &mut rng()).unwrap();
         idx.delete(&c.delete);
         assert!(c.put.is_empty() && idx.is_empty());
         assert_eq!(st.entries(), 0);
@@ -825,9 +914,14 @@ mod tests {
         let m = scheme();
         let mut st = KeywordState::default();
         let entries = m
-            .update("w", &mut st, &[(Op::Add, b"a"), (Op::Add, b"b")])
+            .update(
+                "w",
+                &mut st,
+                &[(Op::Add, b"a"), (Op::Add, b"b")],
+                &mut rng(),
+            )
             .unwrap();
-        let tokens = m.tokens("w", &st).unwrap();
+        let tokens = m.tokens("w", &st);
         let mut values: Vec<_> = entries.iter().map(|e| Some(e.value.clone())).collect();
         values.swap(0, 1);
         assert_eq!(open_results(&tokens, &values), Err(SseError::Corrupt(0)));
@@ -847,18 +941,22 @@ mod tests {
         let m = scheme();
         let mut st = KeywordState::default();
         assert_eq!(
-            m.update("w", &mut st, &[(Op::Add, b"")]),
+            m.update("w", &mut st, &[(Op::Add, b"")], &mut rng()),
             Err(SseError::BadId(0))
         );
         assert_eq!(
-            m.update("w", &mut st, &[(Op::Add, &[1u8; 256])]),
+            m.update("w", &mut st, &[(Op::Add, &[1u8; 256])], &mut rng()),
             Err(SseError::BadId(256))
         );
         assert_eq!(st, KeywordState::default());
-        let short = m.update("w", &mut st, &[(Op::Add, b"x")]).unwrap();
-        let long = m.update("w", &mut st, &[(Op::Add, &[b'y'; 63])]).unwrap();
-        assert_eq!(short[0].value.len(), SINGLE_CLASS + TAG_LEN);
-        assert_eq!(long[0].value.len(), 2 * SINGLE_CLASS + TAG_LEN);
+        let short = m
+            .update("w", &mut st, &[(Op::Add, b"x")], &mut rng())
+            .unwrap();
+        let long = m
+            .update("w", &mut st, &[(Op::Add, &[b'y'; 63])], &mut rng())
+            .unwrap();
+        assert_eq!(short[0].value.len(), NONCE_LEN + SINGLE_CLASS + TAG_LEN);
+        assert_eq!(long[0].value.len(), NONCE_LEN + 2 * SINGLE_CLASS + TAG_LEN);
     }
 
     #[test]
@@ -876,10 +974,10 @@ mod tests {
         assert!(m.open_state(&m.state_row("other"), &sealed).is_err());
         let other = Mitra::new(&SseKey::from_bytes([8; 32]));
         assert!(other.open_state(&row, &sealed).is_err());
-        let kws = vec!["type:Observation".to_string(), "month:2024-03".to_string()];
+        let kws: Vec<String> = (0..40).map(|i| format!("month:2024-{i:02}")).collect();
         let doc = m.doc_row(b"pat-1/obs-1");
         let sealed = m.seal_keywords(&doc, &kws, &mut rng);
-        assert_eq!(sealed.len() % 256, 6 + 12 + TAG_LEN);
+        assert_eq!(sealed.len() % 256, 6 + 24 + TAG_LEN);
         assert_eq!(m.open_keywords(&doc, &sealed).unwrap(), kws);
         assert!(m.open_keywords(&doc, &sealed[..sealed.len() - 1]).is_err());
     }
@@ -890,9 +988,9 @@ mod tests {
         let st = KeywordState {
             first: 0,
             compacted: 0,
-            next: 3,
+            next: 300,
         };
-        let tokens = m.tokens("w", &st).unwrap();
+        let tokens = m.tokens("w", &st);
         let bytes = encode_tokens(&tokens);
         let back = decode_tokens(&bytes).unwrap();
         assert_eq!(

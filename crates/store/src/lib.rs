@@ -25,11 +25,13 @@
 //! |---|---|---|
 //! | `record_versions`, `key_wrappers`, `consents`, `emergency_grants` | `patient` (pseudonym) | each other |
 //! | `sse_index` | `addr` (pseudorandom, spreads evenly) | none |
+//! | `sse_state` | `row_id` (pseudorandom) | none |
 //! | `audit_logs`, `audit_entries`, `audit_nodes`, `audit_checkpoints` | `log_id` | each other |
 //! | `identities`, `identity_attributes`, `attribute_versions` | reference tables (small, replicated) | |
 //!
 //! Every query on a distributed table names its distribution column, so it
-//! routes to one shard.
+//! routes to one shard. An index update ([`Store::sse_apply`]) spans several
+//! shards of `sse_index` and `sse_state` in one (two-phase) transaction.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -51,6 +53,7 @@ pub use directory::{
 };
 pub use migrations::SCHEMA_VERSION;
 pub use records::{RecordVersion, Wrapper, WrapperRow};
+pub use sse::{SseBatch, StateWrite};
 
 use db::Tx;
 

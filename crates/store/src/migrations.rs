@@ -13,10 +13,11 @@ struct Migration {
     ddl: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "records, key wrappers, SSE index, audit log, authority directory",
-    ddl: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "records, key wrappers, SSE index, audit log, authority directory",
+        ddl: r#"
 CREATE TABLE record_versions (
     patient     TEXT    NOT NULL,
     record_id   TEXT    NOT NULL,
@@ -103,10 +104,22 @@ CREATE TABLE emergency_grants (
 );
 CREATE INDEX emergency_grants_unreviewed ON emergency_grants (reviewed_at, issued_at);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description:
+            "searchable-encryption client state (sealed keyword counters and record keyword lists)",
+        ddl: r#"
+CREATE TABLE sse_state (
+    row_id      {BYTES} NOT NULL PRIMARY KEY,
+    sealed      {BYTES} NOT NULL
+);
+"#,
+    },
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

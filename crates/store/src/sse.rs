@@ -1,8 +1,37 @@
 //! The searchable-encryption index: opaque address → opaque value. Addresses
 //! are pseudorandom and written once; a search reads a batch of them.
+//!
+//! Beside it, `sse_state` keeps the index client's (the authority's) sealed
+//! rows under pseudorandom row ids: per-keyword counters and per-record
+//! keyword lists. [`Store::sse_apply`] changes both in one transaction, with a
+//! compare-and-swap on every state row it touches, so concurrent updates of
+//! one keyword cannot hand out the same counter twice.
 
-use crate::db::Value;
+use crate::db::{Tx, Value};
 use crate::{Store, StoreError};
+
+/// A change of one sealed state row, applied only if the row still holds
+/// `expect` (`None`: the row must not exist).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The row id.
+    pub row: Vec<u8>,
+    /// What the writer read.
+    pub expect: Option<Vec<u8>>,
+    /// What to store (`None` deletes the row).
+    pub new: Option<Vec<u8>>,
+}
+
+/// One atomic change of the index and its client state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseBatch {
+    /// State rows to compare and swap.
+    pub state: Vec<StateWrite>,
+    /// Index entries to write (addresses must be new).
+    pub put: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Index addresses to delete.
+    pub delete: Vec<Vec<u8>>,
+}
 
 /// Longest address or value accepted, in bytes.
 pub const MAX_SSE_BYTES: usize = 4096;
@@ -12,25 +41,82 @@ impl Store {
     /// Writes index entries in one transaction. An address written before is a
     /// conflict (and nothing of the batch is written).
     pub fn sse_put(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
-        if entries
+        self.sse_apply(&SseBatch {
+            put: entries.to_vec(),
+            ..SseBatch::default()
+        })
+    }
+
+    /// Applies a batch in one transaction: every state row must still hold
+    /// what its writer read, every new address must be unused; otherwise it is
+    /// a [`StoreError::Conflict`] and nothing is written.
+    pub fn sse_apply(&self, batch: &SseBatch) -> Result<(), StoreError> {
+        let too_big = |b: &[u8]| b.is_empty() || b.len() > MAX_SSE_BYTES;
+        if batch
+            .put
             .iter()
-            .any(|(a, v)| a.is_empty() || a.len() > MAX_SSE_BYTES || v.len() > MAX_SSE_BYTES)
+            .any(|(a, v)| too_big(a) || v.len() > MAX_SSE_BYTES)
+            || batch.delete.iter().any(|a| too_big(a))
+            || batch.state.iter().any(|w| {
+                too_big(&w.row) || w.new.as_deref().is_some_and(|n| n.len() > MAX_SSE_BYTES)
+            })
         {
             return Err(StoreError::Invalid(format!(
-                "index addresses must be 1 to {MAX_SSE_BYTES} bytes, values at most {MAX_SSE_BYTES}"
+                "index addresses and row ids must be 1 to {MAX_SSE_BYTES} bytes, values at most {MAX_SSE_BYTES}"
             )));
         }
-        let rows: Vec<Vec<Value>> = entries
+        let rows: Vec<Vec<Value>> = batch
+            .put
             .iter()
             .map(|(a, v)| vec![a.as_slice().into(), v.as_slice().into()])
             .collect();
-        self.transaction(|tx| tx.insert_many("sse_index", &["addr", "value"], &rows))
-            .map_err(|e| match e {
-                e if is_duplicate(&e) => {
-                    StoreError::Conflict("an index address was written before".into())
+        self.transaction(|tx| {
+            for w in &batch.state {
+                swap_state(tx, w)?;
+            }
+            for chunk in batch.delete.chunks(ADDRS_PER_QUERY) {
+                let placeholders: Vec<String> =
+                    (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
+                tx.exec(
+                    &format!(
+                        "DELETE FROM sse_index WHERE addr IN ({})",
+                        placeholders.join(", ")
+                    ),
+                    &params,
+                )?;
+            }
+            for chunk in rows.chunks(ADDRS_PER_QUERY) {
+                tx.insert_many("sse_index", &["addr", "value"], chunk)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            e if is_duplicate(&e) => StoreError::Conflict(
+                "an index address or state row was written before: read the state again".into(),
+            ),
+            e => e,
+        })
+    }
+
+    /// Reads sealed state rows; `None` where a row does not exist.
+    pub fn sse_state(&self, rows: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.read(|tx| {
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for chunk in rows.chunks(ADDRS_PER_QUERY) {
+                let placeholders: Vec<String> =
+                    (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT row_id, sealed FROM sse_state WHERE row_id IN ({})",
+                    placeholders.join(", ")
+                );
+                let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
+                for row in tx.query(&sql, &params)? {
+                    found.insert(row.bytes(0)?, row.bytes(1)?);
                 }
-                e => e,
-            })
+            }
+            Ok(rows.iter().map(|r| found.get(r).cloned()).collect())
+        })
     }
 
     /// Reads index entries; `None` where an address holds nothing.
@@ -51,6 +137,49 @@ impl Store {
             }
             Ok(addrs.iter().map(|a| found.get(a).cloned()).collect())
         })
+    }
+}
+
+/// Compare-and-swap of one state row inside a transaction.
+fn swap_state(tx: &mut dyn Tx, w: &StateWrite) -> Result<(), StoreError> {
+    let conflict = || {
+        StoreError::Conflict(
+            "a keyword or record state changed while it was being updated: read it again".into(),
+        )
+    };
+    let changed = match (&w.expect, &w.new) {
+        (None, Some(new)) => {
+            tx.insert_many(
+                "sse_state",
+                &["row_id", "sealed"],
+                &[vec![w.row.as_slice().into(), new.as_slice().into()]],
+            )?;
+            1
+        }
+        (Some(old), Some(new)) => tx.exec(
+            "UPDATE sse_state SET sealed = $1 WHERE row_id = $2 AND sealed = $3",
+            &[
+                new.as_slice().into(),
+                w.row.as_slice().into(),
+                old.as_slice().into(),
+            ],
+        )?,
+        (Some(old), None) => tx.exec(
+            "DELETE FROM sse_state WHERE row_id = $1 AND sealed = $2",
+            &[w.row.as_slice().into(), old.as_slice().into()],
+        )?,
+        (None, None) => {
+            let exists = tx.query_opt(
+                "SELECT 1 FROM sse_state WHERE row_id = $1",
+                &[w.row.as_slice().into()],
+            )?;
+            u64::from(exists.is_none())
+        }
+    };
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(conflict())
     }
 }
 

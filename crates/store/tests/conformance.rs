@@ -6,7 +6,8 @@ use asclepios_audit::log::audit_entries;
 use asclepios_audit::merkle::{self, MemoryTree};
 use asclepios_audit::{Checkpoint, Log, LogStore, NoteSigner};
 use asclepios_store::{
-    Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus, StoreError,
+    Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus, SseBatch, StateWrite,
+    StoreError,
 };
 use common::Harness;
 
@@ -16,6 +17,7 @@ conformance!(
     wrappers_are_replaceable_and_shreddable,
     invalid_record_input_is_refused,
     sse_index_batches_and_refuses_overwrites,
+    sse_state_swaps_atomically_with_the_index,
     directory_tracks_attribute_versions,
     consents_keep_their_history,
     emergency_grants_queue_for_review,
@@ -183,6 +185,93 @@ fn sse_index_batches_and_refuses_overwrites(h: &Harness) {
         s.sse_put(&[(vec![], vec![1])]),
         Err(StoreError::Invalid(_))
     ));
+}
+
+fn sse_state_swaps_atomically_with_the_index(h: &Harness) {
+    let s = h.open();
+    let row = b"row-1".to_vec();
+    let write = |expect: Option<&[u8]>, new: Option<&[u8]>| StateWrite {
+        row: row.clone(),
+        expect: expect.map(<[u8]>::to_vec),
+        new: new.map(<[u8]>::to_vec),
+    };
+    s.sse_apply(&SseBatch {
+        state: vec![write(None, Some(b"s1"))],
+        put: vec![
+            (b"a1".to_vec(), b"v1".to_vec()),
+            (b"a2".to_vec(), b"v2".to_vec()),
+        ],
+        delete: vec![],
+    })
+    .unwrap();
+    assert_eq!(
+        s.sse_state(&[row.clone(), b"none".to_vec()]).unwrap(),
+        vec![Some(b"s1".to_vec()), None]
+    );
+    // A writer that read an older state (or none) changes nothing.
+    for stale in [
+        write(Some(b"s0"), Some(b"s2")),
+        write(None, Some(b"s2")),
+        write(None, None),
+    ] {
+        let e = s
+            .sse_apply(&SseBatch {
+                state: vec![stale],
+                put: vec![(b"a3".to_vec(), b"v3".to_vec())],
+                delete: vec![b"a1".to_vec()],
+            })
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    }
+    assert_eq!(
+        s.sse_get(&[b"a1".to_vec(), b"a3".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec()), None]
+    );
+    // A compaction: swap the state, delete old entries, write new ones.
+    s.sse_apply(&SseBatch {
+        state: vec![write(Some(b"s1"), Some(b"s2"))],
+        put: vec![(b"a3".to_vec(), b"v3".to_vec())],
+        delete: vec![b"a1".to_vec(), b"a2".to_vec()],
+    })
+    .unwrap();
+    assert_eq!(
+        s.sse_get(&[b"a1".to_vec(), b"a2".to_vec(), b"a3".to_vec()])
+            .unwrap(),
+        vec![None, None, Some(b"v3".to_vec())]
+    );
+    // Two writers racing from the same read: exactly one wins.
+    let s = std::sync::Arc::new(s);
+    let wins: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4u8)
+            .map(|i| {
+                let s = s.clone();
+                let w = write(Some(b"s2"), Some(&[b's', b'3', i]));
+                scope.spawn(move || {
+                    s.sse_apply(&SseBatch {
+                        state: vec![w],
+                        put: vec![(vec![b'r', i], vec![i])],
+                        delete: vec![],
+                    })
+                    .is_ok()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum()
+    });
+    assert_eq!(wins, 1);
+    let raced: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'r', i]).collect();
+    assert_eq!(s.sse_get(&raced).unwrap().iter().flatten().count(), 1);
+    // Deleting the row.
+    let current = s.sse_state(std::slice::from_ref(&row)).unwrap().remove(0).unwrap();
+    s.sse_apply(&SseBatch {
+        state: vec![write(Some(&current), None)],
+        ..SseBatch::default()
+    })
+    .unwrap();
+    assert_eq!(s.sse_state(&[row]).unwrap(), vec![None]);
 }
 
 fn directory_tracks_attribute_versions(h: &Harness) {
