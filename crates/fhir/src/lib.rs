@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod keywords;
 pub mod synth;
 
 use serde_json::Value;

@@ -265,7 +265,11 @@ fn sse_state_swaps_atomically_with_the_index(h: &Harness) {
     let raced: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'r', i]).collect();
     assert_eq!(s.sse_get(&raced).unwrap().iter().flatten().count(), 1);
     // Deleting the row.
-    let current = s.sse_state(std::slice::from_ref(&row)).unwrap().remove(0).unwrap();
+    let current = s
+        .sse_state(std::slice::from_ref(&row))
+        .unwrap()
+        .remove(0)
+        .unwrap();
     s.sse_apply(&SseBatch {
         state: vec![write(Some(&current), None)],
         ..SseBatch::default()
