@@ -8,6 +8,8 @@
 //!   version, the form records are sealed under, so a revoked holder's old key
 //!   no longer satisfies what is written afterwards.
 //! * `GET /v1/abe/public-key`: the FAME master public key.
+//! * `POST /v1/search/tokens`, `POST /v1/search/index`: searchable
+//!   encryption through the authority ([`search`]).
 //!
 //! Every issuance and refusal is logged as a confidential audit event with a
 //! signed receipt.
@@ -16,7 +18,9 @@
 #![warn(missing_docs)]
 
 pub mod consent;
+pub mod search;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
@@ -96,6 +100,8 @@ pub struct KeyAuthority {
     master: MasterSecretKey,
     public_key_hex: String,
     emergency_seconds: i64,
+    mitra: asclepios_crypto::sse::Mitra,
+    search_roles: Vec<String>,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -107,22 +113,165 @@ impl std::fmt::Debug for KeyAuthority {
 use asclepios_records::{blocking, store_error};
 
 impl KeyAuthority {
-    /// An authority over `store` with the master secret, logging through
-    /// `trail`; break-glass grants last `emergency_seconds`.
+    /// An authority over `store` with the master secrets, logging through
+    /// `trail`; break-glass grants last `emergency_seconds`; holders of one
+    /// of `search_roles` (e.g. `role:doctor`) may search.
     pub fn new(
         store: Store,
         trail: AuditTrail<Store>,
         master: MasterSecretKey,
+        sse_key: &asclepios_crypto::sse::SseKey,
         emergency_seconds: u64,
+        search_roles: Vec<String>,
     ) -> Self {
         let public_key_hex = hex::encode(master.public_key().to_bytes());
         KeyAuthority {
+            mitra: asclepios_crypto::sse::Mitra::new(sse_key),
             store,
             trail,
             master,
             public_key_hex,
             emergency_seconds: i64::try_from(emergency_seconds).unwrap_or(3600),
+            search_roles,
         }
+    }
+
+    fn index(&self) -> search::SearchIndex<'_> {
+        search::SearchIndex::new(&self.mitra, &self.store)
+    }
+
+    /// Search tokens for an authorised caller: an active identity holding
+    /// one of the search roles. A search result names records (patient and
+    /// id) whatever the caller's key opens, so search is a role of its own.
+    fn search_tokens(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: search::TokenRequest,
+    ) -> Result<WithReceipt<search::TokenLists>, ApiError> {
+        // The audit event names the keywords (it is sealed to auditors); a
+        // search for one patient's records is also shown to that patient.
+        let shown: String = req.keywords.join(" and ").chars().take(1000).collect();
+        let patients: BTreeSet<&str> = req
+            .keywords
+            .iter()
+            .filter_map(|k| k.strip_prefix("patient:"))
+            .filter(|p| asclepios_net::pki::check_identity_id(p).is_ok())
+            .collect();
+        let patient = (patients.len() == 1).then(|| *patients.first().expect("one"));
+        let event = |outcome| {
+            AuditEvent::new(
+                &caller.id,
+                Action::Search,
+                format!("search: {shown}"),
+                patient,
+                outcome,
+                Some(v.signature.clone()),
+            )
+        };
+        let checks = || -> Result<search::TokenLists, ApiError> {
+            self.active(&caller.id)?;
+            let held = self.current_attributes(&caller.id)?;
+            if !held
+                .iter()
+                .any(|a| self.search_roles.iter().any(|r| r == attribute_name(a)))
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("searching needs one of: {}", self.search_roles.join(", ")),
+                ));
+            }
+            search::check_keywords(&req.keywords, search::MAX_TOKEN_KEYWORDS)?;
+            search::token_lists(&self.index(), &req.keywords)
+        };
+        match checks() {
+            Ok(lists) => {
+                let receipt = asclepios_records::log_event(
+                    &self.trail,
+                    &event(Outcome::Success),
+                    v,
+                    StatusCode::OK,
+                )?;
+                Ok(WithReceipt {
+                    result: lists,
+                    receipt,
+                })
+            }
+            Err(e) => {
+                asclepios_records::log_event(&self.trail, &event(Outcome::Denied), v, e.status)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Indexes a record under the keywords its writer derived. Only the
+    /// author of the record's latest version, or its patient, may.
+    fn index_record(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: search::IndexRequest,
+    ) -> Result<WithReceipt<search::IndexOutcome>, ApiError> {
+        asclepios_records::check_name("patient", &req.patient)?;
+        asclepios_records::check_name("record_id", &req.record_id)?;
+        let resource = format!("search-index/{}/{}", req.patient, req.record_id);
+        let event = |outcome, detail: String| {
+            AuditEvent::new(
+                &caller.id,
+                Action::Update,
+                format!("{resource}{detail}"),
+                Some(&req.patient),
+                outcome,
+                Some(v.signature.clone()),
+            )
+        };
+        let checks = || -> Result<(), ApiError> {
+            self.active(&caller.id)?;
+            search::check_keywords(&req.keywords, search::MAX_RECORD_KEYWORDS)?;
+            let latest = self
+                .store
+                .record_version(&req.patient, &req.record_id, None)
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no record {}/{}", req.patient, req.record_id),
+                    )
+                })?;
+            let author = asclepios_records::stored_author(&latest.body)
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            if author != caller.id && req.patient != caller.id {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only the author of the record's latest version, or its patient, may index it",
+                ));
+            }
+            Ok(())
+        };
+        if let Err(e) = checks() {
+            asclepios_records::log_event(
+                &self.trail,
+                &event(Outcome::Denied, String::new()),
+                v,
+                e.status,
+            )?;
+            return Err(e);
+        }
+        let id = asclepios_records::search_ref(&req.patient, &req.record_id);
+        let outcome = self.index().set_keywords(&id, &req.keywords)?;
+        let receipt = asclepios_records::log_event(
+            &self.trail,
+            &event(
+                Outcome::Success,
+                format!(": +{} -{} keywords", outcome.added, outcome.removed),
+            ),
+            v,
+            StatusCode::OK,
+        )?;
+        Ok(WithReceipt {
+            result: outcome,
+            receipt,
+        })
     }
 
     /// Ends expired break-glass grants: the clinician's emergency attribute is
@@ -530,6 +679,8 @@ impl KeyAuthority {
             .route("/v1/consents/{consent_id}/withdraw", post(withdraw_consent))
             .route("/v1/abe/public-key", get(public_key))
             .route("/v1/identities/{id}", get(identity_key))
+            .route("/v1/search/tokens", post(search_tokens))
+            .route("/v1/search/index", post(index_record))
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -606,6 +757,30 @@ async fn issue_key(
     Extension(v): Extension<Verified>,
 ) -> Result<Json<WithReceipt<IssuedKey>>, ApiError> {
     blocking(move || s.issue(&caller, &v)).await.map(Json)
+}
+
+async fn search_tokens(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<search::TokenLists>>, ApiError> {
+    let req: search::TokenRequest = json_body(&body)?;
+    blocking(move || s.search_tokens(&caller, &v, req))
+        .await
+        .map(Json)
+}
+
+async fn index_record(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<search::IndexOutcome>>, ApiError> {
+    let req: search::IndexRequest = json_body(&body)?;
+    blocking(move || s.index_record(&caller, &v, req))
+        .await
+        .map(Json)
 }
 
 async fn emergency(

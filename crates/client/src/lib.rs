@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod search;
+
 use std::path::Path;
 
 use asclepios_audit::{NoteVerifier, Receipt};
@@ -59,6 +61,13 @@ pub enum ClientError {
     /// An answer that is not what the protocol says.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// Search tokens or index values that do not open.
+    #[error(transparent)]
+    Search(#[from] asclepios_crypto::sse::SseError),
+    /// The record was stored (and its receipt checked) but the index was
+    /// not updated: index it again with [`Client::index_record`].
+    #[error("the record was stored, but indexing it for search failed: {0}")]
+    NotIndexed(Box<ClientError>),
 }
 
 struct Service {
@@ -286,6 +295,15 @@ impl Client {
         let (_version, receipt): (u64, _) = self
             .call_with_receipt("records", Method::POST, "/v1/records", json)
             .await?;
+        // The keywords are derived here, from the plaintext, and go to the
+        // authority only: the record service never sees them.
+        self.index_record(
+            patient,
+            record_id,
+            search::record_keywords(patient, resource),
+        )
+        .await
+        .map_err(|e| ClientError::NotIndexed(Box::new(e)))?;
         Ok(receipt)
     }
 
@@ -562,9 +580,10 @@ impl Client {
         )
     }
 
-    /// Erases a record (crypto-shredding): the patient only.
+    /// Erases a record (crypto-shredding): the patient only. The record
+    /// leaves the search index too.
     pub async fn erase_record(&self, patient: &str, record_id: &str) -> Result<u64, ClientError> {
-        Ok(self
+        let shredded = self
             .call_with_receipt(
                 "records",
                 Method::DELETE,
@@ -572,6 +591,8 @@ impl Client {
                 Vec::new(),
             )
             .await?
-            .0)
+            .0;
+        self.index_record(patient, record_id, Vec::new()).await?;
+        Ok(shredded)
     }
 }

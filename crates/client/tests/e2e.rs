@@ -2,92 +2,14 @@
 //! on PostgreSQL: sealing on the client, who can read, what the service
 //! refuses, receipts, erasure, and what the database holds.
 
-use std::path::Path;
+mod common;
 
-use asclepios_client::{Client, ClientError};
-use asclepios_deploy::serve::{start, Listen, Services};
-use asclepios_deploy::{init::init, Config};
+use asclepios_client::ClientError;
+use asclepios_deploy::Config;
 use asclepios_fhir::synth::Generator;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn pg_url() -> String {
-    std::env::var("ASCLEPIOS_TEST_POSTGRES_URL").unwrap_or_else(|_| PG_URL.into())
-}
-
-struct Deployment {
-    _tmp: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    services: Services,
-    pg_schema: Option<String>,
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        if let Some(schema) = self.pg_schema.clone() {
-            // The blocking client cannot run on the test's async threads.
-            let _ = std::thread::spawn(move || {
-                if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
-                    let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-                }
-            })
-            .join();
-        }
-    }
-}
-
-async fn deploy(postgres: bool) -> Deployment {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("deployment");
-    let mut config = Config::default();
-    // Short break-glass grants, so the test sees one expire.
-    config.emergency.grant_seconds = 3;
-    let mut pg_schema = None;
-    if postgres {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let schema = format!("asclepios_e2e_{}_{nanos}", std::process::id());
-        config.store.url = pg_url();
-        config.store.schema = Some(schema.clone());
-        pg_schema = Some(schema);
-    }
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &config))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "init failed: {e}\n(the PostgreSQL case needs a server at {}; start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
-                pg_url()
-            )
-        });
-    let listen = Listen {
-        authority: Some("127.0.0.1:0".into()),
-        records: Some("127.0.0.1:0".into()),
-    };
-    let services = start(&dir, &listen).await.unwrap();
-    Deployment {
-        _tmp: tmp,
-        dir,
-        services,
-        pg_schema,
-    }
-}
-
-fn client(d: &Deployment, id: &str) -> Client {
-    Client::connect(
-        &d.dir,
-        id,
-        &format!("https://localhost:{}", d.services.authority.port()),
-        &format!("https://localhost:{}", d.services.records.port()),
-    )
-    .unwrap()
-}
+use common::{client, contains, deploy, raw_bytes, Deployment};
 
 async fn scenario(d: Deployment) {
     let mut generator = Generator::new(7);
@@ -451,40 +373,6 @@ async fn scenario(d: Deployment) {
             !contains(&raw, needle.as_bytes()),
             "`{needle}` found in the raw store"
         );
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every byte the store holds: the SQLite files, or every table of the schema.
-fn raw_bytes(dir: &Path, pg_schema: Option<&str>) -> Vec<u8> {
-    match pg_schema {
-        None => ["asclepios.db", "asclepios.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::read(dir.join(f)).ok())
-            .flatten()
-            .collect(),
-        Some(schema) => {
-            let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
-            let mut out = Vec::new();
-            let tables = c
-                .query(
-                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
-                    &[&schema],
-                )
-                .unwrap();
-            for t in tables {
-                let name: String = t.get(0);
-                let sql = format!("SELECT row_to_json(x)::text FROM {schema}.{name} x");
-                for row in c.query(&sql, &[]).unwrap() {
-                    let text: String = row.get(0);
-                    out.extend_from_slice(text.as_bytes());
-                }
-            }
-            out
-        }
     }
 }
 

@@ -25,6 +25,26 @@ pub struct Config {
     pub emergency: EmergencyConfig,
     /// How a record's policy is derived when none is given.
     pub policy: PolicyConfig,
+    /// Who may search the encrypted index.
+    pub search: SearchConfig,
+}
+
+/// Search settings.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Attributes that allow searching (any one suffices). A search result
+    /// names records, patient included, whether or not the searcher's key
+    /// opens them: give it to roles that work across patients.
+    pub roles: Vec<String>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            roles: vec!["role:doctor".into(), "role:nurse".into(), "role:lab".into()],
+        }
+    }
 }
 
 /// The store.
@@ -87,6 +107,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             emergency: EmergencyConfig::default(),
             policy: PolicyConfig::default(),
+            search: SearchConfig::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! authority/abe-public.key     FAME master public key (shared with every client)
 //! authority/abe-master.sealed  FAME master secret key, sealed (XChaCha20-Poly1305)
+//! authority/sse-master.sealed  the search index's Mitra key, sealed likewise
 //! authority/seal.key           the sealing key (a secret; in production it comes
 //!                              from attestation-bound storage, not a file)
 //! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
@@ -14,6 +15,7 @@ use std::path::Path;
 
 use asclepios_audit::{AuditorPublicKey, AuditorSecretKey, NoteSigner, NoteVerifier};
 use asclepios_crypto::abe::{self, MasterSecretKey, PublicKey};
+use asclepios_crypto::sse::SseKey;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
@@ -22,6 +24,8 @@ use zeroize::Zeroizing;
 use crate::{read_file, write_file, Error};
 
 const SEAL_AAD: &[u8] = b"asclepios abe master secret v1";
+const SSE_SEAL_AAD: &[u8] = b"asclepios sse master secret v1";
+const SSE_SEALED: &str = "authority/sse-master.sealed";
 
 fn write_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_file(path, &hex::encode(bytes), secret)
@@ -45,22 +49,18 @@ pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> 
     )?;
     let mut seal_key = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(seal_key.as_mut());
-    let mut nonce = [0u8; 24];
-    OsRng.fill_bytes(&mut nonce);
-    let sealed = XChaCha20Poly1305::new(seal_key.as_ref().into())
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &msk.to_bytes(),
-                aad: SEAL_AAD,
-            },
-        )
-        .map_err(|_| Error::Invalid("sealing the master secret failed".into()))?;
     write_bytes(&dir.join("authority/seal.key"), seal_key.as_ref(), true)?;
-    write_bytes(
-        &dir.join("authority/abe-master.sealed"),
-        &[nonce.as_slice(), &sealed].concat(),
-        true,
+    seal_secret(
+        dir,
+        "authority/abe-master.sealed",
+        SEAL_AAD,
+        &msk.to_bytes(),
+    )?;
+    seal_secret(
+        dir,
+        SSE_SEALED,
+        SSE_SEAL_AAD,
+        SseKey::generate(&mut OsRng).to_bytes().as_ref(),
     )?;
     let signer = NoteSigner::generate(origin)?;
     write_file(
@@ -92,29 +92,64 @@ pub fn abe_public_key(dir: &Path) -> Result<PublicKey, Error> {
     PublicKey::from_bytes(&bytes).map_err(|e| Error::Invalid(format!("abe-public.key: {e}")))
 }
 
+/// Seals `secret` under `authority/seal.key` into `name`.
+fn seal_secret(dir: &Path, name: &str, aad: &[u8], secret: &[u8]) -> Result<(), Error> {
+    let key = read_hex(&dir.join("authority/seal.key"))?;
+    if key.len() != 32 {
+        return Err(Error::Invalid("authority/seal.key is damaged".into()));
+    }
+    let mut nonce = [0u8; 24];
+    OsRng.fill_bytes(&mut nonce);
+    let sealed = XChaCha20Poly1305::new(key.as_slice().into())
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad })
+        .map_err(|_| Error::Invalid(format!("sealing {name} failed")))?;
+    write_bytes(&dir.join(name), &[nonce.as_slice(), &sealed].concat(), true)
+}
+
+/// Unseals what [`seal_secret`] wrote to `name`.
+fn unseal_secret(dir: &Path, name: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let key = read_hex(&dir.join("authority/seal.key"))?;
+    let sealed = read_hex(&dir.join(name))?;
+    if key.len() != 32 || sealed.len() < 24 {
+        return Err(Error::Invalid(format!(
+            "{name} or its sealing key is damaged"
+        )));
+    }
+    XChaCha20Poly1305::new(key.as_slice().into())
+        .decrypt(
+            XNonce::from_slice(&sealed[..24]),
+            Payload {
+                msg: &sealed[24..],
+                aad,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| Error::Invalid(format!("{name} does not unseal with authority/seal.key")))
+}
+
 /// Unseals the FAME master secret key (the authority only).
 pub fn abe_master_key(dir: &Path) -> Result<MasterSecretKey, Error> {
-    let key = read_hex(&dir.join("authority/seal.key"))?;
-    let sealed = read_hex(&dir.join("authority/abe-master.sealed"))?;
-    if key.len() != 32 || sealed.len() < 24 {
-        return Err(Error::Invalid(
-            "the sealed master secret or its key is damaged".into(),
-        ));
-    }
-    let plain = Zeroizing::new(
-        XChaCha20Poly1305::new(key.as_slice().into())
-            .decrypt(
-                XNonce::from_slice(&sealed[..24]),
-                Payload {
-                    msg: &sealed[24..],
-                    aad: SEAL_AAD,
-                },
-            )
-            .map_err(|_| {
-                Error::Invalid("the master secret does not unseal with authority/seal.key".into())
-            })?,
-    );
+    let plain = unseal_secret(dir, "authority/abe-master.sealed", SEAL_AAD)?;
     MasterSecretKey::from_bytes(&plain).map_err(|e| Error::Invalid(format!("master secret: {e}")))
+}
+
+/// Unseals the search index's key (the authority only). A data directory
+/// made before search existed gets one now: its index starts empty.
+pub fn sse_key(dir: &Path) -> Result<SseKey, Error> {
+    if !dir.join(SSE_SEALED).exists() {
+        seal_secret(
+            dir,
+            SSE_SEALED,
+            SSE_SEAL_AAD,
+            SseKey::generate(&mut OsRng).to_bytes().as_ref(),
+        )?;
+    }
+    let plain = unseal_secret(dir, SSE_SEALED, SSE_SEAL_AAD)?;
+    let bytes: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Invalid(format!("{SSE_SEALED} holds no 32-byte key")))?;
+    Ok(SseKey::from_bytes(bytes))
 }
 
 /// The audit log's checkpoint signer.

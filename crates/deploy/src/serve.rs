@@ -117,7 +117,9 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
             open_store(dir, &cfg)?,
             trail(dir, &cfg, "authority", authority_keys.receipt)?,
             keys::abe_master_key(dir)?,
+            &keys::sse_key(dir)?,
             cfg.emergency.grant_seconds,
+            cfg.search.roles.clone(),
         ));
         let records_keys = service_keys(&layout, "records")?;
         let records = Arc::new(RecordService::new(

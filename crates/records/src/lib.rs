@@ -109,6 +109,28 @@ pub fn stored_sealed_body(stored: &[u8]) -> Result<SealedBody, String> {
     SealedBody::from_bytes(&bytes).map_err(|e| format!("stored record: {e}"))
 }
 
+/// Who wrote a stored record version.
+pub fn stored_author(stored: &[u8]) -> Result<String, String> {
+    let stored: Stored =
+        serde_json::from_slice(stored).map_err(|e| format!("stored record: {e}"))?;
+    Ok(stored.author)
+}
+
+/// How the search index names a record: `patient/record_id` (neither part
+/// may contain `/`, see [`check_name`]).
+pub fn search_ref(patient: &str, record_id: &str) -> Vec<u8> {
+    format!("{patient}/{record_id}").into_bytes()
+}
+
+/// The patient and record id of a search reference, if it is one.
+pub fn parse_search_ref(r: &[u8]) -> Option<(String, String)> {
+    let s = std::str::from_utf8(r).ok()?;
+    let (patient, record_id) = s.split_once('/')?;
+    (asclepios_net::pki::check_identity_id(patient).is_ok()
+        && asclepios_net::pki::check_identity_id(record_id).is_ok())
+    .then(|| (patient.to_string(), record_id.to_string()))
+}
+
 /// What the store keeps as a version's body: the sealed body and its author.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -176,6 +198,7 @@ impl RecordService {
                 get(record_versions),
             )
             .route("/v1/patients/{patient}/records", get(list_records))
+            .route("/v1/search", axum::routing::post(search_index))
             .route("/v1/audit/entries", get(audit_entries))
             .layer(axum::middleware::from_fn_with_state(
                 check,
@@ -561,6 +584,84 @@ async fn list_records(
     .map(Json)
 }
 
+/// Index addresses to look up (from search tokens the authority issued).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexLookup {
+    /// Addresses (base64), at most [`MAX_LOOKUP`].
+    pub addrs: Vec<String>,
+}
+
+/// What the index holds at the looked-up addresses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexValues {
+    /// Sealed values (base64), `null` where there is none, in order.
+    pub values: Vec<Option<String>>,
+}
+
+/// Most addresses one lookup may name.
+pub const MAX_LOOKUP: usize = 1 << 16;
+
+/// Answers search tokens against the index: the service sees addresses and
+/// sealed values, never a keyword or a record id. Logged (how many
+/// addresses, not which).
+async fn search_index(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<IndexValues>>, ApiError> {
+    let req: IndexLookup = json_body(&body)?;
+    blocking(move || {
+        let lookup = || -> Result<IndexValues, ApiError> {
+            s.check_caller(&caller.id)?;
+            if req.addrs.len() > MAX_LOOKUP {
+                return Err(bad_request(format!(
+                    "at most {MAX_LOOKUP} addresses per lookup"
+                )));
+            }
+            let addrs = req
+                .addrs
+                .iter()
+                .map(|a| {
+                    B64.decode(a)
+                        .ok()
+                        .filter(|a| a.len() == asclepios_crypto::sse::ADDR_LEN)
+                        .ok_or_else(|| bad_request("addresses are 16 bytes, base64"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let values = s.store.sse_get(&addrs).map_err(store_error)?;
+            Ok(IndexValues {
+                values: values
+                    .into_iter()
+                    .map(|v| v.map(|v| B64.encode(v)))
+                    .collect(),
+            })
+        };
+        let result = lookup();
+        let (outcome, status) = match &result {
+            Ok(_) => (Outcome::Success, StatusCode::OK),
+            Err(e) => (Outcome::Denied, e.status),
+        };
+        let event = AuditEvent::new(
+            &caller.id,
+            Action::Search,
+            format!("index lookup: {} addresses", req.addrs.len()),
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        let receipt = log_event(&s.trail, &event, &v, status)?;
+        Ok(WithReceipt {
+            result: result?,
+            receipt,
+        })
+    })
+    .await
+    .map(Json)
+}
+
 async fn record_versions(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -701,7 +802,11 @@ async fn openapi() -> Json<serde_json::Value> {
             "/v1/patients/{patient}/records": {"get": {"summary": "A patient's record ids and latest versions.",
                 "responses": {"200": {"description": "list"}}}},
             "/v1/audit/entries": {"get": {"summary": "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
-                "responses": {"200": {"description": "entries"}}}}
+                "responses": {"200": {"description": "entries"}}}},
+            "/v1/search": {"post": {"summary": "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["addrs"],
+                    "properties": {"addrs": {"type": "array", "maxItems": MAX_LOOKUP, "items": {"type": "string", "contentEncoding": "base64"}}}}}}},
+                "responses": {"200": {"description": "values, null where the index holds nothing"}, "400": {"description": "malformed addresses"}}}}
         }
     }))
 }

@@ -1,0 +1,333 @@
+//! Search through the authority: it holds the Mitra secret and every
+//! keyword's counters (sealed, in the store), turns an authorised user's
+//! keywords into tokens, and turns a writer's record keywords into index
+//! entries. The record service only ever sees addresses and sealed values.
+//!
+//! * `POST /v1/search/tokens`: for each keyword, its tokens (addresses and
+//!   value keys). A keyword whose list has grown since its last compaction is
+//!   compacted first, so the tokens follow the live result set.
+//! * `POST /v1/search/index`: the keywords a record is now indexed under.
+//!   The authority remembers (sealed) each record's keywords, so it writes
+//!   adds for new ones and deletes for dropped ones; an empty list removes
+//!   the record from the index (after an erasure).
+//!
+//! Every change of a keyword's counters is a compare-and-swap in the same
+//! transaction as its entries ([`Store::sse_apply`]); a lost race is retried
+//! from a fresh read, so concurrent writers never share a counter.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use asclepios_crypto::sse::{self, KeywordState, Mitra, Op, Replay};
+use asclepios_fhir::keywords::{check_keyword, MAX_QUERY_KEYWORDS};
+use asclepios_store::{SseBatch, StateWrite, Store, StoreError};
+use axum::http::StatusCode;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use asclepios_net::server::ApiError;
+
+/// Addresses read from the store per statement batch while compacting.
+const PAGE: u64 = 4096;
+/// Attempts of an update or compaction that lost a race.
+const ATTEMPTS: usize = 8;
+/// Most keywords one record is indexed under.
+pub const MAX_RECORD_KEYWORDS: usize = 256;
+
+/// Keywords to search for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The keywords (`kind:value`).
+    pub keywords: Vec<String>,
+}
+
+/// One keyword's tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeywordTokens {
+    /// The keyword.
+    pub keyword: String,
+    /// Its tokens, encoded by [`sse::encode_tokens`] (base64).
+    pub tokens: String,
+}
+
+/// The tokens of a search.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLists {
+    /// In the order asked.
+    pub lists: Vec<KeywordTokens>,
+}
+
+/// A record's keywords, as its writer derived them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRequest {
+    /// The patient's pseudonym.
+    pub patient: String,
+    /// The record's id.
+    pub record_id: String,
+    /// Every keyword the record matches now (empty: remove it).
+    pub keywords: Vec<String>,
+}
+
+/// What an index request changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexOutcome {
+    /// Keywords added.
+    pub added: usize,
+    /// Keywords removed.
+    pub removed: usize,
+}
+
+/// The authority's side of the index, over the store it is given.
+pub struct SearchIndex<'a> {
+    mitra: &'a Mitra,
+    store: &'a Store,
+}
+
+impl std::fmt::Debug for SearchIndex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SearchIndex(<keys redacted>)")
+    }
+}
+
+/// A store failure or a lost race, while indexing.
+#[derive(Debug)]
+enum Failure {
+    Raced,
+    Api(ApiError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => Failure::Raced,
+            e => Failure::Api(asclepios_records::store_error(e)),
+        }
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Failure {
+    // Sealed rows that do not open mean another key or tampering: the
+    // details stay in the server log, the caller gets a 503.
+    eprintln!("search index: {what}: {e}");
+    Failure::Api(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the search index's state does not open under this authority's key",
+    ))
+}
+
+fn retried<T>(mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, ApiError> {
+    for _ in 0..ATTEMPTS {
+        match attempt() {
+            Ok(t) => return Ok(t),
+            Err(Failure::Raced) => continue,
+            Err(Failure::Api(e)) => return Err(e),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the search index is busy with concurrent updates: try again",
+    ))
+}
+
+/// Checks a list of keywords from a request.
+pub fn check_keywords(keywords: &[String], max: usize) -> Result<(), ApiError> {
+    if keywords.len() > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {max} keywords per request"),
+        ));
+    }
+    for k in keywords {
+        check_keyword(k).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Most keywords one token request may name.
+pub const MAX_TOKEN_KEYWORDS: usize = MAX_QUERY_KEYWORDS;
+
+impl<'a> SearchIndex<'a> {
+    /// The index client with `mitra`'s keys over `store`.
+    pub fn new(mitra: &'a Mitra, store: &'a Store) -> Self {
+        SearchIndex { mitra, store }
+    }
+
+    fn read_state(&self, keyword: &str) -> Result<(KeywordState, Option<Vec<u8>>), Failure> {
+        let row = self.mitra.state_row(keyword);
+        let sealed = self.store.sse_state(&[row.to_vec()])?.pop().flatten();
+        let state = match &sealed {
+            Some(bytes) => self
+                .mitra
+                .open_state(&row, bytes)
+                .map_err(|e| corrupt("keyword state", e))?,
+            None => KeywordState::default(),
+        };
+        Ok((state, sealed))
+    }
+
+    /// Tokens for `keyword`, compacting it first when its list calls for it.
+    pub fn tokens(&self, keyword: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+        retried(|| {
+            let (mut state, sealed) = self.read_state(keyword)?;
+            if state.should_compact() {
+                self.compact(keyword, &mut state, sealed)?;
+            }
+            if state.entries() > sse::MAX_TOKENS as u64 {
+                return Err(Failure::Api(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this keyword matches too many records to search for on its own: add a narrower term",
+                )));
+            }
+            Ok(sse::encode_tokens(&self.mitra.tokens(keyword, &state)))
+        })
+    }
+
+    /// Searches `keyword` directly against the store, re-inserts the live ids
+    /// as chunks and deletes the old entries, in one transaction with the
+    /// state's compare-and-swap.
+    fn compact(
+        &self,
+        keyword: &str,
+        state: &mut KeywordState,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<(), Failure> {
+        let mut replay = Replay::default();
+        let mut from = state.first;
+        while from < state.next {
+            let to = state.next.min(from + PAGE);
+            let tokens = self.mitra.tokens_between(keyword, from, to);
+            let addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
+            let values = self.store.sse_get(&addrs)?;
+            match replay.feed(&tokens, &values) {
+                Ok(()) => {}
+                // A concurrent compaction replaced the entries: start over.
+                Err(sse::SseError::Missing(_)) => return Err(Failure::Raced),
+                Err(e) => return Err(corrupt("index entry", e)),
+            }
+            from = to;
+        }
+        let live = replay.finish().ids;
+        let row = self.mitra.state_row(keyword);
+        let compaction = self
+            .mitra
+            .compact(keyword, state, &live, &mut OsRng)
+            .map_err(|e| corrupt("compaction", e))?;
+        self.store.sse_apply(&SseBatch {
+            state: vec![StateWrite {
+                row: row.to_vec(),
+                expect: sealed,
+                new: Some(self.mitra.seal_state(&row, state, &mut OsRng)),
+            }],
+            put: compaction
+                .put
+                .into_iter()
+                .map(|e| (e.addr.to_vec(), e.value))
+                .collect(),
+            delete: compaction.delete.iter().map(|a| a.to_vec()).collect(),
+        })?;
+        Ok(())
+    }
+
+    /// Indexes record `id` under exactly `keywords`: adds what is new,
+    /// deletes what it no longer matches.
+    pub fn set_keywords(&self, id: &[u8], keywords: &[String]) -> Result<IndexOutcome, ApiError> {
+        let wanted: BTreeSet<&str> = keywords.iter().map(String::as_str).collect();
+        retried(|| {
+            let doc_row = self.mitra.doc_row(id);
+            let sealed_doc = self.store.sse_state(&[doc_row.to_vec()])?.pop().flatten();
+            let old: Vec<String> = match &sealed_doc {
+                Some(bytes) => self
+                    .mitra
+                    .open_keywords(&doc_row, bytes)
+                    .map_err(|e| corrupt("record keywords", e))?,
+                None => Vec::new(),
+            };
+            let old: BTreeSet<&str> = old.iter().map(String::as_str).collect();
+            let mut changes: BTreeMap<&str, Op> = BTreeMap::new();
+            for k in wanted.difference(&old) {
+                changes.insert(k, Op::Add);
+            }
+            for k in old.difference(&wanted) {
+                changes.insert(k, Op::Delete);
+            }
+            let outcome = IndexOutcome {
+                added: wanted.difference(&old).count(),
+                removed: old.difference(&wanted).count(),
+            };
+            if changes.is_empty() {
+                return Ok(outcome);
+            }
+            let rows: Vec<Vec<u8>> = changes
+                .keys()
+                .map(|k| self.mitra.state_row(k).to_vec())
+                .collect();
+            let sealed_states = self.store.sse_state(&rows)?;
+            let mut batch = SseBatch::default();
+            for ((keyword, op), (row, sealed)) in
+                changes.iter().zip(rows.into_iter().zip(sealed_states))
+            {
+                let row16: [u8; 16] = row.as_slice().try_into().expect("row ids are 16 bytes");
+                let mut state = match &sealed {
+                    Some(bytes) => self
+                        .mitra
+                        .open_state(&row16, bytes)
+                        .map_err(|e| corrupt("keyword state", e))?,
+                    None => KeywordState::default(),
+                };
+                let entries = self
+                    .mitra
+                    .update(keyword, &mut state, &[(*op, id)], &mut OsRng)
+                    .map_err(|e| {
+                        Failure::Api(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+                    })?;
+                batch
+                    .put
+                    .extend(entries.into_iter().map(|e| (e.addr.to_vec(), e.value)));
+                batch.state.push(StateWrite {
+                    new: Some(self.mitra.seal_state(&row16, &state, &mut OsRng)),
+                    row,
+                    expect: sealed,
+                });
+            }
+            batch.state.push(StateWrite {
+                row: doc_row.to_vec(),
+                expect: sealed_doc,
+                new: (!wanted.is_empty()).then(|| {
+                    let list: Vec<String> = wanted.iter().map(|k| k.to_string()).collect();
+                    self.mitra.seal_keywords(&doc_row, &list, &mut OsRng)
+                }),
+            });
+            // Entries go in a shuffled order, so the batch does not line up
+            // with the keywords' sorted order.
+            shuffle(&mut batch.put);
+            self.store.sse_apply(&batch)?;
+            Ok(outcome)
+        })
+    }
+}
+
+fn shuffle<T>(items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = (OsRng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// The tokens of a keyword list, base64 for the JSON answer.
+pub fn token_lists(index: &SearchIndex<'_>, keywords: &[String]) -> Result<TokenLists, ApiError> {
+    let mut lists = Vec::with_capacity(keywords.len());
+    for k in keywords {
+        lists.push(KeywordTokens {
+            keyword: k.clone(),
+            tokens: B64.encode(&*index.tokens(k)?),
+        });
+    }
+    Ok(TokenLists { lists })
+}
