@@ -152,6 +152,26 @@ enum Command {
         /// The record id.
         record: String,
     },
+    /// Search the encrypted index, then read what matched (your key decides what opens).
+    ///
+    /// Terms are keywords joined by `and`: type:Observation, patient:pat-00000,
+    /// code:http://loinc.org|8480-6, date:2024-03-15, month:2024-03, practitioner:dr-heart,
+    /// organization:st-mary; a date range date:2024-01..2024-03 (or with days) matches any
+    /// day in it. The record service sees neither the keywords nor the results.
+    ///
+    /// Example: asclepios search --as dr-heart 'code:http://loinc.org|8480-6 and date:2024-01..2024-06'
+    Search {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        /// List the matching records without reading them.
+        #[arg(long)]
+        ids_only: bool,
+        /// The query (several arguments are joined with `and`).
+        #[arg(required = true)]
+        query: Vec<String>,
+    },
     /// List a patient's records.
     Records {
         #[command(flatten)]
@@ -222,6 +242,12 @@ fn main() -> ExitCode {
             record,
         } => platform::get(&dir.path(), &who, &patient, &record),
         Command::Records { dir, who, patient } => platform::list(&dir.path(), &who, &patient),
+        Command::Search {
+            dir,
+            who,
+            ids_only,
+            query,
+        } => platform::search(&dir.path(), &who, &query.join(" and "), ids_only),
         Command::Import { dir, who, files } => platform::import(&dir.path(), &who, &files),
         Command::Synth {
             patients,

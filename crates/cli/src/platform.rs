@@ -126,6 +126,44 @@ pub fn get(dir: &Path, who: &AsArg, patient: &str, record_id: &str) -> anyhow::R
     })
 }
 
+/// `asclepios search`: matches from the encrypted index, then normal reads.
+pub fn search(dir: &Path, who: &AsArg, query: &str, ids_only: bool) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut client = connect(dir, who)?;
+        let found = client.search(query).await?;
+        eprintln!("{} record(s) match `{query}`", found.len());
+        if ids_only {
+            for m in &found {
+                println!("{}/{}", m.patient, m.record_id);
+            }
+            return Ok(());
+        }
+        client.refresh_key().await?;
+        let mut out = std::io::stdout().lock();
+        let mut refused = 0;
+        for m in &found {
+            let line = match client.get_record(&m.patient, &m.record_id).await {
+                Ok((resource, _)) => serde_json::to_string(&resource)?,
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("{}/{}: not readable by you: {e}", m.patient, m.record_id);
+                    continue;
+                }
+            };
+            match writeln!(out, "{line}") {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                other => other?,
+            }
+        }
+        if refused > 0 {
+            eprintln!(
+                "{refused} match(es) could not be opened with your key (they are listed above)"
+            );
+        }
+        Ok(())
+    })
+}
+
 /// `asclepios records`: a patient's record ids.
 pub fn list(dir: &Path, who: &AsArg, patient: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async {

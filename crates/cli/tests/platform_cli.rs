@@ -124,6 +124,48 @@ fn a_deployment_through_the_command_line() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("satisfy this record's policy"));
 
+    // Search: the index was filled by the import; results are read normally.
+    let ids = ok(&[
+        "search",
+        "--dir",
+        d,
+        "--as",
+        "dr-heart",
+        "--ids-only",
+        "type:Observation",
+        "patient:pat-00000",
+    ]);
+    assert!(
+        ids.lines().any(|l| l == format!("pat-00000/{first}")),
+        "{ids}"
+    );
+    assert!(
+        ids.lines().all(|l| l.starts_with("pat-00000/obs-")),
+        "{ids}"
+    );
+    let opened = ok(&[
+        "search",
+        "--dir",
+        d,
+        "--as",
+        "dr-heart",
+        "code:http://loinc.org|8480-6 and patient:pat-00000",
+    ]);
+    assert!(
+        opened.lines().count() >= 1 && opened.lines().all(|l| l.contains("8480-6")),
+        "{opened}"
+    );
+    let refused = asclepios(&[
+        "search",
+        "--dir",
+        d,
+        "--as",
+        "researcher-rita",
+        "type:Observation",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("searching needs one of"));
+
     ok(&[
         "consent",
         "grant",
