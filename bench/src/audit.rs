@@ -27,14 +27,14 @@ fn postgres_url() -> String {
 }
 
 /// A store in a scratch location that is removed afterwards.
-struct Scratch {
+pub(crate) struct Scratch {
     store: Option<Store>,
     _dir: Option<tempfile::TempDir>,
     schema: Option<String>,
 }
 
 impl Scratch {
-    fn new(kind: BackendKind, tag: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(kind: BackendKind, tag: &str) -> anyhow::Result<Self> {
         match kind {
             BackendKind::Sqlite => {
                 let dir = tempfile::tempdir()?;
@@ -60,7 +60,7 @@ impl Scratch {
         }
     }
 
-    fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         self.store.as_ref().expect("open until dropped")
     }
 

@@ -12,6 +12,7 @@
 mod abe;
 mod audit;
 mod e2e;
+mod sse;
 mod timing;
 
 use anyhow::bail;
@@ -24,6 +25,10 @@ const SUITES: &[(&str, &str)] = &[
     (
         "e2e",
         "records written and read over mutual TLS by 1, 4, 16 clients; the service path alone; one read split",
+    ),
+    (
+        "sse",
+        "Mitra searchable encryption vs Cosmian Findex and a plaintext index: updates and searches (10, 1000, 100000 results) on 10^6 Zipf pairs",
     ),
     (
         "audit",
@@ -62,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         "abe" => abe::run(quick, budget)?,
         "audit" => audit::run(quick, budget)?,
         "e2e" => e2e::run(quick, budget)?,
+        "sse" => sse::run(quick, budget)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

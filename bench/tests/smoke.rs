@@ -107,3 +107,43 @@ fn e2e_suite_quick_prints_every_case() {
         }
     }
 }
+
+#[test]
+fn sse_suite_quick_prints_every_case_on_every_backend() {
+    let (stdout, rows) = quick_json("sse");
+    let positive = |row: &serde_json::Value, field: &str| {
+        let v = row[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} missing in {row}"));
+        assert!(v > 0.0, "{field} = {v} in {row}");
+    };
+    // memory: update + 3 sizes × (search_first, search); sqlite and postgres:
+    // update + 3 searches each.
+    assert_eq!(rows.len(), 15, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["suite"], "sse");
+        let backend = row["backend"].as_str().unwrap();
+        assert!(["memory", "sqlite", "postgres"].contains(&backend), "{row}");
+        match (row["op"].as_str().unwrap(), backend) {
+            ("update", "memory") => {
+                assert_eq!(row["peer"], "findex");
+                ["per_s", "peer_per_s", "speedup", "floor_per_s"]
+                    .iter()
+                    .for_each(|f| positive(row, f));
+            }
+            ("update", _) => positive(row, "per_s"),
+            ("search" | "search_first", "memory") => {
+                assert_eq!(row["peer"], "findex");
+                [
+                    "results", "matches", "ours_us", "peer_us", "speedup", "floor_us",
+                ]
+                .iter()
+                .for_each(|f| positive(row, f));
+            }
+            ("search", _) => ["results", "matches", "ours_us"]
+                .iter()
+                .for_each(|f| positive(row, f)),
+            (other, b) => panic!("unexpected op {other} on {b}"),
+        }
+    }
+}

@@ -238,78 +238,115 @@ impl<'a> SearchIndex<'a> {
     /// Indexes record `id` under exactly `keywords`: adds what is new,
     /// deletes what it no longer matches.
     pub fn set_keywords(&self, id: &[u8], keywords: &[String]) -> Result<IndexOutcome, ApiError> {
-        let wanted: BTreeSet<&str> = keywords.iter().map(String::as_str).collect();
-        retried(|| {
-            let doc_row = self.mitra.doc_row(id);
-            let sealed_doc = self.store.sse_state(&[doc_row.to_vec()])?.pop().flatten();
+        let mut out = self.set_keywords_many(&[(id.to_vec(), keywords.to_vec())])?;
+        Ok(out.pop().expect("one outcome per record"))
+    }
+
+    /// [`SearchIndex::set_keywords`] for many records in one transaction (a
+    /// bulk import): every keyword's counters are read and swapped once.
+    pub fn set_keywords_many(
+        &self,
+        records: &[(Vec<u8>, Vec<String>)],
+    ) -> Result<Vec<IndexOutcome>, ApiError> {
+        let mut seen = BTreeSet::new();
+        if !records.iter().all(|(id, _)| seen.insert(id.as_slice())) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a record appears twice in one index batch",
+            ));
+        }
+        retried(|| self.try_set_keywords_many(records))
+    }
+
+    fn try_set_keywords_many(
+        &self,
+        records: &[(Vec<u8>, Vec<String>)],
+    ) -> Result<Vec<IndexOutcome>, Failure> {
+        let doc_rows: Vec<[u8; 16]> = records
+            .iter()
+            .map(|(id, _)| self.mitra.doc_row(id))
+            .collect();
+        let sealed_docs = self
+            .store
+            .sse_state(&doc_rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>())?;
+        let mut batch = SseBatch::default();
+        let mut outcomes = Vec::with_capacity(records.len());
+        // Each keyword's updates, in record order.
+        let mut ops: BTreeMap<String, Vec<(Op, &[u8])>> = BTreeMap::new();
+        for (((id, keywords), doc_row), sealed_doc) in
+            records.iter().zip(&doc_rows).zip(sealed_docs)
+        {
             let old: Vec<String> = match &sealed_doc {
                 Some(bytes) => self
                     .mitra
-                    .open_keywords(&doc_row, bytes)
+                    .open_keywords(doc_row, bytes)
                     .map_err(|e| corrupt("record keywords", e))?,
                 None => Vec::new(),
             };
+            let wanted: BTreeSet<&str> = keywords.iter().map(String::as_str).collect();
             let old: BTreeSet<&str> = old.iter().map(String::as_str).collect();
-            let mut changes: BTreeMap<&str, Op> = BTreeMap::new();
+            let mut outcome = IndexOutcome {
+                added: 0,
+                removed: 0,
+            };
             for k in wanted.difference(&old) {
-                changes.insert(k, Op::Add);
+                outcome.added += 1;
+                ops.entry(k.to_string())
+                    .or_default()
+                    .push((Op::Add, id.as_slice()));
             }
             for k in old.difference(&wanted) {
-                changes.insert(k, Op::Delete);
+                outcome.removed += 1;
+                ops.entry(k.to_string())
+                    .or_default()
+                    .push((Op::Delete, id.as_slice()));
             }
-            let outcome = IndexOutcome {
-                added: wanted.difference(&old).count(),
-                removed: old.difference(&wanted).count(),
-            };
-            if changes.is_empty() {
-                return Ok(outcome);
-            }
-            let rows: Vec<Vec<u8>> = changes
-                .keys()
-                .map(|k| self.mitra.state_row(k).to_vec())
-                .collect();
-            let sealed_states = self.store.sse_state(&rows)?;
-            let mut batch = SseBatch::default();
-            for ((keyword, op), (row, sealed)) in
-                changes.iter().zip(rows.into_iter().zip(sealed_states))
-            {
-                let row16: [u8; 16] = row.as_slice().try_into().expect("row ids are 16 bytes");
-                let mut state = match &sealed {
-                    Some(bytes) => self
-                        .mitra
-                        .open_state(&row16, bytes)
-                        .map_err(|e| corrupt("keyword state", e))?,
-                    None => KeywordState::default(),
-                };
-                let entries = self
-                    .mitra
-                    .update(keyword, &mut state, &[(*op, id)], &mut OsRng)
-                    .map_err(|e| {
-                        Failure::Api(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
-                    })?;
-                batch
-                    .put
-                    .extend(entries.into_iter().map(|e| (e.addr.to_vec(), e.value)));
+            if outcome.added + outcome.removed > 0 {
                 batch.state.push(StateWrite {
-                    new: Some(self.mitra.seal_state(&row16, &state, &mut OsRng)),
-                    row,
-                    expect: sealed,
+                    row: doc_row.to_vec(),
+                    expect: sealed_doc,
+                    new: (!wanted.is_empty()).then(|| {
+                        let list: Vec<String> = wanted.iter().map(|k| k.to_string()).collect();
+                        self.mitra.seal_keywords(doc_row, &list, &mut OsRng)
+                    }),
                 });
             }
+            outcomes.push(outcome);
+        }
+        let rows: Vec<Vec<u8>> = ops
+            .keys()
+            .map(|k| self.mitra.state_row(k).to_vec())
+            .collect();
+        let sealed_states = self.store.sse_state(&rows)?;
+        for ((keyword, ops), (row, sealed)) in ops.iter().zip(rows.into_iter().zip(sealed_states)) {
+            let row16: [u8; 16] = row.as_slice().try_into().expect("row ids are 16 bytes");
+            let mut state = match &sealed {
+                Some(bytes) => self
+                    .mitra
+                    .open_state(&row16, bytes)
+                    .map_err(|e| corrupt("keyword state", e))?,
+                None => KeywordState::default(),
+            };
+            let entries = self
+                .mitra
+                .update(keyword, &mut state, ops, &mut OsRng)
+                .map_err(|e| Failure::Api(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())))?;
+            batch
+                .put
+                .extend(entries.into_iter().map(|e| (e.addr.to_vec(), e.value)));
             batch.state.push(StateWrite {
-                row: doc_row.to_vec(),
-                expect: sealed_doc,
-                new: (!wanted.is_empty()).then(|| {
-                    let list: Vec<String> = wanted.iter().map(|k| k.to_string()).collect();
-                    self.mitra.seal_keywords(&doc_row, &list, &mut OsRng)
-                }),
+                new: Some(self.mitra.seal_state(&row16, &state, &mut OsRng)),
+                row,
+                expect: sealed,
             });
+        }
+        if !batch.state.is_empty() {
             // Entries go in a shuffled order, so the batch does not line up
             // with the keywords' sorted order.
             shuffle(&mut batch.put);
             self.store.sse_apply(&batch)?;
-            Ok(outcome)
-        })
+        }
+        Ok(outcomes)
     }
 }
 

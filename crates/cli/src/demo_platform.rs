@@ -129,7 +129,39 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         Ok(_) => story.expect(false, "the researcher opened the ciphertext"),
     }
 
-    story.section("11. Revocation: the nurse leaves the care team");
+    story.section("11. Search over encrypted records");
+    let systolic = "code:http://loinc.org|8480-6";
+    let query = format!("{systolic} and patient:{pid}");
+    let found = heart.search(&query).await?;
+    let expected = bundles[0]
+        .all()
+        .filter(|r| r["code"]["coding"][0]["code"] == "8480-6")
+        .count();
+    story.expect(
+        found.len() == expected && expected > 0,
+        &format!(
+            "Dr. Heart searches `{query}`: {} matches, as many as the patient has; \
+             the record service saw only addresses",
+            found.len()
+        ),
+    );
+    let opened = match found.first() {
+        Some(m) => heart.get_record(&m.patient, &m.record_id).await.is_ok(),
+        None => false,
+    };
+    story.expect(
+        opened,
+        "the matches are read like any record (the key decides)",
+    );
+    match rita.search(systolic).await {
+        Err(e) => story.expect(
+            true,
+            &format!("the researcher may not search ({})", refused(&e)),
+        ),
+        Ok(_) => story.expect(false, "the researcher searched"),
+    }
+
+    story.section("12. Revocation: the nurse leaves the care team");
     let mut nurse = connect("nurse-ward")?;
     nurse.refresh_key().await?;
     story.expect(
@@ -157,7 +189,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         "Dr. Heart, still on the team, reads it with a fresh key",
     );
 
-    story.section("12. Consent: the patient lets the emergency physician in, then withdraws");
+    story.section("13. Consent: the patient lets the emergency physician in, then withdraws");
     let consent = patient
         .grant_consent(&asclepios_authority::consent::ConsentGrant {
             grantee: "dr-er".into(),
@@ -183,7 +215,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         consent.consent_id, "inactive"
     ));
 
-    story.section("13. Break-glass for an unconscious patient");
+    story.section("14. Break-glass for an unconscious patient");
     let grant = er
         .break_glass(&pid, "unconscious on arrival, no ID")
         .await?;
@@ -218,7 +250,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         "the grant waits in the auditors' review queue",
     );
 
-    story.section("14. The patient reads who accessed their records");
+    story.section("15. The patient reads who accessed their records");
     let events = patient.audit_events().await?;
     for e in events.iter().filter(|e| e.actor != "lab-central").take(12) {
         story.note(&format!(
@@ -240,7 +272,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         ),
     );
 
-    story.section("15. Erasure and disabled identities");
+    story.section("16. Erasure and disabled identities");
     match heart.erase_record(&pid, &record).await {
         Err(e) => story.expect(
             true,
@@ -263,7 +295,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         Ok(_) => story.expect(false, "a disabled identity was served"),
     }
 
-    story.section("16. An auditor verifies the whole audit log");
+    story.section("17. An auditor verifies the whole audit log");
     let d = dir.clone();
     let (size, verified) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
         let config = Config::load(&d)?;

@@ -63,7 +63,7 @@ use std::collections::{HashMap, HashSet};
 
 use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
 use aes::Aes256;
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, Payload};
 use aes_gcm::Aes256Gcm;
 use chacha20poly1305::XChaCha20Poly1305;
 use hmac::{Hmac, Mac};
@@ -323,22 +323,24 @@ impl Token {
         }
     }
 
-    fn open(&self, value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    /// Opens `value` into `plain` (reused across entries: no allocation
+    /// per entry, and one buffer to wipe).
+    fn open_into(&self, value: &[u8], plain: &mut Vec<u8>) -> bool {
         if value.len() < NONCE_LEN + TAG_LEN {
-            return None;
+            return false;
         }
         let (nonce, sealed) = value.split_at(NONCE_LEN);
-        let cipher = Aes256Gcm::new(GenericArray::from_slice(&self.key));
-        cipher
-            .decrypt(
+        let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        plain.clear();
+        plain.extend_from_slice(body);
+        Aes256Gcm::new(GenericArray::from_slice(&self.key))
+            .decrypt_in_place_detached(
                 GenericArray::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad(&self.addr),
-                },
+                &aad(&self.addr),
+                plain,
+                GenericArray::from_slice(tag),
             )
-            .ok()
-            .map(Zeroizing::new)
+            .is_ok()
     }
 }
 
@@ -628,9 +630,9 @@ fn check_id(id: &[u8]) -> Result<(), SseError> {
 
 /// Opens what the server returned for `tokens` and replays it: chunks then
 /// single adds and deletes, in counter order.
-pub fn open_results(
+pub fn open_results<V: AsRef<[u8]>>(
     tokens: &[Token],
-    values: &[Option<Vec<u8>>],
+    values: &[Option<V>],
 ) -> Result<SearchResult, SseError> {
     let mut replay = Replay::default();
     replay.feed(tokens, values)?;
@@ -641,11 +643,12 @@ pub fn open_results(
 /// need not be held at once).
 #[derive(Default)]
 pub struct Replay {
-    /// Ids in first-added order; `None` once deleted.
-    ids: Vec<Option<Vec<u8>>>,
-    /// Where each id sits in `ids`. Chunks hold distinct ids, so a list that
-    /// is all chunks needs no map at all: it is built at the first single.
-    position: Option<HashMap<Vec<u8>, usize>>,
+    /// Ids in the order read, while every entry so far was a chunk (chunks
+    /// hold distinct ids, so no map is needed).
+    ids: Vec<Vec<u8>>,
+    /// From the first single entry on: each id, the order it was first
+    /// added in, and whether it is live.
+    seen: Option<HashMap<Vec<u8>, (usize, bool)>>,
     stale: usize,
     entries: usize,
 }
@@ -658,7 +661,11 @@ impl std::fmt::Debug for Replay {
 
 impl Replay {
     /// Opens and replays the next page of entries.
-    pub fn feed(&mut self, tokens: &[Token], values: &[Option<Vec<u8>>]) -> Result<(), SseError> {
+    pub fn feed<V: AsRef<[u8]>>(
+        &mut self,
+        tokens: &[Token],
+        values: &[Option<V>],
+    ) -> Result<(), SseError> {
         if tokens.len() != values.len() {
             return Err(SseError::Mismatch {
                 tokens: tokens.len(),
@@ -669,11 +676,14 @@ impl Replay {
         if missing > 0 {
             return Err(SseError::Missing(missing));
         }
+        let mut plain = Zeroizing::new(Vec::with_capacity(CHUNK_PLAINTEXT));
         for (token, value) in tokens.iter().zip(values) {
             let i = self.entries;
             self.entries += 1;
-            let value = value.as_deref().unwrap_or_default();
-            let plain = token.open(value).ok_or(SseError::Corrupt(i))?;
+            let value = value.as_ref().map_or(&[][..], AsRef::as_ref);
+            if !token.open_into(value, &mut plain) {
+                return Err(SseError::Corrupt(i));
+            }
             match plain.first() {
                 Some(&ENTRY_CHUNK) => {
                     let mut rest = &plain[1..];
@@ -683,7 +693,10 @@ impl Replay {
                         }
                         let id = tail.get(..len as usize).ok_or(SseError::Corrupt(i))?;
                         rest = &tail[len as usize..];
-                        self.add(id);
+                        match self.seen {
+                            None => self.ids.push(id.to_vec()),
+                            Some(_) => self.add(id),
+                        }
                     }
                 }
                 Some(&op @ (ENTRY_ADD | ENTRY_DELETE)) => {
@@ -692,7 +705,6 @@ impl Replay {
                     if len == 0 {
                         return Err(SseError::Corrupt(i));
                     }
-                    self.index();
                     if op == ENTRY_ADD {
                         self.add(id);
                     } else {
@@ -705,48 +717,57 @@ impl Replay {
         Ok(())
     }
 
-    /// Builds the position map (at the first single entry).
-    fn index(&mut self) {
-        if self.position.is_none() {
-            self.position = Some(
-                self.ids
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(slot, id)| Some((id.clone()?, slot)))
-                    .collect(),
-            );
-        }
+    /// The map of ids, made at the first single entry from the chunk ids
+    /// read so far.
+    fn seen(&mut self) -> &mut HashMap<Vec<u8>, (usize, bool)> {
+        let ids = &mut self.ids;
+        self.seen.get_or_insert_with(|| {
+            std::mem::take(ids)
+                .into_iter()
+                .enumerate()
+                .map(|(order, id)| (id, (order, true)))
+                .collect()
+        })
     }
 
     fn add(&mut self, id: &[u8]) {
-        let Some(pos) = self.position.as_mut() else {
-            self.ids.push(Some(id.to_vec()));
-            return;
-        };
-        match pos.get(id) {
-            Some(&slot) => {
-                if self.ids[slot].is_some() {
-                    self.stale += 1;
-                }
-                self.ids[slot] = Some(id.to_vec());
-            }
+        let seen = self.seen();
+        let order = seen.len();
+        let dup = match seen.get_mut(id) {
+            Some((_, live)) => std::mem::replace(live, true),
             None => {
-                pos.insert(id.to_vec(), self.ids.len());
-                self.ids.push(Some(id.to_vec()));
+                seen.insert(id.to_vec(), (order, true));
+                false
             }
-        }
+        };
+        self.stale += usize::from(dup);
     }
 
     fn delete(&mut self, id: &[u8]) {
-        let slot = self.position.as_ref().and_then(|pos| pos.get(id).copied());
         // The delete entry, and the add it cancels.
-        self.stale += 1 + slot.map_or(0, |slot| usize::from(self.ids[slot].take().is_some()));
+        let cancelled = match self.seen().get_mut(id) {
+            Some((_, live)) => std::mem::replace(live, false),
+            None => false,
+        };
+        self.stale += 1 + usize::from(cancelled);
     }
 
     /// The live ids.
     pub fn finish(self) -> SearchResult {
+        let ids = match self.seen {
+            None => self.ids,
+            Some(seen) => {
+                let mut live: Vec<(usize, Vec<u8>)> = seen
+                    .into_iter()
+                    .filter(|(_, (_, live))| *live)
+                    .map(|(id, (order, _))| (order, id))
+                    .collect();
+                live.sort_unstable_by_key(|(order, _)| *order);
+                live.into_iter().map(|(_, id)| id).collect()
+            }
+        };
         SearchResult {
-            ids: self.ids.into_iter().flatten().collect(),
+            ids,
             entries: self.entries,
             stale: self.stale,
         }
@@ -805,10 +826,10 @@ impl MemoryIndex {
     }
 
     /// Reads the values at `addrs`.
-    pub fn get(&self, addrs: impl IntoIterator<Item = Addr>) -> Vec<Option<Vec<u8>>> {
+    pub fn get(&self, addrs: impl IntoIterator<Item = Addr>) -> Vec<Option<&[u8]>> {
         addrs
             .into_iter()
-            .map(|a| self.map.get(&a).cloned())
+            .map(|a| self.map.get(&a).map(Vec::as_slice))
             .collect()
     }
 
