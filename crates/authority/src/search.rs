@@ -32,7 +32,7 @@ use asclepios_net::server::ApiError;
 /// Addresses read from the store per statement batch while compacting.
 const PAGE: u64 = 4096;
 /// Attempts of an update or compaction that lost a race.
-const ATTEMPTS: usize = 8;
+const ATTEMPTS: usize = 32;
 /// Most keywords one record is indexed under.
 pub const MAX_RECORD_KEYWORDS: usize = 256;
 
@@ -126,7 +126,11 @@ fn retried<T>(mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, ApiE
     for _ in 0..ATTEMPTS {
         match attempt() {
             Ok(t) => return Ok(t),
-            Err(Failure::Raced) => continue,
+            Err(Failure::Raced) => {
+                // A short random pause, so racing writers fall out of step.
+                let pause = OsRng.next_u32() % 2000;
+                std::thread::sleep(std::time::Duration::from_micros(u64::from(pause)));
+            }
             Err(Failure::Api(e)) => return Err(e),
         }
     }
@@ -367,4 +371,71 @@ pub fn token_lists(index: &SearchIndex<'_>, keywords: &[String]) -> Result<Token
         });
     }
     Ok(TokenLists { lists })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use asclepios_crypto::sse::SseKey;
+
+    fn search(index: &SearchIndex<'_>, keyword: &str) -> Vec<Vec<u8>> {
+        let tokens = sse::decode_tokens(&index.tokens(keyword).unwrap()).unwrap();
+        let addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
+        let values = index.store.sse_get(&addrs).unwrap();
+        let mut ids = sse::open_results(&tokens, &values).unwrap().ids;
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn concurrent_writers_share_keywords_without_losing_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("s.db")).unwrap();
+        let mitra = Mitra::new(&SseKey::from_bytes([4; 32]));
+        let index = SearchIndex::new(&mitra, &store);
+        // Four writers index records that all share `type:Observation`, so
+        // every write races on that keyword's counters.
+        std::thread::scope(|scope| {
+            for w in 0..4 {
+                let index = &index;
+                scope.spawn(move || {
+                    for r in 0..10 {
+                        let id = format!("pat-{w}/obs-{r}").into_bytes();
+                        let kws = vec!["type:Observation".to_string(), format!("patient:pat-{w}")];
+                        index.set_keywords(&id, &kws).unwrap();
+                    }
+                });
+            }
+        });
+        let all = search(&index, "type:Observation");
+        assert_eq!(all.len(), 40);
+        assert_eq!(search(&index, "patient:pat-2").len(), 10);
+        // The 40 updates made the next search compact; answers stay the same.
+        let again = search(&index, "type:Observation");
+        assert_eq!(again, all);
+
+        // Changing a record's keywords deletes the dropped ones.
+        let id = b"pat-1/obs-3".to_vec();
+        let outcome = index
+            .set_keywords(&id, &["type:Condition".to_string()])
+            .unwrap();
+        assert_eq!(
+            outcome,
+            IndexOutcome {
+                added: 1,
+                removed: 2
+            }
+        );
+        assert_eq!(search(&index, "type:Observation").len(), 39);
+        assert_eq!(search(&index, "type:Condition"), vec![id.clone()]);
+        assert_eq!(search(&index, "patient:pat-1").len(), 9);
+        // Removing it entirely, twice: the second time changes nothing.
+        for _ in 0..2 {
+            index.set_keywords(&id, &[]).unwrap();
+            assert!(search(&index, "type:Condition").is_empty());
+        }
+        assert!(index
+            .set_keywords_many(&[(id.clone(), vec![]), (id, vec![])])
+            .is_err());
+    }
 }

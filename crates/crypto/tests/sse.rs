@@ -179,3 +179,23 @@ fn entries_do_not_carry_keywords_or_ids() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// What a searcher, the authority or a client receives from elsewhere
+    /// gives typed errors on arbitrary bytes, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..600), cut in 0usize..600) {
+        let mitra = Mitra::new(&SseKey::from_bytes([2; 32]));
+        let _ = asclepios_crypto::sse::decode_tokens(&data);
+        let row = mitra.state_row("w");
+        prop_assert!(mitra.open_state(&row, &data).is_err());
+        prop_assert!(mitra.open_keywords(&row, &data).is_err());
+        let st = KeywordState { first: 0, compacted: 0, next: 2 };
+        let tokens = mitra.tokens("w", &st);
+        let cut = cut.min(data.len());
+        let values = [Some(data[..cut].to_vec()), Some(data[cut..].to_vec())];
+        prop_assert!(open_results(&tokens, &values).is_err());
+    }
+}
