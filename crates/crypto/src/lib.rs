@@ -9,6 +9,9 @@
 //!   body, and a separable ABE wrapper of the data key.
 //! * [`sse`]: Mitra dynamic searchable encryption (Ghareh Chamani et al.,
 //!   CCS 2018) with forward and Type-II backward privacy, and compaction.
+//! * [`ipfe`]: inner-product functional encryption over ristretto255,
+//!   single-input (Agrawal–Libert–Stehlé 2016) and multi-client (Chotard et
+//!   al. 2018), with a baby-step giant-step discrete-log table.
 //! * [`format`]: the tagged, versioned binary formats and their decode errors.
 //!
 //! This crate is pure: no I/O, no async, no global state beyond a cache of
@@ -21,6 +24,7 @@
 pub mod abe;
 pub mod envelope;
 pub mod format;
+pub mod ipfe;
 pub mod lsss;
 pub mod policy;
 pub mod sse;
