@@ -12,6 +12,7 @@
 mod abe;
 mod audit;
 mod e2e;
+mod fe;
 mod sse;
 mod timing;
 
@@ -25,6 +26,10 @@ const SUITES: &[(&str, &str)] = &[
     (
         "e2e",
         "records written and read over mutual TLS by 1, 4, 16 clients; the service path alone; one read split",
+    ),
+    (
+        "fe",
+        "inner-product functional encryption (ALS16 on ristretto255): setup, encrypt, keygen, decrypt with discrete log to 2^32, n = 10..10000",
     ),
     (
         "sse",
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         "audit" => audit::run(quick, budget)?,
         "e2e" => e2e::run(quick, budget)?,
         "sse" => sse::run(quick, budget)?,
+        "fe" => fe::run(quick, budget)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

@@ -19,6 +19,7 @@
 
 pub mod consent;
 pub mod search;
+pub mod stats;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -102,6 +103,7 @@ pub struct KeyAuthority {
     emergency_seconds: i64,
     mitra: asclepios_crypto::sse::Mitra,
     search_roles: Vec<String>,
+    slot_sealer: stats::SlotSealer,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -121,6 +123,7 @@ impl KeyAuthority {
         trail: AuditTrail<Store>,
         master: MasterSecretKey,
         sse_key: &asclepios_crypto::sse::SseKey,
+        stats_key: &[u8; 32],
         emergency_seconds: u64,
         search_roles: Vec<String>,
     ) -> Self {
@@ -133,6 +136,155 @@ impl KeyAuthority {
             public_key_hex,
             emergency_seconds: i64::try_from(emergency_seconds).unwrap_or(3600),
             search_roles,
+            slot_sealer: stats::SlotSealer::new(stats_key),
+        }
+    }
+
+    /// Whether `caller` holds one of `roles` now.
+    fn holds_role(&self, caller: &str, roles: &[&str]) -> Result<bool, ApiError> {
+        Ok(self
+            .current_attributes(caller)?
+            .iter()
+            .any(|a| roles.contains(&attribute_name(a))))
+    }
+
+    /// Logs a statistics event and returns its receipt.
+    fn stats_event(
+        &self,
+        caller: &str,
+        resource: String,
+        v: &Verified,
+        outcome: Outcome,
+        status: StatusCode,
+    ) -> Result<Receipt, ApiError> {
+        let mut event = AuditEvent::new(
+            caller,
+            Action::KeyIssue,
+            resource,
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        event.purpose = "HRESCH".into();
+        asclepios_records::log_event(&self.trail, &event, v, status)
+    }
+
+    /// Slots (and their keys, sealed to the caller) for a data provider.
+    fn stats_slots(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: stats::SlotRequest,
+    ) -> Result<WithReceipt<stats::IssuedSlots>, ApiError> {
+        let resource = format!(
+            "stats slots: {} x{}",
+            req.study.chars().take(128).collect::<String>(),
+            req.count
+        );
+        let work = || -> Result<stats::IssuedSlots, ApiError> {
+            self.active(&caller.id)?;
+            stats::check_study_name("study", &req.study)?;
+            if !self.holds_role(&caller.id, stats::PROVIDER_ROLES)? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "publishing statistics needs one of: {}",
+                        stats::PROVIDER_ROLES.join(", ")
+                    ),
+                ));
+            }
+            let (first, keys) = stats::allocate_slots(
+                &self.store,
+                &self.slot_sealer,
+                &req.study,
+                &caller.id,
+                req.count,
+            )?;
+            let sealed = sealed_box::seal(
+                &caller.public_key,
+                &stats::slots_context(&caller.id, &req.study),
+                &keys,
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Ok(stats::IssuedSlots {
+                first,
+                count: req.count,
+                keys: sealed,
+            })
+        };
+        match work() {
+            Ok(result) => Ok(WithReceipt {
+                receipt: self.stats_event(
+                    &caller.id,
+                    resource,
+                    v,
+                    Outcome::Success,
+                    StatusCode::OK,
+                )?,
+                result,
+            }),
+            Err(e) => {
+                self.stats_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// An aggregate key for a researcher, if the cohort passes the rule.
+    fn stats_key(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: stats::StatsKeyRequest,
+    ) -> Result<WithReceipt<stats::StatsKey>, ApiError> {
+        let shown = |s: &str| s.chars().take(128).collect::<String>();
+        let mut resource = format!(
+            "stats key: study {}, label {}, cohort {}",
+            shown(&req.study),
+            shown(&req.label),
+            shown(&req.cohort)
+        );
+        let work = || -> Result<stats::StatsKey, ApiError> {
+            self.active(&caller.id)?;
+            stats::check_study_name("study", &req.study)?;
+            stats::check_study_name("label", &req.label)?;
+            if !self.holds_role(&caller.id, &[stats::RESEARCHER_ROLE])? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("aggregate keys need `{}`", stats::RESEARCHER_ROLE),
+                ));
+            }
+            let (slots, key) =
+                stats::cohort_key(&self.store, &self.slot_sealer, &req.study, &req.cohort)?;
+            let sealed = sealed_box::seal(
+                &caller.public_key,
+                &stats::stats_key_context(&caller.id, &req.study, &req.label),
+                key.as_ref(),
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Ok(stats::StatsKey {
+                slots: slots.into_iter().collect(),
+                key: sealed,
+            })
+        };
+        match work() {
+            Ok(result) => {
+                resource.push_str(&format!(" ({} slots)", result.slots.len()));
+                Ok(WithReceipt {
+                    receipt: self.stats_event(
+                        &caller.id,
+                        resource,
+                        v,
+                        Outcome::Success,
+                        StatusCode::OK,
+                    )?,
+                    result,
+                })
+            }
+            Err(e) => {
+                self.stats_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
+                Err(e)
+            }
         }
     }
 
@@ -681,6 +833,8 @@ impl KeyAuthority {
             .route("/v1/identities/{id}", get(identity_key))
             .route("/v1/search/tokens", post(search_tokens))
             .route("/v1/search/index", post(index_record))
+            .route("/v1/stats/slots", post(stats_slots))
+            .route("/v1/stats/keys", post(stats_key))
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -779,6 +933,30 @@ async fn index_record(
 ) -> Result<Json<WithReceipt<search::IndexOutcome>>, ApiError> {
     let req: search::IndexRequest = json_body(&body)?;
     blocking(move || s.index_record(&caller, &v, req))
+        .await
+        .map(Json)
+}
+
+async fn stats_slots(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<stats::IssuedSlots>>, ApiError> {
+    let req: stats::SlotRequest = json_body(&body)?;
+    blocking(move || s.stats_slots(&caller, &v, req))
+        .await
+        .map(Json)
+}
+
+async fn stats_key(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<stats::StatsKey>>, ApiError> {
+    let req: stats::StatsKeyRequest = json_body(&body)?;
+    blocking(move || s.stats_key(&caller, &v, req))
         .await
         .map(Json)
 }

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod search;
+pub mod stats;
 
 use std::path::Path;
 

@@ -32,6 +32,7 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{Identity, VartimeMultiscalarMul};
 use rand_core::{CryptoRng, RngCore};
 use sha2::Sha512;
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroize;
 
 /// Errors of the functional-encryption schemes.
@@ -54,6 +55,9 @@ pub enum FeError {
     /// A fixed-point value that does not fit.
     #[error("{0} does not fit the fixed-point scale")]
     Scale(f64),
+    /// A value of 2^32 or more in magnitude.
+    #[error("{0} is too large to encrypt: values must lie strictly between -2^32 and 2^32")]
+    TooLarge(i64),
 }
 
 /// A fixed-base multiplication (constant time).
@@ -78,6 +82,48 @@ pub fn scale(value: f64, decimals: u32) -> Result<i64, FeError> {
     } else {
         Err(FeError::Scale(value))
     }
+}
+
+/// Largest magnitude of an encrypted value (exclusive): values are at most
+/// 32 bits, so `x·G` takes eight constant-time lookups ([`small_mul`]).
+pub const MAX_VALUE: u64 = 1 << 32;
+
+/// `d · 16^k · G` for `k < 8`, `d < 16`: the digits of a 32-bit value.
+fn small_table() -> &'static [[RistrettoPoint; 16]; 8] {
+    static TABLE: OnceLock<Box<[[RistrettoPoint; 16]; 8]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut rows = Box::new([[RistrettoPoint::identity(); 16]; 8]);
+        let mut base = G;
+        for row in rows.iter_mut() {
+            for d in 1..16 {
+                row[d] = row[d - 1] + base;
+            }
+            base = row[15] + base;
+        }
+        rows
+    })
+}
+
+/// `x·G` for `|x| < 2^32` in constant time: per 4-bit digit, a constant-time
+/// selection among 16 precomputed points (a fixed-base comb over the
+/// group's own addition and selection), then a conditional negation. Eight
+/// additions instead of a full 253-bit fixed-base multiplication.
+fn small_mul(x: i64) -> Result<RistrettoPoint, FeError> {
+    let magnitude = x.unsigned_abs();
+    if magnitude >= MAX_VALUE {
+        return Err(FeError::TooLarge(x));
+    }
+    let mut acc = RistrettoPoint::identity();
+    for (k, row) in small_table().iter().enumerate() {
+        let digit = ((magnitude >> (4 * k)) & 15) as u8;
+        let mut selected = RistrettoPoint::identity();
+        for (d, point) in row.iter().enumerate() {
+            selected.conditional_assign(point, (d as u8).ct_eq(&digit));
+        }
+        acc += selected;
+    }
+    let negative = Choice::from(u8::from(x < 0));
+    Ok(RistrettoPoint::conditional_select(&acc, &-acc, negative))
 }
 
 /// The second generator, with no known discrete log to `G`.
@@ -161,22 +207,47 @@ impl DlogTable {
     }
 
     /// `v` with `v·G = point` and `|v| ≤ bound`, or [`FeError::OutOfRange`].
+    /// Non-negative results are searched first (counts and sums are), in
+    /// batches that start small, so the cost follows `|v| / baby_steps`; a
+    /// negative result costs a full sweep of the non-negative side first.
     pub fn solve(&self, point: &RistrettoPoint, bound: u64) -> Result<i64, FeError> {
-        let bound = bound.min(i64::MAX as u64 / 2);
-        // Shift into [0, 2·bound]: w = v + bound.
-        let shifted = point + mul(RISTRETTO_BASEPOINT_TABLE, &Scalar::from(bound));
-        let giants = (2 * bound) / self.m + 1;
-        let mut candidate = shifted;
+        let bound = bound.min(i64::MAX as u64);
+        if let Some(v) = self.search(point, bound) {
+            return Ok(v as i64);
+        }
+        if let Some(v) = self.search(&-point, bound) {
+            return Ok(-(v as i64));
+        }
+        Err(FeError::OutOfRange { bound })
+    }
+
+    /// Giant steps of [`DlogTable::solve`] for a result `v` (for benchmarks'
+    /// arithmetic bound).
+    pub fn giant_steps(&self, v: i64, bound: u64) -> u64 {
+        let steps = |w: u64| w / self.m + 1;
+        if v >= 0 {
+            steps(v as u64)
+        } else {
+            steps(bound) + steps(v.unsigned_abs())
+        }
+    }
+
+    /// `w ∈ [0, bound]` with `w·G = point`.
+    fn search(&self, point: &RistrettoPoint, bound: u64) -> Option<u64> {
+        let giants = bound / self.m + 1;
+        let mut candidate = *point;
         let mut j = 0u64;
+        let mut batch = 16;
         let mut chunk = Vec::with_capacity(BATCH);
         while j < giants {
             chunk.clear();
             let first = j;
-            while chunk.len() < BATCH && j < giants {
+            while chunk.len() < batch && j < giants {
                 chunk.push(candidate);
                 candidate -= self.giant;
                 j += 1;
             }
+            batch = (batch * 2).min(BATCH);
             for (k, c) in RistrettoPoint::double_and_compress_batch(&chunk)
                 .iter()
                 .enumerate()
@@ -184,15 +255,13 @@ impl DlogTable {
                 if let Some(&i) = self.baby.get(&prefix(c)) {
                     let w = (first + k as u64) * self.m + u64::from(i);
                     // A prefix match is checked against the full point.
-                    if w <= 2 * bound
-                        && mul(RISTRETTO_BASEPOINT_TABLE, &Scalar::from(w)) == shifted
-                    {
-                        return Ok(w as i64 - bound as i64);
+                    if w <= bound && mul(RISTRETTO_BASEPOINT_TABLE, &Scalar::from(w)) == *point {
+                        return Some(w);
                     }
                 }
             }
         }
-        Err(FeError::OutOfRange { bound })
+        None
     }
 }
 
@@ -301,8 +370,8 @@ impl Ipfe {
         self.mpk.is_empty()
     }
 
-    /// Encrypts `x`: `2 + 2n` fixed-base multiplications, constant time in
-    /// `x` and `r`.
+    /// Encrypts `x` (`|x_i| < 2^32`): `2 + n` fixed-base multiplications and
+    /// `n` short ones, constant time in `x` and `r`.
     pub fn encrypt(
         &self,
         x: &[i64],
@@ -315,16 +384,17 @@ impl Ipfe {
         let e = x
             .iter()
             .zip(&self.mpk_tables)
-            .map(|(&xi, table)| mul(RISTRETTO_BASEPOINT_TABLE, &scalar_of(xi)) + mul(table, &r))
-            .collect();
+            .map(|(&xi, table)| Ok(small_mul(xi)? + mul(table, &r)))
+            .collect::<Result<Vec<_>, FeError>>();
         r.zeroize();
-        Ok(IpfeCiphertext { c, d, e })
+        Ok(IpfeCiphertext { c, d, e: e? })
     }
 
     /// The function key for `y`.
     pub fn keygen(&self, msk: &IpfeMasterKey, y: &[i64]) -> Result<IpfeKey, FeError> {
         check_len(self.len(), y.len())?;
-        let dot = |v: &[Scalar]| -> Scalar { v.iter().zip(y).map(|(a, &b)| a * scalar_of(b)).sum() };
+        let dot =
+            |v: &[Scalar]| -> Scalar { v.iter().zip(y).map(|(a, &b)| a * scalar_of(b)).sum() };
         Ok(IpfeKey {
             y: y.to_vec(),
             s_y: dot(&msk.s),
@@ -343,10 +413,8 @@ impl Ipfe {
         check_len(self.len(), ct.e.len())?;
         check_len(self.len(), key.y.len())?;
         // `y` and the ciphertext are public: variable time is fine there.
-        let weighted = RistrettoPoint::vartime_multiscalar_mul(
-            key.y.iter().map(|&v| scalar_of(v)),
-            &ct.e,
-        );
+        let weighted =
+            RistrettoPoint::vartime_multiscalar_mul(key.y.iter().map(|&v| scalar_of(v)), &ct.e);
         // The key's scalars are secret: constant-time multiplications.
         let mask = ct.c * key.s_y + ct.d * key.t_y;
         table.solve(&(weighted - mask), bound)
@@ -447,12 +515,30 @@ impl SlotKey {
         Some(SlotKey([a, b]))
     }
 
-    /// Encrypts this slot's value under `label`: three fixed-base
-    /// multiplications, constant time in the value and the key.
-    pub fn encrypt(&self, label: &Label, x: i64) -> RistrettoPoint {
-        mul(&label.tables[0], &self.0[0])
-            + mul(&label.tables[1], &self.0[1])
-            + mul(RISTRETTO_BASEPOINT_TABLE, &scalar_of(x))
+    /// Encrypts this slot's value (`|x| < 2^32`) under `label`: two
+    /// fixed-base multiplications and a short one, constant time in the value
+    /// and the key.
+    pub fn encrypt(&self, label: &Label, x: i64) -> Result<RistrettoPoint, FeError> {
+        Ok(mul(&label.tables[0], &self.0[0]) + mul(&label.tables[1], &self.0[1]) + small_mul(x)?)
+    }
+}
+
+impl McfeKey {
+    /// Its 64 bytes (to be sealed to the researcher).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 64]> {
+        let mut out = zeroize::Zeroizing::new([0u8; 64]);
+        out[..32].copy_from_slice(self.d[0].as_bytes());
+        out[32..].copy_from_slice(self.d[1].as_bytes());
+        out
+    }
+
+    /// The key from its bytes; `None` if a scalar is not canonical.
+    pub fn from_bytes(bytes: &[u8; 64]) -> Option<McfeKey> {
+        let a: [u8; 32] = bytes[..32].try_into().ok()?;
+        let b: [u8; 32] = bytes[32..].try_into().ok()?;
+        let a = Option::<Scalar>::from(Scalar::from_canonical_bytes(a))?;
+        let b = Option::<Scalar>::from(Scalar::from_canonical_bytes(b))?;
+        Some(McfeKey { d: [a, b] })
     }
 }
 
@@ -516,7 +602,10 @@ mod tests {
             assert_eq!(table.solve(&p, 100_000), Ok(v), "{v}");
         }
         let far = mul(RISTRETTO_BASEPOINT_TABLE, &scalar_of(100_001));
-        assert_eq!(table.solve(&far, 100_000), Err(FeError::OutOfRange { bound: 100_000 }));
+        assert_eq!(
+            table.solve(&far, 100_000),
+            Err(FeError::OutOfRange { bound: 100_000 })
+        );
         let random = RistrettoPoint::random(&mut rng());
         assert!(table.solve(&random, 1 << 20).is_err());
     }
@@ -531,7 +620,10 @@ mod tests {
         let key = ipfe.keygen(&msk, &y).unwrap();
         let table = DlogTable::new(1 << 8);
         assert_eq!(ipfe.decrypt(&key, &ct, &table, 1 << 12), Ok(135));
-        assert!(matches!(ipfe.encrypt(&x[..4], &mut rng), Err(FeError::Length { .. })));
+        assert!(matches!(
+            ipfe.encrypt(&x[..4], &mut rng),
+            Err(FeError::Length { .. })
+        ));
         // A key for another function gives its own value, not the first's.
         let other = ipfe.keygen(&msk, &[0, 0, 0, 1, 0]).unwrap();
         assert_eq!(ipfe.decrypt(&other, &ct, &table, 1 << 12), Ok(45));
@@ -546,7 +638,7 @@ mod tests {
         let cts: Vec<RistrettoPoint> = keys
             .iter()
             .zip(&values)
-            .map(|(k, &v)| k.encrypt(&label, v))
+            .map(|(k, &v)| k.encrypt(&label, v).unwrap())
             .collect();
         let refs: Vec<&SlotKey> = keys.iter().collect();
         let y = vec![1i64; 12];
@@ -560,6 +652,35 @@ mod tests {
         // Slot keys round-trip.
         let back = SlotKey::from_bytes(&keys[0].to_bytes()).unwrap();
         assert_eq!(back.encrypt(&label, 5), keys[0].encrypt(&label, 5));
+        assert_eq!(
+            keys[0].encrypt(&label, 1 << 32),
+            Err(FeError::TooLarge(1 << 32))
+        );
+    }
+
+    #[test]
+    fn short_multiplication_matches_the_full_one() {
+        for x in [
+            0i64,
+            1,
+            -1,
+            15,
+            16,
+            255,
+            -256,
+            65_535,
+            1 << 31,
+            -(1 << 31),
+            (1 << 32) - 1,
+        ] {
+            assert_eq!(
+                small_mul(x).unwrap(),
+                mul(RISTRETTO_BASEPOINT_TABLE, &scalar_of(x)),
+                "{x}"
+            );
+        }
+        assert!(small_mul(1 << 32).is_err());
+        assert!(small_mul(-(1 << 32)).is_err());
     }
 
     #[test]

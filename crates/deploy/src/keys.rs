@@ -4,6 +4,7 @@
 //! authority/abe-public.key     FAME master public key (shared with every client)
 //! authority/abe-master.sealed  FAME master secret key, sealed (XChaCha20-Poly1305)
 //! authority/sse-master.sealed  the search index's Mitra key, sealed likewise
+//! authority/stats-master.sealed the key sealing statistics slot keys at rest
 //! authority/seal.key           the sealing key (a secret; in production it comes
 //!                              from attestation-bound storage, not a file)
 //! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
@@ -26,6 +27,8 @@ use crate::{read_file, write_file, Error};
 const SEAL_AAD: &[u8] = b"asclepios abe master secret v1";
 const SSE_SEAL_AAD: &[u8] = b"asclepios sse master secret v1";
 const SSE_SEALED: &str = "authority/sse-master.sealed";
+const STATS_SEAL_AAD: &[u8] = b"asclepios stats master secret v1";
+const STATS_SEALED: &str = "authority/stats-master.sealed";
 
 fn write_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_file(path, &hex::encode(bytes), secret)
@@ -56,12 +59,8 @@ pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> 
         SEAL_AAD,
         &msk.to_bytes(),
     )?;
-    seal_secret(
-        dir,
-        SSE_SEALED,
-        SSE_SEAL_AAD,
-        SseKey::generate(&mut OsRng).to_bytes().as_ref(),
-    )?;
+    sse_key(dir)?;
+    stats_key(dir)?;
     let signer = NoteSigner::generate(origin)?;
     write_file(
         &dir.join("pki/audit-log.key"),
@@ -133,23 +132,34 @@ pub fn abe_master_key(dir: &Path) -> Result<MasterSecretKey, Error> {
     MasterSecretKey::from_bytes(&plain).map_err(|e| Error::Invalid(format!("master secret: {e}")))
 }
 
-/// Unseals the search index's key (the authority only). A data directory
-/// made before search existed gets one now: its index starts empty.
-pub fn sse_key(dir: &Path) -> Result<SseKey, Error> {
-    if !dir.join(SSE_SEALED).exists() {
-        seal_secret(
-            dir,
-            SSE_SEALED,
-            SSE_SEAL_AAD,
-            SseKey::generate(&mut OsRng).to_bytes().as_ref(),
-        )?;
+/// A 32-byte authority secret sealed in `name`, made on first use (a data
+/// directory from before the feature gets one then, and starts empty).
+fn secret_32(dir: &Path, name: &str, aad: &[u8]) -> Result<Zeroizing<[u8; 32]>, Error> {
+    if !dir.join(name).exists() {
+        let mut fresh = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(fresh.as_mut());
+        seal_secret(dir, name, aad, fresh.as_ref())?;
     }
-    let plain = unseal_secret(dir, SSE_SEALED, SSE_SEAL_AAD)?;
+    let plain = unseal_secret(dir, name, aad)?;
     let bytes: [u8; 32] = plain
         .as_slice()
         .try_into()
-        .map_err(|_| Error::Invalid(format!("{SSE_SEALED} holds no 32-byte key")))?;
-    Ok(SseKey::from_bytes(bytes))
+        .map_err(|_| Error::Invalid(format!("{name} holds no 32-byte key")))?;
+    Ok(Zeroizing::new(bytes))
+}
+
+/// Unseals the search index's key (the authority only).
+pub fn sse_key(dir: &Path) -> Result<SseKey, Error> {
+    Ok(SseKey::from_bytes(*secret_32(
+        dir,
+        SSE_SEALED,
+        SSE_SEAL_AAD,
+    )?))
+}
+
+/// Unseals the key the authority seals statistics slot keys with at rest.
+pub fn stats_key(dir: &Path) -> Result<Zeroizing<[u8; 32]>, Error> {
+    secret_32(dir, STATS_SEALED, STATS_SEAL_AAD)
 }
 
 /// The audit log's checkpoint signer.

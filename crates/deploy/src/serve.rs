@@ -118,6 +118,7 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
             trail(dir, &cfg, "authority", authority_keys.receipt)?,
             keys::abe_master_key(dir)?,
             &keys::sse_key(dir)?,
+            &*keys::stats_key(dir)?,
             cfg.emergency.grant_seconds,
             cfg.search.roles.clone(),
         ));

@@ -199,6 +199,10 @@ impl RecordService {
             )
             .route("/v1/patients/{patient}/records", get(list_records))
             .route("/v1/search", axum::routing::post(search_index))
+            .route(
+                "/v1/stats/values",
+                axum::routing::post(publish_stats).get(stats_values),
+            )
             .route("/v1/audit/entries", get(audit_entries))
             .layer(axum::middleware::from_fn_with_state(
                 check,
@@ -598,6 +602,212 @@ pub struct IndexLookup {
 pub struct IndexValues {
     /// Sealed values (base64), `null` where there is none, in order.
     pub values: Vec<Option<String>>,
+}
+
+/// Encrypted statistics values a data provider publishes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsValues {
+    /// The study.
+    pub study: String,
+    /// The label (`period/feature/part`).
+    pub label: String,
+    /// `(slot, ciphertext)` pairs, the ciphertext a ristretto255 point (base64).
+    pub values: Vec<(u64, String)>,
+}
+
+/// Which values to fetch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// The study.
+    pub study: String,
+    /// The label; absent: list the labels instead.
+    pub label: Option<String>,
+}
+
+/// Roles that may read encrypted statistics values (providers, researchers).
+pub const STATS_READERS: &[&str] = &["role:lab", "role:researcher"];
+
+/// Most values one publication may carry.
+pub const MAX_STATS_VALUES: usize = 100_000;
+
+/// A data provider publishes encrypted values for slots it owns; each slot
+/// publishes once per label. The service stores points it cannot open.
+async fn publish_stats(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<usize>>, ApiError> {
+    let req: StatsValues = json_body(&body)?;
+    blocking(move || {
+        let work = || -> Result<usize, ApiError> {
+            s.check_caller(&caller.id)?;
+            check_stats_name("study", &req.study)?;
+            check_stats_name("label", &req.label)?;
+            if req.values.is_empty() || req.values.len() > MAX_STATS_VALUES {
+                return Err(bad_request(format!(
+                    "publish 1 to {MAX_STATS_VALUES} values at a time"
+                )));
+            }
+            let owned: std::collections::HashSet<u64> = s
+                .store
+                .fe_slots(&req.study)
+                .map_err(store_error)?
+                .into_iter()
+                .filter(|r| r.provider == caller.id)
+                .map(|r| r.slot)
+                .collect();
+            let mut rows = Vec::with_capacity(req.values.len());
+            for (slot, ct) in &req.values {
+                if !owned.contains(slot) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("slot {slot} of `{}` is not yours", req.study),
+                    ));
+                }
+                let bytes = B64
+                    .decode(ct)
+                    .ok()
+                    .filter(|b| asclepios_crypto::ipfe::point_from_bytes(b).is_some())
+                    .ok_or_else(|| {
+                        bad_request("values are ristretto255 points (32 bytes, base64)")
+                    })?;
+                rows.push((*slot, bytes));
+            }
+            s.store
+                .fe_put_values(&req.study, &req.label, &rows)
+                .map_err(store_error)?;
+            Ok(rows.len())
+        };
+        let result = work();
+        let (outcome, status) = match &result {
+            Ok(_) => (Outcome::Success, StatusCode::OK),
+            Err(e) => (Outcome::Denied, e.status),
+        };
+        let event = AuditEvent::new(
+            &caller.id,
+            Action::Create,
+            format!(
+                "stats/{}/{}: {} values",
+                req.study.chars().take(128).collect::<String>(),
+                req.label.chars().take(128).collect::<String>(),
+                req.values.len()
+            ),
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        let receipt = log_event(&s.trail, &event, &v, status)?;
+        Ok(WithReceipt {
+            result: result?,
+            receipt,
+        })
+    })
+    .await
+    .map(Json)
+}
+
+/// A study's encrypted values under a label (or its labels), for providers
+/// and researchers: points nobody can open without an aggregate key.
+async fn stats_values(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<WithReceipt<StatsValuesOut>>, ApiError> {
+    blocking(move || {
+        let work = || -> Result<StatsValuesOut, ApiError> {
+            s.check_caller(&caller.id)?;
+            check_stats_name("study", &q.study)?;
+            let held = s.current_attributes(&caller.id)?;
+            if !held
+                .iter()
+                .any(|a| STATS_READERS.contains(&attribute_name(a)))
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "reading statistics needs one of: {}",
+                        STATS_READERS.join(", ")
+                    ),
+                ));
+            }
+            match &q.label {
+                None => Ok(StatsValuesOut {
+                    labels: s.store.fe_labels(&q.study).map_err(store_error)?,
+                    values: Vec::new(),
+                }),
+                Some(label) => {
+                    check_stats_name("label", label)?;
+                    Ok(StatsValuesOut {
+                        labels: vec![label.clone()],
+                        values: s
+                            .store
+                            .fe_values(&q.study, label)
+                            .map_err(store_error)?
+                            .into_iter()
+                            .map(|(slot, ct)| (slot, B64.encode(ct)))
+                            .collect(),
+                    })
+                }
+            }
+        };
+        let result = work();
+        let (outcome, status) = match &result {
+            Ok(_) => (Outcome::Success, StatusCode::OK),
+            Err(e) => (Outcome::Denied, e.status),
+        };
+        let event = AuditEvent::new(
+            &caller.id,
+            Action::Read,
+            format!(
+                "stats/{}/{}",
+                q.study.chars().take(128).collect::<String>(),
+                q.label
+                    .as_deref()
+                    .unwrap_or("*")
+                    .chars()
+                    .take(128)
+                    .collect::<String>()
+            ),
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        let receipt = log_event(&s.trail, &event, &v, status)?;
+        Ok(WithReceipt {
+            result: result?,
+            receipt,
+        })
+    })
+    .await
+    .map(Json)
+}
+
+/// A study's labels, or one label's values.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsValuesOut {
+    /// The labels (the one asked for, or all).
+    pub labels: Vec<String>,
+    /// `(slot, ciphertext)` under the label asked for.
+    pub values: Vec<(u64, String)>,
+}
+
+/// A study name or label: 1 to 128 of letters, digits, `-_.:/`.
+pub fn check_stats_name(what: &str, s: &str) -> Result<(), ApiError> {
+    let ok = (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "`{what}` must be 1 to 128 letters, digits or -_.:/"
+        )))
+    }
 }
 
 /// Most addresses one lookup may name.

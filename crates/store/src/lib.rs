@@ -26,6 +26,7 @@
 //! | `record_versions`, `key_wrappers`, `consents`, `emergency_grants` | `patient` (pseudonym) | each other |
 //! | `sse_index` | `addr` (pseudorandom, spreads evenly) | none |
 //! | `sse_state` | `row_id` (pseudorandom) | none |
+//! | `fe_slots`, `fe_values`, `fe_cohorts` | `study` | each other |
 //! | `audit_logs`, `audit_entries`, `audit_nodes`, `audit_checkpoints` | `log_id` | each other |
 //! | `identities`, `identity_attributes`, `attribute_versions` | reference tables (small, replicated) | |
 //!
@@ -44,6 +45,7 @@ mod postgres;
 mod records;
 mod sqlite;
 mod sse;
+mod stats;
 
 use std::path::Path;
 
@@ -54,6 +56,7 @@ pub use directory::{
 pub use migrations::SCHEMA_VERSION;
 pub use records::{RecordVersion, Wrapper, WrapperRow};
 pub use sse::{SseBatch, StateWrite};
+pub use stats::SlotRow;
 
 use db::Tx;
 

@@ -116,10 +116,37 @@ CREATE TABLE sse_state (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        description:
+            "functional-encryption statistics: slot keys (sealed), encrypted values, issued cohorts",
+        ddl: r#"
+CREATE TABLE fe_slots (
+    study       TEXT    NOT NULL,
+    slot        {INT}   NOT NULL,
+    provider    TEXT    NOT NULL,
+    sealed_key  {BYTES} NOT NULL,
+    PRIMARY KEY (study, slot)
+);
+CREATE TABLE fe_values (
+    study       TEXT    NOT NULL,
+    label       TEXT    NOT NULL,
+    slot        {INT}   NOT NULL,
+    ciphertext  {BYTES} NOT NULL,
+    PRIMARY KEY (study, label, slot)
+);
+CREATE TABLE fe_cohorts (
+    study       TEXT    NOT NULL,
+    cohort_id   TEXT    NOT NULL,
+    slots       {BYTES} NOT NULL,
+    PRIMARY KEY (study, cohort_id)
+);
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

@@ -1,0 +1,179 @@
+//! Functional-encryption statistics: the slots of a study (each a patient
+//! value at one data provider, its key sealed by the authority), the
+//! encrypted values published under labels, and the cohorts function keys
+//! were issued for (the authority's differencing rule reads them back).
+
+use crate::db::{int, Value};
+use crate::{Store, StoreError};
+
+/// A slot of a study.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotRow {
+    /// Its number in the study.
+    pub slot: u64,
+    /// The data provider that owns it.
+    pub provider: String,
+    /// Its key, sealed by the authority.
+    pub sealed_key: Vec<u8>,
+}
+
+impl Store {
+    /// Allocates `keys.len()` new slots of `study` for `provider`, numbered
+    /// after the last one; `seal(slot)` gives each slot's sealed key. Returns
+    /// the first slot number.
+    pub fn fe_add_slots(
+        &self,
+        study: &str,
+        provider: &str,
+        count: usize,
+        seal: &mut dyn FnMut(u64) -> Vec<u8>,
+    ) -> Result<u64, StoreError> {
+        self.transaction(|tx| {
+            let next = tx
+                .query_opt(
+                    "SELECT MAX(slot) FROM fe_slots WHERE study = $1",
+                    &[study.into()],
+                )?
+                .map(|r| r.opt_int(0))
+                .transpose()?
+                .flatten()
+                .map_or(0, |m| m as u64 + 1);
+            let rows = (next..next + count as u64)
+                .map(|slot| {
+                    Ok(vec![
+                        study.into(),
+                        int(slot)?,
+                        provider.into(),
+                        Value::Bytes(seal(slot)),
+                    ])
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for chunk in rows.chunks(256) {
+                tx.insert_many(
+                    "fe_slots",
+                    &["study", "slot", "provider", "sealed_key"],
+                    chunk,
+                )?;
+            }
+            Ok(next)
+        })
+    }
+
+    /// Every slot of `study`, in order.
+    pub fn fe_slots(&self, study: &str) -> Result<Vec<SlotRow>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT slot, provider, sealed_key FROM fe_slots WHERE study = $1 ORDER BY slot",
+                &[study.into()],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(SlotRow {
+                    slot: r.uint(0)?,
+                    provider: r.text(1)?,
+                    sealed_key: r.bytes(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Publishes encrypted values under `label`; a slot publishes at most
+    /// once per label (a second value is a conflict, and nothing is written).
+    pub fn fe_put_values(
+        &self,
+        study: &str,
+        label: &str,
+        values: &[(u64, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let rows = values
+            .iter()
+            .map(|(slot, ct)| {
+                Ok(vec![
+                    study.into(),
+                    label.into(),
+                    int(*slot)?,
+                    ct.as_slice().into(),
+                ])
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.transaction(|tx| {
+            for chunk in rows.chunks(256) {
+                tx.insert_many(
+                    "fe_values",
+                    &["study", "label", "slot", "ciphertext"],
+                    chunk,
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            e if crate::sse::is_duplicate(&e) => {
+                StoreError::Conflict("a slot already published a value under this label".into())
+            }
+            e => e,
+        })
+    }
+
+    /// The values published under `label`, by slot.
+    pub fn fe_values(&self, study: &str, label: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT slot, ciphertext FROM fe_values WHERE study = $1 AND label = $2 ORDER BY slot",
+                &[study.into(), label.into()],
+            )?
+            .iter()
+            .map(|r| Ok((r.uint(0)?, r.bytes(1)?)))
+            .collect()
+        })
+    }
+
+    /// The labels values were published under in `study`.
+    pub fn fe_labels(&self, study: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT DISTINCT label FROM fe_values WHERE study = $1 ORDER BY label",
+                &[study.into()],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
+        })
+    }
+
+    /// Records a cohort a key was issued for (idempotent).
+    pub fn fe_add_cohort(
+        &self,
+        study: &str,
+        cohort_id: &str,
+        slots: &[u8],
+    ) -> Result<(), StoreError> {
+        self.transaction(|tx| {
+            let exists = tx.query_opt(
+                "SELECT 1 FROM fe_cohorts WHERE study = $1 AND cohort_id = $2",
+                &[study.into(), cohort_id.into()],
+            )?;
+            if exists.is_none() {
+                tx.insert_many(
+                    "fe_cohorts",
+                    &["study", "cohort_id", "slots"],
+                    &[vec![study.into(), cohort_id.into(), slots.into()]],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The cohorts keys were issued for in `study`.
+    pub fn fe_cohorts(&self, study: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT slots FROM fe_cohorts WHERE study = $1 ORDER BY cohort_id",
+                &[study.into()],
+            )?
+            .iter()
+            .map(|r| r.bytes(0))
+            .collect()
+        })
+    }
+}
