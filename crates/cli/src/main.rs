@@ -7,6 +7,7 @@ mod demo;
 mod demo_platform;
 mod log_cmd;
 mod platform;
+mod stats_cmd;
 
 use std::process::ExitCode;
 
@@ -206,6 +207,14 @@ enum Command {
         #[arg(long)]
         fhir: bool,
     },
+    /// Statistics without seeing the data: providers publish encrypted values, researchers
+    /// get aggregates (count, mean, variance, histogram) over cohorts that single nobody out.
+    Stats {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(subcommand)]
+        command: stats_cmd::StatsCommand,
+    },
     /// Erase a record by destroying its key wrappers (the patient only; GDPR art. 17).
     Erase {
         #[command(flatten)]
@@ -263,6 +272,7 @@ fn main() -> ExitCode {
             patient,
             record,
         } => platform::erase(&dir.path(), &who, &patient, &record),
+        Command::Stats { dir, command } => stats_cmd::run(&dir.path(), command),
         Command::Demo { seed } => demo::run(seed),
         Command::Policy { policy } => check_policy(&policy),
     };

@@ -9,7 +9,7 @@ use asclepios_client::Client;
 use asclepios_deploy::serve::{start, Listen};
 use asclepios_deploy::Config;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,10 +53,10 @@ pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
 pub struct AsArg {
     /// The identity to act as (its certificate and key are in <dir>/identities/)
     #[arg(long = "as", value_name = "ID")]
-    identity: String,
+    pub(crate) identity: String,
 }
 
-fn connect(dir: &Path, who: &AsArg) -> anyhow::Result<Client> {
+pub(crate) fn connect(dir: &Path, who: &AsArg) -> anyhow::Result<Client> {
     let config = Config::load(dir)?;
     let url = |listen: &str| format!("https://{}", listen.replace("127.0.0.1", "localhost"));
     Ok(Client::connect(
@@ -370,7 +370,7 @@ pub fn consent(dir: &Path, command: ConsentCommand) -> anyhow::Result<()> {
 
 /// The resources of a FHIR R4 Bundle (transaction, batch or collection) or
 /// of an NDJSON file (FHIR Bulk Data: one resource per line).
-fn read_resources(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) fn read_resources(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let is_ndjson = path.extension().is_some_and(|e| e == "ndjson");
@@ -408,7 +408,7 @@ fn read_resources(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 }
 
 /// The patient a resource is about: a Patient's own id, else its subject or patient reference.
-fn patient_of(view: &asclepios_fhir::ResourceView) -> Option<String> {
+pub(crate) fn patient_of(view: &asclepios_fhir::ResourceView) -> Option<String> {
     if view.resource_type() == "Patient" {
         return view.id().map(str::to_string);
     }

@@ -166,6 +166,79 @@ fn a_deployment_through_the_command_line() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("searching needs one of"));
 
+    // Statistics: a provider publishes encrypted values, a researcher asks.
+    let cohort = tmp.path().join("cohort.ndjson");
+    std::fs::write(
+        &cohort,
+        ok(&[
+            "synth",
+            "--patients",
+            "12",
+            "--encounters",
+            "1",
+            "--seed",
+            "5",
+        ]),
+    )
+    .unwrap();
+    let published = ok(&[
+        "stats",
+        "publish",
+        "--dir",
+        d,
+        "--as",
+        "lab-central",
+        "--study",
+        "bp",
+        "--period",
+        "20",
+        "--feature",
+        "systolic",
+        "--code",
+        "http://loinc.org|8480-6",
+        "--buckets",
+        "120,140",
+        cohort.to_str().unwrap(),
+    ]);
+    assert!(
+        published.contains("published 12 patient(s) (12 with a value)"),
+        "{published}"
+    );
+    let summary = ok(&[
+        "stats",
+        "query",
+        "--dir",
+        d,
+        "--as",
+        "researcher-rita",
+        "--study",
+        "bp",
+        "--period",
+        "20",
+        "--feature",
+        "systolic",
+    ]);
+    assert!(summary.contains("count     12"), "{summary}");
+    assert!(summary.contains("bucket 120-140"), "{summary}");
+    let small = asclepios(&[
+        "stats",
+        "query",
+        "--dir",
+        d,
+        "--as",
+        "researcher-rita",
+        "--study",
+        "bp",
+        "--period",
+        "20",
+        "--feature",
+        "systolic",
+        "--cohort",
+        "slots:0,1,2",
+    ]);
+    assert!(!small.status.success());
+    assert!(String::from_utf8_lossy(&small.stderr).contains("below the minimum"));
+
     ok(&[
         "consent",
         "grant",

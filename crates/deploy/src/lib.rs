@@ -46,11 +46,7 @@ pub enum Error {
 }
 
 /// Writes a file, secret ones readable by the owner only.
-pub(crate) fn write_file(
-    path: &std::path::Path,
-    contents: &str,
-    secret: bool,
-) -> Result<(), Error> {
+pub fn write_file(path: &std::path::Path, contents: &str, secret: bool) -> Result<(), Error> {
     use std::io::Write;
     let io = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", path.display()));
     let mut options = std::fs::OpenOptions::new();
@@ -68,7 +64,7 @@ pub(crate) fn write_file(
 }
 
 /// Reads a text file, saying which when it fails.
-pub(crate) fn read_file(path: &std::path::Path) -> Result<String, Error> {
+pub fn read_file(path: &std::path::Path) -> Result<String, Error> {
     std::fs::read_to_string(path)
         .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
 }

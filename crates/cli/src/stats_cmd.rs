@@ -1,0 +1,208 @@
+//! `asclepios stats`: publish encrypted values as a data provider, ask for
+//! aggregates as a researcher.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use asclepios_crypto::ipfe::SlotKey;
+
+use crate::platform::{connect, patient_of, read_resources, runtime, AsArg};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StatsCommand {
+    /// As a data provider: encrypt one value per patient (the latest matching observation
+    /// in the period) from FHIR files and publish it for a study. Each patient keeps a slot
+    /// (and its key, in <dir>/identities/<id>.stats/<study>.json) from period to period;
+    /// patients without a value this period publish "no value", which stays hidden.
+    ///
+    /// Example: asclepios stats publish --as lab-central --study bp --period 2024
+    ///   --feature systolic --code 'http://loinc.org|8480-6' --buckets 120,140 sample.ndjson
+    Publish {
+        #[command(flatten)]
+        who: AsArg,
+        /// The study.
+        #[arg(long)]
+        study: String,
+        /// The period: a prefix of the observations' dates (2024, 2024-03).
+        #[arg(long)]
+        period: String,
+        /// A name for the measure (letters, digits, - _ .).
+        #[arg(long)]
+        feature: String,
+        /// The observation code, system|code.
+        #[arg(long)]
+        code: String,
+        /// Histogram bucket edges, e.g. 120,140.
+        #[arg(long, value_delimiter = ',')]
+        buckets: Vec<f64>,
+        /// Bundle (.json) or NDJSON (.ndjson) files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// As a researcher: count, mean, variance and histogram of a feature over a cohort.
+    /// The authority issues a key per aggregate only for cohorts of 10 or more that,
+    /// with the keys already issued for the study, single nobody out.
+    ///
+    /// Example: asclepios stats query --as researcher-rita --study bp --period 2024 --feature systolic
+    Query {
+        #[command(flatten)]
+        who: AsArg,
+        /// The study.
+        #[arg(long)]
+        study: String,
+        /// The period.
+        #[arg(long)]
+        period: String,
+        /// The feature.
+        #[arg(long)]
+        feature: String,
+        /// `all`, `provider:<id>` or `slots:<n>,<n>,...`.
+        #[arg(long, default_value = "all")]
+        cohort: String,
+    },
+}
+
+pub fn run(dir: &Path, command: StatsCommand) -> anyhow::Result<()> {
+    match command {
+        StatsCommand::Publish {
+            who,
+            study,
+            period,
+            feature,
+            code,
+            buckets,
+            files,
+        } => publish(
+            dir, &who, &study, &period, &feature, &code, &buckets, &files,
+        ),
+        StatsCommand::Query {
+            who,
+            study,
+            period,
+            feature,
+            cohort,
+        } => runtime()?.block_on(async {
+            let client = connect(dir, &who)?;
+            let s = client
+                .stats_summary(&study, &period, &feature, &cohort)
+                .await?;
+            println!(
+                "study {study}, {period}, {feature}, cohort {cohort} ({} slots)",
+                s.slots
+            );
+            println!("count     {}", s.count);
+            match (s.mean, s.variance) {
+                (Some(m), Some(v)) => {
+                    println!("mean      {m:.2}");
+                    println!("variance  {v:.2}  (sd {:.2})", v.max(0.0).sqrt());
+                }
+                _ => println!("no values"),
+            }
+            for (bucket, n) in &s.histogram {
+                println!("bucket {bucket:<12} {n}");
+            }
+            eprintln!("each aggregate came from its own function key; no value was decrypted");
+            Ok(())
+        }),
+    }
+}
+
+/// The provider's slots of a study: patient -> (slot, key).
+fn slots_file(dir: &Path, who: &AsArg, study: &str) -> PathBuf {
+    dir.join("identities")
+        .join(format!("{}.stats", who.identity))
+        .join(format!("{study}.json"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    dir: &Path,
+    who: &AsArg,
+    study: &str,
+    period: &str,
+    feature: &str,
+    code: &str,
+    buckets: &[f64],
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        buckets.windows(2).all(|w| w[0] < w[1]),
+        "bucket edges must increase"
+    );
+    let (system, code) = code
+        .split_once('|')
+        .context("--code is system|code, e.g. 'http://loinc.org|8480-6'")?;
+    // The latest matching value per patient in the period.
+    let mut latest: BTreeMap<String, (String, f64)> = BTreeMap::new();
+    for f in files {
+        for resource in read_resources(f)? {
+            let Ok(view) = asclepios_fhir::ResourceView::from_value(resource) else {
+                continue;
+            };
+            let matches = view.resource_type() == "Observation"
+                && view
+                    .codings()
+                    .iter()
+                    .any(|c| c.system == system && c.code == code);
+            let when = view.json()["effectiveDateTime"]
+                .as_str()
+                .unwrap_or_default();
+            let value = view.json()["valueQuantity"]["value"].as_f64();
+            if let (true, true, Some(value), Some(patient)) =
+                (matches, when.starts_with(period), value, patient_of(&view))
+            {
+                let entry = latest.entry(patient).or_insert((String::new(), value));
+                if when >= entry.0.as_str() {
+                    *entry = (when.to_string(), value);
+                }
+            }
+        }
+    }
+    let path = slots_file(dir, who, study);
+    let mut slots: BTreeMap<String, (u64, String)> = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?
+        }
+        Err(_) => BTreeMap::new(),
+    };
+    runtime()?.block_on(async {
+        let client = connect(dir, who)?;
+        let new: Vec<&String> = latest.keys().filter(|p| !slots.contains_key(*p)).collect();
+        if !new.is_empty() {
+            let (first, keys) = client.stats_slots(study, new.len() as u32).await?;
+            for (i, (patient, key)) in new.into_iter().zip(keys).enumerate() {
+                slots.insert(
+                    patient.clone(),
+                    (first + i as u64, hex::encode(key.to_bytes().as_ref())),
+                );
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            asclepios_deploy::write_file(&path, &serde_json::to_string(&slots)?, true)?;
+        }
+        let keys: Vec<(u64, SlotKey, Option<f64>)> = slots
+            .iter()
+            .map(|(patient, (slot, key))| {
+                let bytes: [u8; 64] = hex::decode(key)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .context("a damaged slot key")?;
+                let key = SlotKey::from_bytes(&bytes).context("a damaged slot key")?;
+                Ok((*slot, key, latest.get(patient).map(|(_, v)| *v)))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let rows: Vec<(u64, &SlotKey, Option<f64>)> =
+            keys.iter().map(|(s, k, v)| (*s, k, *v)).collect();
+        let n = client
+            .stats_publish(study, period, feature, buckets, &rows)
+            .await?;
+        println!(
+            "published {} patient(s) ({} with a value) as {n} encrypted values for {study}/{period}/{feature}",
+            rows.len(),
+            latest.len()
+        );
+        Ok(())
+    })
+}
