@@ -147,3 +147,23 @@ fn sse_suite_quick_prints_every_case_on_every_backend() {
         }
     }
 }
+
+#[test]
+fn fe_suite_quick_prints_every_op_with_its_bound() {
+    let (stdout, rows) = quick_json("fe");
+    // setup, encrypt, keygen, decrypt at two quick sizes.
+    assert_eq!(rows.len(), 8, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["suite"], "fe");
+        assert!(["setup", "encrypt", "keygen", "decrypt"].contains(&row["op"].as_str().unwrap()));
+        for field in ["n", "ours_us", "bound_us", "bound_ratio"] {
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing in {row}"));
+            assert!(v > 0.0, "{field} = {v} in {row}");
+        }
+        if row["op"] == "decrypt" {
+            assert!(row["floor_us"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub enum Refusal {
         min: usize,
     },
     /// Combined with issued keys it would isolate a small group.
-    #[error("with the keys already issued for this study, {size} people would be isolated (minimum {min}): ask for an issued cohort, or one disjoint from them")]
+    #[error("with the keys already issued for this study, a group of {size} would be isolated (minimum {min}): ask for an issued cohort, or one disjoint from them")]
     Differencing {
         /// The smallest region.
         size: usize,

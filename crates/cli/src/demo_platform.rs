@@ -272,7 +272,63 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         ),
     );
 
-    story.section("16. Erasure and disabled identities");
+    story.section("16. Research statistics without seeing a value");
+    // The lab's cohort: systolic readings of 24 synthetic patients (its own data).
+    let mut cohort_gen = Generator::new(seed + 100);
+    let readings: Vec<f64> = (0..24)
+        .map(|i| {
+            let bp = cohort_gen.blood_pressure(&format!("pat-r{i:03}"));
+            bp["valueQuantity"]["value"].as_f64().unwrap_or(120.0)
+        })
+        .collect();
+    let (first, slot_keys) = lab.stats_slots("bp-study", readings.len() as u32).await?;
+    let rows: Vec<_> = slot_keys
+        .iter()
+        .zip(&readings)
+        .enumerate()
+        .map(|(i, (k, v))| (first + i as u64, k, Some(*v)))
+        .collect();
+    let published = lab
+        .stats_publish("bp-study", "2025", "systolic", &[120.0, 140.0], &rows)
+        .await?;
+    story.note(&format!(
+        "the lab encrypts {} readings in their own slots ({published} ciphertexts: value, square, presence, buckets)",
+        readings.len()
+    ));
+    let summary = rita
+        .stats_summary("bp-study", "2025", "systolic", "all")
+        .await?;
+    let mean = readings.iter().sum::<f64>() / readings.len() as f64;
+    story.expect(
+        summary.count == 24 && summary.mean.is_some_and(|m| (m - mean).abs() < 1e-6),
+        &format!(
+            "the researcher learns count {}, mean {:.1}, sd {:.1}, histogram {:?}, and no single value",
+            summary.count,
+            summary.mean.unwrap_or_default(),
+            summary.variance.unwrap_or_default().max(0.0).sqrt(),
+            summary.histogram
+        ),
+    );
+    let everyone_but_one: Vec<String> = (first + 1..first + 24).map(|s| s.to_string()).collect();
+    match rita
+        .stats_sum(
+            "bp-study",
+            "2025/systolic/value",
+            &format!("slots:{}", everyone_but_one.join(",")),
+        )
+        .await
+    {
+        Err(e) => story.expect(
+            true,
+            &format!(
+                "\"everyone but one\" after \"everyone\" is refused ({})",
+                refused(&e)
+            ),
+        ),
+        Ok(_) => story.expect(false, "a differencing query was answered"),
+    }
+
+    story.section("17. Erasure and disabled identities");
     match heart.erase_record(&pid, &record).await {
         Err(e) => story.expect(
             true,
@@ -295,7 +351,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         Ok(_) => story.expect(false, "a disabled identity was served"),
     }
 
-    story.section("17. An auditor verifies the whole audit log");
+    story.section("18. An auditor verifies the whole audit log");
     let d = dir.clone();
     let (size, verified) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
         let config = Config::load(&d)?;

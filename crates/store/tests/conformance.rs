@@ -18,6 +18,7 @@ conformance!(
     invalid_record_input_is_refused,
     sse_index_batches_and_refuses_overwrites,
     sse_state_swaps_atomically_with_the_index,
+    statistics_slots_values_and_cohorts,
     directory_tracks_attribute_versions,
     consents_keep_their_history,
     emergency_grants_queue_for_review,
@@ -276,6 +277,46 @@ fn sse_state_swaps_atomically_with_the_index(h: &Harness) {
     })
     .unwrap();
     assert_eq!(s.sse_state(&[row]).unwrap(), vec![None]);
+}
+
+fn statistics_slots_values_and_cohorts(h: &Harness) {
+    let s = h.open();
+    let first = s
+        .fe_add_slots("study", "lab-a", 3, &mut |slot| vec![slot as u8; 4])
+        .unwrap();
+    assert_eq!(first, 0);
+    let next = s
+        .fe_add_slots("study", "lab-b", 2, &mut |slot| vec![slot as u8; 4])
+        .unwrap();
+    assert_eq!(next, 3);
+    assert_eq!(
+        s.fe_add_slots("other", "lab-a", 1, &mut |_| vec![0])
+            .unwrap(),
+        0
+    );
+    let slots = s.fe_slots("study").unwrap();
+    assert_eq!(slots.len(), 5);
+    assert_eq!(slots[4].provider, "lab-b");
+    assert_eq!(slots[4].sealed_key, vec![4u8; 4]);
+    s.fe_put_values("study", "p/f/value", &[(0, vec![1; 32]), (1, vec![2; 32])])
+        .unwrap();
+    // Once per slot and label: a batch repeating a slot writes nothing.
+    let e = s
+        .fe_put_values("study", "p/f/value", &[(2, vec![3; 32]), (1, vec![9; 32])])
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    assert_eq!(
+        s.fe_values("study", "p/f/value").unwrap(),
+        vec![(0, vec![1; 32]), (1, vec![2; 32])]
+    );
+    s.fe_put_values("study", "p/f/square", &[(0, vec![5; 32])])
+        .unwrap();
+    assert_eq!(s.fe_labels("study").unwrap(), ["p/f/square", "p/f/value"]);
+    s.fe_add_cohort("study", "c1", &[0, 1]).unwrap();
+    s.fe_add_cohort("study", "c1", &[0, 1]).unwrap();
+    s.fe_add_cohort("study", "c2", &[2]).unwrap();
+    assert_eq!(s.fe_cohorts("study").unwrap(), vec![vec![0, 1], vec![2]]);
+    assert!(s.fe_cohorts("other").unwrap().is_empty());
 }
 
 fn directory_tracks_attribute_versions(h: &Harness) {
