@@ -156,14 +156,11 @@ fn fe_suite_quick_prints_every_op_with_its_bound() {
     for row in &rows {
         assert_eq!(row["suite"], "fe");
         assert!(["setup", "encrypt", "keygen", "decrypt"].contains(&row["op"].as_str().unwrap()));
-        for field in ["n", "ours_us", "bound_us", "bound_ratio"] {
+        for field in ["n", "ours_us", "bound_us", "bound_ratio", "floor_us"] {
             let v = row[field]
                 .as_f64()
                 .unwrap_or_else(|| panic!("{field} missing in {row}"));
-            assert!(v > 0.0, "{field} = {v} in {row}");
-        }
-        if row["op"] == "decrypt" {
-            assert!(row["floor_us"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+            assert!(v >= 0.0, "{field} = {v} in {row}");
         }
     }
 }

@@ -148,27 +148,6 @@ impl KeyAuthority {
             .any(|a| roles.contains(&attribute_name(a))))
     }
 
-    /// Logs a statistics event and returns its receipt.
-    fn stats_event(
-        &self,
-        caller: &str,
-        resource: String,
-        v: &Verified,
-        outcome: Outcome,
-        status: StatusCode,
-    ) -> Result<Receipt, ApiError> {
-        let mut event = AuditEvent::new(
-            caller,
-            Action::KeyIssue,
-            resource,
-            None,
-            outcome,
-            Some(v.signature.clone()),
-        );
-        event.purpose = "HRESCH".into();
-        asclepios_records::log_event(&self.trail, &event, v, status)
-    }
-
     /// Slots (and their keys, sealed to the caller) for a data provider.
     fn stats_slots(
         &self,
@@ -212,22 +191,14 @@ impl KeyAuthority {
                 keys: sealed,
             })
         };
-        match work() {
-            Ok(result) => Ok(WithReceipt {
-                receipt: self.stats_event(
-                    &caller.id,
-                    resource,
-                    v,
-                    Outcome::Success,
-                    StatusCode::OK,
-                )?,
-                result,
-            }),
-            Err(e) => {
-                self.stats_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
-                Err(e)
-            }
-        }
+        asclepios_records::audit_outcome(
+            &self.trail,
+            v,
+            &caller.id,
+            (Action::KeyIssue, Some("HRESCH")),
+            resource,
+            work(),
+        )
     }
 
     /// An aggregate key for a researcher, if the cohort passes the rule.
@@ -267,25 +238,18 @@ impl KeyAuthority {
                 key: sealed,
             })
         };
-        match work() {
-            Ok(result) => {
-                resource.push_str(&format!(" ({} slots)", result.slots.len()));
-                Ok(WithReceipt {
-                    receipt: self.stats_event(
-                        &caller.id,
-                        resource,
-                        v,
-                        Outcome::Success,
-                        StatusCode::OK,
-                    )?,
-                    result,
-                })
-            }
-            Err(e) => {
-                self.stats_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
-                Err(e)
-            }
+        let result = work();
+        if let Ok(key) = &result {
+            resource.push_str(&format!(" ({} slots)", key.slots.len()));
         }
+        asclepios_records::audit_outcome(
+            &self.trail,
+            v,
+            &caller.id,
+            (Action::KeyIssue, Some("HRESCH")),
+            resource,
+            result,
+        )
     }
 
     fn index(&self) -> search::SearchIndex<'_> {

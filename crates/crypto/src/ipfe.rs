@@ -500,19 +500,12 @@ impl SlotKey {
 
     /// Its 64 bytes (to be sealed to the provider).
     pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 64]> {
-        let mut out = zeroize::Zeroizing::new([0u8; 64]);
-        out[..32].copy_from_slice(self.0[0].as_bytes());
-        out[32..].copy_from_slice(self.0[1].as_bytes());
-        out
+        pair_bytes(&self.0)
     }
 
     /// The key from its bytes; `None` if a scalar is not canonical.
     pub fn from_bytes(bytes: &[u8; 64]) -> Option<SlotKey> {
-        let a: [u8; 32] = bytes[..32].try_into().ok()?;
-        let b: [u8; 32] = bytes[32..].try_into().ok()?;
-        let a = Option::<Scalar>::from(Scalar::from_canonical_bytes(a))?;
-        let b = Option::<Scalar>::from(Scalar::from_canonical_bytes(b))?;
-        Some(SlotKey([a, b]))
+        scalar_pair(bytes).map(SlotKey)
     }
 
     /// Encrypts this slot's value (`|x| < 2^32`) under `label`: two
@@ -526,19 +519,12 @@ impl SlotKey {
 impl McfeKey {
     /// Its 64 bytes (to be sealed to the researcher).
     pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 64]> {
-        let mut out = zeroize::Zeroizing::new([0u8; 64]);
-        out[..32].copy_from_slice(self.d[0].as_bytes());
-        out[32..].copy_from_slice(self.d[1].as_bytes());
-        out
+        pair_bytes(&self.d)
     }
 
     /// The key from its bytes; `None` if a scalar is not canonical.
     pub fn from_bytes(bytes: &[u8; 64]) -> Option<McfeKey> {
-        let a: [u8; 32] = bytes[..32].try_into().ok()?;
-        let b: [u8; 32] = bytes[32..].try_into().ok()?;
-        let a = Option::<Scalar>::from(Scalar::from_canonical_bytes(a))?;
-        let b = Option::<Scalar>::from(Scalar::from_canonical_bytes(b))?;
-        Some(McfeKey { d: [a, b] })
+        scalar_pair(bytes).map(|d| McfeKey { d })
     }
 }
 
@@ -570,6 +556,23 @@ impl Mcfe {
         let mask = label.u[0] * key.d[0] + label.u[1] * key.d[1];
         table.solve(&(weighted - mask), bound)
     }
+}
+
+/// Two scalars as 64 bytes.
+fn pair_bytes(pair: &[Scalar; 2]) -> zeroize::Zeroizing<[u8; 64]> {
+    let mut out = zeroize::Zeroizing::new([0u8; 64]);
+    out[..32].copy_from_slice(pair[0].as_bytes());
+    out[32..].copy_from_slice(pair[1].as_bytes());
+    out
+}
+
+/// Two canonical scalars from 64 bytes.
+fn scalar_pair(bytes: &[u8; 64]) -> Option<[Scalar; 2]> {
+    let scalar = |half: &[u8]| {
+        let b: [u8; 32] = half.try_into().ok()?;
+        Option::<Scalar>::from(Scalar::from_canonical_bytes(b))
+    };
+    Some([scalar(&bytes[..32])?, scalar(&bytes[32..])?])
 }
 
 /// Serializes a ciphertext point (32 bytes).

@@ -493,6 +493,44 @@ pub fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     })
 }
 
+/// Logs the outcome of `result` (success, or refused with its status) as an
+/// event about no patient, with an optional purpose of use, and attaches the
+/// receipt.
+pub fn audit_outcome<T>(
+    trail: &AuditTrail<Store>,
+    v: &Verified,
+    caller: &str,
+    (action, purpose): (Action, Option<&str>),
+    resource: String,
+    result: Result<T, ApiError>,
+) -> Result<WithReceipt<T>, ApiError> {
+    let (outcome, status) = match &result {
+        Ok(_) => (Outcome::Success, StatusCode::OK),
+        Err(e) => (Outcome::Denied, e.status),
+    };
+    let mut event = AuditEvent::new(
+        caller,
+        action,
+        resource,
+        None,
+        outcome,
+        Some(v.signature.clone()),
+    );
+    if let Some(purpose) = purpose {
+        event.purpose = purpose.into();
+    }
+    let receipt = log_event(trail, &event, v, status)?;
+    Ok(WithReceipt {
+        result: result?,
+        receipt,
+    })
+}
+
+/// The first 128 characters of a name, for an audit event.
+fn shown(s: &str) -> String {
+    s.chars().take(128).collect()
+}
+
 /// Logs `event` for the request `v` answered with `status`; its receipt.
 /// Shared by the services: an audit log that cannot be written is a 503.
 pub fn log_event(
@@ -681,29 +719,20 @@ async fn publish_stats(
                 .map_err(store_error)?;
             Ok(rows.len())
         };
-        let result = work();
-        let (outcome, status) = match &result {
-            Ok(_) => (Outcome::Success, StatusCode::OK),
-            Err(e) => (Outcome::Denied, e.status),
-        };
-        let event = AuditEvent::new(
-            &caller.id,
-            Action::Create,
-            format!(
-                "stats/{}/{}: {} values",
-                req.study.chars().take(128).collect::<String>(),
-                req.label.chars().take(128).collect::<String>(),
-                req.values.len()
-            ),
-            None,
-            outcome,
-            Some(v.signature.clone()),
+        let resource = format!(
+            "stats/{}/{}: {} values",
+            shown(&req.study),
+            shown(&req.label),
+            req.values.len()
         );
-        let receipt = log_event(&s.trail, &event, &v, status)?;
-        Ok(WithReceipt {
-            result: result?,
-            receipt,
-        })
+        audit_outcome(
+            &s.trail,
+            &v,
+            &caller.id,
+            (Action::Create, Some("HRESCH")),
+            resource,
+            work(),
+        )
     })
     .await
     .map(Json)
@@ -754,33 +783,19 @@ async fn stats_values(
                 }
             }
         };
-        let result = work();
-        let (outcome, status) = match &result {
-            Ok(_) => (Outcome::Success, StatusCode::OK),
-            Err(e) => (Outcome::Denied, e.status),
-        };
-        let event = AuditEvent::new(
-            &caller.id,
-            Action::Read,
-            format!(
-                "stats/{}/{}",
-                q.study.chars().take(128).collect::<String>(),
-                q.label
-                    .as_deref()
-                    .unwrap_or("*")
-                    .chars()
-                    .take(128)
-                    .collect::<String>()
-            ),
-            None,
-            outcome,
-            Some(v.signature.clone()),
+        let resource = format!(
+            "stats/{}/{}",
+            shown(&q.study),
+            shown(q.label.as_deref().unwrap_or("*"))
         );
-        let receipt = log_event(&s.trail, &event, &v, status)?;
-        Ok(WithReceipt {
-            result: result?,
-            receipt,
-        })
+        audit_outcome(
+            &s.trail,
+            &v,
+            &caller.id,
+            (Action::Read, Some("HRESCH")),
+            resource,
+            work(),
+        )
     })
     .await
     .map(Json)
@@ -849,24 +864,15 @@ async fn search_index(
                     .collect(),
             })
         };
-        let result = lookup();
-        let (outcome, status) = match &result {
-            Ok(_) => (Outcome::Success, StatusCode::OK),
-            Err(e) => (Outcome::Denied, e.status),
-        };
-        let event = AuditEvent::new(
+        let resource = format!("index lookup: {} addresses", req.addrs.len());
+        audit_outcome(
+            &s.trail,
+            &v,
             &caller.id,
-            Action::Search,
-            format!("index lookup: {} addresses", req.addrs.len()),
-            None,
-            outcome,
-            Some(v.signature.clone()),
-        );
-        let receipt = log_event(&s.trail, &event, &v, status)?;
-        Ok(WithReceipt {
-            result: result?,
-            receipt,
-        })
+            (Action::Search, None),
+            resource,
+            lookup(),
+        )
     })
     .await
     .map(Json)

@@ -99,35 +99,31 @@ impl Store {
         })
     }
 
-    /// Reads sealed state rows; `None` where a row does not exist.
-    pub fn sse_state(&self, rows: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.read(|tx| {
-            let mut found = std::collections::HashMap::with_capacity(rows.len());
-            for chunk in rows.chunks(ADDRS_PER_QUERY) {
-                let placeholders: Vec<String> =
-                    (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "SELECT row_id, sealed FROM sse_state WHERE row_id IN ({})",
-                    placeholders.join(", ")
-                );
-                let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
-                for row in tx.query(&sql, &params)? {
-                    found.insert(row.bytes(0)?, row.bytes(1)?);
-                }
-            }
-            Ok(rows.iter().map(|r| found.get(r).cloned()).collect())
-        })
-    }
-
     /// Reads index entries; `None` where an address holds nothing.
     pub fn sse_get(&self, addrs: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.select_by_key("sse_index", "addr", "value", addrs)
+    }
+
+    /// Reads sealed state rows; `None` where a row does not exist.
+    pub fn sse_state(&self, rows: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.select_by_key("sse_state", "row_id", "sealed", rows)
+    }
+
+    /// `value` of `table` for each `key`, in batches of [`ADDRS_PER_QUERY`].
+    fn select_by_key(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         self.read(|tx| {
-            let mut found = std::collections::HashMap::with_capacity(addrs.len());
-            for chunk in addrs.chunks(ADDRS_PER_QUERY) {
+            let mut found = std::collections::HashMap::with_capacity(keys.len());
+            for chunk in keys.chunks(ADDRS_PER_QUERY) {
                 let placeholders: Vec<String> =
                     (1..=chunk.len()).map(|i| format!("${i}")).collect();
                 let sql = format!(
-                    "SELECT addr, value FROM sse_index WHERE addr IN ({})",
+                    "SELECT {key}, {value} FROM {table} WHERE {key} IN ({})",
                     placeholders.join(", ")
                 );
                 let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
@@ -135,7 +131,7 @@ impl Store {
                     found.insert(row.bytes(0)?, row.bytes(1)?);
                 }
             }
-            Ok(addrs.iter().map(|a| found.get(a).cloned()).collect())
+            Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
         })
     }
 }
