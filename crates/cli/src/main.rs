@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod deid_cmd;
 mod demo;
 mod demo_platform;
 mod log_cmd;
@@ -215,6 +216,22 @@ enum Command {
         #[command(subcommand)]
         command: stats_cmd::StatsCommand,
     },
+    /// De-identify FHIR files (Bundle or NDJSON) with a profile, on this machine, and
+    /// report k-anonymity over patients' quasi-identifiers. Output is NDJSON.
+    ///
+    /// Profiles: safe-harbor (HIPAA's 18 identifiers removed, dates to the year, ages over 89
+    /// collapsed, ZIP to 3 digits; ids become codes of this export only), research-pseudonymised
+    /// (keyed pseudonyms and per-patient date shifts: needs --key-file), or a TOML file.
+    ///
+    /// Example: asclepios deid --profile safe-harbor --k 5 sample.ndjson deidentified.ndjson
+    Deid {
+        #[command(flatten)]
+        args: deid_cmd::DeidArgs,
+        /// Input: a Bundle (.json) or NDJSON (.ndjson).
+        input: std::path::PathBuf,
+        /// Output NDJSON file.
+        output: std::path::PathBuf,
+    },
     /// Erase a record by destroying its key wrappers (the patient only; GDPR art. 17).
     Erase {
         #[command(flatten)]
@@ -273,6 +290,11 @@ fn main() -> ExitCode {
             record,
         } => platform::erase(&dir.path(), &who, &patient, &record),
         Command::Stats { dir, command } => stats_cmd::run(&dir.path(), command),
+        Command::Deid {
+            args,
+            input,
+            output,
+        } => deid_cmd::run(&args, &input, &output),
         Command::Demo { seed } => demo::run(seed),
         Command::Policy { policy } => check_policy(&policy),
     };

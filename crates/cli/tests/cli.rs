@@ -120,3 +120,50 @@ fn init_then_user_administration() {
     ]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("asclepios init"));
 }
+
+#[test]
+fn deid_removes_names_and_reports_k_anonymity() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let output = dir.path().join("out.ndjson");
+    let synth = asclepios(&["synth", "--patients", "8", "--encounters", "1", "--seed", "3"]);
+    assert!(synth.status.success());
+    std::fs::write(&input, &synth.stdout).unwrap();
+    let families: Vec<String> = String::from_utf8_lossy(&synth.stdout)
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["name"][0]["family"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(families.len(), 8);
+    let out = asclepios(&[
+        "deid",
+        "--profile",
+        "safe-harbor",
+        "--qi",
+        "gender",
+        "--k",
+        "2",
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("k-anonymity over gender: 8 patient(s)"), "{stdout}");
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert!(written.lines().count() > 8);
+    for f in &families {
+        assert!(!written.contains(f.as_str()), "{f} survived");
+    }
+    // The research profile needs the project key.
+    let keyless = asclepios(&[
+        "deid",
+        "--profile",
+        "research-pseudonymised",
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+    ]);
+    assert!(!keyless.status.success());
+    assert!(String::from_utf8_lossy(&keyless.stderr).contains("--key-file"));
+}
