@@ -11,6 +11,7 @@
 
 mod abe;
 mod audit;
+mod deid;
 mod e2e;
 mod fe;
 mod sse;
@@ -26,6 +27,10 @@ const SUITES: &[(&str, &str)] = &[
     (
         "e2e",
         "records written and read over mutual TLS by 1, 4, 16 clients; the service path alone; one read split",
+    ),
+    (
+        "deid",
+        "FHIR de-identification (safe-harbor, research-pseudonymised) vs JSON parse+serialise, 100000 resources",
     ),
     (
         "fe",
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         "e2e" => e2e::run(quick, budget)?,
         "sse" => sse::run(quick, budget)?,
         "fe" => fe::run(quick, budget)?,
+        "deid" => deid::run(quick, budget)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

@@ -164,3 +164,19 @@ fn fe_suite_quick_prints_every_op_with_its_bound() {
         }
     }
 }
+
+#[test]
+fn deid_suite_quick_prints_both_profiles_against_the_floor() {
+    let (stdout, rows) = quick_json("deid");
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (row, op) in rows.iter().zip(["safe-harbor", "research-pseudonymised"]) {
+        assert_eq!(row["suite"], "deid");
+        assert_eq!(row["op"], op);
+        for field in ["per_s", "floor_per_s", "ratio", "resources"] {
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing in {row}"));
+            assert!(v > 0.0, "{field} = {v} in {row}");
+        }
+    }
+}

@@ -18,7 +18,11 @@ pub struct DeidArgs {
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// Quasi-identifiers of patients for the k-anonymity report (paths below Patient).
-    #[arg(long, value_delimiter = ',', default_value = "birthDate,gender,address.postalCode")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "birthDate,gender,address.postalCode"
+    )]
     pub qi: Vec<String>,
     /// Suppress patients (and their resources) in groups smaller than this.
     #[arg(long)]
@@ -62,14 +66,17 @@ pub fn run_profile(
     let deid = profile.deidentifier(key.as_ref())?;
     let bar = indicatif::ProgressBar::new(resources.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} de-identifying {pos}/{len} [{bar:40}] {per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} de-identifying {pos}/{len} [{bar:40}] {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let mut out = Vec::with_capacity(resources.len());
-    for (origin, r) in resources {
+    for (origin, mut r) in resources {
         bar.inc(1);
-        out.push(deid.apply(&r, &origin)?);
+        deid.apply_in_place(&mut r, &origin)?;
+        out.push(r);
     }
     bar.finish_and_clear();
     let (kept, report) = kanon::apply(out, &args.qi, args.k);

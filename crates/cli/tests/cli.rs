@@ -126,7 +126,15 @@ fn deid_removes_names_and_reports_k_anonymity() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.ndjson");
     let output = dir.path().join("out.ndjson");
-    let synth = asclepios(&["synth", "--patients", "8", "--encounters", "1", "--seed", "3"]);
+    let synth = asclepios(&[
+        "synth",
+        "--patients",
+        "8",
+        "--encounters",
+        "1",
+        "--seed",
+        "3",
+    ]);
     assert!(synth.status.success());
     std::fs::write(&input, &synth.stdout).unwrap();
     let families: Vec<String> = String::from_utf8_lossy(&synth.stdout)
@@ -149,8 +157,15 @@ fn deid_removes_names_and_reports_k_anonymity() {
         output.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("k-anonymity over gender: 8 patient(s)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("k-anonymity over gender: 8 patient(s)"),
+        "{stdout}"
+    );
     let written = std::fs::read_to_string(&output).unwrap();
     assert!(written.lines().count() > 8);
     for f in &families {

@@ -128,8 +128,8 @@ const TYPES: &[&str] = &[
 enum Base {
     /// The resource root of this type (`Resource`: any).
     Root(String),
-    /// Any node of this type.
-    Type(&'static str),
+    /// Any node of this type (its bit in [`TYPES`]).
+    Type(u16),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -155,8 +155,13 @@ enum Method {
 struct Rule {
     base: Base,
     suffix: Vec<String>,
+    /// `suffix` as ids in the profile's key vocabulary.
+    suffix_ids: Vec<u16>,
     method: Method,
 }
+
+/// The key id of an element no rule names.
+const OTHER_KEY: u16 = u16::MAX;
 
 /// A loaded profile.
 #[derive(Debug)]
@@ -168,6 +173,9 @@ pub struct Profile {
     default_redact: bool,
     ephemeral_key: bool,
     rules: Vec<Rule>,
+    /// Every element name the rules' paths mention; its index is its id (a
+    /// dozen names: a scan beats hashing).
+    vocabulary: Vec<String>,
 }
 
 fn parse_selector(s: &str) -> Result<(Base, Vec<String>), String> {
@@ -179,7 +187,7 @@ fn parse_selector(s: &str) -> Result<(Base, Vec<String>), String> {
             .iter()
             .find(|x| **x == t)
             .ok_or_else(|| format!("`{s}`: unknown type `{t}`; known: {}", TYPES.join(", ")))?;
-        (Base::Type(t), rest)
+        (Base::Type(type_bit(t)), rest)
     } else {
         let (root, rest) = s.split_once('.').map_or((s, ""), |(a, b)| (a, b));
         if root.is_empty()
@@ -292,6 +300,7 @@ impl Profile {
                 Ok(Rule {
                     base,
                     suffix,
+                    suffix_ids: Vec::new(),
                     method: parse_method(r)?,
                 })
                 .map_err(|e: String| e)
@@ -299,12 +308,28 @@ impl Profile {
             })
             .collect::<Result<Vec<_>, String>>()
             .map_err(DeidError::Profile)?;
+        let mut vocabulary: Vec<String> = Vec::new();
+        let mut rules = rules;
+        for r in &mut rules {
+            r.suffix_ids = r
+                .suffix
+                .iter()
+                .map(|k| match vocabulary.iter().position(|v| v == k) {
+                    Some(i) => i as u16,
+                    None => {
+                        vocabulary.push(k.clone());
+                        (vocabulary.len() - 1) as u16
+                    }
+                })
+                .collect();
+        }
         Ok(Profile {
             name: file.name,
             description: file.description,
             default_redact,
             ephemeral_key,
             rules,
+            vocabulary,
         })
     }
 
@@ -351,8 +376,9 @@ impl Profile {
             .map(|r| r.method.clone());
         Ok(Deidentifier {
             profile: self,
-            hash_key: sub(b"hash"),
-            shift_key: sub(b"shift"),
+            hash_mac: <Hmac<Sha256> as Mac>::new_from_slice(&sub(b"hash")).expect("any key"),
+            shift_mac: <Hmac<Sha256> as Mac>::new_from_slice(&sub(b"shift")).expect("any key"),
+            pseudonyms: Default::default(),
             siv: Aes256SivAead::new_from_slice(siv_key.as_ref()).expect("64-byte key"),
             id_method,
         })
@@ -362,8 +388,11 @@ impl Profile {
 /// A profile with its keys, ready to apply.
 pub struct Deidentifier<'p> {
     profile: &'p Profile,
-    hash_key: Zeroizing<Vec<u8>>,
-    shift_key: Zeroizing<Vec<u8>>,
+    /// HMAC-SHA256 keyed once (cloned per use: the key is not hashed again).
+    hash_mac: Hmac<Sha256>,
+    shift_mac: Hmac<Sha256>,
+    /// Pseudonyms already made: ids recur in every reference to them.
+    pseudonyms: std::cell::RefCell<std::collections::HashMap<String, String>>,
     siv: Aes256SivAead,
     id_method: Option<Method>,
 }
@@ -374,10 +403,16 @@ impl std::fmt::Debug for Deidentifier<'_> {
     }
 }
 
-/// What one node is, for matching.
-struct Node<'a> {
-    key: &'a str,
-    types: Vec<&'static str>,
+/// What one node is, for matching: its key (as a vocabulary id) and its
+/// types (bits in [`TYPES`]).
+#[derive(Clone, Copy)]
+struct Node {
+    key: u16,
+    types: u16,
+}
+
+fn type_bit(t: &str) -> u16 {
+    TYPES.iter().position(|x| *x == t).map_or(0, |i| 1 << i)
 }
 
 fn is_date_shape(s: &str, key: &str) -> bool {
@@ -402,8 +437,9 @@ fn is_date_shape(s: &str, key: &str) -> bool {
     full || (partial && date_key)
 }
 
-fn types_of(key: &str, v: &Value, in_extension_array: bool) -> Vec<&'static str> {
-    let mut t = Vec::new();
+fn types_of(key: &str, v: &Value, in_extension_array: bool) -> u16 {
+    let mut bits = 0u16;
+    let mut t = |name: &str| bits |= type_bit(name);
     match v {
         Value::Object(o) => {
             let has = |k: &str| o.contains_key(k);
@@ -412,156 +448,201 @@ fn types_of(key: &str, v: &Value, in_extension_array: bool) -> Vec<&'static str>
                     .iter()
                     .any(|k| has(k))
             {
-                t.push("HumanName");
+                t("HumanName");
             }
             if key == "telecom" {
-                t.push("ContactPoint");
+                t("ContactPoint");
             }
             if key == "address" {
-                t.push("Address");
+                t("Address");
             }
             if key == "identifier" {
-                t.push("Identifier");
+                t("Identifier");
             }
             if ["photo", "attachment", "content"].contains(&key)
                 && ["contentType", "data", "url", "title"]
                     .iter()
                     .any(|k| has(k))
             {
-                t.push("Attachment");
+                t("Attachment");
             }
             if key == "text" && has("div") {
-                t.push("Narrative");
+                t("Narrative");
             }
             if in_extension_array {
-                t.push("Extension");
+                t("Extension");
             }
             if o.get("reference").is_some_and(Value::is_string) {
-                t.push("Reference");
+                t("Reference");
             }
         }
-        Value::String(s) if is_date_shape(s, key) => t.push("dateTime"),
+        Value::String(s) if is_date_shape(s, key) => t("dateTime"),
         _ => {}
     }
-    t
+    bits
 }
 
 impl Deidentifier<'_> {
     /// De-identifies one resource; `where_` names it in errors.
     pub fn apply(&self, resource: &Value, where_: &str) -> Result<Value, DeidError> {
-        let view = asclepios_fhir::ResourceView::from_value(resource.clone()).map_err(|e| {
-            DeidError::Resource {
-                path: where_.to_string(),
-                message: e.to_string(),
-            }
+        let mut out = resource.clone();
+        self.apply_in_place(&mut out, where_)?;
+        Ok(out)
+    }
+
+    /// De-identifies one resource in place (no copy of what stays).
+    pub fn apply_in_place(&self, resource: &mut Value, where_: &str) -> Result<(), DeidError> {
+        asclepios_fhir::ResourceView::check(resource).map_err(|e| DeidError::Resource {
+            path: where_.to_string(),
+            message: e.to_string(),
         })?;
-        let rtype = view.resource_type().to_string();
-        let patient = match rtype.as_str() {
-            "Patient" => view.id().map(str::to_string),
-            _ => view
-                .subject()
-                .and_then(|r| r.rsplit('/').next().map(str::to_string)),
+        let rtype = resource["resourceType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let patient: Option<String> = match rtype.as_str() {
+            "Patient" => resource["id"].as_str().map(str::to_string),
+            _ => ["subject", "patient", "beneficiary"]
+                .iter()
+                .find_map(|k| resource.get(k)?.get("reference")?.as_str())
+                .and_then(|r| r.rsplit('/').next())
+                .map(str::to_string),
         };
         let ctx = Ctx {
             rtype: &rtype,
             patient: patient.as_deref(),
         };
-        let mut out = serde_json::Map::new();
-        let obj = resource.as_object().expect("checked by the view");
-        for (k, v) in obj {
+        let obj = resource.as_object_mut().expect("checked above");
+        let mut removed = Vec::new();
+        let mut stack = Vec::with_capacity(16);
+        for (k, v) in obj.iter_mut() {
             if k == "resourceType" {
-                out.insert(k.clone(), v.clone());
                 continue;
             }
-            let mut stack = vec![Node {
-                key: k,
+            stack.clear();
+            stack.push(Node {
+                key: self.key_id(k),
                 types: types_of(k, v, false),
-            }];
-            if let Some(nv) = self.walk(v, &mut stack, &ctx) {
-                out.insert(k.clone(), nv);
+            });
+            if !self.visit(v, k, &mut stack, &ctx) {
+                removed.push(k.clone());
             }
         }
-        Ok(Value::Object(out))
+        for k in removed {
+            obj.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn key_id(&self, k: &str) -> u16 {
+        self.profile
+            .vocabulary
+            .iter()
+            .position(|v| v == k)
+            .map_or(OTHER_KEY, |i| i as u16)
     }
 
     /// The first rule matching the node on top of `stack`.
-    fn rule_for(&self, stack: &[Node<'_>], ctx: &Ctx<'_>) -> Option<&Rule> {
+    fn rule_for(&self, stack: &[Node], ctx: &Ctx<'_>) -> Option<&Rule> {
         self.profile.rules.iter().find(|r| {
-            let k = r.suffix.len();
+            let k = r.suffix_ids.len();
             let depth = stack.len();
+            let keys_match =
+                |nodes: &[Node]| nodes.iter().zip(&r.suffix_ids).all(|(n, s)| n.key == *s);
             match &r.base {
                 Base::Root(t) => {
-                    (t == "Resource" || t == ctx.rtype)
-                        && depth == k
-                        && stack.iter().zip(&r.suffix).all(|(n, s)| n.key == s)
+                    (t == "Resource" || t == ctx.rtype) && depth == k && keys_match(stack)
                 }
                 Base::Type(t) => {
                     depth > k
-                        && stack[depth - 1 - k].types.contains(t)
-                        && stack[depth - k..]
-                            .iter()
-                            .zip(&r.suffix)
-                            .all(|(n, s)| n.key == s)
+                        && stack[depth - 1 - k].types & t != 0
+                        && keys_match(&stack[depth - k..])
                 }
             }
         })
     }
 
-    fn walk<'a>(&self, v: &'a Value, stack: &mut Vec<Node<'a>>, ctx: &Ctx<'_>) -> Option<Value> {
+    /// Applies the first matching rule to `v`, or visits below it; whether
+    /// `v` stays.
+    fn visit(&self, v: &mut Value, key: &str, stack: &mut Vec<Node>, ctx: &Ctx<'_>) -> bool {
         match self.rule_for(stack, ctx) {
-            Some(rule) => self.method(&rule.method, v, stack.last().map_or("", |n| n.key), ctx),
-            None => self.walk_children(v, stack, ctx),
+            Some(rule) => self.transform(&rule.method, v, key, ctx),
+            None => self.visit_children(v, key, stack, ctx),
         }
     }
 
     /// Below a node no rule matched.
-    fn walk_children<'a>(
+    fn visit_children(
         &self,
-        v: &'a Value,
-        stack: &mut Vec<Node<'a>>,
+        v: &mut Value,
+        key: &str,
+        stack: &mut Vec<Node>,
         ctx: &Ctx<'_>,
-    ) -> Option<Value> {
+    ) -> bool {
         match v {
             Value::Object(o) => {
-                let mut out = serde_json::Map::new();
-                for (k, child) in o {
+                let mut removed = Vec::new();
+                for (k, child) in o.iter_mut() {
                     stack.push(Node {
-                        key: k,
+                        key: self.key_id(k),
                         types: types_of(k, child, false),
                     });
-                    let result = match (k.as_str(), self.rule_for(stack, ctx)) {
-                        (_, Some(rule)) => self.method(&rule.method, child, k, ctx),
+                    let keep = match self.rule_for(stack, ctx) {
+                        Some(rule) => self.transform(&rule.method, child, k, ctx),
                         // A reference's target follows the id rule.
-                        ("reference", None) if child.is_string() => self.reference(child),
-                        _ => self.walk_children(child, stack, ctx),
+                        None if k == "reference" && child.is_string() => {
+                            match self.reference(child) {
+                                Some(nv) => {
+                                    *child = nv;
+                                    true
+                                }
+                                None => false,
+                            }
+                        }
+                        None => self.visit_children(child, k, stack, ctx),
                     };
                     stack.pop();
-                    if let Some(nv) = result {
-                        out.insert(k.clone(), nv);
+                    if !keep {
+                        removed.push(k.clone());
                     }
                 }
-                (!out.is_empty()).then_some(Value::Object(out))
+                for k in removed {
+                    o.remove(&k);
+                }
+                !o.is_empty()
             }
             Value::Array(items) => {
                 let top = stack.pop().expect("an array has a key");
-                let extension = top.key == "extension" || top.key == "modifierExtension";
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
+                let extension = key == "extension" || key == "modifierExtension";
+                items.retain_mut(|item| {
                     // Array items stand in their array's place.
                     stack.push(Node {
                         key: top.key,
-                        types: types_of(top.key, item, extension),
+                        types: types_of(key, item, extension),
                     });
-                    if let Some(nv) = self.walk(item, stack, ctx) {
-                        out.push(nv);
-                    }
+                    let keep = self.visit(item, key, stack, ctx);
                     stack.pop();
-                }
+                    keep
+                });
                 stack.push(top);
-                (!out.is_empty()).then_some(Value::Array(out))
+                !items.is_empty()
             }
-            _ if self.profile.default_redact => None,
-            other => Some(other.clone()),
+            _ => !self.profile.default_redact,
+        }
+    }
+
+    /// Applies a method to a node in place; whether it stays.
+    fn transform(&self, m: &Method, v: &mut Value, key: &str, ctx: &Ctx<'_>) -> bool {
+        match m {
+            Method::Redact => false,
+            Method::Keep => true,
+            _ => match self.method(m, v, key, ctx) {
+                Some(nv) => {
+                    *v = nv;
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -591,12 +672,22 @@ impl Deidentifier<'_> {
     }
 
     fn pseudonym(&self, s: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.hash_key).expect("any key");
+        if let Some(p) = self.pseudonyms.borrow().get(s) {
+            return p.clone();
+        }
+        let p = self.make_pseudonym(s);
+        let mut cache = self.pseudonyms.borrow_mut();
+        if cache.len() < 1 << 20 {
+            cache.insert(s.to_string(), p.clone());
+        }
+        p
+    }
+
+    fn make_pseudonym(&self, s: &str) -> String {
+        let mut mac = self.hash_mac.clone();
         mac.update(s.as_bytes());
-        // 128 bits, in FHIR's id alphabet (base64url has `-` and `_`; map `_`).
-        B64URL
-            .encode(&mac.finalize().into_bytes()[..16])
-            .replace('_', ".")
+        // 128 bits in hex: within FHIR's id alphabet, one allocation.
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     fn method(&self, m: &Method, v: &Value, key: &str, ctx: &Ctx<'_>) -> Option<Value> {
@@ -635,7 +726,7 @@ impl Deidentifier<'_> {
 
     /// The patient's date offset in days, in `[-days, days]`, never 0.
     fn offset(&self, patient: Option<&str>, days: u32) -> i64 {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.shift_key).expect("any key");
+        let mut mac = self.shift_mac.clone();
         mac.update(patient.unwrap_or("").as_bytes());
         let h = u64::from_be_bytes(
             mac.finalize().into_bytes()[..8]

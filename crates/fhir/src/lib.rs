@@ -55,6 +55,12 @@ impl ResourceView {
 
     /// Checks an already parsed JSON value.
     pub fn from_value(json: Value) -> Result<Self, FhirError> {
+        Self::check(&json)?;
+        Ok(ResourceView { json })
+    }
+
+    /// The checks of [`ResourceView::from_value`], on a borrowed value.
+    pub fn check(json: &Value) -> Result<(), FhirError> {
         let obj = json
             .as_object()
             .ok_or_else(|| FhirError::Structure("a resource must be a JSON object".into()))?;
@@ -77,9 +83,7 @@ impl ResourceView {
                 )));
             }
         }
-        let view = ResourceView { json };
-        view.try_codings()?;
-        Ok(view)
+        visit_codings(json, 0, &mut |_, _, _| {})
     }
 
     /// The JSON value.
@@ -149,6 +153,22 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 fn collect_codings(v: &Value, out: &mut Vec<Coding>, depth: usize) -> Result<(), FhirError> {
+    visit_codings(v, depth, &mut |system, code, display| {
+        out.push(Coding {
+            system: system.into(),
+            code: code.into(),
+            display: display.map(Into::into),
+        })
+    })
+}
+
+/// Checks every `coding` below `v` and calls `f` with each (system, code,
+/// display); no allocation when `f` makes none.
+fn visit_codings(
+    v: &Value,
+    depth: usize,
+    f: &mut impl FnMut(&str, &str, Option<&str>),
+) -> Result<(), FhirError> {
     if depth > 64 {
         return Err(FhirError::Structure("nesting deeper than 64 levels".into()));
     }
@@ -162,11 +182,9 @@ fn collect_codings(v: &Value, out: &mut Vec<Coding>, depth: usize) -> Result<(),
                     let system = c.get("system").and_then(Value::as_str);
                     let code = c.get("code").and_then(Value::as_str);
                     match (system, code) {
-                        (Some(system), Some(code)) => out.push(Coding {
-                            system: system.into(),
-                            code: code.into(),
-                            display: c.get("display").and_then(Value::as_str).map(Into::into),
-                        }),
+                        (Some(system), Some(code)) => {
+                            f(system, code, c.get("display").and_then(Value::as_str))
+                        }
                         _ if c.is_object() => {}
                         _ => {
                             return Err(FhirError::Structure(
@@ -178,13 +196,13 @@ fn collect_codings(v: &Value, out: &mut Vec<Coding>, depth: usize) -> Result<(),
             }
             for (k, child) in map {
                 if k != "coding" {
-                    collect_codings(child, out, depth + 1)?;
+                    visit_codings(child, depth + 1, f)?;
                 }
             }
         }
         Value::Array(items) => {
             for item in items {
-                collect_codings(item, out, depth + 1)?;
+                visit_codings(item, depth + 1, f)?;
             }
         }
         _ => {}
