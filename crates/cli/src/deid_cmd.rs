@@ -130,3 +130,80 @@ pub fn run(args: &DeidArgs, input: &Path, output: &Path) -> anyhow::Result<()> {
     print_report(&report, args.k);
     Ok(())
 }
+
+/// `asclepios export`: the records this identity can read (a patient's, or
+/// a search's matches), decrypted here, de-identified here, written to `out`;
+/// the export is logged in the audit trail.
+pub fn export(
+    dir: &Path,
+    who: &crate::platform::AsArg,
+    args: &DeidArgs,
+    patients: &[String],
+    query: Option<&str>,
+    recipient: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !patients.is_empty() || query.is_some(),
+        "say what to export: --patient P (repeatable) or --query 'type:Observation and ...'"
+    );
+    // Fail on a bad profile or key before reading anything.
+    load(args)?;
+    crate::platform::runtime()?.block_on(async {
+        let mut client = crate::platform::connect(dir, who)?;
+        client.refresh_key().await?;
+        let mut refs: Vec<(String, String)> = Vec::new();
+        for p in patients {
+            for (id, _) in client.list_records(p).await? {
+                refs.push((p.clone(), id));
+            }
+        }
+        if let Some(q) = query {
+            for m in client.search(q).await? {
+                refs.push((m.patient, m.record_id));
+            }
+        }
+        refs.sort();
+        refs.dedup();
+        let bar = indicatif::ProgressBar::new(refs.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} reading {pos}/{len} [{bar:40}] {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        let mut resources = Vec::new();
+        let mut unreadable = 0;
+        for (patient, id) in &refs {
+            bar.inc(1);
+            match client.get_record(patient, id).await {
+                Ok((resource, _)) => resources.push((format!("{patient}/{id}"), resource)),
+                Err(_) => unreadable += 1,
+            }
+        }
+        bar.finish_and_clear();
+        let read = resources.len();
+        let (kept, report, name) = run_profile(args, resources)?;
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let file = out.join("resources.ndjson");
+        write_ndjson(&file, &kept)?;
+        let receipt = client
+            .record_export(&asclepios_client::ExportNotice {
+                profile: name.clone(),
+                resources: kept.len() as u64,
+                records_read: read as u64,
+                recipient: recipient.to_string(),
+            })
+            .await?;
+        println!(
+            "exported {} resource(s) de-identified with `{name}` to {} ({read} read, {unreadable} not readable with your key)",
+            kept.len(),
+            file.display()
+        );
+        print_report(&report, args.k);
+        println!(
+            "the export is in the audit log (leaf {}) for {recipient}",
+            receipt.leaf_index
+        );
+        Ok(())
+    })
+}

@@ -232,6 +232,31 @@ enum Command {
         /// Output NDJSON file.
         output: std::path::PathBuf,
     },
+    /// Export the records you can read, de-identified on this machine, for a third party:
+    /// a patient's records (--patient) or a search's matches (--query). The export (profile,
+    /// count, recipient) is logged in the audit trail.
+    ///
+    /// Example: asclepios export --as dr-heart --patient pat-00000 --profile safe-harbor --k 5 --out export/
+    Export {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(flatten)]
+        who: platform::AsArg,
+        #[command(flatten)]
+        args: deid_cmd::DeidArgs,
+        /// A patient whose records to export (repeatable).
+        #[arg(long)]
+        patient: Vec<String>,
+        /// A search whose matches to export.
+        #[arg(long)]
+        query: Option<String>,
+        /// Who receives the export (logged).
+        #[arg(long, default_value = "third-party")]
+        to: String,
+        /// The directory to write resources.ndjson into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Erase a record by destroying its key wrappers (the patient only; GDPR art. 17).
     Erase {
         #[command(flatten)]
@@ -295,6 +320,23 @@ fn main() -> ExitCode {
             input,
             output,
         } => deid_cmd::run(&args, &input, &output),
+        Command::Export {
+            dir,
+            who,
+            args,
+            patient,
+            query,
+            to,
+            out,
+        } => deid_cmd::export(
+            &dir.path(),
+            &who,
+            &args,
+            &patient,
+            query.as_deref(),
+            &to,
+            &out,
+        ),
         Command::Demo { seed } => demo::run(seed),
         Command::Policy { policy } => check_policy(&policy),
     };

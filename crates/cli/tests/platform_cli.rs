@@ -166,6 +166,42 @@ fn a_deployment_through_the_command_line() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("searching needs one of"));
 
+    // A de-identified export of what dr-heart can read of pat-00000.
+    let out_dir = tmp.path().join("export");
+    let exported = ok(&[
+        "export",
+        "--dir",
+        d,
+        "--as",
+        "dr-heart",
+        "--patient",
+        "pat-00000",
+        "--profile",
+        "safe-harbor",
+        "--to",
+        "registry-x",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        exported.contains("exported") && exported.contains("audit log (leaf"),
+        "{exported}"
+    );
+    let written = std::fs::read_to_string(out_dir.join("resources.ndjson")).unwrap();
+    let sample = std::fs::read_to_string(&data).unwrap();
+    let family = sample
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["resourceType"] == "Patient" && r["id"] == "pat-00000")
+        .and_then(|r| r["name"][0]["family"].as_str().map(str::to_string))
+        .unwrap();
+    assert!(written.lines().count() >= 2, "{written}");
+    assert!(!written.contains(&family), "{family} in the export");
+    assert!(
+        !written.contains("pat-00000"),
+        "the pseudonym left in the export"
+    );
+
     // Statistics: a provider publishes encrypted values, a researcher asks.
     let cohort = tmp.path().join("cohort.ndjson");
     std::fs::write(

@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod search;
+
+pub use asclepios_records::ExportNotice;
 pub mod stats;
 
 use std::path::Path;
@@ -579,6 +581,18 @@ impl Client {
                 .await?
                 .0,
         )
+    }
+
+    /// Logs a de-identified export made from records this identity read.
+    pub async fn record_export(
+        &self,
+        notice: &asclepios_records::ExportNotice,
+    ) -> Result<Receipt, ClientError> {
+        let body = serde_json::to_vec(notice).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let ((), receipt) = self
+            .call_with_receipt("records", Method::POST, "/v1/exports", body)
+            .await?;
+        Ok(receipt)
     }
 
     /// Erases a record (crypto-shredding): the patient only. The record

@@ -199,6 +199,7 @@ impl RecordService {
             )
             .route("/v1/patients/{patient}/records", get(list_records))
             .route("/v1/search", axum::routing::post(search_index))
+            .route("/v1/exports", axum::routing::post(record_export))
             .route(
                 "/v1/stats/values",
                 axum::routing::post(publish_stats).get(stats_values),
@@ -823,6 +824,56 @@ pub fn check_stats_name(what: &str, s: &str) -> Result<(), ApiError> {
             "`{what}` must be 1 to 128 letters, digits or -_.:/"
         )))
     }
+}
+
+/// A de-identified export, declared by the identity that made it (the
+/// records were read, and so logged, one by one; this logs what left).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportNotice {
+    /// The de-identification profile.
+    pub profile: String,
+    /// Resources exported.
+    pub resources: u64,
+    /// Records read for it.
+    pub records_read: u64,
+    /// Who receives it.
+    pub recipient: String,
+}
+
+/// Logs an export (what profile, how many resources, to whom).
+async fn record_export(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<()>>, ApiError> {
+    let req: ExportNotice = json_body(&body)?;
+    blocking(move || {
+        let work = || -> Result<(), ApiError> {
+            s.check_caller(&caller.id)?;
+            check_stats_name("profile", &req.profile)?;
+            check_stats_name("recipient", &req.recipient)?;
+            Ok(())
+        };
+        let resource = format!(
+            "export: profile {}, {} resources from {} records, to {}",
+            shown(&req.profile),
+            req.resources,
+            req.records_read,
+            shown(&req.recipient)
+        );
+        audit_outcome(
+            &s.trail,
+            &v,
+            &caller.id,
+            (Action::Export, Some("HRESCH")),
+            resource,
+            work(),
+        )
+    })
+    .await
+    .map(Json)
 }
 
 /// Most addresses one lookup may name.
