@@ -10,7 +10,8 @@
 //! `Identifier` (under `identifier`), `Attachment` (under `photo`,
 //! `attachment`, `content`), `Narrative` (a `text` object with a `div`),
 //! `Extension` (items of `extension`/`modifierExtension`), `Reference`
-//! (objects with a `reference` string) and `dateTime` (values of the FHIR
+//! (objects with a `reference` string, or only reference fields and a
+//! `display`) and `dateTime` (values of the FHIR
 //! types date, dateTime and instant: strings shaped `YYYY-MM-DD...`, or
 //! `YYYY`/`YYYY-MM` under an element named like a date).
 //!
@@ -472,7 +473,19 @@ fn types_of(key: &str, v: &Value, in_extension_array: bool) -> u16 {
             if in_extension_array {
                 t("Extension");
             }
-            if o.get("reference").is_some_and(Value::is_string) {
+            // A Reference: a `reference` string, or only reference fields
+            // with a `display` (e.g. `{"display": "Grahame's Laptop"}`).
+            let reference_fields = [
+                "reference",
+                "display",
+                "identifier",
+                "type",
+                "id",
+                "extension",
+            ];
+            if o.get("reference").is_some_and(Value::is_string)
+                || (has("display") && o.keys().all(|k| reference_fields.contains(&k.as_str())))
+            {
                 t("Reference");
             }
         }
