@@ -557,6 +557,12 @@ impl Deidentifier<'_> {
 
     /// The first rule matching the node on top of `stack`.
     fn rule_for(&self, stack: &[Node], ctx: &Ctx<'_>) -> Option<&Rule> {
+        // Every rule ends in a named element or a type: a node with neither
+        // (most of them) matches none.
+        let top = stack.last()?;
+        if top.key == OTHER_KEY && top.types == 0 {
+            return None;
+        }
         self.profile.rules.iter().find(|r| {
             let k = r.suffix_ids.len();
             let depth = stack.len();
