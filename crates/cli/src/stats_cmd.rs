@@ -9,6 +9,20 @@ use asclepios_crypto::ipfe::SlotKey;
 
 use crate::platform::{connect, patient_of, read_resources, runtime, AsArg};
 
+/// Which measure: a study, a period and a feature.
+#[derive(clap::Args, Debug)]
+pub struct Measure {
+    /// The study.
+    #[arg(long)]
+    study: String,
+    /// The period: a prefix of the observations' dates (2024, 2024-03).
+    #[arg(long)]
+    period: String,
+    /// A name for the measure (letters, digits, - _ .).
+    #[arg(long)]
+    feature: String,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum StatsCommand {
     /// As a data provider: encrypt one value per patient (the latest matching observation
@@ -21,15 +35,8 @@ pub enum StatsCommand {
     Publish {
         #[command(flatten)]
         who: AsArg,
-        /// The study.
-        #[arg(long)]
-        study: String,
-        /// The period: a prefix of the observations' dates (2024, 2024-03).
-        #[arg(long)]
-        period: String,
-        /// A name for the measure (letters, digits, - _ .).
-        #[arg(long)]
-        feature: String,
+        #[command(flatten)]
+        measure: Measure,
         /// The observation code, system|code.
         #[arg(long)]
         code: String,
@@ -48,15 +55,8 @@ pub enum StatsCommand {
     Query {
         #[command(flatten)]
         who: AsArg,
-        /// The study.
-        #[arg(long)]
-        study: String,
-        /// The period.
-        #[arg(long)]
-        period: String,
-        /// The feature.
-        #[arg(long)]
-        feature: String,
+        #[command(flatten)]
+        measure: Measure,
         /// `all`, `provider:<id>` or `slots:<n>,<n>,...`.
         #[arg(long, default_value = "all")]
         cohort: String,
@@ -67,20 +67,19 @@ pub fn run(dir: &Path, command: StatsCommand) -> anyhow::Result<()> {
     match command {
         StatsCommand::Publish {
             who,
-            study,
-            period,
-            feature,
+            measure,
             code,
             buckets,
             files,
-        } => publish(
-            dir, &who, &study, &period, &feature, &code, &buckets, &files,
-        ),
+        } => publish(dir, &who, &measure, &code, &buckets, &files),
         StatsCommand::Query {
             who,
-            study,
-            period,
-            feature,
+            measure:
+                Measure {
+                    study,
+                    period,
+                    feature,
+                },
             cohort,
         } => runtime()?.block_on(async {
             let client = connect(dir, &who)?;
@@ -115,17 +114,19 @@ fn slots_file(dir: &Path, who: &AsArg, study: &str) -> PathBuf {
         .join(format!("{study}.json"))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn publish(
     dir: &Path,
     who: &AsArg,
-    study: &str,
-    period: &str,
-    feature: &str,
+    measure: &Measure,
     code: &str,
     buckets: &[f64],
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
+    let Measure {
+        study,
+        period,
+        feature,
+    } = measure;
     anyhow::ensure!(
         buckets.windows(2).all(|w| w[0] < w[1]),
         "bucket edges must increase"
