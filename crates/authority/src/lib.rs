@@ -300,24 +300,7 @@ impl KeyAuthority {
             search::check_keywords(&req.keywords, search::MAX_TOKEN_KEYWORDS)?;
             search::token_lists(&self.index(), &req.keywords)
         };
-        match checks() {
-            Ok(lists) => {
-                let receipt = asclepios_records::log_event(
-                    &self.trail,
-                    &event(Outcome::Success),
-                    v,
-                    StatusCode::OK,
-                )?;
-                Ok(WithReceipt {
-                    result: lists,
-                    receipt,
-                })
-            }
-            Err(e) => {
-                asclepios_records::log_event(&self.trail, &event(Outcome::Denied), v, e.status)?;
-                Err(e)
-            }
-        }
+        asclepios_records::log_outcome(&self.trail, v, checks(), event)
     }
 
     /// Indexes a record under the keywords its writer derived. Only the
@@ -330,17 +313,6 @@ impl KeyAuthority {
     ) -> Result<WithReceipt<search::IndexOutcome>, ApiError> {
         asclepios_records::check_name("patient", &req.patient)?;
         asclepios_records::check_name("record_id", &req.record_id)?;
-        let resource = format!("search-index/{}/{}", req.patient, req.record_id);
-        let event = |outcome, detail: String| {
-            AuditEvent::new(
-                &caller.id,
-                Action::Update,
-                format!("{resource}{detail}"),
-                Some(&req.patient),
-                outcome,
-                Some(v.signature.clone()),
-            )
-        };
         let checks = || -> Result<(), ApiError> {
             self.active(&caller.id)?;
             search::check_keywords(&req.keywords, search::MAX_RECORD_KEYWORDS)?;
@@ -364,29 +336,20 @@ impl KeyAuthority {
             }
             Ok(())
         };
-        if let Err(e) = checks() {
-            asclepios_records::log_event(
-                &self.trail,
-                &event(Outcome::Denied, String::new()),
-                v,
-                e.status,
-            )?;
-            return Err(e);
-        }
         let id = asclepios_records::search_ref(&req.patient, &req.record_id);
-        let outcome = self.index().set_keywords(&id, &req.keywords)?;
-        let receipt = asclepios_records::log_event(
-            &self.trail,
-            &event(
-                Outcome::Success,
-                format!(": +{} -{} keywords", outcome.added, outcome.removed),
-            ),
-            v,
-            StatusCode::OK,
-        )?;
-        Ok(WithReceipt {
-            result: outcome,
-            receipt,
+        let result = checks().and_then(|()| self.index().set_keywords(&id, &req.keywords));
+        let detail = result.as_ref().map_or(String::new(), |o| {
+            format!(": +{} -{} keywords", o.added, o.removed)
+        });
+        asclepios_records::log_outcome(&self.trail, v, result, |outcome| {
+            AuditEvent::new(
+                &caller.id,
+                Action::Update,
+                format!("search-index/{}/{}{detail}", req.patient, req.record_id),
+                Some(&req.patient),
+                outcome,
+                Some(v.signature.clone()),
+            )
         })
     }
 
@@ -810,24 +773,6 @@ impl KeyAuthority {
         asclepios_records::require_active(&self.store, caller)
     }
 
-    fn audit(
-        &self,
-        caller: &str,
-        v: &Verified,
-        outcome: Outcome,
-        status: StatusCode,
-    ) -> Result<Receipt, ApiError> {
-        let event = AuditEvent::new(
-            caller,
-            Action::KeyIssue,
-            format!("abe-key/{caller}"),
-            None,
-            outcome,
-            Some(v.signature.clone()),
-        );
-        asclepios_records::log_event(&self.trail, &event, v, status)
-    }
-
     /// The caller's current attributes, each at its current version.
     pub fn current_attributes(&self, identity: &str) -> Result<Vec<String>, ApiError> {
         self.store.current_attributes(identity).map_err(store_error)
@@ -838,29 +783,32 @@ impl KeyAuthority {
         caller: &asclepios_net::pki::PeerIdentity,
         v: &Verified,
     ) -> Result<WithReceipt<IssuedKey>, ApiError> {
-        if let Err(e) = self.active(&caller.id) {
-            self.audit(&caller.id, v, Outcome::Denied, e.status)?;
-            return Err(e);
-        }
-        let attributes = self.current_attributes(&caller.id)?;
-        let key = self
-            .master
-            .keygen(&attributes, &mut rand_core::OsRng)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        let sealed = sealed_box::seal(
-            &caller.public_key,
-            &key_context(&caller.id),
-            &key.to_bytes(),
-        )
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let receipt = self.audit(&caller.id, v, Outcome::Success, StatusCode::OK)?;
-        Ok(WithReceipt {
-            result: IssuedKey {
+        let work = || -> Result<IssuedKey, ApiError> {
+            self.active(&caller.id)?;
+            let attributes = self.current_attributes(&caller.id)?;
+            let key = self
+                .master
+                .keygen(&attributes, &mut rand_core::OsRng)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+            let sealed = sealed_box::seal(
+                &caller.public_key,
+                &key_context(&caller.id),
+                &key.to_bytes(),
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Ok(IssuedKey {
                 attributes,
                 key: sealed,
-            },
-            receipt,
-        })
+            })
+        };
+        asclepios_records::audit_outcome(
+            &self.trail,
+            v,
+            &caller.id,
+            (Action::KeyIssue, None),
+            format!("abe-key/{}", caller.id),
+            work(),
+        )
     }
 
     /// `policy` with every attribute at its current version.
@@ -1050,25 +998,15 @@ pub fn rewrap_after_revocation(
     revoked: &[String],
 ) -> Result<usize, String> {
     let mpk = master.public_key();
-    let mut after: Option<(String, String, u64, String)> = None;
+    let mut after = None;
     let mut count = 0;
     let mut failures = Vec::new();
     loop {
         let page = store
-            .scan_wrappers(
-                after
-                    .as_ref()
-                    .map(|(p, r, v, s)| (p.as_str(), r.as_str(), *v, s.as_str())),
-                256,
-            )
+            .scan_wrappers(after.as_ref(), 256)
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
-        after = Some((
-            last.patient.clone(),
-            last.record_id.clone(),
-            last.version,
-            last.wrapper.slot.clone(),
-        ));
+        after = Some(last.clone());
         for row in &page {
             match rewrap_row(store, master, &mpk, row, revoked) {
                 Ok(true) => count += 1,

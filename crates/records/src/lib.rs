@@ -231,16 +231,6 @@ impl RecordService {
         )
     }
 
-    /// Logs an outcome; returns the receipt.
-    fn audit(
-        &self,
-        event: &AuditEvent,
-        v: &Verified,
-        status: StatusCode,
-    ) -> Result<Receipt, ApiError> {
-        log_event(&self.trail, event, v, status)
-    }
-
     /// The caller's attributes, each at its current version (as keys and
     /// policies carry them).
     fn current_attributes(&self, caller: &str) -> Result<Vec<String>, ApiError> {
@@ -348,30 +338,9 @@ impl RecordService {
             }
             e
         };
-        match result {
-            Ok(result) => {
-                let event = mark(Self::event(
-                    caller,
-                    action,
-                    resource,
-                    patient,
-                    Outcome::Success,
-                    v,
-                ));
-                let receipt = self.audit(&event, v, StatusCode::OK)?;
-                Ok(WithReceipt { result, receipt })
-            }
-            Err(e) => {
-                let outcome = if e.status.is_client_error() {
-                    Outcome::Denied
-                } else {
-                    Outcome::Failed
-                };
-                let event = mark(Self::event(caller, action, resource, patient, outcome, v));
-                self.audit(&event, v, e.status)?;
-                Err(e)
-            }
-        }
+        log_outcome(&self.trail, v, result, |outcome| {
+            mark(Self::event(caller, action, resource, patient, outcome, v))
+        })
     }
 
     fn put(
@@ -494,9 +463,29 @@ pub fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Logs the outcome of `result` (success, or refused with its status) as an
-/// event about no patient, with an optional purpose of use, and attaches the
-/// receipt.
+/// Logs the outcome of `result` as the event `event` makes for it (success;
+/// refused for a 4xx; failed otherwise) and attaches the receipt: every
+/// audited request of both services ends here.
+pub fn log_outcome<T>(
+    trail: &AuditTrail<Store>,
+    v: &Verified,
+    result: Result<T, ApiError>,
+    event: impl FnOnce(Outcome) -> AuditEvent,
+) -> Result<WithReceipt<T>, ApiError> {
+    let (outcome, status) = match &result {
+        Ok(_) => (Outcome::Success, StatusCode::OK),
+        Err(e) if e.status.is_client_error() => (Outcome::Denied, e.status),
+        Err(e) => (Outcome::Failed, e.status),
+    };
+    let receipt = log_event(trail, &event(outcome), v, status)?;
+    Ok(WithReceipt {
+        result: result?,
+        receipt,
+    })
+}
+
+/// [`log_outcome`] for an event about no patient, with an optional purpose
+/// of use.
 pub fn audit_outcome<T>(
     trail: &AuditTrail<Store>,
     v: &Verified,
@@ -505,25 +494,19 @@ pub fn audit_outcome<T>(
     resource: String,
     result: Result<T, ApiError>,
 ) -> Result<WithReceipt<T>, ApiError> {
-    let (outcome, status) = match &result {
-        Ok(_) => (Outcome::Success, StatusCode::OK),
-        Err(e) => (Outcome::Denied, e.status),
-    };
-    let mut event = AuditEvent::new(
-        caller,
-        action,
-        resource,
-        None,
-        outcome,
-        Some(v.signature.clone()),
-    );
-    if let Some(purpose) = purpose {
-        event.purpose = purpose.into();
-    }
-    let receipt = log_event(trail, &event, v, status)?;
-    Ok(WithReceipt {
-        result: result?,
-        receipt,
+    log_outcome(trail, v, result, |outcome| {
+        let mut event = AuditEvent::new(
+            caller,
+            action,
+            resource,
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        if let Some(purpose) = purpose {
+            event.purpose = purpose.into();
+        }
+        event
     })
 }
 

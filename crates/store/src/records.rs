@@ -275,15 +275,22 @@ impl Store {
         })
     }
 
-    /// Wrappers in key order after `after` (a previous row's position), at
+    /// Wrappers in key order after the row `after` (the last of the previous page), at
     /// most `limit`: for background scans such as re-wrapping after a
     /// revocation.
     pub fn scan_wrappers(
         &self,
-        after: Option<(&str, &str, u64, &str)>,
+        after: Option<&WrapperRow>,
         limit: usize,
     ) -> Result<Vec<WrapperRow>, StoreError> {
-        let (p, r, v, s) = after.unwrap_or(("", "", 0, ""));
+        let (p, r, v, s) = after.map_or(("", "", 0, ""), |w| {
+            (
+                w.patient.as_str(),
+                w.record_id.as_str(),
+                w.version,
+                w.wrapper.slot.as_str(),
+            )
+        });
         self.read(|tx| {
             tx.query(
                 "SELECT patient, record_id, version, slot, wrapper, epoch, updated_at FROM key_wrappers \

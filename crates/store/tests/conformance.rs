@@ -693,23 +693,11 @@ fn wrapper_scans_page_through_everything_once(h: &Harness) {
     s.put_record_version("p1", "a", 2, b"body", &[("main", b"w2", 0)])
         .unwrap();
     let mut seen = Vec::new();
-    let mut after: Option<(String, String, u64, String)> = None;
+    let mut after = None;
     loop {
-        let page = s
-            .scan_wrappers(
-                after
-                    .as_ref()
-                    .map(|(p, r, v, sl)| (p.as_str(), r.as_str(), *v, sl.as_str())),
-                2,
-            )
-            .unwrap();
+        let page = s.scan_wrappers(after.as_ref(), 2).unwrap();
         let Some(last) = page.last() else { break };
-        after = Some((
-            last.patient.clone(),
-            last.record_id.clone(),
-            last.version,
-            last.wrapper.slot.clone(),
-        ));
+        after = Some(last.clone());
         seen.extend(page.into_iter().map(|w| {
             format!(
                 "{}/{}/{}/{}",
