@@ -64,14 +64,7 @@ pub fn run_profile(
 ) -> anyhow::Result<(Vec<serde_json::Value>, kanon::Report, String)> {
     let (profile, key) = load(args)?;
     let deid = profile.deidentifier(key.as_ref())?;
-    let bar = indicatif::ProgressBar::new(resources.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} de-identifying {pos}/{len} [{bar:40}] {per_sec}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = crate::platform::progress(resources.len(), "de-identifying");
     let mut out = Vec::with_capacity(resources.len());
     for (origin, mut r) in resources {
         bar.inc(1);
@@ -165,12 +158,7 @@ pub fn export(
         }
         refs.sort();
         refs.dedup();
-        let bar = indicatif::ProgressBar::new(refs.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} reading {pos}/{len} [{bar:40}] {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
+        let bar = crate::platform::progress(refs.len(), "reading");
         let mut resources = Vec::new();
         let mut unreadable = 0;
         for (patient, id) in &refs {

@@ -370,6 +370,20 @@ pub fn consent(dir: &Path, command: ConsentCommand) -> anyhow::Result<()> {
 
 /// The resources of a FHIR R4 Bundle (transaction, batch or collection) or
 /// of an NDJSON file (FHIR Bulk Data: one resource per line).
+/// A progress bar for `len` items of `work` (e.g. "reading"), with rate and
+/// time left.
+pub(crate) fn progress(len: usize, work: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {work} {{pos}}/{{len}} [{{bar:40}}] {{per_sec}} {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 pub(crate) fn read_resources(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -425,14 +439,7 @@ pub fn import(dir: &Path, who: &AsArg, files: &[PathBuf]) -> anyhow::Result<()> 
     let config = Config::load(dir)?;
     runtime()?.block_on(async {
         let client = connect(dir, who)?;
-        let bar = indicatif::ProgressBar::new(resources.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} sealing and storing {pos}/{len} [{bar:40}] {per_sec} {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let bar = progress(resources.len(), "sealing and storing");
         let mut policies: std::collections::HashMap<String, asclepios_crypto::Policy> =
             Default::default();
         let (mut stored, mut existing, mut skipped) = (0usize, 0usize, Vec::new());
