@@ -111,6 +111,11 @@ fn read(path: &Path) -> Result<String, ClientError> {
     })
 }
 
+/// A request body as JSON.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
 /// A service's receipt key: the Ed25519 key of its certificate.
 fn service_key(cert_pem: &str) -> Result<[u8; 32], ClientError> {
     let der = certs_from_pem(cert_pem)?;
@@ -234,10 +239,9 @@ impl Client {
 
     /// The policy with every attribute at its current version.
     pub async fn resolve_policy(&self, policy: &str) -> Result<Policy, ClientError> {
-        let body = serde_json::to_vec(&PolicyText {
+        let body = to_json(&PolicyText {
             policy: policy.to_string(),
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        })?;
         let (resolved, _): (PolicyText, _) =
             Self::call(&self.authority, Method::POST, "/v1/policy/resolve", body).await?;
         Ok(Policy::parse(&resolved.policy).map_err(asclepios_crypto::Error::from)?)
@@ -267,9 +271,7 @@ impl Client {
         resource: &serde_json::Value,
         policy: &Policy,
     ) -> Result<Receipt, ClientError> {
-        let payload = Zeroizing::new(
-            serde_json::to_vec(resource).map_err(|e| ClientError::Protocol(e.to_string()))?,
-        );
+        let payload = Zeroizing::new(to_json(resource)?);
         let context = RecordContext {
             record_id: record_id.to_string(),
             version,
@@ -294,7 +296,7 @@ impl Client {
             wrapper: B64.encode(&wrapper),
             author_signature: B64.encode(signature.to_bytes()),
         };
-        let json = serde_json::to_vec(&put).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let json = to_json(&put)?;
         let (_version, receipt): (u64, _) = self
             .call_with_receipt("records", Method::POST, "/v1/records", json)
             .await?;
@@ -461,11 +463,10 @@ impl Client {
         patient: &str,
         reason: &str,
     ) -> Result<asclepios_authority::EmergencyGranted, ClientError> {
-        let body = serde_json::to_vec(&asclepios_authority::EmergencyRequest {
+        let body = to_json(&asclepios_authority::EmergencyRequest {
             patient: patient.to_string(),
             reason: reason.to_string(),
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        })?;
         Ok(self
             .call_with_receipt("authority", Method::POST, "/v1/emergency", body)
             .await?
@@ -553,7 +554,7 @@ impl Client {
         &self,
         grant: &asclepios_authority::consent::ConsentGrant,
     ) -> Result<asclepios_authority::consent::ConsentOut, ClientError> {
-        let body = serde_json::to_vec(grant).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = to_json(grant)?;
         Ok(self
             .call_with_receipt("authority", Method::POST, "/v1/consents", body)
             .await?
@@ -588,7 +589,7 @@ impl Client {
         &self,
         notice: &asclepios_records::ExportNotice,
     ) -> Result<Receipt, ClientError> {
-        let body = serde_json::to_vec(notice).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = to_json(notice)?;
         let ((), receipt) = self
             .call_with_receipt("records", Method::POST, "/v1/exports", body)
             .await?;

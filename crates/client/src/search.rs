@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use reqwest::Method;
 
-use crate::{Client, ClientError};
+use crate::{to_json, Client, ClientError};
 
 /// Attempts of a search whose tokens a concurrent compaction made stale.
 const ATTEMPTS: usize = 3;
@@ -46,12 +46,11 @@ impl Client {
         record_id: &str,
         keywords: Vec<String>,
     ) -> Result<IndexOutcome, ClientError> {
-        let body = serde_json::to_vec(&IndexRequest {
+        let body = to_json(&IndexRequest {
             patient: patient.to_string(),
             record_id: record_id.to_string(),
             keywords,
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        })?;
         Ok(self
             .call_with_receipt("authority", Method::POST, "/v1/search/index", body)
             .await?
@@ -100,10 +99,9 @@ impl Client {
 
     /// The ids each keyword matches, in the order given.
     async fn search_keywords(&self, keywords: &[String]) -> Result<Vec<Vec<Vec<u8>>>, ClientError> {
-        let body = serde_json::to_vec(&TokenRequest {
+        let body = to_json(&TokenRequest {
             keywords: keywords.to_vec(),
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        })?;
         let (lists, _): (TokenLists, _) = self
             .call_with_receipt("authority", Method::POST, "/v1/search/tokens", body)
             .await?;
@@ -133,10 +131,9 @@ impl Client {
             .collect();
         let mut values = Vec::with_capacity(addrs.len());
         for page in addrs.chunks(MAX_LOOKUP) {
-            let body = serde_json::to_vec(&IndexLookup {
+            let body = to_json(&IndexLookup {
                 addrs: page.to_vec(),
-            })
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            })?;
             let (answer, _): (IndexValues, _) = self
                 .call_with_receipt("records", Method::POST, "/v1/search", body)
                 .await?;

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use reqwest::Method;
 
-use crate::{Client, ClientError};
+use crate::{to_json, Client, ClientError};
 
 /// Decimal places values keep (one: 128.4 mmHg is published as 1284).
 pub const DECIMALS: u32 = 1;
@@ -104,11 +104,10 @@ impl Client {
         study: &str,
         count: u32,
     ) -> Result<(u64, Vec<SlotKey>), ClientError> {
-        let body = serde_json::to_vec(&SlotRequest {
+        let body = to_json(&SlotRequest {
             study: study.to_string(),
             count,
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        })?;
         let (issued, _): (IssuedSlots, _) = self
             .call_with_receipt("authority", Method::POST, "/v1/stats/slots", body)
             .await?;
@@ -157,12 +156,11 @@ impl Client {
         }
         let mut published = 0;
         for (label, values) in by_label {
-            let body = serde_json::to_vec(&StatsValues {
+            let body = to_json(&StatsValues {
                 study: study.to_string(),
                 label,
                 values,
-            })
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            })?;
             let (n, _): (usize, _) = self
                 .call_with_receipt("records", Method::POST, "/v1/stats/values", body)
                 .await?;
@@ -188,12 +186,11 @@ impl Client {
         label: &str,
         cohort: &str,
     ) -> Result<(i64, usize), ClientError> {
-        let body = serde_json::to_vec(&StatsKeyRequest {
+        let body = to_json(&StatsKeyRequest {
             study: study.to_string(),
             label: label.to_string(),
             cohort: cohort.to_string(),
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        })?;
         let (issued, _): (StatsKey, _) = self
             .call_with_receipt("authority", Method::POST, "/v1/stats/keys", body)
             .await?;
