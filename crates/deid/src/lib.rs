@@ -33,8 +33,6 @@
 
 pub mod kanon;
 
-use std::collections::BTreeMap;
-
 use aes_siv::aead::{Aead, KeyInit};
 use aes_siv::Aes256SivAead;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -304,8 +302,7 @@ impl Profile {
                     suffix_ids: Vec::new(),
                     method: parse_method(r)?,
                 })
-                .map_err(|e: String| e)
-                .map_err(|e| format!("rule {}: {e}", i + 1))
+                .map_err(|e: String| format!("rule {}: {e}", i + 1))
             })
             .collect::<Result<Vec<_>, String>>()
             .map_err(DeidError::Profile)?;
@@ -332,11 +329,6 @@ impl Profile {
             rules,
             vocabulary,
         })
-    }
-
-    /// Whether it uses a key made for one export (nothing links back).
-    pub fn ephemeral_key(&self) -> bool {
-        self.ephemeral_key
     }
 
     fn keyed(&self) -> bool {
@@ -856,16 +848,6 @@ pub fn strings(v: &Value, out: &mut Vec<String>) {
         Value::Object(o) => o.values().for_each(|x| strings(x, out)),
         _ => {}
     }
-}
-
-/// Counts of resources by type (for reports).
-pub fn count_types<'a>(resources: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in resources {
-        *out.entry(r["resourceType"].as_str().unwrap_or("?").to_string())
-            .or_default() += 1;
-    }
-    out
 }
 
 #[cfg(test)]
