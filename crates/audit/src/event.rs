@@ -69,6 +69,9 @@ pub enum Action {
     EmergencyAccess,
     /// A de-identified export.
     Export,
+    /// An attestation verdict: a component's evidence appraised by the
+    /// authority, or the authority's appraised by a client.
+    Attestation,
 }
 
 /// How it ended.
@@ -160,6 +163,7 @@ impl AuditEvent {
             }
             Action::Export => ("110106", "Export"),
             Action::Search => ("110112", "Query"),
+            Action::Attestation => ("110114", "User Authentication"),
             _ => ("110110", "Patient Record"),
         };
         let fhir_action = match self.action {
@@ -168,7 +172,7 @@ impl AuditEvent {
             Action::Update | Action::ConsentChange | Action::Revoke => "U",
             Action::Delete => "D",
             Action::Search => "E",
-            Action::KeyIssue | Action::EmergencyAccess => "E",
+            Action::KeyIssue | Action::EmergencyAccess | Action::Attestation => "E",
         };
         let outcome = match self.outcome {
             Outcome::Success => "0",

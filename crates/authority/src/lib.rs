@@ -10,6 +10,9 @@
 //! * `GET /v1/abe/public-key`: the FAME master public key.
 //! * `POST /v1/search/tokens`, `POST /v1/search/index`: searchable
 //!   encryption through the authority ([`search`]).
+//! * `GET /v1/attestation/evidence`, `POST /v1/attestation/challenge`,
+//!   `POST /v1/components/register`: remote attestation of the authority to
+//!   its clients and of components to the authority ([`attestation`]).
 //!
 //! Every issuance and refusal is logged as a confidential audit event with a
 //! signed receipt.
@@ -17,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attestation;
 pub mod consent;
 pub mod search;
 pub mod stats;
@@ -93,6 +97,7 @@ pub struct PolicyText {
 }
 
 pub use asclepios_records::WithReceipt;
+pub use attestation::{ComponentGate, EvidenceSource};
 
 /// The authority's state.
 pub struct KeyAuthority {
@@ -104,6 +109,7 @@ pub struct KeyAuthority {
     mitra: asclepios_crypto::sse::Mitra,
     search_roles: Vec<String>,
     slot_sealer: stats::SlotSealer,
+    attestation: attestation::Attestation,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -137,6 +143,7 @@ impl KeyAuthority {
             emergency_seconds: i64::try_from(emergency_seconds).unwrap_or(3600),
             search_roles,
             slot_sealer: stats::SlotSealer::new(stats_key),
+            attestation: Default::default(),
         }
     }
 
@@ -162,6 +169,7 @@ impl KeyAuthority {
         );
         let work = || -> Result<stats::IssuedSlots, ApiError> {
             self.active(&caller.id)?;
+            self.require_attested(caller)?;
             stats::check_study_name("study", &req.study)?;
             if !self.holds_role(&caller.id, stats::PROVIDER_ROLES)? {
                 return Err(ApiError::new(
@@ -217,6 +225,7 @@ impl KeyAuthority {
         );
         let work = || -> Result<stats::StatsKey, ApiError> {
             self.active(&caller.id)?;
+            self.require_attested(caller)?;
             stats::check_study_name("study", &req.study)?;
             stats::check_study_name("label", &req.label)?;
             if !self.holds_role(&caller.id, &[stats::RESEARCHER_ROLE])? {
@@ -287,6 +296,7 @@ impl KeyAuthority {
         };
         let checks = || -> Result<search::TokenLists, ApiError> {
             self.active(&caller.id)?;
+            self.require_attested(caller)?;
             let held = self.current_attributes(&caller.id)?;
             if !held
                 .iter()
@@ -762,6 +772,9 @@ impl KeyAuthority {
             .route("/v1/search/index", post(index_record))
             .route("/v1/stats/slots", post(stats_slots))
             .route("/v1/stats/keys", post(stats_key))
+            .route("/v1/attestation/evidence", get(attestation_evidence))
+            .route("/v1/attestation/challenge", post(attestation_challenge))
+            .route("/v1/components/register", post(register_component))
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -785,6 +798,7 @@ impl KeyAuthority {
     ) -> Result<WithReceipt<IssuedKey>, ApiError> {
         let work = || -> Result<IssuedKey, ApiError> {
             self.active(&caller.id)?;
+            self.require_attested(caller)?;
             let attributes = self.current_attributes(&caller.id)?;
             let key = self
                 .master
@@ -815,6 +829,37 @@ impl KeyAuthority {
     pub fn resolve(&self, policy: &Policy) -> Result<Policy, ApiError> {
         resolve_with(&self.store, policy).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
     }
+}
+
+#[derive(Deserialize)]
+struct NonceQuery {
+    nonce: String,
+}
+
+async fn attestation_evidence(
+    State(s): State<Arc<KeyAuthority>>,
+    axum::extract::Query(q): axum::extract::Query<NonceQuery>,
+) -> Result<Json<attestation::EvidenceOut>, ApiError> {
+    blocking(move || s.evidence(&q.nonce)).await.map(Json)
+}
+
+async fn attestation_challenge(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<attestation::Challenge>, ApiError> {
+    blocking(move || s.challenge(&caller)).await.map(Json)
+}
+
+async fn register_component(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<attestation::Registered>>, ApiError> {
+    let req: attestation::Registration = json_body(&body)?;
+    blocking(move || s.register_component(&caller, &v, req))
+        .await
+        .map(Json)
 }
 
 async fn issue_key(

@@ -87,15 +87,19 @@ fn print_member(m: &Member) {
 }
 
 pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
-    let mut config = Config::default();
+    let mut config = Config::development();
     if let Some(url) = postgres {
         config.store.url = url;
     }
     let members = init(dir, &config).with_context(|| format!("initialising {}", dir.display()))?;
     println!("A development deployment is ready in {}:", dir.display());
-    println!("  asclepios.toml           configuration (every option at its default)");
+    println!("  asclepios.toml           configuration (defaults, development attestation)");
     println!("  pki/ca.pem, pki/ca.key   the deployment CA (keep ca.key offline in production)");
-    println!("  pki/authority.*, pki/records.*   service certificates for localhost");
+    println!(
+        "  pki/authority.*, pki/records.*   service certificates for localhost (the authority's"
+    );
+    println!("                           is an issuer for its attested TLS certificates)");
+    println!("  attestation-policy.toml, component-policy.toml   development reference values");
     println!("  identities/<id>.*        client certificates and keys of the sample organisation");
     println!("  store                    {}", config.store.url);
     println!();
@@ -103,6 +107,9 @@ pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
         print_member(m);
     }
     println!();
+    for w in asclepios_deploy::attestation::warnings(&config) {
+        eprintln!("WARNING: {w}");
+    }
     println!("Next: asclepios serve --dir {}", dir.display());
     Ok(())
 }

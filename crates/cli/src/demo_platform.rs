@@ -35,7 +35,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
     let _cleanup = Remove(tmp.clone());
     let dir = tmp.join("deployment");
     let d = dir.clone();
-    let members = tokio::task::spawn_blocking(move || init(&d, &Config::default())).await??;
+    let members = tokio::task::spawn_blocking(move || init(&d, &Config::development())).await??;
     for m in &members {
         let attrs: Vec<&str> = m.attributes.iter().map(|(a, _)| a.as_str()).collect();
         story.note(&format!("{:<16} {}", m.identity.id, attrs.join(", ")));
@@ -351,7 +351,42 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         Ok(_) => story.expect(false, "a disabled identity was served"),
     }
 
-    story.section("18. An auditor verifies the whole audit log");
+    story.section("18. Remote attestation: the key authority and a lab device prove what they run");
+    let doctor = connect("dr-heart")?;
+    let verdict = doctor.attest_authority().await?;
+    story.note(&format!(
+        "the authority's RA-TLS certificate and a fresh challenge: {}",
+        verdict.summary()
+    ));
+    story.expect(
+        verdict.trust == asclepios_attest::Trust::Warning,
+        "development evidence (insecure-software) is at best a warning, and says so",
+    );
+    let attester = asclepios_deploy::attestation::development_attester(&dir)?;
+    let lab = connect("lab-central")?;
+    let registered = lab.register_component(&attester).await?;
+    story.expect(
+        registered.trust == asclepios_attest::Trust::Warning,
+        "the lab device answered a challenge with evidence bound to its certificate key",
+    );
+    let other_build = asclepios_attest::attester::InsecureSoftwareAttester::new(
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        [0; 32],
+        [0; 32],
+    );
+    match lab.register_component(&other_build).await {
+        Err(e) => story.expect(
+            e.to_string().contains("attestation refused"),
+            "evidence of an unknown build from an unknown signer is refused (and audited)",
+        ),
+        Ok(_) => story.expect(false, "evidence of an unknown build was accepted"),
+    }
+    story.note(
+        "production: attestation.evidence = sgx-dcap or tdx-dcap and require = true; \
+         `asclepios attest verify https://...` prints the same appraisal",
+    );
+
+    story.section("19. An auditor verifies the whole audit log");
     let d = dir.clone();
     let (size, verified) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
         let config = Config::load(&d)?;

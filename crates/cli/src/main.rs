@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod attest_cmd;
 mod deid_cmd;
 mod demo;
 mod demo_platform;
@@ -216,6 +217,17 @@ enum Command {
         #[command(subcommand)]
         command: stats_cmd::StatsCommand,
     },
+    /// Remote attestation: appraise evidence or a running key authority against reference
+    /// values, register a component (device) with the authority, write development
+    /// reference values.
+    ///
+    /// Example: asclepios attest verify --dir d https://localhost:7443
+    Attest {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        #[command(subcommand)]
+        command: attest_cmd::AttestCommand,
+    },
     /// De-identify FHIR files (Bundle or NDJSON) with a profile, on this machine, and
     /// report k-anonymity over patients' quasi-identifiers. Output is NDJSON.
     ///
@@ -275,6 +287,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(command) => return log_cmd::run(command),
+        Command::Attest { dir, command } => return attest_cmd::run(&dir.path(), command),
         Command::Init { dir, postgres } => admin::run_init(&dir.path(), postgres),
         Command::User { dir, command } => admin::run_user(&dir.path(), command),
         Command::Serve { dir, postgres } => platform::serve(&dir.path(), postgres),

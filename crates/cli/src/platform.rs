@@ -39,6 +39,9 @@ pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
             "mutual TLS 1.3 with the CA in {}/pki/ca.pem; Ctrl-C stops",
             dir.display()
         );
+        for w in asclepios_deploy::attestation::warnings(&config) {
+            eprintln!("WARNING: {w}");
+        }
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
@@ -58,6 +61,13 @@ pub struct AsArg {
 
 pub(crate) fn connect(dir: &Path, who: &AsArg) -> anyhow::Result<Client> {
     let config = Config::load(dir)?;
+    if !config.attestation.require {
+        eprintln!(
+            "WARNING: attestation is OFF (attestation.require = false in {}): the key \
+             authority's evidence is not enforced",
+            dir.join(asclepios_deploy::config::CONFIG_FILE).display()
+        );
+    }
     let url = |listen: &str| format!("https://{}", listen.replace("127.0.0.1", "localhost"));
     Ok(Client::connect(
         dir,

@@ -19,6 +19,10 @@ pub mod stats;
 
 use std::path::Path;
 
+use std::sync::Arc;
+
+use asclepios_attest::policy::{appraise, Appraisal, Expected, Trust};
+use asclepios_attest::ratls::AttestingVerifier;
 use asclepios_audit::{NoteVerifier, Receipt};
 use asclepios_authority::{IssuedKey, PolicyText};
 use asclepios_crypto::abe::{PublicKey, UserKey};
@@ -67,6 +71,9 @@ pub enum ClientError {
     /// Search tokens or index values that do not open.
     #[error(transparent)]
     Search(#[from] asclepios_crypto::sse::SseError),
+    /// The key authority's attestation was refused (with the reasons).
+    #[error("the key authority's attestation is refused: {0}")]
+    Attestation(String),
     /// The record was stored (and its receipt checked) but the index was
     /// not updated: index it again with [`Client::index_record`].
     #[error("the record was stored, but indexing it for search failed: {0}")]
@@ -92,6 +99,12 @@ pub struct Client {
     attributes: Vec<String>,
     /// Authors' public keys, as the directory gave them.
     authors: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
+    /// Appraises the authority's certificate at every handshake.
+    attestation: Option<Arc<AttestingVerifier>>,
+    /// Whether a failed attestation stops this client.
+    require_attestation: bool,
+    /// The verdict of the challenge made before the first key request.
+    authority_verdict: std::sync::Mutex<Option<Appraisal>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -116,6 +129,17 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ClientErr
     serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+fn refused_appraisal(why: &str) -> Appraisal {
+    Appraisal {
+        trust: Trust::Contraindicated,
+        problems: vec![why.to_string()],
+        warnings: Vec::new(),
+        claims: None,
+        reference: None,
+        format: None,
+    }
+}
+
 /// A service's receipt key: the Ed25519 key of its certificate.
 fn service_key(cert_pem: &str) -> Result<[u8; 32], ClientError> {
     let der = certs_from_pem(cert_pem)?;
@@ -138,24 +162,53 @@ impl Client {
         let key_pem = Zeroizing::new(read(&key_path)?);
         let signing = SigningKey::from_pkcs8_pem(&key_pem)
             .map_err(|e| ClientError::Protocol(format!("{}: {e}", key_path.display())))?;
-        let service = |name: &'static str, url: &str| -> Result<Service, ClientError> {
+        let config = asclepios_deploy::Config::load(dir)?;
+        let require_attestation = config.attestation.require;
+        // The authority's certificate is appraised at every handshake
+        // against the deployment's reference values; with `require`, a
+        // refused appraisal fails the connection before any request.
+        let attestation = match asclepios_deploy::attestation::authority_policy(dir, &config) {
+            Ok(policy) => Some(Arc::new(AttestingVerifier::new(
+                asclepios_net::tls::server_verifier(&ca)?,
+                policy,
+                require_attestation,
+            ))),
+            Err(e) if require_attestation => return Err(e.into()),
+            Err(_) => None,
+        };
+        let authority_http = match &attestation {
+            Some(verifier) => SignedClient::with_tls(
+                authority,
+                id,
+                asclepios_net::tls::client_config_with_verifier(verifier.clone(), &cert, &key_pem)?,
+                &key_pem,
+            )?,
+            None => SignedClient::new(authority, id, &ca, &cert, &key_pem)?,
+        };
+        let service = |name: &'static str, http: SignedClient| -> Result<Service, ClientError> {
             Ok(Service {
                 name,
-                http: SignedClient::new(url, id, &ca, &cert, &key_pem)?,
+                http,
                 receipt_key: service_key(&read(&layout.service(name).0)?)?,
             })
         };
         Ok(Client {
             id: id.to_string(),
             signing,
-            authority: service("authority", authority)?,
-            records: service("records", records)?,
+            authority: service("authority", authority_http)?,
+            records: service(
+                "records",
+                SignedClient::new(records, id, &ca, &cert, &key_pem)?,
+            )?,
             log: asclepios_deploy::keys::log_verifier(dir)?,
             abe_public_key: asclepios_deploy::keys::abe_public_key(dir)?,
             user_key: None,
             attributes: Vec::new(),
             authors: Default::default(),
             key_pem,
+            attestation,
+            require_attestation,
+            authority_verdict: std::sync::Mutex::new(None),
         })
     }
 
@@ -211,6 +264,9 @@ impl Client {
         body: Vec<u8>,
     ) -> Result<(T, Receipt), ClientError> {
         let service = if which == "authority" {
+            if self.require_attestation {
+                self.ensure_authority_attested().await?;
+            }
             &self.authority
         } else {
             &self.records
@@ -220,6 +276,124 @@ impl Client {
             .receipt
             .verify(&service.receipt_key, &self.log, &hash)?;
         Ok((answer.result, answer.receipt))
+    }
+
+    /// The appraisal of the authority's certificate at the last handshake,
+    /// if the deployment has a policy for it.
+    pub fn authority_certificate_appraisal(&self) -> Option<Appraisal> {
+        self.attestation.as_ref()?.last().map(|s| s.appraisal)
+    }
+
+    /// Challenges the key authority: fresh evidence for a random nonce,
+    /// bound to the TLS key of this connection, appraised against the
+    /// deployment's policy together with the certificate's own evidence.
+    /// The verdict is reported to the record service (audited there, so a
+    /// refused authority cannot hide it) and kept for later key requests.
+    pub async fn attest_authority(&self) -> Result<Appraisal, ClientError> {
+        let verifier = self.attestation.as_ref().ok_or_else(|| {
+            ClientError::Attestation(
+                "the deployment has no attestation policy for the authority".into(),
+            )
+        })?;
+        let mut nonce = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let path = format!("/v1/attestation/evidence?nonce={}", hex::encode(nonce));
+        let answer: Result<(asclepios_authority::attestation::EvidenceOut, _), _> =
+            Self::call(&self.authority, Method::GET, &path, Vec::new()).await;
+        let seen = verifier.last();
+        let mut appraisal = match (answer, &seen) {
+            (Ok((out, _)), Some(seen)) => match B64.decode(out.evidence.as_bytes()) {
+                Ok(evidence) => appraise(
+                    &evidence,
+                    &Expected {
+                        key_sha256: Some(seen.key_sha256),
+                        nonce: Some(nonce),
+                    },
+                    verifier.policy(),
+                    asclepios_attest::unix_now(),
+                    None,
+                ),
+                Err(_) => refused_appraisal("the challenge evidence is not base64"),
+            },
+            (Ok(_), None) => refused_appraisal("no certificate was appraised on this connection"),
+            (Err(e), _) => refused_appraisal(&format!("no challenge evidence: {e}")),
+        };
+        // The certificate's own evidence must hold too.
+        if let Some(cert) = seen.map(|s| s.appraisal) {
+            if cert.trust > appraisal.trust {
+                appraisal.trust = cert.trust;
+            }
+            appraisal
+                .problems
+                .extend(cert.problems.iter().map(|p| format!("certificate: {p}")));
+        }
+        let verdict = asclepios_records::AttestationVerdict {
+            subject: "authority".into(),
+            trust: appraisal.trust.to_string(),
+            summary: appraisal.summary(),
+        };
+        let _: (asclepios_records::VerdictLogged, Receipt) = self
+            .call_with_receipt(
+                "records",
+                Method::POST,
+                "/v1/attestation/verdicts",
+                to_json(&verdict)?,
+            )
+            .await?;
+        if let Ok(mut slot) = self.authority_verdict.lock() {
+            *slot = Some(appraisal.clone());
+        }
+        Ok(appraisal)
+    }
+
+    /// Attests this identity as a component: answers the authority's
+    /// challenge with evidence from `attester` bound to this identity's
+    /// certificate key. The authority appraises it, audits the verdict and,
+    /// when components must attest, releases keys only while it holds.
+    pub async fn register_component(
+        &self,
+        attester: &dyn asclepios_attest::attester::Attester,
+    ) -> Result<asclepios_authority::attestation::Registered, ClientError> {
+        use asclepios_authority::attestation::{Challenge, Registration};
+        let (challenge, _): (Challenge, _) = Self::call(
+            &self.authority,
+            Method::POST,
+            "/v1/attestation/challenge",
+            Vec::new(),
+        )
+        .await?;
+        let nonce: [u8; 32] = hex::decode(&challenge.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| ClientError::Protocol("the challenge nonce is not 32 bytes".into()))?;
+        let spki = asclepios_attest::ratls::ed25519_spki(&self.signing.verifying_key().to_bytes());
+        let evidence = attester
+            .evidence(&asclepios_attest::Binding::new(
+                &spki,
+                asclepios_attest::Freshness::Nonce(nonce),
+            ))
+            .map_err(|e| ClientError::Attestation(e.to_string()))?;
+        let body = to_json(&Registration {
+            evidence: B64.encode(evidence.to_bytes()),
+        })?;
+        let (registered, _): (asclepios_authority::attestation::Registered, Receipt) = self
+            .call_with_receipt("authority", Method::POST, "/v1/components/register", body)
+            .await?;
+        Ok(registered)
+    }
+
+    /// Challenges the authority once (see [`Client::attest_authority`]) and
+    /// refuses to go on if the verdict is contraindicated.
+    async fn ensure_authority_attested(&self) -> Result<(), ClientError> {
+        let known = self.authority_verdict.lock().ok().and_then(|v| v.clone());
+        let appraisal = match known {
+            Some(a) => a,
+            None => Box::pin(self.attest_authority()).await?,
+        };
+        if appraisal.trust == Trust::Contraindicated {
+            return Err(ClientError::Attestation(appraisal.summary()));
+        }
+        Ok(())
     }
 
     /// Fetches a fresh ABE key for the identity's current attributes.

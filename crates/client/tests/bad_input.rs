@@ -14,7 +14,7 @@ async fn malformed_requests_get_4xx_json_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &Config::default()))
+    tokio::task::spawn_blocking(move || init(&d, &Config::development()))
         .await
         .unwrap()
         .unwrap();

@@ -37,6 +37,8 @@ pub enum Kind {
     SseKeywords = 0x0a,
     /// Search tokens: addresses and the keys of their values.
     SseTokens = 0x0b,
+    /// Remote attestation evidence (a DCAP quote or the insecure software format).
+    AttestationEvidence = 0x0c,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             0x09 => Kind::SseState,
             0x0a => Kind::SseKeywords,
             0x0b => Kind::SseTokens,
+            0x0c => Kind::AttestationEvidence,
             _ => return None,
         })
     }
@@ -71,6 +74,7 @@ impl Kind {
             Kind::SseState => "sealed keyword state",
             Kind::SseKeywords => "sealed record keywords",
             Kind::SseTokens => "search tokens",
+            Kind::AttestationEvidence => "attestation evidence",
         }
     }
 }

@@ -27,6 +27,73 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Who may search the encrypted index.
     pub search: SearchConfig,
+    /// Remote attestation of the key authority and of components.
+    pub attestation: AttestationConfig,
+}
+
+/// Remote attestation. The defaults are a production deployment's: clients
+/// require the authority to attest, components must attest before keys are
+/// released to them, and the authority presents no evidence until its
+/// hardware format is configured (so clients refuse it: configure
+/// `evidence`, `collateral` and the reference values first). `asclepios
+/// init` writes the development settings instead (see
+/// [`AttestationConfig::development`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationConfig {
+    /// What the key authority presents in its TLS certificate: `none`,
+    /// `sgx-dcap` (in a Gramine enclave), `tdx-dcap` (in a TDX guest) or
+    /// `insecure-software` (development only).
+    pub evidence: String,
+    /// PCCS collateral (JSON) shipped with hardware quotes, refreshed by the
+    /// operator; relative to the data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collateral: Option<String>,
+    /// Clients refuse an authority whose attestation fails `policy`.
+    pub require: bool,
+    /// The clients' reference values for the authority (a policy TOML file).
+    pub policy: String,
+    /// How long the authority's attested TLS certificate is valid, in
+    /// seconds; it is renewed with fresh evidence at half that.
+    pub certificate_seconds: u64,
+    /// Components must attest before the authority releases keys to them.
+    pub require_components: bool,
+    /// Directory kinds that are components.
+    pub component_kinds: Vec<String>,
+    /// Reference values for components (a policy TOML file).
+    pub component_policy: String,
+    /// How long a component's registration holds, in seconds.
+    pub registration_seconds: u64,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        AttestationConfig {
+            evidence: "none".into(),
+            collateral: None,
+            require: true,
+            policy: "attestation-policy.toml".into(),
+            certificate_seconds: 86_400,
+            require_components: true,
+            component_kinds: vec!["device".into()],
+            component_policy: "component-policy.toml".into(),
+            registration_seconds: 86_400,
+        }
+    }
+}
+
+impl AttestationConfig {
+    /// A development deployment's settings: the authority presents
+    /// insecure-software evidence, and nobody is required to attest (both
+    /// printed loudly by the services and the CLI).
+    pub fn development() -> Self {
+        AttestationConfig {
+            evidence: "insecure-software".into(),
+            require: false,
+            require_components: false,
+            ..Default::default()
+        }
+    }
 }
 
 /// Search settings.
@@ -66,6 +133,12 @@ pub struct ServiceConfig {
     pub listen: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The DNS names and IP addresses clients reach it by (its certificate's).
+    pub names: Vec<String>,
+}
+
+fn local_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
 /// The audit log.
@@ -102,12 +175,14 @@ impl Default for Config {
             authority: ServiceConfig {
                 listen: "127.0.0.1:7443".into(),
                 max_body_bytes: 1 << 20,
+                names: local_names(),
             },
             records: ServiceConfig::default(),
             audit: AuditConfig::default(),
             emergency: EmergencyConfig::default(),
             policy: PolicyConfig::default(),
             search: SearchConfig::default(),
+            attestation: AttestationConfig::default(),
         }
     }
 }
@@ -126,6 +201,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             listen: "127.0.0.1:7444".into(),
             max_body_bytes: 8 << 20,
+            names: local_names(),
         }
     }
 }
@@ -160,6 +236,15 @@ impl Default for PolicyConfig {
 pub const CONFIG_FILE: &str = "asclepios.toml";
 
 impl Config {
+    /// The configuration `asclepios init` writes: the defaults, with
+    /// development attestation settings.
+    pub fn development() -> Self {
+        Config {
+            attestation: AttestationConfig::development(),
+            ..Config::default()
+        }
+    }
+
     /// Reads `asclepios.toml` from a data directory.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let path = dir.join(CONFIG_FILE);

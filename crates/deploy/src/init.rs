@@ -3,11 +3,15 @@
 //! ```text
 //! asclepios.toml            the configuration (every option at its default)
 //! pki/ca.pem, ca.key        the deployment CA (the key is a secret: keep it offline in production)
-//! pki/authority.pem, .key   the key authority's TLS certificate (localhost, 127.0.0.1)
+//! pki/authority.pem, .key   the key authority's issuer: a CA certificate constrained to its
+//!                           names, from which it mints its attested TLS certificates
 //! pki/records.pem, .key     the record service's TLS certificate
 //! identities/<id>.pem, .key each sample identity's client certificate and key
 //! asclepios.db              the SQLite store with the directory
 //! authority/, pki/audit-log.*  service keys (see [`crate::keys`])
+//! pki/attestation-dev.key   the insecure-software attestation signer (development)
+//! attestation-policy.toml   reference values for the authority (development: insecure-software)
+//! component-policy.toml     reference values for components (likewise)
 //! ```
 
 use std::path::Path;
@@ -107,16 +111,24 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
     write_file(&layout.ca_key(), &ca.key_pem(), true)?;
     write_file(&layout.ca_cert(), &ca.cert_pem(), false)?;
     for service in SERVICES {
-        let issued = ca.issue_server(
-            &format!("asclepios {service}"),
-            &["localhost", "127.0.0.1", "::1"],
-        )?;
+        let common_name = format!("asclepios {service}");
+        let issued = if service == "authority" {
+            // The authority issues its own short-lived, attested TLS
+            // certificates; it gets a CA certificate limited to its names.
+            let names: Vec<&str> = config.authority.names.iter().map(String::as_str).collect();
+            ca.issue_service_issuer(&common_name, &names)?
+        } else {
+            let names: Vec<&str> = config.records.names.iter().map(String::as_str).collect();
+            ca.issue_server(&common_name, &names)?
+        };
         let (cert, key) = layout.service(service);
         write_file(&key, &issued.key_pem, true)?;
         write_file(&cert, &issued.cert_pem, false)?;
     }
     crate::keys::create(dir, &config.audit.origin, &["auditor-ann"])?;
     write_file(&config_path, &config.to_toml()?, false)?;
+    crate::attestation::create_development_key(dir)?;
+    crate::attestation::write_development_policies(dir)?;
     let directory = Directory::open(dir)?;
     SAMPLE_ORGANISATION
         .iter()
@@ -135,10 +147,10 @@ mod tests {
     fn init_writes_a_deployment_and_the_directory_administers_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("dep");
-        let members = init(&dir, &Config::default()).unwrap();
+        let members = init(&dir, &Config::development()).unwrap();
         assert_eq!(members.len(), SAMPLE_ORGANISATION.len());
         assert!(
-            init(&dir, &Config::default()).is_err(),
+            init(&dir, &Config::development()).is_err(),
             "a second init must refuse"
         );
         let layout = Layout::new(&dir);

@@ -1,5 +1,8 @@
 //! asclepios deployments.
 //!
+//! * [`attestation`]: the authority's attested TLS certificate, the
+//!   attester the configuration names, and the development signer and
+//!   reference values `init` writes.
 //! * [`config`]: the one TOML file, with a default for every option.
 //! * [`init`]: `asclepios init`: a working development deployment (CA,
 //!   service and identity certificates, a sample organisation in the
@@ -14,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attestation;
 pub mod config;
 pub mod directory;
 pub mod init;

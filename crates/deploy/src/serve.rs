@@ -18,8 +18,10 @@ use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
+use crate::attestation::{self, AttestedCertificate};
 use crate::directory::Layout;
 use crate::{keys, read_file, Config, Error};
+use asclepios_authority::{ComponentGate, EvidenceSource};
 
 /// How often expired break-glass grants are ended, in seconds.
 pub const SWEEP_SECONDS: u64 = 2;
@@ -59,17 +61,27 @@ fn open_store(dir: &Path, config: &Config) -> Result<Store, Error> {
 }
 
 struct ServiceKeys {
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     receipt: SigningKey,
 }
 
-fn service_keys(layout: &Layout, name: &str) -> Result<ServiceKeys, Error> {
+/// A service's receipt key and, if `serves_its_certificate`, its TLS
+/// configuration (the authority mints its TLS certificates instead).
+fn service_keys(
+    layout: &Layout,
+    name: &str,
+    serves_its_certificate: bool,
+) -> Result<ServiceKeys, Error> {
     let ca = read_file(&layout.ca_cert())?;
     let (cert_path, key_path) = layout.service(name);
     let cert = read_file(&cert_path)?;
     let key = Zeroizing::new(read_file(&key_path)?);
     Ok(ServiceKeys {
-        tls: tls::server_config(&ca, &cert, &key)?,
+        tls: if serves_its_certificate {
+            Some(tls::server_config(&ca, &cert, &key)?)
+        } else {
+            None
+        },
         receipt: SigningKey::from_pkcs8_pem(&key)
             .map_err(|e| Error::Invalid(format!("{}: {e}", key_path.display())))?,
     })
@@ -109,28 +121,53 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     // own runtime): do it off the async threads.
     let owned = dir.to_path_buf();
     let cfg = config.clone();
-    let (authority, authority_tls, records, records_tls) = tokio::task::spawn_blocking(move || {
-        let dir = owned.as_path();
-        let layout = Layout::new(dir);
-        let authority_keys = service_keys(&layout, "authority")?;
-        let authority = Arc::new(KeyAuthority::new(
-            open_store(dir, &cfg)?,
-            trail(dir, &cfg, "authority", authority_keys.receipt)?,
-            keys::abe_master_key(dir)?,
-            &keys::sse_key(dir)?,
-            &*keys::stats_key(dir)?,
-            cfg.emergency.grant_seconds,
-            cfg.search.roles.clone(),
-        ));
-        let records_keys = service_keys(&layout, "records")?;
-        let records = Arc::new(RecordService::new(
-            open_store(dir, &cfg)?,
-            trail(dir, &cfg, "records", records_keys.receipt)?,
-        ));
-        Ok::<_, Error>((authority, authority_keys.tls, records, records_keys.tls))
-    })
-    .await
-    .map_err(|e| Error::Invalid(format!("starting services: {e}")))??;
+    let (authority, authority_tls, records, records_tls, certificate) =
+        tokio::task::spawn_blocking(move || {
+            let dir = owned.as_path();
+            let layout = Layout::new(dir);
+            let authority_keys = service_keys(&layout, "authority", false)?;
+            let certificate = Arc::new(AttestedCertificate::new(dir, &cfg)?);
+            let authority_tls = tls::server_config_with_resolver(
+                &read_file(&layout.ca_cert())?,
+                certificate.clone(),
+            )?;
+            let gate = ComponentGate {
+                required: cfg.attestation.require_components,
+                kinds: cfg.attestation.component_kinds.clone(),
+                policy: match attestation::component_policy(dir, &cfg) {
+                    Ok(p) => Some(p),
+                    Err(e) if cfg.attestation.require_components => return Err(e),
+                    Err(_) => None,
+                },
+                registration_seconds: cfg.attestation.registration_seconds,
+            };
+            let source: Option<Arc<dyn EvidenceSource>> = certificate
+                .format()
+                .map(|_| certificate.clone() as Arc<dyn EvidenceSource>);
+            let authority = Arc::new(
+                KeyAuthority::new(
+                    open_store(dir, &cfg)?,
+                    trail(dir, &cfg, "authority", authority_keys.receipt)?,
+                    keys::abe_master_key(dir)?,
+                    &keys::sse_key(dir)?,
+                    &*keys::stats_key(dir)?,
+                    cfg.emergency.grant_seconds,
+                    cfg.search.roles.clone(),
+                )
+                .with_attestation(source, gate),
+            );
+            let records_keys = service_keys(&layout, "records", true)?;
+            let records = Arc::new(RecordService::new(
+                open_store(dir, &cfg)?,
+                trail(dir, &cfg, "records", records_keys.receipt)?,
+            ));
+            let records_tls = records_keys.tls.ok_or_else(|| {
+                Error::Invalid("the record service has no TLS configuration".into())
+            })?;
+            Ok::<_, Error>((authority, authority_tls, records, records_tls, certificate))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("starting services: {e}")))??;
 
     let bind = |addr: String| async move {
         TcpListener::bind(&addr)
@@ -167,6 +204,19 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Renew the authority's attested certificate (fresh key, fresh evidence).
+    let mut renew_stop = stopped.clone();
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_secs(certificate.renew_every().max(60));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = renew_stop.wait_for(|stop| *stop) => return,
+            }
+            let c = certificate.clone();
+            let _ = tokio::task::spawn_blocking(move || c.renew()).await;
+        }
+    });
     // End expired break-glass grants and consents every few seconds.
     let sweeper = authority.clone();
     let mut sweep_stop = stopped.clone();

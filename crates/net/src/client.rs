@@ -27,7 +27,17 @@ impl SignedClient {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<Self, Error> {
-        let tls = client_config(ca_pem, cert_pem, key_pem)?;
+        Self::with_tls(base, id, client_config(ca_pem, cert_pem, key_pem)?, key_pem)
+    }
+
+    /// A client with a TLS configuration of the caller's (e.g. one that
+    /// appraises the server's attestation), signing as `id` with `key_pem`.
+    pub fn with_tls(
+        base: &str,
+        id: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        key_pem: &str,
+    ) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .timeout(Duration::from_secs(60))

@@ -7,8 +7,9 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
+    BasicConstraints, CertificateParams, CidrSubnet, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints,
+    SanType, PKCS_ED25519,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -43,7 +44,39 @@ impl fmt::Debug for Issued {
     }
 }
 
-/// The deployment's certificate authority.
+/// A fresh Ed25519 key for a short-lived TLS certificate, made where it
+/// will be used (inside the attested environment), so evidence can bind it
+/// before the certificate exists.
+pub struct ServiceKey(KeyPair);
+
+impl fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServiceKey(<redacted>)")
+    }
+}
+
+impl ServiceKey {
+    /// A new key.
+    pub fn generate() -> Result<Self, Error> {
+        Ok(ServiceKey(
+            KeyPair::generate_for(&PKCS_ED25519).map_err(cert_err)?,
+        ))
+    }
+
+    /// Its SubjectPublicKeyInfo (DER): what attestation evidence binds.
+    pub fn spki_der(&self) -> Vec<u8> {
+        self.0.public_key_der()
+    }
+
+    /// The private key (PKCS#8 PEM; a secret).
+    pub fn key_pem(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.0.serialize_pem())
+    }
+}
+
+/// The deployment's certificate authority, or a service's own issuer (a
+/// CA certificate constrained to the service's names, see
+/// [`CertificateAuthority::issue_service_issuer`]).
 pub struct CertificateAuthority {
     cert: rcgen::Certificate,
     key: KeyPair,
@@ -107,8 +140,58 @@ impl CertificateAuthority {
     fn issue(&self, mut params: CertificateParams) -> Result<Issued, Error> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(cert_err)?;
         validity(&mut params, LEAF_VALIDITY_DAYS);
+        self.sign(params, &key)
+    }
+
+    fn sign(&self, mut params: CertificateParams, key: &KeyPair) -> Result<Issued, Error> {
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(key, &self.cert, &self.key)
+            .map_err(cert_err)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn issue_server(&self, common_name: &str, names: &[&str]) -> Result<Issued, Error> {
+        self.issue(server_params(common_name, names)?)
+    }
+
+    /// A certificate for a service that mints its own short-lived TLS
+    /// certificates (the key authority, for RA-TLS): a CA certificate
+    /// limited to one level below it and, by name constraints, to `names`,
+    /// so its key can vouch for nothing but the service itself. Its key
+    /// also signs the service's receipts.
+    pub fn issue_service_issuer(&self, common_name: &str, names: &[&str]) -> Result<Issued, Error> {
+        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(cert_err)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let mut permitted = Vec::new();
+        for name in names {
+            permitted.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                    ip,
+                    if ip.is_ipv4() { 32 } else { 128 },
+                )),
+                Err(_) => GeneralSubtree::DnsName((*name).to_string()),
+            });
+        }
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: permitted,
+            excluded_subtrees: Vec::new(),
+        });
+        validity(&mut params, LEAF_VALIDITY_DAYS);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
@@ -119,20 +202,33 @@ impl CertificateAuthority {
         })
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses).
-    pub fn issue_server(&self, common_name: &str, names: &[&str]) -> Result<Issued, Error> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        for name in names {
-            params.subject_alt_names.push(match name.parse() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*name).try_into().map_err(cert_err)?),
-            });
+    /// A server certificate for `key`, valid for `seconds`, carrying the
+    /// extra non-critical extension `extension` (OID arcs, DER value) if
+    /// given: what an attested service issues itself with its issuer.
+    pub fn issue_server_for_key(
+        &self,
+        key: &ServiceKey,
+        common_name: &str,
+        names: &[&str],
+        seconds: i64,
+        extension: Option<(&[u64], Vec<u8>)>,
+    ) -> Result<String, Error> {
+        let mut params = server_params(common_name, names)?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::seconds(seconds);
+        if let Some((oid, value)) = extension {
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(oid, value));
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(params)
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key.0, &self.cert, &self.key)
+            .map_err(cert_err)?;
+        Ok(cert.pem())
     }
 
     /// A client certificate for identity `id`.
@@ -148,6 +244,21 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
     }
+}
+
+fn server_params(common_name: &str, names: &[&str]) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    for name in names {
+        params.subject_alt_names.push(match name.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*name).try_into().map_err(cert_err)?),
+        });
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
 }
 
 fn pem_body(pem: &str) -> Result<Vec<u8>, Error> {

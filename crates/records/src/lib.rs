@@ -205,6 +205,10 @@ impl RecordService {
                 axum::routing::post(publish_stats).get(stats_values),
             )
             .route("/v1/audit/entries", get(audit_entries))
+            .route(
+                "/v1/attestation/verdicts",
+                axum::routing::post(attestation_verdict),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -865,6 +869,73 @@ pub const MAX_LOOKUP: usize = 1 << 16;
 /// Answers search tokens against the index: the service sees addresses and
 /// sealed values, never a keyword or a record id. Logged (how many
 /// addresses, not which).
+/// A client's verdict on the key authority's attestation, reported here so
+/// it lands in the audit log even when the authority is the one refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationVerdict {
+    /// What was appraised (`authority`).
+    pub subject: String,
+    /// The tier: `affirming`, `warning` or `contraindicated`.
+    pub trust: String,
+    /// The appraisal in one line.
+    pub summary: String,
+}
+
+/// The record of a reported verdict.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictLogged {
+    /// The tier as logged.
+    pub trust: String,
+}
+
+async fn attestation_verdict(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<VerdictLogged>>, ApiError> {
+    let req: AttestationVerdict = json_body(&body)?;
+    blocking(move || {
+        s.check_caller(&caller.id)?;
+        if !matches!(
+            req.trust.as_str(),
+            "affirming" | "warning" | "contraindicated"
+        ) || req.subject.len() > 64
+        {
+            return Err(bad_request(
+                "trust: affirming, warning or contraindicated; subject: at most 64 bytes",
+            ));
+        }
+        let resource: String = format!("attestation of {}: {}", shown(&req.subject), req.summary)
+            .chars()
+            .take(512)
+            .collect();
+        // A refused attestation is logged as a denial (of the authority).
+        let outcome = if req.trust == "contraindicated" {
+            Outcome::Denied
+        } else {
+            Outcome::Success
+        };
+        let event = AuditEvent::new(
+            &caller.id,
+            Action::Attestation,
+            resource,
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        let receipt = log_event(&s.trail, &event, &v, StatusCode::OK)?;
+        Ok(WithReceipt {
+            result: VerdictLogged { trust: req.trust },
+            receipt,
+        })
+    })
+    .await
+    .map(Json)
+}
+
 async fn search_index(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -1053,6 +1124,8 @@ async fn openapi() -> Json<serde_json::Value> {
                 "responses": {"200": {"description": "list"}}}},
             "/v1/audit/entries": {"get": {"summary": "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
                 "responses": {"200": {"description": "entries"}}}},
+            "/v1/attestation/verdicts": {"post": {"summary": "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
+                "responses": {"200": {"description": "logged"}, "400": {"description": "malformed verdict"}}}},
             "/v1/search": {"post": {"summary": "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["addrs"],
                     "properties": {"addrs": {"type": "array", "maxItems": MAX_LOOKUP, "items": {"type": "string", "contentEncoding": "base64"}}}}}}},

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod audit;
+mod components;
 mod db;
 mod directory;
 mod migrations;
@@ -49,6 +50,7 @@ mod stats;
 
 use std::path::Path;
 
+pub use components::Component;
 pub use directory::{
     versioned_attribute, AttributeGrant, Consent, ConsentStatus, EmergencyGrant, Identity,
     IdentityStatus,

@@ -143,10 +143,26 @@ CREATE TABLE fe_cohorts (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        description: "attested components: the latest appraisal of each component identity",
+        ddl: r#"
+CREATE TABLE components (
+    identity_id TEXT    NOT NULL PRIMARY KEY,
+    format      TEXT    NOT NULL,
+    measurement TEXT    NOT NULL,
+    trust       TEXT    NOT NULL,
+    appraisal   TEXT    NOT NULL,
+    key_sha256  {BYTES} NOT NULL,
+    attested_at {INT}   NOT NULL,
+    expires_at  {INT}   NOT NULL
+);
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

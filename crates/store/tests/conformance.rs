@@ -19,6 +19,7 @@ conformance!(
     sse_index_batches_and_refuses_overwrites,
     sse_state_swaps_atomically_with_the_index,
     statistics_slots_values_and_cohorts,
+    component_appraisals_are_replaced,
     directory_tracks_attribute_versions,
     consents_keep_their_history,
     emergency_grants_queue_for_review,
@@ -317,6 +318,27 @@ fn statistics_slots_values_and_cohorts(h: &Harness) {
     s.fe_add_cohort("study", "c2", &[2]).unwrap();
     assert_eq!(s.fe_cohorts("study").unwrap(), vec![vec![0, 1], vec![2]]);
     assert!(s.fe_cohorts("other").unwrap().is_empty());
+}
+
+fn component_appraisals_are_replaced(h: &Harness) {
+    let s = h.open();
+    assert_eq!(s.component("lab-a").unwrap(), None);
+    let mut c = asclepios_store::Component {
+        identity_id: "lab-a".into(),
+        format: "tdx-dcap".into(),
+        measurement: "ab".repeat(48),
+        trust: "affirming".into(),
+        appraisal: "affirming (tdx-dcap)".into(),
+        key_sha256: vec![7; 32],
+        attested_at: 100,
+        expires_at: 200,
+    };
+    s.put_component(&c).unwrap();
+    assert_eq!(s.component("lab-a").unwrap().as_ref(), Some(&c));
+    c.trust = "contraindicated".into();
+    c.attested_at = 150;
+    s.put_component(&c).unwrap();
+    assert_eq!(s.component("lab-a").unwrap(), Some(c));
 }
 
 fn directory_tracks_attribute_versions(h: &Harness) {

@@ -37,11 +37,17 @@ impl Drop for Deployment {
 }
 
 pub async fn deploy(postgres: bool) -> Deployment {
+    deploy_with(postgres, |_| {}).await
+}
+
+/// A deployment whose configuration `adjust` changes before `init` writes it.
+pub async fn deploy_with(postgres: bool, adjust: impl FnOnce(&mut Config)) -> Deployment {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("deployment");
-    let mut config = Config::default();
+    let mut config = Config::development();
     // Short break-glass grants, so the test sees one expire.
     config.emergency.grant_seconds = 3;
+    adjust(&mut config);
     let mut pg_schema = None;
     if postgres {
         let nanos = std::time::SystemTime::now()
