@@ -85,7 +85,7 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("deployment");
     let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &Config::default())).await??;
+    tokio::task::spawn_blocking(move || init(&d, &Config::development())).await??;
     let listen = Listen {
         authority: Some("127.0.0.1:0".into()),
         records: Some("127.0.0.1:0".into()),

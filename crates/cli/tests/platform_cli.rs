@@ -47,11 +47,15 @@ fn a_deployment_through_the_command_line() {
     ok(&["init", "--dir", d]);
     // Free ports, so tests may run side by side.
     let config = dir.join("asclepios.toml");
+    let authority_port = free_port();
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("127.0.0.1:7443", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:7443", &format!("127.0.0.1:{authority_port}"))
         .replace("127.0.0.1:7444", &format!("127.0.0.1:{}", free_port()));
     std::fs::write(&config, text).unwrap();
+    // The development measurement covers the configuration: refresh it.
+    let refreshed = ok(&["attest", "dev-policy", "--dir", d]);
+    assert!(refreshed.contains("INSECURE"), "{refreshed}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_asclepios"))
         .args(["serve", "--dir", d])
         .stdout(Stdio::piped())
@@ -64,6 +68,34 @@ fn a_deployment_through_the_command_line() {
             break;
         }
     }
+
+    // The authority's RA-TLS certificate, appraised by anyone with the CA.
+    let authority = format!("https://localhost:{authority_port}");
+    let verdict = ok(&["attest", "verify", "--dir", d, &authority]);
+    assert!(verdict.contains("appraisal: warning"), "{verdict}");
+    assert!(verdict.contains("INSECURE"), "{verdict}");
+    assert!(
+        verdict.contains("reference: development build"),
+        "{verdict}"
+    );
+    let challenged = ok(&[
+        "attest", "verify", "--dir", d, &authority, "--as", "dr-heart",
+    ]);
+    assert!(challenged.contains("challenge answered"), "{challenged}");
+    let registered = ok(&["attest", "register", "--dir", d, "--as", "lab-central"]);
+    assert!(
+        registered.contains("lab-central registered: warning"),
+        "{registered}"
+    );
+    // Evidence files: an envelope (binary or base64) or nothing usable.
+    let junk = tmp.path().join("junk.evidence");
+    std::fs::write(&junk, b"ASCL\x0c\x01\x02").unwrap();
+    let out = asclepios(&["attest", "verify", "--dir", d, junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not decode"));
+    std::fs::write(&junk, "not base64 at all!").unwrap();
+    let out = asclepios(&["attest", "verify", "--dir", d, junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
 
     let data = tmp.path().join("sample.ndjson");
     std::fs::write(
