@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod abe;
+mod attest;
 mod audit;
 mod deid;
 mod e2e;
@@ -20,6 +21,10 @@ mod timing;
 use anyhow::bail;
 
 const SUITES: &[(&str, &str)] = &[
+    (
+        "attest",
+        "attestation appraisal: Intel SGX/TDX sample quotes vs bare dcap-qvl; RA-TLS certificate check vs the chain alone",
+    ),
     (
         "abe",
         "FAME CP-ABE keygen/encrypt/decrypt vs rabe AC17 (AND/OR of 2, 10, 50 attributes)",
@@ -80,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         "sse" => sse::run(quick, budget)?,
         "fe" => fe::run(quick, budget)?,
         "deid" => deid::run(quick, budget)?,
+        "attest" => attest::run(quick, budget)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

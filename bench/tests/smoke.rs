@@ -180,3 +180,21 @@ fn deid_suite_quick_prints_both_profiles_against_the_floor() {
         }
     }
 }
+
+#[test]
+fn attest_suite_quick_prints_every_case() {
+    let (stdout, rows) = quick_json("attest");
+    // Two sample quotes, then the RA-TLS certificate check.
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for row in &rows[..2] {
+        assert_eq!(row["op"], "dcap-appraise");
+        assert_eq!(row["peer"], "dcap-qvl");
+        for field in ["ours_us", "peer_us", "speedup"] {
+            assert!(row[field].as_f64().unwrap_or(0.0) > 0.0, "{field} in {row}");
+        }
+    }
+    assert_eq!(rows[2]["op"], "ratls-verify");
+    for field in ["ours_us", "floor_us", "ratio"] {
+        assert!(rows[2][field].as_f64().unwrap_or(0.0) > 0.0, "{field} in {rows:?}");
+    }
+}
