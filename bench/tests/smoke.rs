@@ -195,6 +195,9 @@ fn attest_suite_quick_prints_every_case() {
     }
     assert_eq!(rows[2]["op"], "ratls-verify");
     for field in ["ours_us", "floor_us", "ratio"] {
-        assert!(rows[2][field].as_f64().unwrap_or(0.0) > 0.0, "{field} in {rows:?}");
+        assert!(
+            rows[2][field].as_f64().unwrap_or(0.0) > 0.0,
+            "{field} in {rows:?}"
+        );
     }
 }

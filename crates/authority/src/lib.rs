@@ -22,6 +22,7 @@
 
 pub mod attestation;
 pub mod consent;
+pub mod review;
 pub mod search;
 pub mod stats;
 
@@ -764,6 +765,10 @@ impl KeyAuthority {
             .route("/v1/keys", post(issue_key))
             .route("/v1/policy/resolve", post(resolve_policy))
             .route("/v1/emergency", post(emergency))
+            .route(
+                "/v1/emergency/reviews",
+                get(pending_reviews).post(review_grant),
+            )
             .route("/v1/consents", post(grant_consent).get(list_consents))
             .route("/v1/consents/{consent_id}/withdraw", post(withdraw_consent))
             .route("/v1/abe/public-key", get(public_key))
@@ -928,6 +933,23 @@ async fn emergency(
     blocking(move || s.break_glass(&caller, &v, req))
         .await
         .map(Json)
+}
+
+async fn pending_reviews(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<Vec<review::PendingReview>>, ApiError> {
+    blocking(move || s.pending_reviews(&caller)).await.map(Json)
+}
+
+async fn review_grant(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<review::Reviewed>>, ApiError> {
+    let req: review::ReviewDecision = json_body(&body)?;
+    blocking(move || s.review(&caller, &v, req)).await.map(Json)
 }
 
 async fn grant_consent(

@@ -217,6 +217,26 @@ enum Command {
         #[command(subcommand)]
         command: stats_cmd::StatsCommand,
     },
+    /// Open the web portal for one identity on this device: patients see their records
+    /// (with a blood-pressure chart), who accessed them (each event's inclusion proof
+    /// verified), emergency accesses, consents and erasures; auditors review break-glass
+    /// grants, check the log's health and search events; clinicians search and open records.
+    ///
+    /// The portal is served on 127.0.0.1 only and opens records with this identity's own
+    /// keys, here: the browser talks to this process, this process to the deployment over
+    /// mutual TLS. Open the printed launch link (it holds a secret made for this launch).
+    ///
+    /// Example: asclepios portal --dir d --identity pat-00000 --port 8080
+    Portal {
+        #[command(flatten)]
+        dir: admin::DirArg,
+        /// The identity to act as (its certificate and key are in <dir>/identities/)
+        #[arg(long, visible_alias = "as", value_name = "ID")]
+        identity: String,
+        /// The local port (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Remote attestation: appraise evidence or a running key authority against reference
     /// values, register a component (device) with the authority, write development
     /// reference values.
@@ -288,6 +308,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Log(command) => return log_cmd::run(command),
         Command::Attest { dir, command } => return attest_cmd::run(&dir.path(), command),
+        Command::Portal {
+            dir,
+            identity,
+            port,
+        } => platform::portal(&dir.path(), identity, port),
         Command::Init { dir, postgres } => admin::run_init(&dir.path(), postgres),
         Command::User { dir, command } => admin::run_user(&dir.path(), command),
         Command::Serve { dir, postgres } => platform::serve(&dir.path(), postgres),

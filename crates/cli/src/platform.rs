@@ -496,3 +496,27 @@ pub fn import(dir: &Path, who: &AsArg, files: &[PathBuf]) -> anyhow::Result<()> 
         Ok(())
     })
 }
+
+/// `asclepios portal`: the local web app for one identity, until Ctrl-C.
+pub fn portal(dir: &Path, identity: String, port: u16) -> anyhow::Result<()> {
+    let who = AsArg { identity };
+    let client = connect(dir, &who)?;
+    runtime()?.block_on(async {
+        let portal = asclepios_portal::Portal::new(client).await?;
+        // Loopback only: the portal holds this identity's keys.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("listening on 127.0.0.1:{port}"))?;
+        let addr = listener.local_addr()?;
+        println!("asclepios portal for {} (loopback only)", who.identity);
+        println!("open: http://{addr}{}", portal.launch_path());
+        println!("Ctrl-C stops it");
+        std::io::stdout().flush()?;
+        asclepios_portal::serve(listener, portal, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving the portal")?;
+        Ok(())
+    })
+}

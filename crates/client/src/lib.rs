@@ -129,6 +129,51 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ClientErr
     serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
+/// What a reader of the audit log checked: its events, the signed
+/// checkpoint they were proved against, and the whole tree (to prove an
+/// earlier checkpoint consistent with this one).
+#[derive(Debug)]
+pub struct AuditView {
+    /// The events this identity can open.
+    pub events: Vec<ProvedEvent>,
+    /// The latest signed checkpoint (verified).
+    pub checkpoint: asclepios_audit::Checkpoint,
+    /// Every entry's leaf hash, as read.
+    pub tree: asclepios_audit::merkle::MemoryTree,
+}
+
+impl AuditView {
+    /// Whether `earlier` (a checkpoint seen before) is a prefix of this one:
+    /// a consistency proof from the tree, checked against both roots.
+    pub fn consistent_with(&self, earlier: &asclepios_audit::Checkpoint) -> bool {
+        let cp = &self.checkpoint;
+        earlier.size <= cp.size && cp.size <= self.tree.size() && {
+            let proof = self.tree.prove_consistency(earlier.size, cp.size);
+            asclepios_audit::merkle::verify_consistency(
+                earlier.size,
+                cp.size,
+                &earlier.root,
+                &cp.root,
+                &proof,
+            )
+            .is_ok()
+        }
+    }
+}
+
+/// An audit event as its reader checked it.
+#[derive(Clone, Debug)]
+pub struct ProvedEvent {
+    /// The event.
+    pub event: asclepios_audit::AuditEvent,
+    /// Its leaf index in the log.
+    pub index: u64,
+    /// The size of the signed checkpoint it was proved against.
+    pub checkpoint_size: u64,
+    /// Whether its inclusion proof leads to the checkpoint's root.
+    pub included: bool,
+}
+
 fn refused_appraisal(why: &str) -> Appraisal {
     Appraisal {
         trust: Trust::Contraindicated,
@@ -647,10 +692,58 @@ impl Client {
             .0)
     }
 
+    /// Break-glass grants waiting for an auditor's review (auditors only).
+    pub async fn emergency_reviews(
+        &self,
+    ) -> Result<Vec<asclepios_authority::review::PendingReview>, ClientError> {
+        Ok(Self::call(
+            &self.authority,
+            Method::GET,
+            "/v1/emergency/reviews",
+            Vec::new(),
+        )
+        .await?
+        .0)
+    }
+
+    /// An auditor's decision on a break-glass grant: `approve`, or `flag`
+    /// with a comment saying why. Audited; the patient can read it.
+    pub async fn review_emergency(
+        &self,
+        patient: &str,
+        grant_id: &str,
+        decision: &str,
+        comment: &str,
+    ) -> Result<asclepios_authority::review::Reviewed, ClientError> {
+        let body = to_json(&asclepios_authority::review::ReviewDecision {
+            patient: patient.into(),
+            grant_id: grant_id.into(),
+            decision: decision.into(),
+            comment: comment.into(),
+        })?;
+        Ok(self
+            .call_with_receipt("authority", Method::POST, "/v1/emergency/reviews", body)
+            .await?
+            .0)
+    }
+
     /// Every audit event this identity may read (its ABE key opens them):
     /// for a patient, every access to their records. Checks each slice's
     /// entries against the log's checkpoint.
     pub async fn audit_events(&self) -> Result<Vec<asclepios_audit::AuditEvent>, ClientError> {
+        Ok(self
+            .audit_view()
+            .await?
+            .events
+            .into_iter()
+            .map(|p| p.event)
+            .collect())
+    }
+
+    /// [`Client::audit_events`], each with its place in the log and its
+    /// inclusion proof checked against the signed checkpoint, with the
+    /// checkpoint and the tree the entries were read into.
+    pub async fn audit_view(&self) -> Result<AuditView, ClientError> {
         let key = self.user_key.as_ref().ok_or_else(|| {
             ClientError::Protocol("no ABE key yet: call refresh_key first".into())
         })?;
@@ -696,10 +789,11 @@ impl Client {
                     .decode(entry)
                     .map_err(|_| ClientError::Protocol("an audit entry is not base64".into()))?;
                 let index = tree.size();
-                tree.push(&bytes);
+                let leaf = asclepios_audit::merkle::leaf_hash(&bytes);
+                tree.push_leaf_hash(leaf);
                 if let Ok(sealed) = asclepios_audit::SealedEvent::from_bytes(&bytes) {
                     if let Ok(event) = sealed.open_with_abe(key) {
-                        events.push((index, event));
+                        events.push((index, leaf, event));
                     }
                 }
             }
@@ -715,12 +809,27 @@ impl Client {
                 "the audit entries do not match the signed checkpoint".into(),
             ));
         }
-        let events: Vec<_> = events
+        let events = events
             .into_iter()
-            .filter(|(index, _)| *index < cp.size)
-            .map(|(_, e)| e)
+            .filter(|(index, _, _)| *index < cp.size)
+            .map(|(index, leaf, event)| {
+                let proof = tree.prove_inclusion(index, cp.size);
+                ProvedEvent {
+                    included: asclepios_audit::merkle::verify_inclusion(
+                        index, cp.size, &leaf, &proof, &cp.root,
+                    )
+                    .is_ok(),
+                    event,
+                    index,
+                    checkpoint_size: cp.size,
+                }
+            })
             .collect();
-        Ok(events)
+        Ok(AuditView {
+            events,
+            checkpoint: cp,
+            tree,
+        })
     }
 
     /// As a patient: grants `grant.grantee` access to this patient's records.
