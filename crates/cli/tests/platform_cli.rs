@@ -198,6 +198,41 @@ fn a_deployment_through_the_command_line() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("searching needs one of"));
 
+    // The portal: a launch link on loopback; the link's secret buys a
+    // session cookie, anything else is refused.
+    let mut portal = Command::new(env!("CARGO_BIN_EXE_asclepios"))
+        .args(["portal", "--dir", d, "--identity", "pat-00000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(portal.stdout.take().unwrap()).lines();
+    let _portal = Serve(portal);
+    let link = out
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("open: ").map(str::to_string))
+        .unwrap();
+    let rest = link.strip_prefix("http://127.0.0.1:").unwrap();
+    let (port, path) = rest.split_once('/').unwrap();
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = get(path);
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(answer.contains("set-cookie: asclepios_portal="), "{answer}");
+    assert!(get("patient").starts_with("HTTP/1.1 401"));
+    assert!(get("login?token=00").starts_with("HTTP/1.1 401"));
+
     // A de-identified export of what dr-heart can read of pat-00000.
     let out_dir = tmp.path().join("export");
     let exported = ok(&[
