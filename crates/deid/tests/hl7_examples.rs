@@ -71,6 +71,34 @@ fn identifier_values(v: &Value, key: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Whether `secret` occurs in `output` other than by chance inside a
+/// generated code: Safe Harbor replaces ids with random hex codes (a key per
+/// export), and a short all-digit secret such as `2014` turns up inside one
+/// of them now and then.
+fn leaks(output: &str, secret: &str) -> bool {
+    let b = output.as_bytes();
+    output.match_indices(secret).any(|(i, _)| {
+        let mut start = i;
+        while start > 0 && b[start - 1].is_ascii_hexdigit() {
+            start -= 1;
+        }
+        let mut end = i + secret.len();
+        while end < b.len() && b[end].is_ascii_hexdigit() {
+            end += 1;
+        }
+        let inside_code = secret.bytes().all(|c| c.is_ascii_hexdigit()) && end - start >= 16;
+        !inside_code
+    })
+}
+
+#[test]
+fn the_leak_check_ignores_chance_matches_inside_codes_only() {
+    assert!(!leaks("id-3f2014aa9c0b11de77", "2014"));
+    assert!(leaks("born 2014", "2014"));
+    assert!(leaks("2014", "2014"));
+    assert!(leaks("ab2014", "2014"));
+}
+
 #[test]
 fn safe_harbor_on_hl7_examples() {
     let profile = Profile::from_toml(SAFE_HARBOR).unwrap();
@@ -110,7 +138,7 @@ fn safe_harbor_on_hl7_examples() {
         strings(&output, &mut out_strings);
         for s in &secrets {
             assert!(
-                !out_strings.iter().any(|o| o.contains(s.as_str())),
+                !out_strings.iter().any(|o| leaks(o, s)),
                 "{name}: `{s}` survived Safe Harbor"
             );
             checked += 1;

@@ -93,8 +93,13 @@ pub fn write_development_policies(dir: &Path) -> Result<Reference, Error> {
 
 fn load(dir: &Path, file: &str) -> Result<Policy, Error> {
     let path = dir.join(file);
-    Policy::from_toml(&read_file(&path)?)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    let text = read_file(&path).map_err(|e| {
+        Error::Config(format!(
+            "{e}: attestation needs reference values there (see `asclepios attest --help`; \
+             `asclepios attest dev-policy` writes development ones)"
+        ))
+    })?;
+    Policy::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
 /// The relying parties' policy for the authority.

@@ -23,8 +23,15 @@ pub fn esc(text: &str) -> String {
 pub type NavItem = (&'static str, &'static str);
 
 /// A whole page: one `h1`, navigation between the views the identity may
-/// use, the body.
-pub fn page(title: &str, who: &str, nav: &[NavItem], current: &str, body: &str) -> String {
+/// use, the body, and a footer line (e.g. the key authority's attestation).
+pub fn page(
+    title: &str,
+    who: &str,
+    nav: &[NavItem],
+    current: &str,
+    body: &str,
+    footer: &str,
+) -> String {
     let mut links = String::new();
     for (path, label) in nav {
         let here = if *path == current {
@@ -41,9 +48,10 @@ pub fn page(title: &str, who: &str, nav: &[NavItem], current: &str, body: &str) 
          <link rel=\"stylesheet\" href=\"/static/portal.css\"></head>\
          <body><header><nav aria-label=\"Views\">{links}</nav>\
          <span>Signed in on this device as <strong>{who}</strong></span></header>\
-         <main id=\"main\"><h1>{title}</h1>{body}</main></body></html>",
+         <main id=\"main\"><h1>{title}</h1>{body}</main><footer><p>{footer}</p></footer></body></html>",
         title = esc(title),
         who = esc(who),
+        footer = esc(footer),
     )
 }
 
@@ -166,8 +174,10 @@ mod tests {
             esc("<script>\"x\"&'y'</script>"),
             "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;"
         );
-        let p = page("<b>", "a\"b", &[("/x", "<i>")], "/x", "");
-        assert!(!p.contains("<b>") && !p.contains("<i>") && !p.contains("a\"b"));
+        let p = page("<b>", "a\"b", &[("/x", "<i>")], "/x", "", "<u>");
+        assert!(
+            !p.contains("<b>") && !p.contains("<i>") && !p.contains("a\"b") && !p.contains("<u>")
+        );
     }
 
     #[test]

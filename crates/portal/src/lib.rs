@@ -78,6 +78,8 @@ pub struct Portal {
     /// The last checkpoint an auditor's page verified, to prove the next
     /// one consistent with it.
     last_checkpoint: Mutex<Option<asclepios_audit::Checkpoint>>,
+    /// The key authority's attestation as appraised when the key was fetched.
+    attestation: String,
 }
 
 impl std::fmt::Debug for Portal {
@@ -113,6 +115,10 @@ impl Portal {
             roles.clinician |= matches!(name, "role:doctor" | "role:nurse" | "role:lab");
         }
         let identity = client.id().to_string();
+        let attestation = match client.authority_certificate_appraisal() {
+            Some(a) => format!("Key authority attestation: {}", a.summary()),
+            None => "Key authority attestation: not checked (no attestation policy)".into(),
+        };
         if roles.patient.is_none() && !roles.auditor && !roles.clinician {
             return Err(PortalError::NoView(identity));
         }
@@ -124,6 +130,7 @@ impl Portal {
             session: random_hex(),
             csrf: random_hex(),
             last_checkpoint: Mutex::new(None),
+            attestation,
         }))
     }
 
@@ -158,7 +165,14 @@ impl Portal {
     pub(crate) fn page(&self, title: &str, current: &str, body: &str) -> Response<Body> {
         html_response(
             StatusCode::OK,
-            html::page(title, &self.identity, &self.nav(), current, body),
+            html::page(
+                title,
+                &self.identity,
+                &self.nav(),
+                current,
+                body,
+                &self.attestation,
+            ),
         )
     }
 
@@ -174,6 +188,7 @@ impl Portal {
                     "<p class=\"error\" role=\"alert\">{}</p>",
                     html::esc(message)
                 ),
+                &self.attestation,
             ),
         )
     }
@@ -253,6 +268,7 @@ async fn guard(State(p): State<Arc<Portal>>, req: Request, next: Next) -> Respon
                     "<p class=\"error\" role=\"alert\">This portal only answers the browser \
                      that opened the link printed by <code>asclepios portal</code>. Open that \
                      link (it holds a secret made for this launch).</p>",
+                    "",
                 ),
             )
         }

@@ -425,6 +425,7 @@ async fn patients_auditors_and_clinicians_in_a_real_browser() {
     assert!(html.contains("inclusion proof verified"));
     assert!(!html.contains("inclusion proof FAILED"));
     assert!(html.contains("Systolic blood pressure"));
+    assert!(html.contains("Key authority attestation: warning (insecure-software)"));
     check_accessibility("patient", &html);
     browser.screenshot("patient").await;
     // With the session cookie but not the page's CSRF token, or from
