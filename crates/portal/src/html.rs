@@ -55,6 +55,11 @@ pub fn page(
     )
 }
 
+/// An error paragraph that assistive technology announces.
+pub fn alert(message: &str) -> String {
+    format!("<p class=\"error\" role=\"alert\">{}</p>", esc(message))
+}
+
 /// A hidden CSRF field for a form.
 pub fn csrf_field(token: &str) -> String {
     format!(

@@ -184,10 +184,7 @@ impl Portal {
                 &self.identity,
                 &self.nav(),
                 "",
-                &format!(
-                    "<p class=\"error\" role=\"alert\">{}</p>",
-                    html::esc(message)
-                ),
+                &html::alert(message),
                 &self.attestation,
             ),
         )

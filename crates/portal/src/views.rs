@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::Form;
 use serde_json::Value;
 
-use crate::html::{csrf_field, date, date_time, esc, line_chart, table};
+use crate::html::{alert, csrf_field, date, date_time, esc, line_chart, table};
 use crate::Portal;
 
 /// Most records a patient page opens.
@@ -314,10 +314,7 @@ pub(crate) async fn patient(
                 &erasures,
             ));
         }
-        Err(e) => body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">The audit log could not be checked: {}</p>",
-            esc(&e.to_string())
-        )),
+        Err(e) => body.push_str(&alert(&format!("The audit log could not be checked: {e}"))),
     }
 
     // My consents.
@@ -365,10 +362,7 @@ pub(crate) async fn patient(
                 &rows,
             ));
         }
-        Err(e) => body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&e.to_string())
-        )),
+        Err(e) => body.push_str(&alert(&e.to_string())),
     }
     body.push_str(&format!(
         "<h3>Grant a consent</h3><form method=\"post\" action=\"/patient/consents\">{}\
@@ -526,10 +520,7 @@ pub(crate) async fn auditor(
                 &rows,
             ));
         }
-        Err(e) => body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&e.to_string())
-        )),
+        Err(e) => body.push_str(&alert(&e.to_string())),
     }
 
     body.push_str("<h2>Log health</h2>");
@@ -615,10 +606,7 @@ pub(crate) async fn auditor(
                 .collect();
             body.push_str(&table("Audit events", &EVENT_HEADERS, &rows));
         }
-        Err(e) => body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">The audit log did not check out: {}</p>",
-            esc(&e.to_string())
-        )),
+        Err(e) => body.push_str(&alert(&format!("The audit log did not check out: {e}"))),
     }
     drop(client);
     p.page("Audit", "/auditor", &body)
@@ -698,10 +686,7 @@ pub(crate) async fn clinician(
                     .collect();
                 body.push_str(&table("Matching records", &["Patient", "Record"], &rows));
             }
-            Err(e) => body.push_str(&format!(
-                "<p class=\"error\" role=\"alert\">{}</p>",
-                esc(&e.to_string())
-            )),
+            Err(e) => body.push_str(&alert(&e.to_string())),
         }
     }
     p.page("Search records", "/clinician", &body)
@@ -729,10 +714,7 @@ pub(crate) async fn clinician_record(
                 esc(&serde_json::to_string_pretty(&resource).unwrap_or_default())
             ));
         }
-        Err(e) => body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&e.to_string())
-        )),
+        Err(e) => body.push_str(&alert(&e.to_string())),
     }
     body.push_str("<h2>History</h2>");
     match client.record_versions(patient, id).await {
@@ -744,10 +726,7 @@ pub(crate) async fn clinician_record(
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
-        Err(e) => body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&e.to_string())
-        )),
+        Err(e) => body.push_str(&alert(&e.to_string())),
     }
     drop(client);
     p.page(&format!("Record {id} of {patient}"), "/clinician", &body)
