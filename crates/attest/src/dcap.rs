@@ -5,7 +5,6 @@
 //! comes with the evidence or from the verifier, and the time is an input,
 //! so a verdict can be reproduced later for the same time.
 
-use dcap_qvl::quote::Report;
 use dcap_qvl::verify::QuoteVerifier;
 use dcap_qvl::QuoteCollateralV3;
 
@@ -42,8 +41,9 @@ pub fn verify(
     .map_err(|_| Error::Verify("the quote verifier failed on malformed input".into()))?
     .map_err(|e| Error::Verify(format!("{e:#}")))?;
 
-    let mut claims = match (&verified.report, format) {
-        (Report::SgxEnclave(r), Format::SgxDcap) => Claims {
+    let report = &verified.report;
+    let mut claims = match (format, report.as_sgx(), report.as_td10()) {
+        (Format::SgxDcap, Some(r), _) => Claims {
             format,
             measurement: r.mr_enclave.to_vec(),
             signer: Some(r.mr_signer.to_vec()),
@@ -57,31 +57,26 @@ pub fn verify(
                 ("cpu_svn", hex::encode(r.cpu_svn)),
             ],
         },
-        (report, Format::TdxDcap) if report.as_td10().is_some() => {
-            let Some(td) = report.as_td10() else {
-                return Err(Error::Verify("not a TD report".into()));
-            };
-            Claims {
-                format,
-                measurement: td.mr_td.to_vec(),
-                signer: None,
-                isv_svn: None,
-                tcb_status: None,
-                advisory_ids: Vec::new(),
-                debug: td.td_attributes[0] & TD_ATTRIBUTE_DEBUG != 0,
-                report_data: td.report_data,
-                details: vec![
-                    ("rtmr0", hex::encode(td.rt_mr0)),
-                    ("rtmr1", hex::encode(td.rt_mr1)),
-                    ("rtmr2", hex::encode(td.rt_mr2)),
-                    ("rtmr3", hex::encode(td.rt_mr3)),
-                    ("mr_seam", hex::encode(td.mr_seam)),
-                    ("mr_config_id", hex::encode(td.mr_config_id)),
-                    ("mr_owner", hex::encode(td.mr_owner)),
-                ],
-            }
-        }
-        (report, _) => {
+        (Format::TdxDcap, _, Some(td)) => Claims {
+            format,
+            measurement: td.mr_td.to_vec(),
+            signer: None,
+            isv_svn: None,
+            tcb_status: None,
+            advisory_ids: Vec::new(),
+            debug: td.td_attributes[0] & TD_ATTRIBUTE_DEBUG != 0,
+            report_data: td.report_data,
+            details: vec![
+                ("rtmr0", hex::encode(td.rt_mr0)),
+                ("rtmr1", hex::encode(td.rt_mr1)),
+                ("rtmr2", hex::encode(td.rt_mr2)),
+                ("rtmr3", hex::encode(td.rt_mr3)),
+                ("mr_seam", hex::encode(td.mr_seam)),
+                ("mr_config_id", hex::encode(td.mr_config_id)),
+                ("mr_owner", hex::encode(td.mr_owner)),
+            ],
+        },
+        _ => {
             let found = if report.is_sgx() {
                 "an SGX enclave report"
             } else {

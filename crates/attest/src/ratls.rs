@@ -57,9 +57,7 @@ pub fn ed25519_spki(key: &[u8; 32]) -> Vec<u8> {
 
 /// The SHA-256 of a certificate's SubjectPublicKeyInfo.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], Error> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| Error::Certificate(e.to_string()))?;
-    Ok(Sha256::digest(cert.public_key().raw).into())
+    certificate_parts(cert_der).map(|(key, _)| key)
 }
 
 /// The extension value (DER) that carries `evidence`.
@@ -113,16 +111,28 @@ fn der_utf8_string(der: &[u8]) -> Result<&str, Error> {
 
 /// The evidence envelope in a certificate's `id-pe-cmw` extension, if any.
 pub fn evidence_from_certificate(cert_der: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    certificate_parts(cert_der)?.1.transpose()
+}
+
+/// One parse of a certificate: the SHA-256 of its SubjectPublicKeyInfo,
+/// and the evidence in its `id-pe-cmw` extension if it has one (or why
+/// that extension is malformed).
+#[allow(clippy::type_complexity)]
+fn certificate_parts(cert_der: &[u8]) -> Result<([u8; 32], Option<Result<Vec<u8>, Error>>), Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| Error::Certificate(e.to_string()))?;
-    let Some(ext) = cert
+    let key = Sha256::digest(cert.public_key().raw).into();
+    let evidence = cert
         .extensions()
         .iter()
         .find(|e| e.oid.to_id_string() == CMW_EXTENSION_OID_TEXT)
-    else {
-        return Ok(None);
-    };
-    let text = der_utf8_string(ext.value)?;
+        .map(|ext| cmw_evidence(ext.value));
+    Ok((key, evidence))
+}
+
+/// The evidence envelope in a `id-pe-cmw` extension value.
+fn cmw_evidence(value: &[u8]) -> Result<Vec<u8>, Error> {
+    let text = der_utf8_string(value)?;
     let record: Vec<serde_json::Value> =
         serde_json::from_str(text).map_err(|e| Error::Certificate(format!("CMW record: {e}")))?;
     match record.as_slice() {
@@ -131,7 +141,6 @@ pub fn evidence_from_certificate(cert_der: &[u8]) -> Result<Option<Vec<u8>>, Err
         {
             B64URL
                 .decode(v)
-                .map(Some)
                 .map_err(|e| Error::Certificate(format!("CMW value: {e}")))
         }
         _ => Err(Error::Certificate(format!(
@@ -147,13 +156,23 @@ pub fn appraise_certificate(
     now: u64,
     collateral: Option<&str>,
 ) -> Appraisal {
+    appraise_certificate_keyed(cert_der, policy, now, collateral).0
+}
+
+/// [`appraise_certificate`], with the certificate's key hash when it parsed.
+fn appraise_certificate_keyed(
+    cert_der: &[u8],
+    policy: &Policy,
+    now: u64,
+    collateral: Option<&str>,
+) -> (Appraisal, Option<[u8; 32]>) {
     let refused = |why: String| Appraisal::refused(None, why);
-    let key_sha256 = match spki_sha256(cert_der) {
-        Ok(k) => k,
-        Err(e) => return refused(e.to_string()),
+    let (key_sha256, evidence) = match certificate_parts(cert_der) {
+        Ok(parts) => parts,
+        Err(e) => return (refused(e.to_string()), None),
     };
-    match evidence_from_certificate(cert_der) {
-        Ok(Some(evidence)) => appraise(
+    let appraisal = match evidence {
+        Some(Ok(evidence)) => appraise(
             &evidence,
             &Expected {
                 key_sha256: Some(key_sha256),
@@ -163,11 +182,12 @@ pub fn appraise_certificate(
             now,
             collateral,
         ),
-        Ok(None) => refused(format!(
+        None => refused(format!(
             "the certificate carries no attestation evidence (no {CMW_EXTENSION_OID_TEXT} extension)"
         )),
-        Err(e) => refused(e.to_string()),
-    }
+        Some(Err(e)) => refused(e.to_string()),
+    };
+    (appraisal, Some(key_sha256))
 }
 
 /// The last appraisal a verifier made, with the key it was for.
@@ -236,9 +256,9 @@ impl ServerCertVerifier for AttestingVerifier {
             ocsp_response,
             now,
         )?;
-        let appraisal =
-            appraise_certificate(end_entity.as_ref(), &self.policy, now.as_secs(), None);
-        let key_sha256 = spki_sha256(end_entity.as_ref()).unwrap_or([0; 32]);
+        let (appraisal, key_sha256) =
+            appraise_certificate_keyed(end_entity.as_ref(), &self.policy, now.as_secs(), None);
+        let key_sha256 = key_sha256.unwrap_or([0; 32]);
         let acceptable = appraisal.is_acceptable();
         let summary = appraisal.summary();
         if let Ok(mut seen) = self.seen.lock() {

@@ -35,19 +35,15 @@ fn deployment() -> Deployment {
     }
 }
 
-fn policy(d: &Deployment, formats: &str) -> Policy {
+fn dev_policy(d: &Deployment) -> Policy {
     Policy::from_toml(&format!(
-        "formats = [{formats}]\nmax_evidence_age_seconds = 3600\n\
+        "formats = [\"insecure-software\"]\nmax_evidence_age_seconds = 3600\n\
          [[reference]]\nname = \"dev build\"\nformat = \"insecure-software\"\n\
          measurement = \"{}\"\nsigner = \"{}\"\n",
         hex::encode(software::measurement(&BINARY, &CONFIG)),
         hex::encode(d.dev.verifying_key().to_bytes())
     ))
     .unwrap()
-}
-
-fn dev_policy(d: &Deployment) -> Policy {
-    policy(d, "\"insecure-software\"")
 }
 
 /// A leaf for `key` carrying evidence that binds `bound` (the SPKI the

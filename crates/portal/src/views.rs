@@ -394,6 +394,19 @@ fn field<'a>(form: &'a Params, name: &str) -> &'a str {
     form.get(name).map(String::as_str).unwrap_or("")
 }
 
+/// The answer to a form the deployment carried out: back to the page with
+/// its notice, or the deployment's refusal.
+fn answered<T>(
+    p: &Portal,
+    result: Result<T, asclepios_client::ClientError>,
+    back_to: &str,
+) -> Response<Body> {
+    match result {
+        Ok(_) => Redirect::to(back_to).into_response(),
+        Err(e) => p.error_page(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
 /// Grants a consent.
 pub(crate) async fn grant_consent(
     State(p): State<Arc<Portal>>,
@@ -410,10 +423,11 @@ pub(crate) async fn grant_consent(
         expires_at: Some(time::OffsetDateTime::now_utc().unix_timestamp() + days * 86_400),
     };
     let client = p.client.lock().await;
-    match client.grant_consent(&grant).await {
-        Ok(_) => Redirect::to("/patient?notice=granted").into_response(),
-        Err(e) => p.error_page(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+    answered(
+        &p,
+        client.grant_consent(&grant).await,
+        "/patient?notice=granted",
+    )
 }
 
 /// Withdraws a consent.
@@ -425,10 +439,11 @@ pub(crate) async fn withdraw_consent(
         return refusal;
     }
     let client = p.client.lock().await;
-    match client.withdraw_consent(field(&form, "consent")).await {
-        Ok(_) => Redirect::to("/patient?notice=withdrawn").into_response(),
-        Err(e) => p.error_page(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+    answered(
+        &p,
+        client.withdraw_consent(field(&form, "consent")).await,
+        "/patient?notice=withdrawn",
+    )
 }
 
 /// Erases one of the patient's records.
@@ -443,10 +458,11 @@ pub(crate) async fn erase_record(
         return p.error_page(StatusCode::FORBIDDEN, "This identity is not a patient.");
     };
     let client = p.client.lock().await;
-    match client.erase_record(&pid, field(&form, "record")).await {
-        Ok(_) => Redirect::to("/patient?notice=erased").into_response(),
-        Err(e) => p.error_page(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+    answered(
+        &p,
+        client.erase_record(&pid, field(&form, "record")).await,
+        "/patient?notice=erased",
+    )
 }
 
 const ACTIONS: [Action; 11] = [
@@ -621,18 +637,15 @@ pub(crate) async fn review(
         return refusal;
     }
     let client = p.client.lock().await;
-    match client
+    let result = client
         .review_emergency(
             field(&form, "patient"),
             field(&form, "grant"),
             field(&form, "decision"),
             field(&form, "comment"),
         )
-        .await
-    {
-        Ok(_) => Redirect::to("/auditor?notice=reviewed").into_response(),
-        Err(e) => p.error_page(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+        .await;
+    answered(&p, result, "/auditor?notice=reviewed")
 }
 
 /// The clinician's page: search the encrypted index.
