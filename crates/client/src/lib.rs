@@ -740,6 +740,20 @@ impl Client {
             .collect())
     }
 
+    /// The audit log's latest signed checkpoint, verified with the log's
+    /// key: what a monitor keeps to prove later views consistent with it.
+    pub async fn latest_checkpoint(&self) -> Result<asclepios_audit::Checkpoint, ClientError> {
+        // A start past the end gives no entries, only the checkpoint.
+        let path = format!("/v1/audit/entries?start={}", u64::MAX);
+        let (slice, _): (asclepios_records::AuditSlice, _) =
+            Self::call(&self.records, Method::GET, &path, Vec::new()).await?;
+        let note = slice
+            .checkpoint
+            .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
+        asclepios_audit::Checkpoint::verify(&note, &self.log)
+            .map_err(|e| ClientError::Audit(e.into()))
+    }
+
     /// [`Client::audit_events`], each with its place in the log and its
     /// inclusion proof checked against the signed checkpoint, with the
     /// checkpoint and the tree the entries were read into.

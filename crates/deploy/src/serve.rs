@@ -112,60 +112,112 @@ fn trail(
     .with_policy_versions(move |p| asclepios_authority::resolve_with(&directory, p)))
 }
 
+/// Both services of a deployment, opened but not yet listening.
+struct Opened {
+    authority: Arc<KeyAuthority>,
+    authority_tls: Arc<rustls::ServerConfig>,
+    records: Arc<RecordService>,
+    records_tls: Arc<rustls::ServerConfig>,
+    certificate: Arc<AttestedCertificate>,
+}
+
+/// Opens the stores, unseals the keys and builds both services. Blocks
+/// (PostgreSQL's client runs its own runtime): call it off async threads.
+fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
+    let layout = Layout::new(dir);
+    let authority_keys = service_keys(&layout, "authority", false)?;
+    let certificate = Arc::new(AttestedCertificate::new(dir, cfg)?);
+    let authority_tls =
+        tls::server_config_with_resolver(&read_file(&layout.ca_cert())?, certificate.clone())?;
+    let gate = ComponentGate {
+        required: cfg.attestation.require_components,
+        kinds: cfg.attestation.component_kinds.clone(),
+        policy: match attestation::component_policy(dir, cfg) {
+            Ok(p) => Some(p),
+            Err(e) if cfg.attestation.require_components => return Err(e),
+            Err(_) => None,
+        },
+        registration_seconds: cfg.attestation.registration_seconds,
+    };
+    let source: Option<Arc<dyn EvidenceSource>> = certificate
+        .format()
+        .map(|_| certificate.clone() as Arc<dyn EvidenceSource>);
+    let authority = Arc::new(
+        KeyAuthority::new(
+            open_store(dir, cfg)?,
+            trail(dir, cfg, "authority", authority_keys.receipt)?,
+            keys::abe_master_key(dir)?,
+            &keys::sse_key(dir)?,
+            &*keys::stats_key(dir)?,
+            cfg.emergency.grant_seconds,
+            cfg.search.roles.clone(),
+        )
+        .with_attestation(source, gate),
+    );
+    let records_keys = service_keys(&layout, "records", true)?;
+    let records = Arc::new(RecordService::new(
+        open_store(dir, cfg)?,
+        trail(dir, cfg, "records", records_keys.receipt)?,
+    ));
+    let records_tls = records_keys
+        .tls
+        .ok_or_else(|| Error::Invalid("the record service has no TLS configuration".into()))?;
+    Ok(Opened {
+        authority,
+        authority_tls,
+        records,
+        records_tls,
+        certificate,
+    })
+}
+
+fn signature_check(max_body_bytes: usize) -> Arc<SignatureCheck> {
+    Arc::new(SignatureCheck {
+        replays: ReplayGuard::new(),
+        max_body_bytes,
+    })
+}
+
+/// Both services' HTTP routers, without TLS or listeners: for in-process
+/// harnesses such as the HTTP fuzz target. Each request needs the
+/// [`asclepios_net::server::Caller`] extension that the TLS layer of
+/// [`start`] adds from the client certificate. Blocks, like opening a store.
+#[derive(Debug)]
+pub struct Routers {
+    /// The key authority's routes.
+    pub authority: axum::Router,
+    /// The record service's routes.
+    pub records: axum::Router,
+}
+
+/// Opens the deployment in `dir` and returns its routers (see [`Routers`]).
+pub fn routers(dir: &Path) -> Result<Routers, Error> {
+    let config = Config::load(dir)?;
+    let opened = open(dir, &config)?;
+    Ok(Routers {
+        authority: opened
+            .authority
+            .router(signature_check(config.authority.max_body_bytes)),
+        records: opened
+            .records
+            .router(signature_check(config.records.max_body_bytes)),
+    })
+}
+
 /// Starts both services of the deployment in `dir`.
 pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     let config = Config::load(dir)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
-    // Opening stores and unsealing keys blocks (PostgreSQL's client runs its
-    // own runtime): do it off the async threads.
     let owned = dir.to_path_buf();
     let cfg = config.clone();
-    let (authority, authority_tls, records, records_tls, certificate) =
-        tokio::task::spawn_blocking(move || {
-            let dir = owned.as_path();
-            let layout = Layout::new(dir);
-            let authority_keys = service_keys(&layout, "authority", false)?;
-            let certificate = Arc::new(AttestedCertificate::new(dir, &cfg)?);
-            let authority_tls = tls::server_config_with_resolver(
-                &read_file(&layout.ca_cert())?,
-                certificate.clone(),
-            )?;
-            let gate = ComponentGate {
-                required: cfg.attestation.require_components,
-                kinds: cfg.attestation.component_kinds.clone(),
-                policy: match attestation::component_policy(dir, &cfg) {
-                    Ok(p) => Some(p),
-                    Err(e) if cfg.attestation.require_components => return Err(e),
-                    Err(_) => None,
-                },
-                registration_seconds: cfg.attestation.registration_seconds,
-            };
-            let source: Option<Arc<dyn EvidenceSource>> = certificate
-                .format()
-                .map(|_| certificate.clone() as Arc<dyn EvidenceSource>);
-            let authority = Arc::new(
-                KeyAuthority::new(
-                    open_store(dir, &cfg)?,
-                    trail(dir, &cfg, "authority", authority_keys.receipt)?,
-                    keys::abe_master_key(dir)?,
-                    &keys::sse_key(dir)?,
-                    &*keys::stats_key(dir)?,
-                    cfg.emergency.grant_seconds,
-                    cfg.search.roles.clone(),
-                )
-                .with_attestation(source, gate),
-            );
-            let records_keys = service_keys(&layout, "records", true)?;
-            let records = Arc::new(RecordService::new(
-                open_store(dir, &cfg)?,
-                trail(dir, &cfg, "records", records_keys.receipt)?,
-            ));
-            let records_tls = records_keys.tls.ok_or_else(|| {
-                Error::Invalid("the record service has no TLS configuration".into())
-            })?;
-            Ok::<_, Error>((authority, authority_tls, records, records_tls, certificate))
-        })
+    let Opened {
+        authority,
+        authority_tls,
+        records,
+        records_tls,
+        certificate,
+    } = tokio::task::spawn_blocking(move || open(&owned, &cfg))
         .await
         .map_err(|e| Error::Invalid(format!("starting services: {e}")))??;
 
@@ -195,12 +247,6 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
         .local_addr()
         .map_err(|e| Error::Io(e.to_string()))?;
 
-    let check = |max| {
-        Arc::new(SignatureCheck {
-            replays: ReplayGuard::new(),
-            max_body_bytes: max,
-        })
-    };
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -238,13 +284,13 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     tokio::spawn(server::serve(
         authority_listener,
         authority_tls,
-        authority.router(check(config.authority.max_body_bytes)),
+        authority.router(signature_check(config.authority.max_body_bytes)),
         until_stopped(stopped.clone()),
     ));
     tokio::spawn(server::serve(
         records_listener,
         records_tls,
-        records.router(check(config.records.max_body_bytes)),
+        records.router(signature_check(config.records.max_body_bytes)),
         until_stopped(stopped),
     ));
     Ok(Services {

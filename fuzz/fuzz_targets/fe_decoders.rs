@@ -1,0 +1,5 @@
+//! Statistics ciphertext points, aggregate and slot keys. The property is documented on
+//! `asclepios_fuzz_targets::fe_decoders`, which the default test run also replays.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| asclepios_fuzz_targets::fe_decoders(data));
