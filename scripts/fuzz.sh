@@ -42,8 +42,8 @@ run_one() {
     -max_total_time="$seconds" -print_final_stats=1 -timeout=30 -rss_limit_mb=4096 \
     >"$log" 2>&1 || status=$?
   local execs rate cov
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -n1)
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | awk '{print $2}' | tail -n1)
+  execs=$(grep 'stat::number_of_executed_units:' "$log" | awk '{print $2}' | tail -n1)
+  rate=$(grep 'stat::average_exec_per_sec:' "$log" | awk '{print $2}' | tail -n1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | awk '{print $2}' | tail -n1)
   local findings="none"
   if [ "$status" -ne 0 ]; then

@@ -15,6 +15,7 @@ mod audit;
 mod deid;
 mod e2e;
 mod fe;
+mod load;
 mod sse;
 mod timing;
 
@@ -46,6 +47,10 @@ const SUITES: &[(&str, &str)] = &[
         "Mitra searchable encryption vs Cosmian Findex and a plaintext index: updates and searches (10, 1000, 100000 results) on 10^6 Zipf pairs",
     ),
     (
+        "load",
+        "64 concurrent mTLS clients (--clients N, --seconds S) mixing reads, writes, searches and key fetches against `serve` in its own process: p50/p99/p999, errors, peak RSS",
+    ),
+    (
         "audit",
         "audit log: durable appends vs raw inserts (SQLite, PostgreSQL), proofs at 10^6 leaves, in-memory hashing vs ct-merkle",
     ),
@@ -53,7 +58,7 @@ const SUITES: &[(&str, &str)] = &[
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: asclepios-bench SUITE [--quick] [--json]\n\n  --quick  smaller sizes and fewer samples (a smoke run)\n  --json   one JSON object per line on stdout\n\nsuites:\n",
+        "usage: asclepios-bench SUITE [--quick] [--json]\n\n  --quick  smaller sizes and fewer samples (a smoke run)\n  --json   one JSON object per line on stdout\n  --clients N, --seconds S   the load suite's clients (64) and duration (30 s; --quick: 3 s)\n\nsuites:\n",
     );
     for (name, what) in SUITES {
         s.push_str(&format!("  {name:<6} {what}\n"));
@@ -63,13 +68,31 @@ fn usage() -> String {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The load suite's services run in a child process: this binary again.
+    if let [mode, dir] = args.as_slice() {
+        if mode == "__serve" {
+            return load::serve_child(std::path::Path::new(dir));
+        }
+    }
     if args.iter().any(|a| a == "-h" || a == "--help") {
         print!("{}", usage());
         return Ok(());
     }
     let quick = args.iter().any(|a| a == "--quick");
     let as_json = args.iter().any(|a| a == "--json");
-    let suites: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    // Options that take a value (the load suite's `--clients N --seconds S`).
+    let mut suites: Vec<&String> = Vec::new();
+    let mut skip = false;
+    for a in &args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--clients" || a == "--seconds" {
+            skip = true;
+        } else if !a.starts_with("--") {
+            suites.push(a);
+        }
+    }
     let [suite] = suites.as_slice() else {
         bail!("name exactly one suite\n\n{}", usage());
     };
@@ -86,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         "fe" => fe::run(quick, budget)?,
         "deid" => deid::run(quick, budget)?,
         "attest" => attest::run(quick, budget)?,
+        "load" => load::run(quick)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

@@ -27,6 +27,9 @@ use crate::Error;
 pub const MAX_BATCH: usize = 65_536;
 /// Largest entry accepted, in bytes.
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+/// How long an append keeps retrying when other writers of the same log
+/// (services of one deployment in other processes) win the races.
+const APPEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a log needs from a database. Implementations make `append` atomic and
 /// durable before returning, and refuse it when `first_index` is not the
@@ -353,7 +356,22 @@ impl<S: LogStore> Log<S> {
             )));
         }
         let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
-        for _attempt in 0..8 {
+        let started = std::time::Instant::now();
+        for attempt in 0u64.. {
+            if attempt > 0 {
+                // Another writer won the race. Retry at once the first time;
+                // then pause a little, with jitter, so that two writers that
+                // collided do not collide again in step.
+                if started.elapsed() > APPEND_PATIENCE {
+                    break;
+                }
+                if attempt > 1 {
+                    let jitter = rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 500;
+                    std::thread::sleep(std::time::Duration::from_micros(
+                        100 * attempt.min(10) + u64::from(jitter),
+                    ));
+                }
+            }
             let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
             let (nodes, frontier) = merkle::append_nodes(head.size, &head.frontier, &leaves);
             let first = head.size;

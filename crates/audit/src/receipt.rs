@@ -6,7 +6,7 @@
 //! event's leaf in the log and a signed checkpoint with the inclusion proof,
 //! so the caller can check, and later prove, that its request was logged.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -107,7 +107,7 @@ impl Receipt {
 
 /// What a service needs to log events and sign receipts.
 pub struct AuditTrail<S> {
-    log: Log<S>,
+    log: Arc<Log<S>>,
     abe_public_key: PublicKey,
     auditors: Vec<AuditorPublicKey>,
     service: String,
@@ -150,16 +150,18 @@ impl<S> std::fmt::Debug for AuditTrail<S> {
 
 impl<S: LogStore> AuditTrail<S> {
     /// A trail for `service` over `log`, sealing events to `auditors` and
-    /// under ABE, signing receipts with `receipt_key`.
+    /// under ABE, signing receipts with `receipt_key`. Services in one
+    /// process share one `Arc<Log>`: their appends then take turns on its
+    /// lock instead of racing in the store.
     pub fn new(
-        log: Log<S>,
+        log: impl Into<Arc<Log<S>>>,
         abe_public_key: PublicKey,
         auditors: Vec<AuditorPublicKey>,
         service: &str,
         receipt_key: SigningKey,
     ) -> Self {
         AuditTrail {
-            log,
+            log: log.into(),
             abe_public_key,
             auditors,
             service: service.to_string(),

@@ -87,20 +87,26 @@ fn service_keys(
     })
 }
 
-fn trail(
-    dir: &Path,
-    config: &Config,
-    name: &str,
-    receipt: SigningKey,
-) -> Result<AuditTrail<Store>, Error> {
-    let store = open_store(dir, config)?;
+/// The deployment's audit log, opened once per process and shared by the
+/// services' trails.
+fn audit_log(dir: &Path, config: &Config) -> Result<Arc<Log<Store>>, Error> {
     let log = Log::open(
-        store,
+        open_store(dir, config)?,
         AUDIT_LOG_ID,
         &config.audit.origin,
         keys::log_signer(dir)?,
     )
     .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    Ok(Arc::new(log))
+}
+
+fn trail(
+    dir: &Path,
+    config: &Config,
+    log: Arc<Log<Store>>,
+    name: &str,
+    receipt: SigningKey,
+) -> Result<AuditTrail<Store>, Error> {
     let directory = open_store(dir, config)?;
     Ok(AuditTrail::new(
         log,
@@ -126,6 +132,7 @@ struct Opened {
 fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let layout = Layout::new(dir);
     let authority_keys = service_keys(&layout, "authority", false)?;
+    let log = audit_log(dir, cfg)?;
     let certificate = Arc::new(AttestedCertificate::new(dir, cfg)?);
     let authority_tls =
         tls::server_config_with_resolver(&read_file(&layout.ca_cert())?, certificate.clone())?;
@@ -145,7 +152,7 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let authority = Arc::new(
         KeyAuthority::new(
             open_store(dir, cfg)?,
-            trail(dir, cfg, "authority", authority_keys.receipt)?,
+            trail(dir, cfg, log.clone(), "authority", authority_keys.receipt)?,
             keys::abe_master_key(dir)?,
             &keys::sse_key(dir)?,
             &*keys::stats_key(dir)?,
@@ -157,7 +164,7 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let records_keys = service_keys(&layout, "records", true)?;
     let records = Arc::new(RecordService::new(
         open_store(dir, cfg)?,
-        trail(dir, cfg, "records", records_keys.receipt)?,
+        trail(dir, cfg, log, "records", records_keys.receipt)?,
     ));
     let records_tls = records_keys
         .tls

@@ -13,6 +13,7 @@
 
 mod decoders;
 pub mod http;
+pub use http::http_bodies;
 
 pub use decoders::{
     abe_decoders, attest_decoders, audit_decoders, deid_input, envelope_decoders, fe_decoders,
@@ -33,6 +34,6 @@ pub const TARGETS: &[Target] = &[
     ("audit_decoders", audit_decoders),
     ("attest_decoders", attest_decoders),
     ("request_signature", request_signature),
-    ("http_bodies", http::http_bodies),
+    ("http_bodies", http_bodies),
     ("deid_input", deid_input),
 ];

@@ -166,13 +166,31 @@ impl LogStore for Store {
         })
     }
 
+    /// Two writers of one log (the key authority and the record service)
+    /// may checkpoint the same size: both sign the same text with the same
+    /// key, and Ed25519 signatures are deterministic, so the notes are
+    /// equal and the second insert is a no-op. A different note for a size
+    /// already checkpointed is a fork of the log and is refused.
     fn log_put_checkpoint(&self, log: &str, size: u64, note: &str) -> Result<(), StoreError> {
         self.transaction(|tx| {
             tx.exec(
-                "INSERT INTO audit_checkpoints (log_id, size, note, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO audit_checkpoints (log_id, size, note, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (log_id, size) DO NOTHING",
                 &[log.into(), int(size)?, note.into(), Value::Int(now())],
-            )
-            .map(|_| ())
+            )?;
+            let stored = tx
+                .query_opt(
+                    "SELECT note FROM audit_checkpoints WHERE log_id = $1 AND size = $2",
+                    &[log.into(), int(size)?],
+                )?
+                .map(|r| r.text(0))
+                .transpose()?;
+            match stored {
+                Some(s) if s == note => Ok(()),
+                _ => Err(StoreError::Conflict(format!(
+                    "another checkpoint of size {size} is stored for log `{log}`"
+                ))),
+            }
         })
     }
 

@@ -25,6 +25,8 @@ conformance!(
     emergency_grants_queue_for_review,
     log_proofs_match_an_in_memory_tree,
     log_survives_reopening,
+    two_writers_may_sign_the_same_checkpoint,
+    two_trails_record_concurrently,
     tampered_entries_are_caught_against_a_checkpoint,
     tampered_nodes_stop_the_next_checkpoint,
     forged_checkpoints_are_refused,
@@ -522,6 +524,74 @@ fn log_proofs_match_an_in_memory_tree(h: &Harness) {
     // Same size: the same checkpoint, not a second signature.
     assert_eq!(log.checkpoint().unwrap(), note);
     assert_eq!(log.entries(10..12).unwrap(), vec![entry(10), entry(11)]);
+}
+
+/// The key authority and the record service append to one log; both may
+/// reach the same size and sign it at once. The second insert of the same
+/// note succeeds; another note for that size is a fork and is refused.
+fn two_writers_may_sign_the_same_checkpoint(h: &Harness) {
+    let log = open_log(h);
+    append_range(&log, 0..10, 5);
+    let note = log.checkpoint().unwrap();
+    let store = h.open();
+    store.log_put_checkpoint("main", 10, &note).unwrap();
+    let forked = note.replacen('\n', " \n", 1);
+    assert!(matches!(
+        store.log_put_checkpoint("main", 10, &forked),
+        Err(asclepios_store::StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.log_latest_checkpoint("main").unwrap(),
+        Some((10, note))
+    );
+}
+
+/// The services' two trails on one log, each with concurrent callers (group
+/// commit in both, racing appends and checkpoints): every event gets its
+/// receipt, none is lost.
+fn two_trails_record_concurrently(h: &Harness) {
+    use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome};
+    use rand_chacha::rand_core::SeedableRng;
+    const THREADS: usize = 4;
+    const EVENTS: usize = 40;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let (mpk, _) = asclepios_crypto::abe::setup(&mut rng);
+    let trails: Vec<AuditTrail<asclepios_store::Store>> = ["authority", "records"]
+        .iter()
+        .map(|name| {
+            AuditTrail::new(
+                open_log(h),
+                mpk.clone(),
+                Vec::new(),
+                name,
+                ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            )
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for trail in &trails {
+            for t in 0..THREADS {
+                s.spawn(move || {
+                    for i in 0..EVENTS {
+                        let event = AuditEvent::new(
+                            "dr-a",
+                            Action::Read,
+                            format!("Observation/{t}-{i}"),
+                            Some("pat-1"),
+                            Outcome::Success,
+                            None,
+                        );
+                        trail
+                            .record(&event, &[0; 32], 200)
+                            .unwrap_or_else(|e| panic!("event {t}-{i} not logged: {e}"));
+                    }
+                });
+            }
+        }
+    });
+    let log = open_log(h);
+    assert_eq!(log.head().0, (2 * THREADS * EVENTS) as u64);
+    Checkpoint::verify(&log.checkpoint().unwrap(), &log.verifier()).unwrap();
 }
 
 fn log_survives_reopening(h: &Harness) {

@@ -1,0 +1,370 @@
+//! Load: N concurrent mutual-TLS clients (default 64) against `serve`
+//! running in its own process, mixing reads, writes, searches and key
+//! fetches for a fixed time. Reports throughput, latency percentiles and
+//! errors per operation, and the service process's peak resident memory
+//! (`VmHWM`), which is why the services run in a child process: this bench
+//! binary re-executed as `__serve DIR`.
+//!
+//! Each client is a [`Client`] with its own TLS connections and runs closed
+//! loop (a request, its answer, the next request), so 64 clients keep up to
+//! 64 requests in flight. The operations:
+//!
+//! - `read`: fetch a sealed record and check its signed receipt (service
+//!   signature, checkpoint, inclusion proof): the service's read path. The
+//!   client's ABE decryption is client CPU and is left out here (`e2e`
+//!   measures it).
+//! - `write`: seal an Observation (FAME encrypt, author signature), store it,
+//!   and index its keywords at the authority.
+//! - `search`: one keyword (the date of a stored record): tokens from the
+//!   authority, values from the record service, opened.
+//! - `key`: fetch this identity's ABE key (FAME key generation at the
+//!   authority).
+//!
+//! Clients, services and the store share this machine's cores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use asclepios_client::Client;
+use asclepios_deploy::serve::{start, Listen};
+use asclepios_deploy::{init::init, Config};
+use asclepios_fhir::synth::Generator;
+use rand_core::RngCore;
+use serde_json::{json, Value};
+
+const PATIENT: &str = "pat-00000";
+/// Identities the clients take in turn: the patient's care team.
+const IDENTITIES: [&str; 2] = ["dr-heart", "nurse-ward"];
+/// Records stored before the clock starts, for reads and searches.
+const PRELOAD: usize = 200;
+
+/// The mix, in percent.
+const MIX: [(Op, u32); 4] = [
+    (Op::Read, 70),
+    (Op::Write, 10),
+    (Op::Search, 10),
+    (Op::Key, 10),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Search,
+    Key,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Search => "search",
+            Op::Key => "key",
+        }
+    }
+
+    fn pick(roll: u32) -> Op {
+        let mut acc = 0;
+        for (op, share) in MIX {
+            acc += share;
+            if roll % 100 < acc {
+                return op;
+            }
+        }
+        Op::Read
+    }
+}
+
+/// The hidden `__serve DIR` mode: the deployment's services until killed.
+pub fn serve_child(dir: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let _services = start(dir, &Listen::default()).await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+struct Served {
+    child: Child,
+}
+
+impl Served {
+    fn start(dir: &Path, ports: [u16; 2]) -> anyhow::Result<Served> {
+        let child = Command::new(std::env::current_exe()?)
+            .arg("__serve")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the services' process")?;
+        let mut served = Served { child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ports
+            .iter()
+            .all(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())
+        {
+            if let Some(status) = served.child.try_wait()? {
+                bail!("the services' process exited with {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("the services did not listen within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(served)
+    }
+
+    /// The process's peak resident set (`VmHWM`), in MiB.
+    fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmHWM in /proc/PID/status")?;
+        Ok(kib / 1024.0)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Settings from the command line (`--clients N`, `--seconds S`).
+fn setting(name: &str, default: u64) -> anyhow::Result<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
+    }
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Vec<Value>> {
+    let clients = setting("--clients", 64)? as usize;
+    let seconds = setting("--seconds", if quick { 3 } else { 30 })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(clients, Duration::from_secs(seconds)))
+}
+
+struct Samples {
+    op: Op,
+    micros: Vec<f64>,
+    errors: u64,
+}
+
+async fn client_loop(
+    mut client: Client,
+    seed: u64,
+    records: Arc<Vec<(String, String)>>,
+    policy: Arc<asclepios_crypto::Policy>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Samples> {
+    let mut out: Vec<Samples> = MIX
+        .iter()
+        .map(|&(op, _)| Samples {
+            op,
+            micros: Vec::new(),
+            errors: 0,
+        })
+        .collect();
+    let mut synth = Generator::new(seed);
+    let mut n = 0u64;
+    let mut first_error = true;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let op = Op::pick(rand_core::OsRng.next_u32());
+        let (record_id, date) = &records[rand_core::OsRng.next_u32() as usize % records.len()];
+        let t = Instant::now();
+        let outcome: Result<(), asclepios_client::ClientError> = match op {
+            Op::Read => client.get_sealed(PATIENT, record_id).await.map(|_| ()),
+            Op::Write => {
+                let resource = synth.blood_pressure(PATIENT);
+                client
+                    .put_record_resolved(
+                        PATIENT,
+                        &format!("load-{seed}-{n}"),
+                        1,
+                        &resource,
+                        &policy,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+            Op::Search => client.search(date).await.map(|_| ()),
+            Op::Key => client.refresh_key().await.map(|_| ()),
+        };
+        let elapsed = t.elapsed().as_secs_f64() * 1e6;
+        let s = out.iter_mut().find(|s| s.op == op).expect("every op");
+        match outcome {
+            Ok(()) => s.micros.push(elapsed),
+            Err(e) => {
+                s.errors += 1;
+                if first_error {
+                    eprintln!("load: {} failed: {e}", op.name());
+                    first_error = false;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn row(name: &str, clients: usize, secs: f64, micros: &mut [f64], errors: u64, rss: f64) -> Value {
+    micros.sort_by(f64::total_cmp);
+    let ms = |p| (percentile(micros, p) / 10.0).round() / 100.0;
+    json!({
+        "suite": "load",
+        "op": name,
+        "clients": clients,
+        "per_s": (micros.len() as f64 / secs).round(),
+        "p50_ms": ms(50.0),
+        "p99_ms": ms(99.0),
+        "p999_ms": ms(99.9),
+        "errors": errors,
+        "peak_rss_mib": (rss * 10.0).round() / 10.0,
+        "ops": micros.len(),
+        "seconds": (secs * 10.0).round() / 10.0,
+    })
+}
+
+fn client(dir: &Path, id: &str, ports: [u16; 2]) -> anyhow::Result<Client> {
+    Ok(Client::connect(
+        dir,
+        id,
+        &format!("https://localhost:{}", ports[0]),
+        &format!("https://localhost:{}", ports[1]),
+    )?)
+}
+
+async fn run_async(clients: usize, duration: Duration) -> anyhow::Result<Vec<Value>> {
+    let tmp = tempfile::tempdir()?;
+    let dir: PathBuf = tmp.path().join("deployment");
+    let ports = [free_port()?, free_port()?];
+    let mut config = Config::development();
+    config.authority.listen = format!("127.0.0.1:{}", ports[0]);
+    config.records.listen = format!("127.0.0.1:{}", ports[1]);
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || init(&d, &config)).await??;
+    let served = Served::start(&dir, ports)?;
+    let config = Config::load(&dir)?;
+
+    eprintln!("load: storing {PRELOAD} records to read and search");
+    let mut author = client(&dir, IDENTITIES[0], ports)?;
+    author.refresh_key().await?;
+    let policy = Arc::new(
+        author
+            .resolve_policy(&config.default_policy(PATIENT))
+            .await?,
+    );
+    let mut synth = Generator::new(7);
+    let mut records = Vec::with_capacity(PRELOAD);
+    for i in 0..PRELOAD {
+        let resource = synth.blood_pressure(PATIENT);
+        let record_id = format!("preload-{i}");
+        author
+            .put_record_resolved(PATIENT, &record_id, 1, &resource, &policy)
+            .await?;
+        let date = asclepios_client::search::record_keywords(PATIENT, &resource)
+            .into_iter()
+            .find(|k| k.starts_with("date:"))
+            .context("a dated observation")?;
+        records.push((record_id, date));
+    }
+    let records = Arc::new(records);
+
+    eprintln!("load: {clients} clients connecting and fetching keys");
+    let mut connected = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let mut c = client(&dir, IDENTITIES[i % IDENTITIES.len()], ports)?;
+        c.refresh_key().await?;
+        connected.push(c);
+    }
+
+    eprintln!("load: {clients} clients for {} s", duration.as_secs());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = connected
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            tokio::spawn(client_loop(
+                c,
+                i as u64,
+                records.clone(),
+                policy.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut per_op: Vec<Samples> = MIX
+        .iter()
+        .map(|&(op, _)| Samples {
+            op,
+            micros: Vec::new(),
+            errors: 0,
+        })
+        .collect();
+    for t in tasks {
+        for s in t.await? {
+            let slot = per_op.iter_mut().find(|p| p.op == s.op).expect("every op");
+            slot.micros.extend(s.micros);
+            slot.errors += s.errors;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rss = served.peak_rss_mib()?;
+
+    let mut all: Vec<f64> = per_op.iter().flat_map(|s| s.micros.clone()).collect();
+    let errors = per_op.iter().map(|s| s.errors).sum();
+    let mut rows = vec![row("mixed", clients, secs, &mut all, errors, rss)];
+    for s in &mut per_op {
+        rows.push(row(
+            s.op.name(),
+            clients,
+            secs,
+            &mut s.micros,
+            s.errors,
+            rss,
+        ));
+    }
+    let read = &rows[1];
+    eprintln!(
+        "load: targets: 0 errors ({}), read p99 < 50 ms ({} ms), peak RSS < 256 MiB ({} MiB)",
+        errors, read["p99_ms"], rows[0]["peak_rss_mib"]
+    );
+    drop(served);
+    Ok(rows)
+}
