@@ -672,13 +672,25 @@ impl UserKey {
         let sk0 = [r.g2("sk_0")?, r.g2("sk_0")?, r.g2("sk_0")?];
         let sk_prime = [r.g1("sk'")?, r.g1("sk'")?, r.g1("sk'")?];
         let n = r.count("attribute count", MAX_KEY_ATTRIBUTES, 2 + 1 + 2 + 3 * 48)?;
-        let mut attrs = BTreeMap::new();
+        let mut attrs: BTreeMap<String, Vec<[G1Affine; 3]>> = BTreeMap::new();
         for _ in 0..n {
             let name = r.str16("attribute", MAX_ATTRIBUTE_BYTES)?;
             check_attribute(name).map_err(|e| DecodeError::Invalid {
                 what: "attribute",
                 why: e.to_string(),
             })?;
+            // One encoding per key: attributes in ascending order, as
+            // `to_bytes` writes them (and so, no attribute twice).
+            if attrs
+                .keys()
+                .next_back()
+                .is_some_and(|last| last.as_str() >= name)
+            {
+                return Err(DecodeError::Invalid {
+                    what: "attribute",
+                    why: format!("`{name}` is out of order or repeated (attributes are sorted)"),
+                });
+            }
             let copies = r.u16("occurrence count")? as usize;
             if copies == 0 || copies > MAX_REPETITIONS {
                 return Err(DecodeError::Invalid {
@@ -690,12 +702,7 @@ impl UserKey {
             for _ in 0..copies {
                 parts.push([r.g1("sk_y")?, r.g1("sk_y")?, r.g1("sk_y")?]);
             }
-            if attrs.insert(name.to_string(), parts).is_some() {
-                return Err(DecodeError::Invalid {
-                    what: "attribute",
-                    why: format!("`{name}` appears twice"),
-                });
-            }
+            attrs.insert(name.to_string(), parts);
         }
         r.finish()?;
         Ok(UserKey {

@@ -151,3 +151,28 @@ fn random_bytes_in_a_field_are_errors() {
         decode_all(&t);
     }
 }
+
+/// Found by the `abe_decoders` fuzz target: a user key whose attributes were
+/// listed out of order decoded, and re-encoded to other bytes. One key has
+/// one encoding: attributes ascending, none repeated.
+#[test]
+fn user_keys_decode_only_in_canonical_order() {
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let (_, msk) = setup(&mut rng);
+    let key = msk.keygen(&["dept:a", "role:b"], &mut rng).unwrap();
+    let bytes = key.to_bytes().to_vec();
+    assert_eq!(
+        UserKey::from_bytes(&bytes).unwrap().to_bytes()[..],
+        bytes[..]
+    );
+    // Each attribute's block: length, name, its occurrences' G1 points.
+    let at = |name: &[u8]| bytes.windows(name.len()).position(|w| w == name).unwrap() - 2;
+    let first = at(b"dept:a");
+    let block = at(b"role:b") - first;
+    assert_eq!(bytes.len(), first + 2 * block);
+    let (a, b) = bytes[first..].split_at(block);
+    let swapped = [&bytes[..first], b, a].concat();
+    assert!(UserKey::from_bytes(&swapped).is_err());
+    let repeated = [&bytes[..first], a, a].concat();
+    assert!(UserKey::from_bytes(&repeated).is_err());
+}
