@@ -244,9 +244,11 @@ fn mint(
         None => None,
     };
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Not the issuer's name: a leaf named like its issuer looks self-issued
+    // to OpenSSL, whose clients then refuse the chain.
     let leaf = issuer.issue_server_for_key(
         &key,
-        "asclepios authority",
+        "asclepios authority TLS",
         &names,
         i64::try_from(seconds).unwrap_or(86_400),
         extension,

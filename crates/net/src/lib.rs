@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod openapi;
 pub mod pki;
 pub mod sealed_box;
 pub mod server;

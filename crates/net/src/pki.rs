@@ -105,7 +105,10 @@ impl CertificateAuthority {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "asclepios deployment");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // One CA may stand below the root: the key authority's issuer of
+        // attested TLS certificates. (rustls' verifier does not enforce path
+        // lengths; OpenSSL-based clients do and refused a 0 here.)
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         validity(&mut params, CA_VALIDITY_DAYS);
         let cert = params.self_signed(&key).map_err(cert_err)?;

@@ -58,6 +58,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Response middleware: every error answer is JSON `{"error": "..."}`, also
+/// the ones axum's extractors and router make themselves (a malformed path
+/// or query, an unknown route, a method not allowed), which are plain text
+/// or empty. Clients and the OpenAPI document see one error shape.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_lowercase(),
+        t => t.to_string(),
+    };
+    let mut json = ApiError::new(status, message).into_response();
+    // Keep what the router added (e.g. `Allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
+
 /// Most concurrent connections per service.
 pub const MAX_CONNECTIONS: usize = 4096;
 

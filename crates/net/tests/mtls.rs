@@ -175,3 +175,49 @@ async fn a_client_without_a_certificate_never_reaches_a_handler() {
         .is_err());
     assert_eq!(d.handled.load(Ordering::SeqCst), 0);
 }
+
+/// The key authority's chain (deployment CA, then its name-constrained
+/// issuer, then a short-lived leaf) as OpenSSL verifies it, like the
+/// OpenSSL-based clients (curl, Python) that talk to a deployment. rustls
+/// accepted a root limited to path length 0 above the issuer and a leaf
+/// named like its issuer; OpenSSL refuses both.
+#[test]
+fn the_authority_chain_verifies_with_openssl() {
+    use asclepios_net::pki::ServiceKey;
+    let ca = CertificateAuthority::generate("test CA").unwrap();
+    let issued = ca
+        .issue_service_issuer("asclepios authority", &["localhost"])
+        .unwrap();
+    let issuer = CertificateAuthority::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+    let leaf = issuer
+        .issue_server_for_key(
+            &ServiceKey::generate().unwrap(),
+            "asclepios authority TLS",
+            &["localhost"],
+            3600,
+            None,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(path("ca.pem", &ca.cert_pem()))
+        .arg("-untrusted")
+        .arg(path("issuer.pem", &issued.cert_pem))
+        .args(["-purpose", "sslserver"])
+        .arg(path("leaf.pem", &leaf))
+        .output()
+        .expect("the openssl command (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

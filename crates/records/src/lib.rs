@@ -214,6 +214,9 @@ impl RecordService {
                 require_signature,
             ))
             .route("/openapi.json", get(openapi))
+            .layer(axum::middleware::map_response(
+                asclepios_net::server::json_errors,
+            ))
             .with_state(self)
     }
 
@@ -1105,31 +1108,100 @@ async fn audit_entries(
 }
 
 async fn openapi() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "openapi": "3.1.0",
-        "info": {"title": "asclepios record service", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"mtls": {"type": "mutualTLS"}}},
-        "security": [{"mtls": []}],
-        "paths": {
-            "/v1/records": {"post": {"summary": "Store a sealed record version (signed request).",
-                "responses": {"200": {"description": "stored, with receipt"}, "400": {"description": "malformed"}, "401": {"description": "bad request signature"}, "403": {"description": "identity disabled"}, "409": {"description": "version exists or skipped"}}}},
+    Json(openapi_document())
+}
+
+/// The service's OpenAPI 3.1 document (served at `/openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    use asclepios_net::openapi::{array, base64, document, object, operation, string, uint, In};
+    let answer = || serde_json::json!({"type": ["object", "array"]});
+    let record = [("patient", In::Path, true), ("record_id", In::Path, true)];
+    document(
+        "asclepios record service",
+        env!("CARGO_PKG_VERSION"),
+        serde_json::json!({
+            "/v1/records": {"post": operation(
+                "Store a sealed record version (signed request), with receipt.",
+                &[],
+                Some(object(&[
+                    ("patient", string()), ("record_id", string()), ("version", uint()),
+                    ("body", base64()), ("wrapper", base64()), ("author_signature", base64()),
+                ], &[])),
+                answer(),
+            )},
             "/v1/records/{patient}/{record_id}": {
-                "get": {"summary": "A sealed record version (latest, or ?version=N), with receipt.",
-                    "responses": {"200": {"description": "found"}, "404": {"description": "unknown record"}}},
-                "delete": {"summary": "Erase (crypto-shred) a record: the patient only.",
-                    "responses": {"200": {"description": "wrappers destroyed"}, "403": {"description": "not the patient"}}}},
-            "/v1/records/{patient}/{record_id}/versions": {"get": {"summary": "The versions of a record (its history), with receipt.",
-                "responses": {"200": {"description": "versions"}, "404": {"description": "unknown record"}}}},
-            "/v1/patients/{patient}/records": {"get": {"summary": "A patient's record ids and latest versions.",
-                "responses": {"200": {"description": "list"}}}},
-            "/v1/audit/entries": {"get": {"summary": "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
-                "responses": {"200": {"description": "entries"}}}},
-            "/v1/attestation/verdicts": {"post": {"summary": "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
-                "responses": {"200": {"description": "logged"}, "400": {"description": "malformed verdict"}}}},
-            "/v1/search": {"post": {"summary": "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
-                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["addrs"],
-                    "properties": {"addrs": {"type": "array", "maxItems": MAX_LOOKUP, "items": {"type": "string", "contentEncoding": "base64"}}}}}}},
-                "responses": {"200": {"description": "values, null where the index holds nothing"}, "400": {"description": "malformed addresses"}}}}
-        }
-    }))
+                "get": operation(
+                    "A sealed record version (latest, or ?version=N), with receipt.",
+                    &[record[0], record[1], ("version", In::Query, false)],
+                    None,
+                    answer(),
+                ),
+                "delete": operation(
+                    "Erase (crypto-shred) a record: the patient only.",
+                    &record,
+                    None,
+                    answer(),
+                ),
+            },
+            "/v1/records/{patient}/{record_id}/versions": {"get": operation(
+                "The versions of a record (its history), with receipt.",
+                &record,
+                None,
+                answer(),
+            )},
+            "/v1/patients/{patient}/records": {"get": operation(
+                "A patient's record ids and latest versions.",
+                &[("patient", In::Path, true)],
+                None,
+                answer(),
+            )},
+            "/v1/search": {"post": operation(
+                "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
+                &[],
+                Some(object(&[("addrs", array(base64(), MAX_LOOKUP))], &[])),
+                answer(),
+            )},
+            "/v1/exports": {"post": operation(
+                "Log a de-identified export (profile, counts, recipient), with receipt.",
+                &[],
+                Some(object(&[
+                    ("profile", string()), ("resources", uint()),
+                    ("records_read", uint()), ("recipient", string()),
+                ], &[])),
+                answer(),
+            )},
+            "/v1/stats/values": {
+                "post": operation(
+                    "Publish encrypted statistics values (slot, ristretto255 point), with receipt.",
+                    &[],
+                    Some(object(&[
+                        ("study", string()), ("label", string()),
+                        ("values", array(serde_json::json!({
+                            "type": "array", "prefixItems": [uint(), base64()],
+                            "minItems": 2, "maxItems": 2,
+                        }), MAX_STATS_VALUES)),
+                    ], &[])),
+                    answer(),
+                ),
+                "get": operation(
+                    "The published values of a label (or, without one, the study's labels), with receipt.",
+                    &[("study", In::Query, true), ("label", In::Query, false)],
+                    None,
+                    answer(),
+                ),
+            },
+            "/v1/audit/entries": {"get": operation(
+                "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
+                &[("start", In::Query, false)],
+                None,
+                answer(),
+            )},
+            "/v1/attestation/verdicts": {"post": operation(
+                "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
+                &[],
+                Some(object(&[("subject", string()), ("trust", string()), ("summary", string())], &[])),
+                answer(),
+            )},
+        }),
+    )
 }

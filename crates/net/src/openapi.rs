@@ -1,0 +1,131 @@
+//! Small builders for the services' OpenAPI 3.1 documents (served at
+//! `/openapi.json`, checked by `scripts/api-conformance.sh` with
+//! schemathesis). Every operation documents the statuses the shared layers
+//! can answer (bad request, bad signature, forbidden, unknown, too large,
+//! audit log unavailable) and the JSON error body they carry, so a client
+//! generated from the document handles each.
+
+use serde_json::{json, Map, Value};
+
+/// A string.
+pub fn string() -> Value {
+    json!({"type": "string"})
+}
+
+/// Base64 bytes (standard alphabet, padded).
+pub fn base64() -> Value {
+    json!({"type": "string", "contentEncoding": "base64"})
+}
+
+/// A non-negative integer.
+pub fn uint() -> Value {
+    json!({"type": "integer", "minimum": 0})
+}
+
+/// An array of `items`, with at most `max` of them.
+pub fn array(items: Value, max: usize) -> Value {
+    json!({"type": "array", "items": items, "maxItems": max})
+}
+
+/// A closed object (`deny_unknown_fields` on the server): `required` fields
+/// and optional ones.
+pub fn object(required: &[(&str, Value)], optional: &[(&str, Value)]) -> Value {
+    let mut properties = Map::new();
+    for (name, schema) in required.iter().chain(optional) {
+        properties.insert((*name).to_string(), schema.clone());
+    }
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "additionalProperties": false,
+    })
+}
+
+/// The error body every failure carries.
+fn error_body() -> Value {
+    json!({"application/json": {"schema": object(&[("error", string())], &[])}})
+}
+
+/// The statuses every signed route may answer besides its own.
+const SHARED: &[(u16, &str)] = &[
+    (400, "malformed request: the error says what is wrong"),
+    (401, "missing, invalid, stale or replayed request signature"),
+    (403, "the identity is disabled or may not do this"),
+    (404, "unknown resource"),
+    (405, "method not allowed"),
+    (409, "conflicts with what is stored"),
+    (413, "body too large"),
+    (503, "the audit log cannot be written: retry later"),
+];
+
+/// Where a parameter is.
+#[derive(Clone, Copy, Debug)]
+pub enum In {
+    /// A path segment.
+    Path,
+    /// A query parameter.
+    Query,
+}
+
+/// One operation: its summary, parameters `(name, where, required)`, its
+/// JSON request body (if any) and the schema of its 200 answer.
+pub fn operation(
+    summary: &str,
+    parameters: &[(&str, In, bool)],
+    body: Option<Value>,
+    ok: Value,
+) -> Value {
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({"description": "done", "content": {"application/json": {"schema": ok}}}),
+    );
+    for (status, why) in SHARED {
+        responses.insert(
+            status.to_string(),
+            json!({"description": why, "content": error_body()}),
+        );
+    }
+    let mut op = json!({
+        "summary": summary,
+        "parameters": parameters.iter().map(|(name, place, required)| json!({
+            "name": name,
+            "in": match place { In::Path => "path", In::Query => "query" },
+            "required": *required || matches!(place, In::Path),
+            "schema": string(),
+        })).collect::<Vec<_>>(),
+        "responses": responses,
+    });
+    if let Some(schema) = body {
+        op["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": schema}},
+        });
+    }
+    op
+}
+
+/// Any JSON value (answers whose shape is documented in the crate).
+pub fn any() -> Value {
+    json!({})
+}
+
+/// An answer with its signed receipt.
+pub fn with_receipt(result: Value) -> Value {
+    object(
+        &[("result", result), ("receipt", json!({"type": "object"}))],
+        &[],
+    )
+}
+
+/// The whole document: `paths` maps each path to its methods.
+pub fn document(title: &str, version: &str, paths: Value) -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "components": {"securitySchemes": {"mtls": {"type": "mutualTLS"}}},
+        "security": [{"mtls": []}],
+        "paths": paths,
+    })
+}
