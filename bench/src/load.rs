@@ -39,8 +39,17 @@ use serde_json::{json, Value};
 const PATIENT: &str = "pat-00000";
 /// Identities the clients take in turn: the patient's care team.
 const IDENTITIES: [&str; 2] = ["dr-heart", "nurse-ward"];
-/// Records stored before the clock starts, for reads and searches.
+/// Records stored before the clock starts, for reads and searches (fewer
+/// with `--quick`).
 const PRELOAD: usize = 200;
+const PRELOAD_QUICK: usize = 20;
+
+/// Pauses between one client's requests: none (saturation: every client
+/// sends its next request as soon as the last is answered, so latency is
+/// mostly queueing behind the other 63), then a paced load (a person or a
+/// system sending a request every ~250 ms per connection, 64 of them
+/// together about a third of what this machine serves at saturation).
+const THINK_MS: [u64; 2] = [0, 250];
 
 /// The mix, in percent.
 const MIX: [(Op, u32); 4] = [
@@ -166,7 +175,8 @@ pub fn run(quick: bool) -> anyhow::Result<Vec<Value>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(clients, Duration::from_secs(seconds)))
+    let preload = if quick { PRELOAD_QUICK } else { PRELOAD };
+    runtime.block_on(run_async(clients, preload, Duration::from_secs(seconds)))
 }
 
 struct Samples {
@@ -180,8 +190,9 @@ async fn client_loop(
     seed: u64,
     records: Arc<Vec<(String, String)>>,
     policy: Arc<asclepios_crypto::Policy>,
+    think: Duration,
     stop: Arc<AtomicBool>,
-) -> Vec<Samples> {
+) -> (Client, Vec<Samples>) {
     let mut out: Vec<Samples> = MIX
         .iter()
         .map(|&(op, _)| Samples {
@@ -217,6 +228,11 @@ async fn client_loop(
             Op::Key => client.refresh_key().await.map(|_| ()),
         };
         let elapsed = t.elapsed().as_secs_f64() * 1e6;
+        if !think.is_zero() {
+            // Uniform in [0.5, 1.5) of the mean, so clients do not march in step.
+            let f = 0.5 + f64::from(rand_core::OsRng.next_u32()) / f64::from(u32::MAX);
+            tokio::time::sleep(think.mul_f64(f)).await;
+        }
         let s = out.iter_mut().find(|s| s.op == op).expect("every op");
         match outcome {
             Ok(()) => s.micros.push(elapsed),
@@ -229,7 +245,7 @@ async fn client_loop(
             }
         }
     }
-    out
+    (client, out)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -240,13 +256,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn row(name: &str, clients: usize, secs: f64, micros: &mut [f64], errors: u64, rss: f64) -> Value {
+fn row(
+    name: &str,
+    clients: usize,
+    think_ms: u64,
+    secs: f64,
+    micros: &mut [f64],
+    errors: u64,
+    rss: f64,
+) -> Value {
     micros.sort_by(f64::total_cmp);
     let ms = |p| (percentile(micros, p) / 10.0).round() / 100.0;
     json!({
         "suite": "load",
         "op": name,
         "clients": clients,
+        "think_ms": think_ms,
         "per_s": (micros.len() as f64 / secs).round(),
         "p50_ms": ms(50.0),
         "p99_ms": ms(99.0),
@@ -267,7 +292,11 @@ fn client(dir: &Path, id: &str, ports: [u16; 2]) -> anyhow::Result<Client> {
     )?)
 }
 
-async fn run_async(clients: usize, duration: Duration) -> anyhow::Result<Vec<Value>> {
+async fn run_async(
+    clients: usize,
+    preload: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<Value>> {
     let tmp = tempfile::tempdir()?;
     let dir: PathBuf = tmp.path().join("deployment");
     let ports = [free_port()?, free_port()?];
@@ -279,7 +308,7 @@ async fn run_async(clients: usize, duration: Duration) -> anyhow::Result<Vec<Val
     let served = Served::start(&dir, ports)?;
     let config = Config::load(&dir)?;
 
-    eprintln!("load: storing {PRELOAD} records to read and search");
+    eprintln!("load: storing {preload} records to read and search");
     let mut author = client(&dir, IDENTITIES[0], ports)?;
     author.refresh_key().await?;
     let policy = Arc::new(
@@ -288,8 +317,8 @@ async fn run_async(clients: usize, duration: Duration) -> anyhow::Result<Vec<Val
             .await?,
     );
     let mut synth = Generator::new(7);
-    let mut records = Vec::with_capacity(PRELOAD);
-    for i in 0..PRELOAD {
+    let mut records = Vec::with_capacity(preload);
+    for i in 0..preload {
         let resource = synth.blood_pressure(PATIENT);
         let record_id = format!("preload-{i}");
         author
@@ -311,60 +340,70 @@ async fn run_async(clients: usize, duration: Duration) -> anyhow::Result<Vec<Val
         connected.push(c);
     }
 
-    eprintln!("load: {clients} clients for {} s", duration.as_secs());
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let tasks: Vec<_> = connected
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            tokio::spawn(client_loop(
-                c,
-                i as u64,
-                records.clone(),
-                policy.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut per_op: Vec<Samples> = MIX
-        .iter()
-        .map(|&(op, _)| Samples {
-            op,
-            micros: Vec::new(),
-            errors: 0,
-        })
-        .collect();
-    for t in tasks {
-        for s in t.await? {
-            let slot = per_op.iter_mut().find(|p| p.op == s.op).expect("every op");
-            slot.micros.extend(s.micros);
-            slot.errors += s.errors;
+    let mut rows = Vec::new();
+    for think_ms in THINK_MS {
+        eprintln!(
+            "load: {clients} clients for {} s, {think_ms} ms between requests",
+            duration.as_secs()
+        );
+        let think = Duration::from_millis(think_ms);
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks: Vec<_> = connected
+            .drain(..)
+            .enumerate()
+            .map(|(i, c)| {
+                tokio::spawn(client_loop(
+                    c,
+                    (think_ms << 16) + i as u64,
+                    records.clone(),
+                    policy.clone(),
+                    think,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut per_op: Vec<Samples> = MIX
+            .iter()
+            .map(|&(op, _)| Samples {
+                op,
+                micros: Vec::new(),
+                errors: 0,
+            })
+            .collect();
+        for t in tasks {
+            let (client, samples) = t.await?;
+            connected.push(client);
+            for s in samples {
+                let slot = per_op.iter_mut().find(|p| p.op == s.op).expect("every op");
+                slot.micros.extend(s.micros);
+                slot.errors += s.errors;
+            }
         }
+        let secs = started.elapsed().as_secs_f64();
+        let rss = served.peak_rss_mib()?;
+        let mut all: Vec<f64> = per_op.iter().flat_map(|s| s.micros.clone()).collect();
+        let errors = per_op.iter().map(|s| s.errors).sum();
+        let first = rows.len();
+        rows.push(row("mixed", clients, think_ms, secs, &mut all, errors, rss));
+        for s in &mut per_op {
+            rows.push(row(
+                s.op.name(),
+                clients,
+                think_ms,
+                secs,
+                &mut s.micros,
+                s.errors,
+                rss,
+            ));
+        }
+        eprintln!(
+            "load: {think_ms} ms think time: errors {errors} (target 0), read p99 {} ms (target < 50), peak RSS {} MiB (target < 256)",
+            rows[first + 1]["p99_ms"], rows[first]["peak_rss_mib"]
+        );
     }
-    let secs = started.elapsed().as_secs_f64();
-    let rss = served.peak_rss_mib()?;
-
-    let mut all: Vec<f64> = per_op.iter().flat_map(|s| s.micros.clone()).collect();
-    let errors = per_op.iter().map(|s| s.errors).sum();
-    let mut rows = vec![row("mixed", clients, secs, &mut all, errors, rss)];
-    for s in &mut per_op {
-        rows.push(row(
-            s.op.name(),
-            clients,
-            secs,
-            &mut s.micros,
-            s.errors,
-            rss,
-        ));
-    }
-    let read = &rows[1];
-    eprintln!(
-        "load: targets: 0 errors ({}), read p99 < 50 ms ({} ms), peak RSS < 256 MiB ({} MiB)",
-        errors, read["p99_ms"], rows[0]["peak_rss_mib"]
-    );
     drop(served);
     Ok(rows)
 }
