@@ -185,6 +185,17 @@ struct Samples {
     errors: u64,
 }
 
+/// One empty sample list per operation of the mix.
+fn empty_samples() -> Vec<Samples> {
+    MIX.iter()
+        .map(|&(op, _)| Samples {
+            op,
+            micros: Vec::new(),
+            errors: 0,
+        })
+        .collect()
+}
+
 async fn client_loop(
     mut client: Client,
     seed: u64,
@@ -193,14 +204,7 @@ async fn client_loop(
     think: Duration,
     stop: Arc<AtomicBool>,
 ) -> (Client, Vec<Samples>) {
-    let mut out: Vec<Samples> = MIX
-        .iter()
-        .map(|&(op, _)| Samples {
-            op,
-            micros: Vec::new(),
-            errors: 0,
-        })
-        .collect();
+    let mut out = empty_samples();
     let mut synth = Generator::new(seed);
     let mut n = 0u64;
     let mut first_error = true;
@@ -365,14 +369,7 @@ async fn run_async(
             .collect();
         tokio::time::sleep(duration).await;
         stop.store(true, Ordering::Relaxed);
-        let mut per_op: Vec<Samples> = MIX
-            .iter()
-            .map(|&(op, _)| Samples {
-                op,
-                micros: Vec::new(),
-                errors: 0,
-            })
-            .collect();
+        let mut per_op = empty_samples();
         for t in tasks {
             let (client, samples) = t.await?;
             connected.push(client);

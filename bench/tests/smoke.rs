@@ -205,7 +205,15 @@ fn attest_suite_quick_prints_every_case() {
 #[test]
 fn load_suite_quick_reports_every_op_at_both_paces_without_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_asclepios-bench"))
-        .args(["load", "--quick", "--json", "--clients", "8", "--seconds", "2"])
+        .args([
+            "load",
+            "--quick",
+            "--json",
+            "--clients",
+            "8",
+            "--seconds",
+            "2",
+        ])
         .output()
         .expect("the bench binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -222,7 +230,9 @@ fn load_suite_quick_reports_every_op_at_both_paces_without_errors() {
         assert_eq!(row["clients"], 8);
         assert_eq!(row["errors"], 0, "{row}\n{stderr}");
         for field in ["per_s", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib"] {
-            let v = row[field].as_f64().unwrap_or_else(|| panic!("{field} in {row}"));
+            let v = row[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} in {row}"));
             assert!(v > 0.0, "{field} = {v} in {row}");
         }
         assert!(row["p50_ms"].as_f64() <= row["p99_ms"].as_f64());

@@ -131,23 +131,23 @@ SETTINGS = settings(
 )
 
 
+def call_and_check(service: str, case, who: str):
+    session = SESSIONS[who]
+    response = case.call(
+        base_url=SERVICES[service], session=session, verify=session.verify, timeout=60
+    )
+    case.validate_response(response, checks=CHECKS)
+
+
 @pytest.mark.parametrize("who", IDENTITIES)
 @authority.parametrize()
 @SETTINGS
 def test_key_authority(case, who):
-    session = SESSIONS[who]
-    response = case.call(
-        base_url=SERVICES["authority"], session=session, verify=session.verify, timeout=60
-    )
-    case.validate_response(response, checks=CHECKS)
+    call_and_check("authority", case, who)
 
 
 @pytest.mark.parametrize("who", IDENTITIES)
 @records.parametrize()
 @SETTINGS
 def test_record_service(case, who):
-    session = SESSIONS[who]
-    response = case.call(
-        base_url=SERVICES["records"], session=session, verify=session.verify, timeout=60
-    )
-    case.validate_response(response, checks=CHECKS)
+    call_and_check("records", case, who)
