@@ -48,7 +48,7 @@ const PRELOAD_QUICK: usize = 20;
 /// sends its next request as soon as the last is answered, so latency is
 /// mostly queueing behind the other 63), then a paced load (a person or a
 /// system sending a request every ~250 ms per connection, 64 of them
-/// together about a third of what this machine serves at saturation).
+/// together about a quarter of what this machine serves at saturation).
 const THINK_MS: [u64; 2] = [0, 250];
 
 /// The mix, in percent.
@@ -158,20 +158,17 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Settings from the command line (`--clients N`, `--seconds S`).
-fn setting(name: &str, default: u64) -> anyhow::Result<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Concurrent clients (64).
+    pub clients: Option<u64>,
+    /// Seconds per phase (30; with `--quick`, 3).
+    pub seconds: Option<u64>,
 }
 
-pub fn run(quick: bool) -> anyhow::Result<Vec<Value>> {
-    let clients = setting("--clients", 64)? as usize;
-    let seconds = setting("--seconds", if quick { 3 } else { 30 })?;
+pub fn run(quick: bool, options: Options) -> anyhow::Result<Vec<Value>> {
+    let clients = options.clients.unwrap_or(64) as usize;
+    let seconds = options.seconds.unwrap_or(if quick { 3 } else { 30 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

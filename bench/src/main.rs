@@ -19,7 +19,7 @@ mod load;
 mod sse;
 mod timing;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 const SUITES: &[(&str, &str)] = &[
     (
@@ -82,16 +82,21 @@ fn main() -> anyhow::Result<()> {
     let as_json = args.iter().any(|a| a == "--json");
     // Options that take a value (the load suite's `--clients N --seconds S`).
     let mut suites: Vec<&String> = Vec::new();
-    let mut skip = false;
-    for a in &args {
-        if std::mem::take(&mut skip) {
-            continue;
-        }
-        if a == "--clients" || a == "--seconds" {
-            skip = true;
-        } else if !a.starts_with("--") {
-            suites.push(a);
-        }
+    let mut load_options = load::Options::default();
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        let slot = match a.as_str() {
+            "--clients" => &mut load_options.clients,
+            "--seconds" => &mut load_options.seconds,
+            _ => {
+                if !a.starts_with("--") {
+                    suites.push(a);
+                }
+                continue;
+            }
+        };
+        let value = rest.next().and_then(|v| v.parse().ok());
+        *slot = Some(value.with_context(|| format!("{a} takes a number"))?);
     }
     let [suite] = suites.as_slice() else {
         bail!("name exactly one suite\n\n{}", usage());
@@ -109,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         "fe" => fe::run(quick, budget)?,
         "deid" => deid::run(quick, budget)?,
         "attest" => attest::run(quick, budget)?,
-        "load" => load::run(quick)?,
+        "load" => load::run(quick, load_options)?,
         other => bail!("unknown suite `{other}`\n\n{}", usage()),
     };
     if as_json {

@@ -1178,8 +1178,9 @@ pub fn resolve_with(store: &Store, policy: &Policy) -> Result<Policy, String> {
 
 /// The key authority's OpenAPI 3.1 document (served at `/openapi.json`).
 pub fn openapi_document() -> serde_json::Value {
-    use asclepios_net::openapi::{array, base64, document, object, operation, string, uint, In};
-    let answer = || serde_json::json!({"type": ["object", "array"]});
+    use asclepios_net::openapi::{
+        answer, array, base64, document, object, operation, string, uint, In,
+    };
     let strings = |max| array(string(), max);
     document(
         "asclepios key authority",

@@ -13,6 +13,8 @@
 //! `ASCLEPIOS_CRASH_KILLS` for the long run. PostgreSQL must answer at
 //! 127.0.0.1:5432 (database `test`) or at `ASCLEPIOS_TEST_POSTGRES_URL`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,7 @@ use asclepios_audit::Checkpoint;
 use asclepios_client::{Client, ClientError};
 use asclepios_crypto::sse::Mitra;
 use asclepios_deploy::{init::init, Config};
+use common::free_port;
 use rand_core::RngCore;
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -41,14 +44,6 @@ fn kills() -> usize {
         .ok()
         .and_then(|k| k.parse().ok())
         .unwrap_or(3)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A write a client made, and how far it was acknowledged.

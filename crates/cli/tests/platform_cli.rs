@@ -1,8 +1,12 @@
 //! The platform through the `asclepios` binary: init, serve, import, get,
 //! consent, break-glass, audit, over real mutual TLS.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+
+use common::free_port;
 
 fn asclepios(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_asclepios"))
@@ -20,14 +24,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Serve(Child);

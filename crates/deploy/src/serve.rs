@@ -185,6 +185,22 @@ fn signature_check(max_body_bytes: usize) -> Arc<SignatureCheck> {
     })
 }
 
+impl Opened {
+    /// Both services' routers, each behind its own signature check.
+    fn routers(&self, config: &Config) -> Routers {
+        Routers {
+            authority: self
+                .authority
+                .clone()
+                .router(signature_check(config.authority.max_body_bytes)),
+            records: self
+                .records
+                .clone()
+                .router(signature_check(config.records.max_body_bytes)),
+        }
+    }
+}
+
 /// Both services' HTTP routers, without TLS or listeners: for in-process
 /// harnesses such as the HTTP fuzz target. Each request needs the
 /// [`asclepios_net::server::Caller`] extension that the TLS layer of
@@ -200,15 +216,7 @@ pub struct Routers {
 /// Opens the deployment in `dir` and returns its routers (see [`Routers`]).
 pub fn routers(dir: &Path) -> Result<Routers, Error> {
     let config = Config::load(dir)?;
-    let opened = open(dir, &config)?;
-    Ok(Routers {
-        authority: opened
-            .authority
-            .router(signature_check(config.authority.max_body_bytes)),
-        records: opened
-            .records
-            .router(signature_check(config.records.max_body_bytes)),
-    })
+    Ok(open(dir, &config)?.routers(&config))
 }
 
 /// Starts both services of the deployment in `dir`.
@@ -218,15 +226,17 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
 
     let owned = dir.to_path_buf();
     let cfg = config.clone();
+    let opened = tokio::task::spawn_blocking(move || open(&owned, &cfg))
+        .await
+        .map_err(|e| Error::Invalid(format!("starting services: {e}")))??;
+    let routers = opened.routers(&config);
     let Opened {
         authority,
         authority_tls,
-        records,
         records_tls,
         certificate,
-    } = tokio::task::spawn_blocking(move || open(&owned, &cfg))
-        .await
-        .map_err(|e| Error::Invalid(format!("starting services: {e}")))??;
+        ..
+    } = opened;
 
     let bind = |addr: String| async move {
         TcpListener::bind(&addr)
@@ -291,13 +301,13 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     tokio::spawn(server::serve(
         authority_listener,
         authority_tls,
-        authority.router(signature_check(config.authority.max_body_bytes)),
+        routers.authority,
         until_stopped(stopped.clone()),
     ));
     tokio::spawn(server::serve(
         records_listener,
         records_tls,
-        records.router(signature_check(config.records.max_body_bytes)),
+        routers.records,
         until_stopped(stopped),
     ));
     Ok(Services {

@@ -85,7 +85,7 @@ pub async fn json_errors(response: Response) -> Response {
     // Keep what the router added (e.g. `Allow` on a 405).
     for (name, value) in &parts.headers {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            json.headers_mut().insert(name.clone(), value.clone());
+            json.headers_mut().append(name.clone(), value.clone());
         }
     }
     json

@@ -1113,8 +1113,9 @@ async fn openapi() -> Json<serde_json::Value> {
 
 /// The service's OpenAPI 3.1 document (served at `/openapi.json`).
 pub fn openapi_document() -> serde_json::Value {
-    use asclepios_net::openapi::{array, base64, document, object, operation, string, uint, In};
-    let answer = || serde_json::json!({"type": ["object", "array"]});
+    use asclepios_net::openapi::{
+        answer, array, base64, document, object, operation, string, uint, In,
+    };
     let record = [("patient", In::Path, true), ("record_id", In::Path, true)];
     document(
         "asclepios record service",
