@@ -183,6 +183,15 @@ impl<S: LogStore> AuditTrail<S> {
         self
     }
 
+    /// The service's Ed25519 signature over `message`, with the key that
+    /// signs its receipts: for answers a client must be able to attribute
+    /// to the service itself (a resolved policy), not only to the channel.
+    /// Callers prefix `message` with a context string of their own.
+    pub fn sign(&self, message: &[u8]) -> ed25519_dalek::Signature {
+        use ed25519_dalek::Signer;
+        self.receipt_key.sign(message)
+    }
+
     /// The log.
     pub fn log(&self) -> &Log<S> {
         &self.log

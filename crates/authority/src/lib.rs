@@ -40,6 +40,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 pub use asclepios_store::versioned_attribute as versioned;
@@ -95,6 +97,54 @@ pub const EMERGENCY_ROLE: &str = "role:emergency";
 pub struct PolicyText {
     /// The policy.
     pub policy: String,
+}
+
+/// A resolved policy, signed by the authority: the client checks the
+/// signature against the authority's certificate key and that the policy is
+/// exactly the one it asked for with version tags added
+/// ([`check_resolution`]), so nobody else on the path can widen the policy
+/// a record is sealed under.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolvedPolicy {
+    /// The policy with every attribute at its current version.
+    pub policy: String,
+    /// The authority's Ed25519 signature over [`resolution_message`] (base64).
+    pub signature: String,
+}
+
+/// What the authority signs when it resolves a policy: the request it
+/// answers (its signature-base hash, so an answer cannot be moved to
+/// another request), the policy asked for and the policy given.
+pub fn resolution_message(request_hash: &[u8; 32], requested: &str, resolved: &str) -> Vec<u8> {
+    let mut m = b"asclepios resolved policy v1\n".to_vec();
+    m.extend_from_slice(request_hash);
+    for part in [requested, resolved] {
+        m.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m
+}
+
+/// Checks that `resolved` is `requested` with version tags added and
+/// nothing else: the same tree, the same thresholds, the same attribute
+/// names in the same places.
+pub fn check_resolution(requested: &Policy, resolved: &Policy) -> Result<(), String> {
+    fn strip(node: &Node) -> Node {
+        match node {
+            Node::Attr(a) => Node::Attr(attribute_name(a).to_string()),
+            Node::And(c) => Node::And(c.iter().map(strip).collect()),
+            Node::Or(c) => Node::Or(c.iter().map(strip).collect()),
+            Node::Threshold(k, c) => Node::Threshold(*k, c.iter().map(strip).collect()),
+        }
+    }
+    if strip(requested.root()) == strip(resolved.root()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the authority's answer `{resolved}` is not the policy asked for (`{requested}`) with versions added"
+        ))
+    }
 }
 
 pub use asclepios_records::WithReceipt;
@@ -326,6 +376,8 @@ impl KeyAuthority {
         asclepios_records::check_name("record_id", &req.record_id)?;
         let checks = || -> Result<(), ApiError> {
             self.active(&caller.id)?;
+            // An unattested device writes nothing into the index (M6).
+            self.require_attested(caller)?;
             search::check_keywords(&req.keywords, search::MAX_RECORD_KEYWORDS)?;
             let latest = self
                 .store
@@ -1002,15 +1054,23 @@ async fn list_consents(
 async fn resolve_policy(
     State(s): State<Arc<KeyAuthority>>,
     Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
     body: axum::body::Bytes,
-) -> Result<Json<PolicyText>, ApiError> {
+) -> Result<Json<ResolvedPolicy>, ApiError> {
     let req: PolicyText = json_body(&body)?;
     let policy = Policy::parse(&req.policy)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     blocking(move || {
         s.active(&caller.id)?;
-        Ok(PolicyText {
-            policy: s.resolve(&policy)?.to_string(),
+        // An unattested device gets no policy to seal under (M6).
+        s.require_attested(&caller)?;
+        let resolved = s.resolve(&policy)?.to_string();
+        let signature = s
+            .trail
+            .sign(&resolution_message(&v.request_hash, &req.policy, &resolved));
+        Ok(ResolvedPolicy {
+            policy: resolved,
+            signature: B64.encode(signature.to_bytes()),
         })
     })
     .await

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use asclepios_attest::policy::{appraise, Appraisal, Expected, Trust};
 use asclepios_attest::ratls::AttestingVerifier;
 use asclepios_audit::{NoteVerifier, Receipt};
-use asclepios_authority::{IssuedKey, PolicyText};
+use asclepios_authority::{
+    check_resolution, resolution_message, IssuedKey, PolicyText, ResolvedPolicy,
+};
 use asclepios_crypto::abe::{PublicKey, UserKey};
 use asclepios_crypto::envelope::{self, Envelope, KeyWrapper, RecordContext, SealedBody};
 use asclepios_crypto::Policy;
@@ -212,24 +214,33 @@ impl Client {
         // The authority's certificate is appraised at every handshake
         // against the deployment's reference values; with `require`, a
         // refused appraisal fails the connection before any request.
+        // Each service's certificate is checked against that service's own
+        // TLS name, whatever address is dialled: the record service's
+        // certificate (same CA) cannot stand in for the authority.
+        let pinned = |name: &str| asclepios_net::tls::pinned_server_verifier(&ca, name);
+        let authority_verifier = pinned(&config.authority.tls_name)?;
         let attestation = match asclepios_deploy::attestation::authority_policy(dir, &config) {
             Ok(policy) => Some(Arc::new(AttestingVerifier::new(
-                asclepios_net::tls::server_verifier(&ca)?,
+                authority_verifier.clone(),
                 policy,
                 require_attestation,
             ))),
             Err(e) if require_attestation => return Err(e.into()),
             Err(_) => None,
         };
-        let authority_http = match &attestation {
-            Some(verifier) => SignedClient::with_tls(
-                authority,
+        let over = |verifier: Arc<dyn asclepios_net::tls::ServerVerifier>, base: &str| {
+            SignedClient::with_tls(
+                base,
                 id,
-                asclepios_net::tls::client_config_with_verifier(verifier.clone(), &cert, &key_pem)?,
+                asclepios_net::tls::client_config_with_verifier(verifier, &cert, &key_pem)?,
                 &key_pem,
-            )?,
-            None => SignedClient::new(authority, id, &ca, &cert, &key_pem)?,
+            )
         };
+        let authority_http = match &attestation {
+            Some(verifier) => over(verifier.clone(), authority)?,
+            None => over(authority_verifier, authority)?,
+        };
+        let records_http = over(pinned(&config.records.tls_name)?, records)?;
         let service = |name: &'static str, http: SignedClient| -> Result<Service, ClientError> {
             Ok(Service {
                 name,
@@ -241,10 +252,7 @@ impl Client {
             id: id.to_string(),
             signing,
             authority: service("authority", authority_http)?,
-            records: service(
-                "records",
-                SignedClient::new(records, id, &ca, &cert, &key_pem)?,
-            )?,
+            records: service("records", records_http)?,
             log: asclepios_deploy::keys::log_verifier(dir)?,
             abe_public_key: asclepios_deploy::keys::abe_public_key(dir)?,
             user_key: None,
@@ -456,14 +464,38 @@ impl Client {
         Ok(&self.attributes)
     }
 
-    /// The policy with every attribute at its current version.
+    /// The policy with every attribute at its current version, as the key
+    /// authority signed it. The answer must carry the authority's signature
+    /// (its certificate key, from the deployment's files) over this request,
+    /// and be exactly `policy` with version tags added: a party that poses as
+    /// the authority cannot widen what a record is sealed under.
     pub async fn resolve_policy(&self, policy: &str) -> Result<Policy, ClientError> {
+        let requested = Policy::parse(policy).map_err(asclepios_crypto::Error::from)?;
         let body = to_json(&PolicyText {
             policy: policy.to_string(),
         })?;
-        let (resolved, _): (PolicyText, _) =
+        if self.require_attestation {
+            self.ensure_authority_attested().await?;
+        }
+        let (resolved, request_hash): (ResolvedPolicy, _) =
             Self::call(&self.authority, Method::POST, "/v1/policy/resolve", body).await?;
-        Ok(Policy::parse(&resolved.policy).map_err(asclepios_crypto::Error::from)?)
+        let refused = |why: String| ClientError::Protocol(format!("policy resolution: {why}"));
+        let signature = B64
+            .decode(&resolved.signature)
+            .ok()
+            .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+            .ok_or_else(|| refused("the answer's signature is malformed".into()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&self.authority.receipt_key)
+            .and_then(|key| {
+                key.verify_strict(
+                    &resolution_message(&request_hash, policy, &resolved.policy),
+                    &signature,
+                )
+            })
+            .map_err(|_| refused("the answer is not signed by the key authority".into()))?;
+        let resolved = Policy::parse(&resolved.policy).map_err(asclepios_crypto::Error::from)?;
+        check_resolution(&requested, &resolved).map_err(refused)?;
+        Ok(resolved)
     }
 
     /// Seals a FHIR resource and stores it as `version` of `record_id`.

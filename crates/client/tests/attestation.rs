@@ -67,11 +67,21 @@ async fn clients_check_the_authority_and_devices_attest_before_keys() {
     let e = lab.refresh_key().await.unwrap_err();
     assert_eq!(refused_status(&e), Some(403), "{e}");
     assert!(e.to_string().contains("has not attested"), "{e}");
+    // Nor a policy to seal a record under (M6): an unattested device cannot
+    // write through the authority's resolution.
+    let e = lab
+        .resolve_policy("patient:pat-00000 or emergency:pat-00000")
+        .await
+        .unwrap_err();
+    assert_eq!(refused_status(&e), Some(403), "{e}");
 
     let attester = asclepios_deploy::attestation::development_attester(&d.dir).unwrap();
     let registered = lab.register_component(&attester).await.unwrap();
     assert_eq!(registered.trust, Trust::Warning);
     lab.refresh_key().await.unwrap();
+    lab.resolve_policy("patient:pat-00000 or emergency:pat-00000")
+        .await
+        .unwrap();
 
     // A replayed answer (its nonce used up) is refused, and so is evidence
     // of another build; a failed attestation withdraws the approval.

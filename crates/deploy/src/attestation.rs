@@ -39,7 +39,7 @@ pub fn create_development_key(dir: &Path) -> Result<(), Error> {
     let pem = key
         .to_pkcs8_pem(Default::default())
         .map_err(|e| Error::Invalid(format!("attestation key: {e}")))?;
-    write_file(&dir.join(DEVELOPMENT_KEY), &pem, true)
+    crate::write_new_file(&dir.join(DEVELOPMENT_KEY), &pem, true)
 }
 
 fn development_key(dir: &Path) -> Result<SigningKey, Error> {
@@ -180,7 +180,12 @@ impl AttestedCertificate {
         let issuer = CertificateAuthority::from_pem(&issuer_pem, &issuer_key)?;
         let attester = attester(dir, config)?;
         let seconds = config.attestation.certificate_seconds.max(120);
-        let names = config.authority.names.clone();
+        let names: Vec<String> = config
+            .authority
+            .certificate_names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         let first = mint(&issuer, &issuer_pem, &names, seconds, attester.as_deref())?;
         Ok(AttestedCertificate {
             issuer,

@@ -125,6 +125,33 @@ pub struct StoreConfig {
     pub schema: Option<String>,
 }
 
+impl StoreConfig {
+    /// The store's URL for printing: a PostgreSQL password (in the user
+    /// part or a `password=` parameter) is replaced by `***`.
+    pub fn shown(&self) -> String {
+        redact_password(&self.url)
+    }
+}
+
+fn redact_password(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let end = out[start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@').map(|i| start + i) {
+            if let Some(colon) = out[start..at].find(':').map(|i| start + i) {
+                out.replace_range(colon + 1..at, "***");
+            }
+        }
+    }
+    if let Some(p) = out.find("password=").map(|i| i + "password=".len()) {
+        let end = out[p..].find('&').map_or(out.len(), |i| p + i);
+        out.replace_range(p..end, "***");
+    }
+    out
+}
+
 /// One HTTPS service.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,9 +160,30 @@ pub struct ServiceConfig {
     pub listen: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// The DNS names and IP addresses clients reach it by (its certificate's).
+    /// The service's own TLS name: its certificate carries it, and clients
+    /// check the certificate against it whatever address they dial, so no
+    /// other service of the deployment can pose as this one. The two
+    /// services' names must differ (checked on load).
+    pub tls_name: String,
+    /// Further DNS names and IP addresses in its certificate (for tools such
+    /// as curl that check the name they dialled).
     pub names: Vec<String>,
 }
+
+impl ServiceConfig {
+    /// Every name its certificate carries: the TLS name first.
+    pub fn certificate_names(&self) -> Vec<&str> {
+        std::iter::once(self.tls_name.as_str())
+            .chain(self.names.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+/// The key authority's default TLS name (`.internal` is reserved for
+/// private use and never resolves publicly).
+pub const AUTHORITY_TLS_NAME: &str = "authority.asclepios.internal";
+/// The record service's default TLS name.
+pub const RECORDS_TLS_NAME: &str = "records.asclepios.internal";
 
 fn local_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
@@ -175,6 +223,7 @@ impl Default for Config {
             authority: ServiceConfig {
                 listen: "127.0.0.1:7443".into(),
                 max_body_bytes: 1 << 20,
+                tls_name: AUTHORITY_TLS_NAME.into(),
                 names: local_names(),
             },
             records: ServiceConfig::default(),
@@ -201,6 +250,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             listen: "127.0.0.1:7444".into(),
             max_body_bytes: 8 << 20,
+            tls_name: RECORDS_TLS_NAME.into(),
             names: local_names(),
         }
     }
@@ -255,7 +305,38 @@ impl Config {
                 dir.display()
             ))
         })?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let config: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        config
+            .check()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    /// Refuses settings that would let one service pose as the other: a
+    /// record-service certificate that names the authority (or the reverse)
+    /// would pass a client's check for the wrong service.
+    pub fn check(&self) -> Result<(), String> {
+        let (a, r) = (&self.authority, &self.records);
+        if a.tls_name.is_empty() || r.tls_name.is_empty() {
+            return Err("`tls_name` must be set for [authority] and [records]".into());
+        }
+        if a.tls_name.parse::<std::net::IpAddr>().is_ok()
+            || r.tls_name.parse::<std::net::IpAddr>().is_ok()
+        {
+            return Err("`tls_name` is a DNS name, not an address".into());
+        }
+        if a.tls_name.eq_ignore_ascii_case(&r.tls_name)
+            || r.names.iter().any(|n| n.eq_ignore_ascii_case(&a.tls_name))
+            || a.names.iter().any(|n| n.eq_ignore_ascii_case(&r.tls_name))
+        {
+            return Err(format!(
+                "the authority's TLS name `{}` and the record service's `{}` must be distinct, \
+                 and neither may appear among the other's `names`",
+                a.tls_name, r.tls_name
+            ));
+        }
+        Ok(())
     }
 
     /// The TOML text, with a comment header.
@@ -322,6 +403,45 @@ mod tests {
         let partial: Config = toml::from_str("[records]\nlisten = \"0.0.0.0:9000\"").unwrap();
         assert_eq!(partial.records.max_body_bytes, 8 << 20);
         assert_eq!(partial.authority, Config::default().authority);
+    }
+
+    #[test]
+    fn store_passwords_are_never_shown() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cret@db:5432/x",
+                "postgres://app:***@db:5432/x",
+            ),
+            (
+                "postgres://app@db/x?password=s3cret&x=1",
+                "postgres://app@db/x?password=***&x=1",
+            ),
+            ("sqlite://asclepios.db", "sqlite://asclepios.db"),
+        ] {
+            let c = StoreConfig {
+                url: url.into(),
+                schema: None,
+            };
+            assert_eq!(c.shown(), shown);
+        }
+    }
+
+    #[test]
+    fn the_services_must_have_distinct_tls_names() {
+        assert!(Config::default().check().is_ok());
+        let mut same = Config::default();
+        same.records.tls_name = same.authority.tls_name.clone();
+        assert!(same.check().is_err());
+        let mut borrowed = Config::default();
+        borrowed
+            .records
+            .names
+            .push(AUTHORITY_TLS_NAME.to_ascii_uppercase());
+        assert!(borrowed.check().is_err());
+        // An [authority] section without `tls_name` must not silently take
+        // the record service's default.
+        let partial: Config = toml::from_str("[authority]\nlisten = \"127.0.0.1:1\"").unwrap();
+        assert!(partial.check().is_err(), "{:?}", partial.authority);
     }
 
     #[test]

@@ -7,9 +7,8 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CidrSubnet, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints,
-    SanType, PKCS_ED25519,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ED25519,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -116,12 +115,42 @@ impl CertificateAuthority {
     }
 
     /// Loads a CA from its certificate and key (PEM).
+    ///
+    /// What signing needs of the issuer is its subject name and its key (the
+    /// authority key identifier is derived from the key): re-signing the same
+    /// subject with the same key gives an issuer object that signs exactly as
+    /// the original did. The subject is rebuilt from its common and
+    /// organisation names and must come out byte for byte the same (rcgen's
+    /// own reader refuses the URI name constraint of the authority's issuer).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
         let key = KeyPair::from_pem(key_pem).map_err(cert_err)?;
-        let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(cert_err)?;
-        // Re-signing the same subject and key gives an issuer object that
-        // signs exactly as the original did.
+        let der = pem_body(cert_pem)?;
+        let (_, original) = x509_parser::parse_x509_certificate(&der).map_err(cert_err)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        for attr in original.subject().iter_attributes() {
+            let value = attr.as_str().map_err(cert_err)?;
+            let oid = attr.attr_type();
+            if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME {
+                params.distinguished_name.push(DnType::CommonName, value);
+            } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationName, value);
+            } else {
+                return Err(Error::Certificate(format!(
+                    "the CA certificate's subject has an attribute ({oid}) asclepios does not issue"
+                )));
+            }
+        }
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key).map_err(cert_err)?;
+        let (_, rebuilt) = x509_parser::parse_x509_certificate(cert.der()).map_err(cert_err)?;
+        if rebuilt.subject().as_raw() != original.subject().as_raw() {
+            return Err(Error::Certificate(
+                "the CA certificate's subject is not in the form asclepios issues".into(),
+            ));
+        }
         if !same_key(cert_pem, &key)? {
             return Err(Error::Certificate(
                 "the CA key does not match the CA certificate".into(),
@@ -166,29 +195,35 @@ impl CertificateAuthority {
 
     /// A certificate for a service that mints its own short-lived TLS
     /// certificates (the key authority, for RA-TLS): a CA certificate
-    /// limited to one level below it and, by name constraints, to `names`,
-    /// so its key can vouch for nothing but the service itself. Its key
-    /// also signs the service's receipts.
+    /// limited to one level below it, so its key can vouch for nothing but
+    /// the service itself:
+    ///
+    /// * name constraints permit only `names` (DNS names, IP addresses) and
+    ///   exclude every URI name, the form identities take
+    ///   ([`IDENTITY_URI_PREFIX`]); rcgen has no URI subtree, so the
+    ///   extension is encoded here ([`name_constraints_der`]);
+    /// * its extended key usage is server authentication only, which
+    ///   verifiers apply to every certificate of a path, so nothing it
+    ///   issues can authenticate a client.
+    ///
+    /// Servers also accept client certificates only when the root issued
+    /// them directly (see `tls`), so even a stolen issuer key mints no
+    /// identity. Its key also signs the service's receipts.
     pub fn issue_service_issuer(&self, common_name: &str, names: &[&str]) -> Result<Issued, Error> {
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(cert_err)?;
         let mut params = CertificateParams::default();
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        let mut permitted = Vec::new();
-        for name in names {
-            permitted.push(match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
-                    ip,
-                    if ip.is_ipv4() { 32 } else { 128 },
-                )),
-                Err(_) => GeneralSubtree::DnsName((*name).to_string()),
-            });
-        }
-        params.name_constraints = Some(NameConstraints {
-            permitted_subtrees: permitted,
-            excluded_subtrees: Vec::new(),
+        params.custom_extensions.push({
+            let mut ext = CustomExtension::from_oid_content(
+                NAME_CONSTRAINTS_OID,
+                name_constraints_der(names),
+            );
+            ext.set_criticality(true);
+            ext
         });
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut params, LEAF_VALIDITY_DAYS);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -262,6 +297,56 @@ fn server_params(common_name: &str, names: &[&str]) -> Result<CertificateParams,
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     Ok(params)
+}
+
+/// The name constraints extension (RFC 5280 §4.2.1.10).
+const NAME_CONSTRAINTS_OID: &[u64] = &[2, 5, 29, 30];
+
+/// The DER of a NameConstraints value that permits `names` (DNS names, or IP
+/// addresses as single-host subnets) and excludes every URI. rustls-webpki
+/// takes any excluded URI subtree as matching every URI name; OpenSSL
+/// refuses a URN (which has no host) under any URI constraint. The base
+/// given is the identity URI prefix, which says what the exclusion is for.
+fn name_constraints_der(names: &[&str]) -> Vec<u8> {
+    use yasna::Tag;
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_tagged_implicit(Tag::context(0), |w| {
+                w.write_sequence(|w| {
+                    for name in names {
+                        w.next()
+                            .write_sequence(|w| match name.parse::<std::net::IpAddr>() {
+                                Ok(ip) => {
+                                    let (addr, mask) = match ip {
+                                        std::net::IpAddr::V4(v4) => {
+                                            (v4.octets().to_vec(), vec![0xff; 4])
+                                        }
+                                        std::net::IpAddr::V6(v6) => {
+                                            (v6.octets().to_vec(), vec![0xff; 16])
+                                        }
+                                    };
+                                    w.next().write_tagged_implicit(Tag::context(7), |w| {
+                                        w.write_bytes(&[addr, mask].concat())
+                                    })
+                                }
+                                Err(_) => w.next().write_tagged_implicit(Tag::context(2), |w| {
+                                    w.write_ia5_string(name)
+                                }),
+                            });
+                    }
+                })
+            });
+            w.next().write_tagged_implicit(Tag::context(1), |w| {
+                w.write_sequence(|w| {
+                    w.next().write_sequence(|w| {
+                        w.next().write_tagged_implicit(Tag::context(6), |w| {
+                            w.write_ia5_string(IDENTITY_URI_PREFIX)
+                        })
+                    })
+                })
+            });
+        })
+    })
 }
 
 fn pem_body(pem: &str) -> Result<Vec<u8>, Error> {

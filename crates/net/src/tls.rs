@@ -2,19 +2,31 @@
 //! as the only trust anchor, client certificates required by every server,
 //! and the aws-lc-rs provider's key exchange groups with X25519MLKEM768 (a
 //! post-quantum hybrid) first.
+//!
+//! Two rules keep one service from posing as another party:
+//! * servers accept a client certificate only when the root issued it
+//!   directly ([`DirectlyIssuedClients`]): the key authority's online
+//!   issuer, a CA below the root, cannot mint an identity;
+//! * clients check a service's certificate against the service's own TLS
+//!   name, whatever address they dial ([`pinned_server_verifier`]), and the
+//!   record service's certificate never carries the authority's name.
 
 use std::sync::Arc;
 
-use rustls::client::danger::ServerCertVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::aws_lc_rs;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::Error;
+
+/// What checks a server's certificate (re-exported for clients that pick one).
+pub use rustls::client::danger::ServerCertVerifier as ServerVerifier;
 
 fn pem_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Certificate(format!("{what}: {e}"))
@@ -57,15 +69,83 @@ pub fn key_exchange_groups() -> Vec<String> {
         .collect()
 }
 
+/// The client verifier of every service: the chain must verify against the
+/// deployment CA (webpki) *and* the client certificate must be issued by
+/// the root itself, with no intermediate. Identity certificates come only
+/// from the deployment CA; a CA below it (the authority's RA-TLS issuer) is
+/// for server names, and its key is online, so nothing it signs may
+/// authenticate a client.
+///
+/// A client may send the root itself along (OpenSSL-based clients complete
+/// the chain from their trust store); any other certificate beside its own
+/// is refused, and the path is built from the leaf and the root alone.
+#[derive(Debug)]
+pub struct DirectlyIssuedClients {
+    inner: Arc<dyn ClientCertVerifier>,
+    anchors: Vec<CertificateDer<'static>>,
+}
+
+impl DirectlyIssuedClients {
+    /// The verifier for client certificates issued by the CA in `ca_pem`.
+    pub fn new(ca_pem: &str) -> Result<Arc<Self>, Error> {
+        let inner = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+        Ok(Arc::new(DirectlyIssuedClients {
+            inner,
+            anchors: certs_from_pem(ca_pem)?,
+        }))
+    }
+}
+
+impl ClientCertVerifier for DirectlyIssuedClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if !intermediates.iter().all(|c| self.anchors.contains(c)) {
+            return Err(rustls::Error::General(
+                "client certificates must be issued directly by the deployment CA".into(),
+            ));
+        }
+        self.inner.verify_client_cert(end_entity, &[], now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 fn server_builder(
     ca_pem: &str,
 ) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, Error> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-        .build()
-        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
     Ok(ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier))
+        .with_client_cert_verifier(DirectlyIssuedClients::new(ca_pem)?))
 }
 
 fn with_alpn(mut config: ServerConfig) -> Arc<ServerConfig> {
@@ -110,6 +190,62 @@ pub fn server_verifier(ca_pem: &str) -> Result<Arc<WebPkiServerVerifier>, Error>
     WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .build()
         .map_err(|e| Error::Certificate(format!("server verifier: {e}")))
+}
+
+/// Checks a server's certificate for one pinned name, whatever name or
+/// address the client dialled: a client that means the key authority
+/// accepts only a certificate for the authority's TLS name, so another
+/// service's certificate from the same CA cannot stand in for it.
+#[derive(Debug)]
+pub struct PinnedName {
+    inner: Arc<dyn ServerCertVerifier>,
+    name: ServerName<'static>,
+}
+
+/// The deployment CA's server verifier, pinned to the DNS name `name`.
+pub fn pinned_server_verifier(ca_pem: &str, name: &str) -> Result<Arc<PinnedName>, Error> {
+    let name = ServerName::try_from(name.to_string())
+        .map_err(|e| Error::Certificate(format!("service name `{name}`: {e}")))?;
+    Ok(Arc::new(PinnedName {
+        inner: server_verifier(ca_pem)?,
+        name,
+    }))
+}
+
+impl ServerCertVerifier for PinnedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// A client that trusts only the CA and authenticates with its certificate.

@@ -38,7 +38,7 @@ struct Deployment {
 async fn start() -> Deployment {
     let ca = CertificateAuthority::generate("test CA").unwrap();
     let server_cert = ca
-        .issue_server("records", &["localhost", "127.0.0.1"])
+        .issue_server("records", &["records.test", "localhost", "127.0.0.1"])
         .unwrap();
     let config =
         tls::server_config(&ca.cert_pem(), &server_cert.cert_pem, &server_cert.key_pem).unwrap();
@@ -220,4 +220,111 @@ fn the_authority_chain_verifies_with_openssl() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A client certificate the server accepts, or `false` if the handshake (or
+/// the request) fails.
+async fn reaches(d: &Deployment, chain_pem: &str, key_pem: &str, id: &str) -> bool {
+    let tls = tls::client_config(&d.ca.cert_pem(), chain_pem, key_pem).unwrap();
+    SignedClient::with_tls(&d.base, id, tls, key_pem)
+        .unwrap()
+        .send(Method::POST, "/echo", b"x".to_vec())
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// The key authority's issuer is a CA below the root whose key is online
+/// (it renews the attested TLS certificate). Its holder mints a client
+/// certificate for a patient: refused with the issuer in the chain and
+/// without; by the direct-issuance rule and by webpki's own checks (the
+/// issuer's serverAuth-only EKU and excluded URI subtree) each on its own;
+/// and by OpenSSL.
+#[tokio::test]
+async fn an_identity_minted_with_the_authority_issuer_key_is_refused() {
+    let d = start().await;
+    let issued =
+        d.ca.issue_service_issuer("asclepios authority", &["authority.test", "127.0.0.1"])
+            .unwrap();
+    let issuer = CertificateAuthority::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+    let forged = issuer.issue_identity("pat-00000").unwrap();
+    let with_issuer = format!("{}{}", forged.cert_pem, issued.cert_pem);
+    assert!(!reaches(&d, &with_issuer, &forged.key_pem, "pat-00000").await);
+    assert!(!reaches(&d, &forged.cert_pem, &forged.key_pem, "pat-00000").await);
+    assert_eq!(d.handled.load(Ordering::SeqCst), 0);
+    let honest = d.ca.issue_identity("pat-00000").unwrap();
+    assert!(reaches(&d, &honest.cert_pem, &honest.key_pem, "pat-00000").await);
+
+    // Each layer alone: webpki's own client verifier (EKU and name
+    // constraints, without the direct-issuance rule) refuses the chain too.
+    let der = |pem: &str| tls::certs_from_pem(pem).unwrap().remove(0);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(&d.ca.cert_pem())).unwrap();
+    let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let now = rustls_pki_types::UnixTime::now();
+    assert!(webpki
+        .verify_client_cert(&der(&forged.cert_pem), &[der(&issued.cert_pem)], now)
+        .is_err());
+    assert!(webpki
+        .verify_client_cert(&der(&honest.cert_pem), &[], now)
+        .is_ok());
+    let direct = tls::DirectlyIssuedClients::new(&d.ca.cert_pem()).unwrap();
+    use rustls::server::danger::ClientCertVerifier;
+    assert!(direct
+        .verify_client_cert(&der(&honest.cert_pem), &[der(&issued.cert_pem)], now)
+        .is_err());
+    // The root sent along (as OpenSSL-based clients do) is not an
+    // intermediate: accepted.
+    assert!(direct
+        .verify_client_cert(&der(&honest.cert_pem), &[der(&d.ca.cert_pem())], now)
+        .is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(path("ca.pem", &d.ca.cert_pem()))
+        .arg("-untrusted")
+        .arg(path("issuer.pem", &issued.cert_pem))
+        .args(["-purpose", "sslclient"])
+        .arg(path("forged.pem", &forged.cert_pem))
+        .output()
+        .expect("the openssl command (Debian package openssl)");
+    assert!(
+        !out.status.success(),
+        "OpenSSL accepted an identity minted by the authority's issuer"
+    );
+}
+
+/// A client that means one service checks the certificate against that
+/// service's TLS name, whatever address it dials: the record service's
+/// certificate (same CA, same addresses) does not pass for the authority.
+#[tokio::test]
+async fn a_client_pinned_to_one_service_refuses_another() {
+    let d = start().await;
+    let alice = d.ca.issue_identity("alice").unwrap();
+    let over = |name: &str| {
+        let verifier = tls::pinned_server_verifier(&d.ca.cert_pem(), name).unwrap();
+        let tls =
+            tls::client_config_with_verifier(verifier, &alice.cert_pem, &alice.key_pem).unwrap();
+        SignedClient::with_tls(&d.base, "alice", tls, &alice.key_pem).unwrap()
+    };
+    let records = over("records.test")
+        .send(Method::POST, "/echo", b"x".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(records.status(), 200);
+    assert!(over("authority.test")
+        .send(Method::POST, "/echo", b"x".to_vec())
+        .await
+        .is_err());
+    assert_eq!(d.handled.load(Ordering::SeqCst), 1);
 }
