@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{store_error, KeyAuthority, WithReceipt};
 
 /// The role that reviews break-glass grants.
-pub const AUDITOR_ROLE: &str = "role:auditor";
+pub use asclepios_records::AUDITOR_ROLE;
 
 /// A grant waiting for review.
 #[derive(Clone, Debug, Serialize, Deserialize)]

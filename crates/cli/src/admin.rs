@@ -101,7 +101,7 @@ pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     println!("                           is an issuer for its attested TLS certificates)");
     println!("  attestation-policy.toml, component-policy.toml   development reference values");
     println!("  identities/<id>.*        client certificates and keys of the sample organisation");
-    println!("  store                    {}", config.store.url);
+    println!("  store                    {}", config.store.shown());
     println!();
     for m in &members {
         print_member(m);

@@ -21,9 +21,11 @@ pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     let mut config = Config::load(dir)?;
     if let Some(url) = postgres {
         config.store.url = url;
-        std::fs::write(
-            dir.join(asclepios_deploy::config::CONFIG_FILE),
-            config.to_toml()?,
+        // 0600: the URL may carry a password.
+        asclepios_deploy::write_file(
+            &dir.join(asclepios_deploy::config::CONFIG_FILE),
+            &config.to_toml()?,
+            true,
         )
         .context("updating the configuration with the PostgreSQL URL")?;
     }
@@ -34,7 +36,7 @@ pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
             "record service  https://{} (OpenAPI at /openapi.json)",
             services.records
         );
-        println!("store           {}", config.store.url);
+        println!("store           {}", config.store.shown());
         println!(
             "mutual TLS 1.3 with the CA in {}/pki/ca.pem; Ctrl-C stops",
             dir.display()
@@ -210,17 +212,24 @@ pub enum EmergencyCommand {
         #[arg(long)]
         reason: String,
     },
-    /// The auditors' review queue: unreviewed break-glass grants; --ack marks one reviewed.
+    /// The auditors' review queue: unreviewed break-glass grants; --ack decides on one.
+    ///
+    /// Goes through the key authority's API as the identity given, which must
+    /// hold `role:auditor`; the decision is audited and the patient reads it.
+    ///
+    /// Example: asclepios emergency review --as auditor-ann --ack GRANT --decision flag --comment "no emergency on file"
     Review {
-        /// Mark this grant reviewed.
+        #[command(flatten)]
+        who: AsArg,
+        /// Decide on this grant (see the queue for ids).
         #[arg(long, value_name = "GRANT")]
         ack: Option<String>,
-        /// The patient of the grant to acknowledge.
-        #[arg(long)]
-        patient: Option<String>,
-        /// The auditor acknowledging.
-        #[arg(long = "as", value_name = "AUDITOR", default_value = "auditor-ann")]
-        auditor: String,
+        /// `approve`, or `flag` for follow-up (which needs a --comment).
+        #[arg(long, default_value = "approve", value_parser = ["approve", "flag"])]
+        decision: String,
+        /// Why (sealed in the audit event; the patient reads it).
+        #[arg(long, default_value = "")]
+        comment: String,
     },
 }
 
@@ -236,24 +245,35 @@ pub fn emergency(dir: &Path, command: EmergencyCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        EmergencyCommand::Review { ack, patient, auditor } => {
-            let directory = asclepios_deploy::directory::Directory::open(dir)?;
-            let store = directory.store();
+        EmergencyCommand::Review {
+            who,
+            ack,
+            decision,
+            comment,
+        } => runtime()?.block_on(async {
+            let client = connect(dir, &who)?;
+            let mut queue = client.emergency_reviews().await?;
             if let Some(grant) = ack {
-                let patient = patient.context("--ack needs --patient")?;
-                store.review_emergency_grant(&patient, &grant, &auditor)?;
-                println!("grant {grant} reviewed by {auditor}");
+                let pending = queue
+                    .iter()
+                    .position(|g| g.grant_id == grant)
+                    .with_context(|| format!("no unreviewed grant `{grant}` in the queue"))?;
+                let g = queue.remove(pending);
+                client
+                    .review_emergency(&g.patient, &grant, &decision, &comment)
+                    .await?;
+                let done = if decision == "flag" { "flagged" } else { "approved" };
+                println!("grant {grant} {done} by {}", who.identity);
             }
-            let queue = store.unreviewed_emergency_grants()?;
             println!("{} unreviewed break-glass grant(s)", queue.len());
             for g in queue {
                 println!(
-                    "{}  patient {}  by {}  issued {}  expires {}  ({})",
-                    g.grant_id, g.patient, g.clinician, g.issued_at, g.expires_at, g.reason
+                    "{}  patient {}  by {}  issued {}  expires {}",
+                    g.grant_id, g.patient, g.clinician, g.issued_at, g.expires_at
                 );
             }
             Ok(())
-        }
+        }),
     }
 }
 

@@ -369,8 +369,40 @@ fn a_deployment_through_the_command_line() {
         "unresponsive",
     ]);
     assert!(glass.contains("BREAK-GLASS granted"), "{glass}");
-    let queue = ok(&["emergency", "review", "--dir", d]);
+    let queue = ok(&["emergency", "review", "--dir", d, "--as", "auditor-ann"]);
     assert!(queue.starts_with("1 unreviewed"), "{queue}");
+    let grant = queue
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the queue names the grant")
+        .to_string();
+    // Reviewing is the auditors' (M8): anyone else is refused by the
+    // authority, and the queue stays as it was.
+    for who in ["nobody-at-all", "researcher-rita"] {
+        let refused = asclepios(&[
+            "emergency",
+            "review",
+            "--dir",
+            d,
+            "--as",
+            who,
+            "--ack",
+            &grant,
+        ]);
+        assert!(!refused.status.success(), "{who} acknowledged a grant");
+    }
+    let reviewed = ok(&[
+        "emergency",
+        "review",
+        "--dir",
+        d,
+        "--as",
+        "auditor-ann",
+        "--ack",
+        &grant,
+    ]);
+    assert!(reviewed.contains("0 unreviewed"), "{reviewed}");
     let audit = ok(&["audit", "--dir", d, "--as", "pat-00001", "--fhir"]);
     assert!(
         audit.contains("110127"),

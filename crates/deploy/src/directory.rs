@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use asclepios_net::pki::{self, CertificateAuthority};
 use asclepios_store::{Identity, IdentityStatus, Store};
 
-use crate::{read_file, write_file, Config, Error};
+use crate::{read_file, Config, Error};
 
 /// Where the deployment's files are.
 #[derive(Clone, Debug)]
@@ -138,11 +138,10 @@ impl Directory {
         let issued = self.ca()?.issue_identity(id)?;
         let (cert_path, key_path) = self.layout.identity(id);
         if let Some(parent) = cert_path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::Io(format!("{}: {e}", parent.display())))?;
+            crate::create_private_dir(parent)?;
         }
-        write_file(&key_path, &issued.key_pem, true)?;
-        write_file(&cert_path, &issued.cert_pem, false)?;
+        crate::write_new_file(&key_path, &issued.key_pem, true)?;
+        crate::write_new_file(&cert_path, &issued.cert_pem, false)?;
         let der = asclepios_net::tls::certs_from_pem(&issued.cert_pem)?;
         let peer = pki::peer_identity(&der[0])?;
         self.store.put_identity(&Identity {

@@ -20,7 +20,7 @@ use asclepios_net::pki::CertificateAuthority;
 
 use crate::config::CONFIG_FILE;
 use crate::directory::{Directory, Layout, Member};
-use crate::{write_file, Config, Error};
+use crate::{create_private_dir, write_new_file as write_file, Config, Error};
 
 /// The services that get TLS certificates.
 pub const SERVICES: [&str; 2] = ["authority", "records"];
@@ -94,6 +94,7 @@ pub const SAMPLE_ORGANISATION: &[SampleIdentity] = &[
 /// Writes a development deployment into `dir` (created if needed). Refuses
 /// a directory that already holds one.
 pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
+    config.check().map_err(Error::Config)?;
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
         return Err(Error::Invalid(format!(
@@ -101,10 +102,11 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
             dir.display()
         )));
     }
-    for sub in ["pki", "identities"] {
-        let path = dir.join(sub);
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Error::Io(format!("cannot create {}: {e}", path.display())))?;
+    // Every directory private and no symbolic link; every file new (a file
+    // planted beforehand, or a link to one, is refused, not written into).
+    create_private_dir(dir)?;
+    for sub in ["pki", "identities", "authority"] {
+        create_private_dir(&dir.join(sub))?;
     }
     let layout = Layout::new(dir);
     let ca = CertificateAuthority::generate(&format!("{} deployment CA", config.name))?;
@@ -115,18 +117,17 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         let issued = if service == "authority" {
             // The authority issues its own short-lived, attested TLS
             // certificates; it gets a CA certificate limited to its names.
-            let names: Vec<&str> = config.authority.names.iter().map(String::as_str).collect();
-            ca.issue_service_issuer(&common_name, &names)?
+            ca.issue_service_issuer(&common_name, &config.authority.certificate_names())?
         } else {
-            let names: Vec<&str> = config.records.names.iter().map(String::as_str).collect();
-            ca.issue_server(&common_name, &names)?
+            ca.issue_server(&common_name, &config.records.certificate_names())?
         };
         let (cert, key) = layout.service(service);
         write_file(&key, &issued.key_pem, true)?;
         write_file(&cert, &issued.cert_pem, false)?;
     }
     crate::keys::create(dir, &config.audit.origin, &["auditor-ann"])?;
-    write_file(&config_path, &config.to_toml()?, false)?;
+    // 0600: a PostgreSQL URL in it may carry a password.
+    write_file(&config_path, &config.to_toml()?, true)?;
     crate::attestation::create_development_key(dir)?;
     crate::attestation::write_development_policies(dir)?;
     let directory = Directory::open(dir)?;
@@ -142,6 +143,46 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// L4: a local attacker pre-creates the data directory's files (a link
+    /// to a file of theirs where the CA key will go, a world-writable
+    /// auditor key file). `init` refuses instead of writing a key through
+    /// the link or into the file, and leaves the attacker's file empty.
+    #[cfg(unix)]
+    #[test]
+    fn init_refuses_planted_links_and_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let planted = tmp.path().join("attacker-owned");
+        std::fs::write(&planted, "").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+        let linked = tmp.path().join("linked");
+        std::fs::create_dir_all(linked.join("pki")).unwrap();
+        std::os::unix::fs::symlink(&planted, linked.join("pki/ca.key")).unwrap();
+        let e = init(&linked, &Config::development()).unwrap_err();
+        assert!(e.to_string().contains("exists already"), "{e}");
+
+        let existing = tmp.path().join("existing");
+        std::fs::create_dir_all(existing.join("identities")).unwrap();
+        let key = existing.join("identities/auditor-ann.audit.key");
+        std::fs::write(&key, "").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(init(&existing, &Config::development()).is_err());
+        assert_eq!(
+            std::fs::read(&key).unwrap(),
+            b"",
+            "no key went into the planted file"
+        );
+
+        let linked_dir = tmp.path().join("linked-dir");
+        std::fs::create_dir_all(&linked_dir).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), linked_dir.join("pki")).unwrap();
+        let e = init(&linked_dir, &Config::development()).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+
+        assert_eq!(std::fs::read(&planted).unwrap(), b"");
+    }
 
     #[test]
     fn init_writes_a_deployment_and_the_directory_administers_it() {
@@ -169,6 +210,15 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o077, 0, "keys are private to their owner");
+            for private in [
+                dir.join("asclepios.db"),
+                dir.join(CONFIG_FILE),
+                dir.join("identities"),
+                dir.join("pki"),
+            ] {
+                let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{} is {mode:o}", private.display());
+            }
         }
         let directory = Directory::open(&dir).unwrap();
         let added = directory

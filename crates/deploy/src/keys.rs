@@ -22,7 +22,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::{read_file, write_file, Error};
+use crate::{read_file, write_file, write_new_file, Error};
 
 const SEAL_AAD: &[u8] = b"asclepios abe master secret v1";
 const SSE_SEAL_AAD: &[u8] = b"asclepios sse master secret v1";
@@ -34,6 +34,10 @@ fn write_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_file(path, &hex::encode(bytes), secret)
 }
 
+fn write_new_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
+    write_new_file(path, &hex::encode(bytes), secret)
+}
+
 fn read_hex(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     let text = Zeroizing::new(read_file(path)?);
     hex::decode(text.trim())
@@ -43,16 +47,16 @@ fn read_hex(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
 
 /// Makes the service keys of a new deployment; `auditors` get HPKE keys.
 pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> {
-    std::fs::create_dir_all(dir.join("authority")).map_err(|e| Error::Io(e.to_string()))?;
+    crate::create_private_dir(&dir.join("authority"))?;
     let (mpk, msk) = abe::setup(&mut OsRng);
-    write_bytes(
+    write_new_bytes(
         &dir.join("authority/abe-public.key"),
         &mpk.to_bytes(),
         false,
     )?;
     let mut seal_key = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(seal_key.as_mut());
-    write_bytes(&dir.join("authority/seal.key"), seal_key.as_ref(), true)?;
+    write_new_bytes(&dir.join("authority/seal.key"), seal_key.as_ref(), true)?;
     seal_secret(
         dir,
         "authority/abe-master.sealed",
@@ -62,12 +66,12 @@ pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> 
     sse_key(dir)?;
     stats_key(dir)?;
     let signer = NoteSigner::generate(origin)?;
-    write_file(
+    write_new_file(
         &dir.join("pki/audit-log.key"),
         &signer.to_secret_string(),
         true,
     )?;
-    write_file(
+    write_new_file(
         &dir.join("pki/audit-log.pub"),
         &format!("{}\n", signer.verifier()),
         false,
@@ -75,14 +79,14 @@ pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> 
     let mut publics = String::new();
     for id in auditors {
         let (sk, pk) = AuditorSecretKey::generate(&mut OsRng);
-        write_bytes(
+        write_new_bytes(
             &dir.join(format!("identities/{id}.audit.key")),
             sk.to_bytes().as_ref(),
             true,
         )?;
         publics.push_str(&format!("{}\n", hex::encode(pk.to_bytes())));
     }
-    write_file(&dir.join("authority/auditors.pub"), &publics, false)
+    write_new_file(&dir.join("authority/auditors.pub"), &publics, false)
 }
 
 /// The FAME master public key.

@@ -49,22 +49,78 @@ pub enum Error {
     Invalid(String),
 }
 
-/// Writes a file, secret ones readable by the owner only.
+/// Writes a file, secret ones readable by the owner only. Never through a
+/// symbolic link, and a secret file that already exists is narrowed to
+/// 0600 before anything is written into it (a pre-created 0666 file must
+/// not receive a key).
 pub fn write_file(path: &std::path::Path, contents: &str, secret: bool) -> Result<(), Error> {
+    write(path, contents.as_bytes(), secret, false)
+}
+
+/// Like [`write_file`], but refuses a path that exists already (a file or
+/// a symbolic link): what `init` and `user add` write must be theirs alone.
+pub fn write_new_file(path: &std::path::Path, contents: &str, secret: bool) -> Result<(), Error> {
+    write(path, contents.as_bytes(), secret, true)
+}
+
+fn write(path: &std::path::Path, contents: &[u8], secret: bool, new: bool) -> Result<(), Error> {
     use std::io::Write;
     let io = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", path.display()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true);
+    if new {
+        // O_CREAT|O_EXCL: fails on any existing entry, a dangling link included.
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+        if secret {
+            options.mode(0o600);
+        }
+    }
+    let mut f = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Io(format!(
+                "{} exists already; refusing to overwrite it (remove it, or choose a fresh directory)",
+                path.display()
+            ))
+        } else {
+            io(e)
+        }
+    })?;
     #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut f = options.open(path).map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+/// Creates `dir` (and its parents) if needed, refuses it if it is a
+/// symbolic link, and makes it private to its owner: key files inside a
+/// directory an attacker can redirect are not private.
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Io(format!("cannot create {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(Error::Io(format!(
+            "{} is a symbolic link or not a directory; refusing to put keys there",
+            dir.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Reads a text file, saying which when it fails.

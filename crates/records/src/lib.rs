@@ -29,6 +29,10 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The role that reads the whole audit log: compared as a whole attribute
+/// (any version), never as a prefix (`role:auditor-trainee` is another role).
+pub const AUDITOR_ROLE: &str = "role:auditor";
+
 /// The slot of a record's main key wrapper.
 pub const MAIN_SLOT: &str = "main";
 
@@ -298,7 +302,7 @@ impl RecordService {
     /// Listing a patient's records or a record's versions is for the
     /// patient's circle and auditors: ids and versions are metadata too.
     fn check_may_list(&self, caller: &str, patient: &str) -> Result<(), ApiError> {
-        if self.in_circle(caller, patient, &["role:auditor", "role:lab"])? {
+        if self.in_circle(caller, patient, &[AUDITOR_ROLE, "role:lab"])? {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -1079,7 +1083,7 @@ async fn audit_entries(
             && !s
                 .current_attributes(&caller.id)?
                 .iter()
-                .any(|a| a.starts_with("role:auditor"))
+                .any(|a| attribute_name(a) == AUDITOR_ROLE)
         {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

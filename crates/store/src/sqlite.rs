@@ -18,6 +18,7 @@ pub(crate) struct Sqlite {
 
 impl Sqlite {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        private_file(path)?;
         let conn = Connection::open(path).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot open the SQLite database {}: {e}; check the data directory exists and is writable",
@@ -131,4 +132,35 @@ impl Tx for SqliteTx<'_> {
         }
         Ok(())
     }
+}
+
+/// Makes the database file the owner's alone before SQLite opens it: a new
+/// file is created 0600 (never through a symbolic link), an existing one is
+/// narrowed to 0600. SQLite gives its `-wal` and `-shm` files the database
+/// file's permissions, so they follow.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        let refuse = |e: std::io::Error| {
+            StoreError::Unavailable(format!(
+                "cannot open the SQLite database {}: {e}; it must be a regular file, not a symbolic link",
+                path.display()
+            ))
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(refuse)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(refuse)?;
+    }
+    Ok(())
 }
