@@ -117,6 +117,10 @@ pub struct AuditTrail<S> {
     /// Versions the reader policy's attributes, if set.
     #[allow(clippy::type_complexity)]
     resolve: Option<Box<dyn Fn(&Policy) -> Result<Policy, String> + Send + Sync>>,
+    /// The auditors to seal each event to, asked at every event, if set
+    /// (instead of the fixed `auditors`).
+    #[allow(clippy::type_complexity)]
+    current_auditors: Option<Box<dyn Fn() -> Result<Vec<AuditorPublicKey>, String> + Send + Sync>>,
     /// Recent encapsulations by reader policy (see `seal`).
     kems: Mutex<std::collections::HashMap<String, (Ciphertext, KemKey, std::time::Instant)>>,
 }
@@ -169,6 +173,7 @@ impl<S: LogStore> AuditTrail<S> {
             queue: Mutex::new(Queue::default()),
             kems: Mutex::new(Default::default()),
             resolve: None,
+            current_auditors: None,
         }
     }
 
@@ -180,6 +185,19 @@ impl<S: LogStore> AuditTrail<S> {
         resolve: impl Fn(&Policy) -> Result<Policy, String> + Send + Sync + 'static,
     ) -> Self {
         self.resolve = Some(Box::new(resolve));
+        self
+    }
+
+    /// Seals each event to the auditors `current` names at that moment (the
+    /// directory's active holders of the auditor role), so that disabling an
+    /// auditor or taking the role away removes it from every later event at
+    /// once. If `current` fails, the event is not written: nothing is logged
+    /// to readers nobody vouched for.
+    pub fn with_current_auditors(
+        mut self,
+        current: impl Fn() -> Result<Vec<AuditorPublicKey>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.current_auditors = Some(Box::new(current));
         self
     }
 
@@ -260,10 +278,15 @@ impl<S: LogStore> AuditTrail<S> {
                 (ct, key)
             }
         };
-        Ok(
-            SealedEvent::seal_encapsulated(event, &self.auditors, &ct, &key, &mut OsRng)?
-                .to_bytes(),
-        )
+        let current;
+        let auditors = match &self.current_auditors {
+            Some(source) => {
+                current = source().map_err(Error::Invalid)?;
+                &current
+            }
+            None => &self.auditors,
+        };
+        Ok(SealedEvent::seal_encapsulated(event, auditors, &ct, &key, &mut OsRng)?.to_bytes())
     }
 
     /// Commits queued events batch by batch until none are left.

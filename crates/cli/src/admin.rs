@@ -42,6 +42,10 @@ pub enum UserCommand {
         /// An attribute, namespace:value (repeatable).
         #[arg(long = "attr")]
         attrs: Vec<String>,
+        /// Also make it a reader of the audit log: an HPKE key (identities/<id>.audit.key)
+        /// that later events are sealed to while it is active and holds role:auditor.
+        #[arg(long)]
+        auditor: bool,
     },
     /// List identities, their status and attributes (with the version each was granted at).
     List,
@@ -122,6 +126,7 @@ pub fn run_user(dir: &Path, command: UserCommand) -> anyhow::Result<()> {
             kind,
             name,
             attrs,
+            auditor,
         } => {
             let name = name.unwrap_or_else(|| id.clone());
             let m = directory.add(&id, &kind, &name, &attrs)?;
@@ -130,6 +135,13 @@ pub fn run_user(dir: &Path, command: UserCommand) -> anyhow::Result<()> {
                 "certificate and key: {}/identities/{id}.pem, .key",
                 dir.display()
             );
+            if auditor {
+                directory.make_auditor(&id)?;
+                println!(
+                    "audit-log key: {}/identities/{id}.audit.key (events are sealed to it while {id} is active and holds role:auditor)",
+                    dir.display()
+                );
+            }
         }
         UserCommand::List => {
             for m in directory.list()? {

@@ -157,6 +157,18 @@ impl Directory {
         self.member(id)
     }
 
+    /// Makes `id` a reader of the audit log: an HPKE key pair whose secret
+    /// goes to `identities/<id>.audit.key` and whose public key the directory
+    /// keeps. Events are sealed to it while the identity is active and holds
+    /// `role:auditor`; disabling it or taking the role away stops that for
+    /// every later event.
+    pub fn make_auditor(&self, id: &str) -> Result<(), Error> {
+        self.member(id)?;
+        let public = crate::keys::create_auditor_key(&self.layout.dir, id)?;
+        self.store.put_auditor_key(id, &public.to_bytes())?;
+        Ok(())
+    }
+
     /// One identity with its attributes.
     pub fn member(&self, id: &str) -> Result<Member, Error> {
         let identity = self.store.identity(id)?.ok_or_else(|| {

@@ -125,7 +125,7 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         write_file(&key, &issued.key_pem, true)?;
         write_file(&cert, &issued.cert_pem, false)?;
     }
-    crate::keys::create(dir, &config.audit.origin, &["auditor-ann"])?;
+    crate::keys::create(dir, &config.audit.origin)?;
     // 0600: a PostgreSQL URL in it may carry a password.
     write_file(&config_path, &config.to_toml()?, true)?;
     crate::attestation::create_development_key(dir)?;
@@ -135,7 +135,11 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         .iter()
         .map(|s| {
             let attrs: Vec<String> = s.attributes.iter().map(|a| a.to_string()).collect();
-            directory.add(s.id, s.kind, s.display_name, &attrs)
+            let member = directory.add(s.id, s.kind, s.display_name, &attrs)?;
+            if s.kind == "auditor" {
+                directory.make_auditor(s.id)?;
+            }
+            Ok(member)
         })
         .collect()
 }

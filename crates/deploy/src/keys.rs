@@ -8,8 +8,8 @@
 //! authority/seal.key           the sealing key (a secret; in production it comes
 //!                              from attestation-bound storage, not a file)
 //! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
-//! authority/auditors.pub       auditors' HPKE public keys, one hex line each
-//! identities/<id>.audit.key    an auditor's HPKE secret key
+//! identities/<id>.audit.key    an auditor's HPKE secret key (the public key is in
+//!                              the directory: `user add --auditor`)
 //! ```
 
 use std::path::Path;
@@ -45,8 +45,8 @@ fn read_hex(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
         .map_err(|_| Error::Io(format!("{} is not hex", path.display())))
 }
 
-/// Makes the service keys of a new deployment; `auditors` get HPKE keys.
-pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> {
+/// Makes the service keys of a new deployment.
+pub fn create(dir: &Path, origin: &str) -> Result<(), Error> {
     crate::create_private_dir(&dir.join("authority"))?;
     let (mpk, msk) = abe::setup(&mut OsRng);
     write_new_bytes(
@@ -76,17 +76,21 @@ pub fn create(dir: &Path, origin: &str, auditors: &[&str]) -> Result<(), Error> 
         &format!("{}\n", signer.verifier()),
         false,
     )?;
-    let mut publics = String::new();
-    for id in auditors {
-        let (sk, pk) = AuditorSecretKey::generate(&mut OsRng);
-        write_new_bytes(
-            &dir.join(format!("identities/{id}.audit.key")),
-            sk.to_bytes().as_ref(),
-            true,
-        )?;
-        publics.push_str(&format!("{}\n", hex::encode(pk.to_bytes())));
-    }
-    write_new_file(&dir.join("authority/auditors.pub"), &publics, false)
+    Ok(())
+}
+
+/// Makes an auditor's HPKE key pair: the secret goes to
+/// `identities/<id>.audit.key` (a new file, 0600), the public key is
+/// returned for the directory, which seals every later event to it while
+/// the identity is active and holds the auditor role.
+pub fn create_auditor_key(dir: &Path, id: &str) -> Result<AuditorPublicKey, Error> {
+    let (sk, pk) = AuditorSecretKey::generate(&mut OsRng);
+    write_new_bytes(
+        &dir.join(format!("identities/{id}.audit.key")),
+        sk.to_bytes().as_ref(),
+        true,
+    )?;
+    Ok(pk)
 }
 
 /// The FAME master public key.
@@ -179,15 +183,16 @@ pub fn log_verifier(dir: &Path) -> Result<NoteVerifier, Error> {
     )?)?)
 }
 
-/// The auditors' public keys.
-pub fn auditors(dir: &Path) -> Result<Vec<AuditorPublicKey>, Error> {
-    read_file(&dir.join("authority/auditors.pub"))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let bytes = hex::decode(l.trim())
-                .map_err(|_| Error::Invalid("auditors.pub: not hex".into()))?;
-            AuditorPublicKey::from_bytes(&bytes).map_err(|e| Error::Invalid(e.to_string()))
+/// The auditors the directory in `store` seals events to now (see
+/// [`asclepios_store::Store::auditor_keys`]).
+pub fn current_auditors(store: &asclepios_store::Store) -> Result<Vec<AuditorPublicKey>, String> {
+    store
+        .auditor_keys(asclepios_records::AUDITOR_ROLE)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(id, key)| {
+            AuditorPublicKey::from_bytes(&key)
+                .map_err(|e| format!("the directory's sealing key of auditor `{id}`: {e}"))
         })
         .collect()
 }

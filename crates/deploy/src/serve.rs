@@ -107,15 +107,13 @@ fn trail(
     name: &str,
     receipt: SigningKey,
 ) -> Result<AuditTrail<Store>, Error> {
-    let directory = open_store(dir, config)?;
-    Ok(AuditTrail::new(
-        log,
-        keys::abe_public_key(dir)?,
-        keys::auditors(dir)?,
-        name,
-        receipt,
+    let directory = Arc::new(open_store(dir, config)?);
+    let auditors = directory.clone();
+    Ok(
+        AuditTrail::new(log, keys::abe_public_key(dir)?, Vec::new(), name, receipt)
+            .with_policy_versions(move |p| asclepios_authority::resolve_with(&directory, p))
+            .with_current_auditors(move || keys::current_auditors(&auditors)),
     )
-    .with_policy_versions(move |p| asclepios_authority::resolve_with(&directory, p)))
 }
 
 /// Both services of a deployment, opened but not yet listening.

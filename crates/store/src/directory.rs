@@ -309,6 +309,40 @@ impl Store {
             .collect()
     }
 
+    /// Sets the HPKE public key that audit events are sealed to for the
+    /// auditor `identity_id` (replacing an earlier one).
+    pub fn put_auditor_key(&self, identity_id: &str, public_key: &[u8]) -> Result<(), StoreError> {
+        let at = now();
+        self.transaction(|tx| {
+            tx.exec(
+                "INSERT INTO auditor_keys (identity_id, public_key, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (identity_id) DO UPDATE SET public_key = excluded.public_key, created_at = excluded.created_at",
+                &[identity_id.into(), public_key.to_vec().into(), Value::Int(at)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The sealing keys of the auditors who may read events written now:
+    /// active identities that hold `role` (not revoked) and have a key. A
+    /// disabled auditor, or one whose role was taken away, is not among
+    /// them from that moment on.
+    pub fn auditor_keys(&self, role: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT k.identity_id, k.public_key FROM auditor_keys k \
+                 JOIN identities i ON i.identity_id = k.identity_id \
+                 JOIN identity_attributes a ON a.identity_id = k.identity_id \
+                 WHERE i.status = $1 AND a.attribute = $2 AND a.revoked_at IS NULL \
+                 ORDER BY k.identity_id",
+                &[IdentityStatus::Active.as_str().into(), role.into()],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.bytes(1)?)))
+            .collect()
+        })
+    }
+
     /// The identities holding an attribute now.
     pub fn attribute_holders(&self, attribute: &str) -> Result<Vec<String>, StoreError> {
         self.read(|tx| {

@@ -159,10 +159,21 @@ CREATE TABLE components (
 );
 "#,
     },
+    Migration {
+        version: 5,
+        description: "auditors' sealing keys: audit events are sealed to the current auditors of the directory",
+        ddl: r#"
+CREATE TABLE auditor_keys (
+    identity_id TEXT    NOT NULL PRIMARY KEY,
+    public_key  {BYTES} NOT NULL,
+    created_at  {INT}   NOT NULL
+);
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {
