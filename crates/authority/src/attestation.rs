@@ -28,7 +28,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{store_error, KeyAuthority, WithReceipt};
 
@@ -115,9 +114,7 @@ pub struct Registered {
 }
 
 /// SHA-256 of an identity certificate's SubjectPublicKeyInfo.
-pub fn identity_key_sha256(peer: &PeerIdentity) -> [u8; 32] {
-    Sha256::digest(asclepios_attest::ratls::ed25519_spki(&peer.public_key)).into()
-}
+pub use asclepios_records::identity_key_sha256;
 
 fn now() -> u64 {
     asclepios_attest::unix_now()
@@ -291,34 +288,6 @@ impl KeyAuthority {
         if !gate.required {
             return Ok(());
         }
-        let kind = self
-            .store
-            .identity(&caller.id)
-            .map_err(store_error)?
-            .map(|i| i.kind)
-            .unwrap_or_default();
-        if !gate.kinds.contains(&kind) {
-            return Ok(());
-        }
-        let refuse = |why: String| {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "component `{}` {why}: attest first (`asclepios attest register --as {}`)",
-                    caller.id, caller.id
-                ),
-            ))
-        };
-        match self.store.component(&caller.id).map_err(store_error)? {
-            None => refuse("has not attested".into()),
-            Some(c) if c.trust == Trust::Contraindicated.to_string() => {
-                refuse(format!("failed its last attestation ({})", c.appraisal))
-            }
-            Some(c) if c.expires_at <= now() => refuse("has an expired attestation".into()),
-            Some(c) if c.key_sha256 != identity_key_sha256(caller) => {
-                refuse("attested with another certificate key".into())
-            }
-            Some(_) => Ok(()),
-        }
+        asclepios_records::check_attested(&self.store, caller, &gate.kinds)
     }
 }

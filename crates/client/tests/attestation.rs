@@ -74,12 +74,30 @@ async fn clients_check_the_authority_and_devices_attest_before_keys() {
         .await
         .unwrap_err();
     assert_eq!(refused_status(&e), Some(403), "{e}");
+    // Nor can it store a version sealed under a policy it versioned itself
+    // (every attribute is at version 0 here): the record service refuses it.
+    let policy =
+        asclepios_crypto::Policy::parse("patient:pat-00000 or emergency:pat-00000").unwrap();
+    let reading = serde_json::json!({
+        "resourceType": "Observation", "id": "obs-unattested-1", "status": "final",
+        "subject": {"reference": "Patient/pat-00000"},
+        "valueQuantity": {"value": 250, "unit": "mm[Hg]"}
+    });
+    let e = lab
+        .put_record_resolved("pat-00000", "obs-unattested-1", 1, &reading, &policy)
+        .await
+        .unwrap_err();
+    assert_eq!(refused_status(&e), Some(403), "{e}");
+    assert!(e.to_string().contains("has not attested"), "{e}");
 
     let attester = asclepios_deploy::attestation::development_attester(&d.dir).unwrap();
     let registered = lab.register_component(&attester).await.unwrap();
     assert_eq!(registered.trust, Trust::Warning);
     lab.refresh_key().await.unwrap();
     lab.resolve_policy("patient:pat-00000 or emergency:pat-00000")
+        .await
+        .unwrap();
+    lab.put_record_resolved("pat-00000", "obs-unattested-1", 1, &reading, &policy)
         .await
         .unwrap();
 

@@ -160,10 +160,17 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
         .with_attestation(source, gate),
     );
     let records_keys = service_keys(&layout, "records", true)?;
-    let records = Arc::new(RecordService::new(
-        open_store(dir, cfg)?,
-        trail(dir, cfg, log, "records", records_keys.receipt)?,
-    ));
+    let records = Arc::new(
+        RecordService::new(
+            open_store(dir, cfg)?,
+            trail(dir, cfg, log, "records", records_keys.receipt)?,
+        )
+        .requiring_attested(if cfg.attestation.require_components {
+            cfg.attestation.component_kinds.clone()
+        } else {
+            Vec::new()
+        }),
+    );
     let records_tls = records_keys
         .tls
         .ok_or_else(|| Error::Invalid("the record service has no TLS configuration".into()))?;

@@ -147,6 +147,9 @@ struct Stored {
 pub struct RecordService {
     store: Store,
     trail: AuditTrail<Store>,
+    /// Directory kinds that must hold a current attestation to write
+    /// (empty: attestation of components is not required).
+    attested_kinds: Vec<String>,
 }
 
 impl std::fmt::Debug for RecordService {
@@ -186,7 +189,19 @@ fn now() -> u64 {
 impl RecordService {
     /// A service over `store`, logging through `trail`.
     pub fn new(store: Store, trail: AuditTrail<Store>) -> Self {
-        RecordService { store, trail }
+        RecordService {
+            store,
+            trail,
+            attested_kinds: Vec::new(),
+        }
+    }
+
+    /// Requires identities of these directory kinds (e.g. `device`) to hold
+    /// a current attestation before they store a record version (what
+    /// `require_components` turns on for the authority's keys as well).
+    pub fn requiring_attested(mut self, kinds: Vec<String>) -> Self {
+        self.attested_kinds = kinds;
+        self
     }
 
     /// The router: every route behind the signature check.
@@ -377,6 +392,8 @@ impl RecordService {
             if !parsed.binds(&sealed) {
                 return Err(bad_request("the key wrapper belongs to another body"));
             }
+            // An unattested device stores nothing (M6).
+            check_attested(&self.store, caller, &self.attested_kinds)?;
             self.check_write_policy(&caller.id, &put.patient, parsed.policy())?;
             let sig = b64("author_signature", &put.author_signature)?;
             let sig = Signature::from_slice(&sig).map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
@@ -562,6 +579,57 @@ pub fn require_active(store: &Store, caller: &str) -> Result<(), ApiError> {
 
 /// The caller as handlers see it.
 type PeerCaller = asclepios_net::pki::PeerIdentity;
+
+/// SHA-256 of the caller's certificate key as SubjectPublicKeyInfo: what a
+/// component's registration is bound to.
+pub fn identity_key_sha256(peer: &PeerCaller) -> [u8; 32] {
+    Sha256::digest(asclepios_attest::ratls::ed25519_spki(&peer.public_key)).into()
+}
+
+/// Refuses a caller of one of `kinds` (directory kinds that are components)
+/// without a current, not contraindicated registration for the very key it
+/// connects with. Both services apply it: the authority before it releases
+/// keys, tokens or policies, the record service before it stores a version.
+pub fn check_attested(
+    store: &Store,
+    caller: &PeerCaller,
+    kinds: &[String],
+) -> Result<(), ApiError> {
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let kind = store
+        .identity(&caller.id)
+        .map_err(store_error)?
+        .map(|i| i.kind)
+        .unwrap_or_default();
+    if !kinds.contains(&kind) {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "component `{}` {why}: attest first (`asclepios attest register --as {}`)",
+                caller.id, caller.id
+            ),
+        ))
+    };
+    let contraindicated = asclepios_attest::policy::Trust::Contraindicated.to_string();
+    match store.component(&caller.id).map_err(store_error)? {
+        None => refuse("has not attested".into()),
+        Some(c) if c.trust == contraindicated => {
+            refuse(format!("failed its last attestation ({})", c.appraisal))
+        }
+        Some(c) if c.expires_at <= asclepios_attest::unix_now() => {
+            refuse("has an expired attestation".into())
+        }
+        Some(c) if c.key_sha256 != identity_key_sha256(caller) => {
+            refuse("attested with another certificate key".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
 
 /// Runs store and crypto work off the async threads.
 pub async fn blocking<T: Send + 'static>(
