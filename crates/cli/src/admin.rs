@@ -90,10 +90,24 @@ fn print_member(m: &Member) {
     );
 }
 
+/// A `--postgres` value: a `postgres://` or `postgresql://` URL. Anything
+/// else (a libpq keyword string, a typo) is refused rather than taken for a
+/// SQLite file name.
+pub(crate) fn postgres_url(url: String) -> anyhow::Result<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url)
+    } else {
+        anyhow::bail!(
+            "--postgres takes a URL such as postgres://user@127.0.0.1:5432/db, not `{}`",
+            asclepios_store::redact_url(&url)
+        )
+    }
+}
+
 pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     let mut config = Config::development();
     if let Some(url) = postgres {
-        config.store.url = url;
+        config.store.url = postgres_url(url)?;
     }
     let members = init(dir, &config).with_context(|| format!("initialising {}", dir.display()))?;
     println!("A development deployment is ready in {}:", dir.display());

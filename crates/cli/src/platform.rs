@@ -20,7 +20,11 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     let mut config = Config::load(dir)?;
     if let Some(url) = postgres {
-        config.store.url = url;
+        config.store.url = crate::admin::postgres_url(url)?;
+        // Only a store that opens goes into the configuration.
+        config
+            .open_store(dir)
+            .with_context(|| format!("opening {}", config.store.shown()))?;
         // 0600: the URL may carry a password.
         asclepios_deploy::write_file(
             &dir.join(asclepios_deploy::config::CONFIG_FILE),

@@ -129,27 +129,8 @@ impl StoreConfig {
     /// The store's URL for printing: a PostgreSQL password (in the user
     /// part or a `password=` parameter) is replaced by `***`.
     pub fn shown(&self) -> String {
-        redact_password(&self.url)
+        asclepios_store::redact_url(&self.url)
     }
-}
-
-fn redact_password(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(start) = out.find("://").map(|i| i + 3) {
-        let end = out[start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| start + i);
-        if let Some(at) = out[start..end].rfind('@').map(|i| start + i) {
-            if let Some(colon) = out[start..at].find(':').map(|i| start + i) {
-                out.replace_range(colon + 1..at, "***");
-            }
-        }
-    }
-    if let Some(p) = out.find("password=").map(|i| i + "password=".len()) {
-        let end = out[p..].find('&').map_or(out.len(), |i| p + i);
-        out.replace_range(p..end, "***");
-    }
-    out
 }
 
 /// One HTTPS service.
@@ -415,6 +396,10 @@ mod tests {
             (
                 "postgres://app@db/x?password=s3cret&x=1",
                 "postgres://app@db/x?password=***&x=1",
+            ),
+            (
+                "host=db user=app password=s3cret dbname=x",
+                "host=db user=app password=*** dbname=x",
             ),
             ("sqlite://asclepios.db", "sqlite://asclepios.db"),
         ] {

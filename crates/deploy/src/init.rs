@@ -103,8 +103,16 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         )));
     }
     // Every directory private and no symbolic link; every file new (a file
-    // planted beforehand, or a link to one, is refused, not written into).
+    // planted beforehand, or a link to one, is refused, not written into),
+    // the SQLite store included: a descriptor opened on a planted file
+    // before `init` would read everything written into it.
     create_private_dir(dir)?;
+    let store = config.store_location(dir);
+    if !store.starts_with("postgres") && std::fs::symlink_metadata(&store).is_ok() {
+        return Err(Error::Invalid(format!(
+            "{store} exists already; refusing to make a store there (remove it, or choose a fresh directory)"
+        )));
+    }
     for sub in ["pki", "identities", "authority"] {
         create_private_dir(&dir.join(sub))?;
     }

@@ -22,17 +22,13 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::{read_file, write_file, write_new_file, Error};
+use crate::{read_file, write_new_file, Error};
 
 const SEAL_AAD: &[u8] = b"asclepios abe master secret v1";
 const SSE_SEAL_AAD: &[u8] = b"asclepios sse master secret v1";
 const SSE_SEALED: &str = "authority/sse-master.sealed";
 const STATS_SEAL_AAD: &[u8] = b"asclepios stats master secret v1";
 const STATS_SEALED: &str = "authority/stats-master.sealed";
-
-fn write_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
-    write_file(path, &hex::encode(bytes), secret)
-}
 
 fn write_new_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_new_file(path, &hex::encode(bytes), secret)
@@ -110,7 +106,8 @@ fn seal_secret(dir: &Path, name: &str, aad: &[u8], secret: &[u8]) -> Result<(), 
     let sealed = XChaCha20Poly1305::new(key.as_slice().into())
         .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad })
         .map_err(|_| Error::Invalid(format!("sealing {name} failed")))?;
-    write_bytes(&dir.join(name), &[nonce.as_slice(), &sealed].concat(), true)
+    // Sealed secrets are made once: a file planted at the name is refused.
+    write_new_bytes(&dir.join(name), &[nonce.as_slice(), &sealed].concat(), true)
 }
 
 /// Unseals what [`seal_secret`] wrote to `name`.

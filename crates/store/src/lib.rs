@@ -43,6 +43,7 @@ mod db;
 mod directory;
 mod migrations;
 mod postgres;
+pub use postgres::redact as redact_url;
 mod records;
 mod sqlite;
 mod sse;

@@ -32,28 +32,31 @@ pub(crate) struct Postgres {
     max_connections: usize,
 }
 
-/// The URL without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
+/// The URL without its password, for messages and output: the password in
+/// the user part (`postgres://u:pw@h`), in a `password=` query parameter,
+/// or in a libpq keyword string (`host=h password=pw`) becomes `***`.
+pub fn redact(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let end = out[start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@').map(|i| start + i) {
+            if let Some(colon) = out[start..at].find(':').map(|i| start + i) {
+                out.replace_range(colon + 1..at, "***");
             }
         }
-        _ => url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=***"
-                } else {
-                    kv
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
     }
+    let mut from = 0;
+    while let Some(p) = out[from..]
+        .find("password=")
+        .map(|i| from + i + "password=".len())
+    {
+        let end = out[p..].find(['&', ' ', '\t']).map_or(out.len(), |i| p + i);
+        out.replace_range(p..end, "***");
+        from = p + 3;
+    }
+    out
 }
 
 impl Postgres {

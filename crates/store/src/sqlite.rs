@@ -135,9 +135,14 @@ impl Tx for SqliteTx<'_> {
 }
 
 /// Makes the database file the owner's alone before SQLite opens it: a new
-/// file is created 0600 (never through a symbolic link), an existing one is
-/// narrowed to 0600. SQLite gives its `-wal` and `-shm` files the database
-/// file's permissions, so they follow.
+/// file is created 0600 (never through a symbolic link); an existing one
+/// must not be a link and is narrowed to 0600 by path. SQLite gives its
+/// `-wal` and `-shm` files the database file's permissions, so they follow.
+///
+/// An existing database is never opened here: closing any descriptor of a
+/// file drops every POSIX lock this process holds on it, SQLite's included,
+/// and another process would then take itself for the last connection and
+/// delete the live write-ahead log.
 fn private_file(path: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     {
@@ -151,16 +156,33 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
                 path.display()
             ))
         };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(refuse)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(refuse)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() || !meta.is_file() => {
+                return Err(refuse(std::io::Error::other("not a regular file")));
+            }
+            Ok(meta) => {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(refuse)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A new file: nothing of this process can hold a lock on it.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+                    .map(drop)
+                    .or_else(|e| match e.kind() {
+                        // Another process made it first: SQLite opens it.
+                        std::io::ErrorKind::AlreadyExists => Ok(()),
+                        _ => Err(refuse(e)),
+                    })?;
+            }
+            Err(e) => return Err(refuse(e)),
+        }
     }
     Ok(())
 }
