@@ -20,7 +20,7 @@ use asclepios_net::pki::CertificateAuthority;
 
 use crate::config::CONFIG_FILE;
 use crate::directory::{Directory, Layout, Member};
-use crate::{create_private_dir, write_new_file as write_file, Config, Error};
+use crate::{create_private_dir, write_new_file, Config, Error};
 
 /// The services that get TLS certificates.
 pub const SERVICES: [&str; 2] = ["authority", "records"];
@@ -118,8 +118,8 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
     }
     let layout = Layout::new(dir);
     let ca = CertificateAuthority::generate(&format!("{} deployment CA", config.name))?;
-    write_file(&layout.ca_key(), &ca.key_pem(), true)?;
-    write_file(&layout.ca_cert(), &ca.cert_pem(), false)?;
+    write_new_file(&layout.ca_key(), &ca.key_pem(), true)?;
+    write_new_file(&layout.ca_cert(), &ca.cert_pem(), false)?;
     for service in SERVICES {
         let common_name = format!("asclepios {service}");
         let issued = if service == "authority" {
@@ -130,12 +130,12 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
             ca.issue_server(&common_name, &config.records.certificate_names())?
         };
         let (cert, key) = layout.service(service);
-        write_file(&key, &issued.key_pem, true)?;
-        write_file(&cert, &issued.cert_pem, false)?;
+        write_new_file(&key, &issued.key_pem, true)?;
+        write_new_file(&cert, &issued.cert_pem, false)?;
     }
     crate::keys::create(dir, &config.audit.origin)?;
     // 0600: a PostgreSQL URL in it may carry a password.
-    write_file(&config_path, &config.to_toml()?, true)?;
+    write_new_file(&config_path, &config.to_toml()?, true)?;
     crate::attestation::create_development_key(dir)?;
     crate::attestation::write_development_policies(dir)?;
     let directory = Directory::open(dir)?;

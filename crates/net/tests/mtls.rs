@@ -198,28 +198,34 @@ fn the_authority_chain_verifies_with_openssl() {
             None,
         )
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str, pem: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, pem).unwrap();
-        p
-    };
-    let out = std::process::Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(path("ca.pem", &ca.cert_pem()))
-        .arg("-untrusted")
-        .arg(path("issuer.pem", &issued.cert_pem))
-        .args(["-purpose", "sslserver"])
-        .arg(path("leaf.pem", &leaf))
-        .output()
-        .expect("the openssl command (Debian package openssl)");
+    let out = openssl_verify(&ca.cert_pem(), &issued.cert_pem, "sslserver", &leaf);
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `openssl verify` of `leaf` for `purpose` against the root `ca`, with
+/// `issuer` offered as an intermediate.
+fn openssl_verify(ca: &str, issuer: &str, purpose: &str, leaf: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(path("ca.pem", ca))
+        .arg("-untrusted")
+        .arg(path("issuer.pem", issuer))
+        .args(["-purpose", purpose])
+        .arg(path("leaf.pem", leaf))
+        .output()
+        .expect("the openssl command (Debian package openssl)")
 }
 
 /// A client certificate the server accepts, or `false` if the handshake (or
@@ -282,22 +288,12 @@ async fn an_identity_minted_with_the_authority_issuer_key_is_refused() {
     assert!(direct
         .verify_client_cert(&der(&honest.cert_pem), &[der(&d.ca.cert_pem())], now)
         .is_ok());
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str, pem: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, pem).unwrap();
-        p
-    };
-    let out = std::process::Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(path("ca.pem", &d.ca.cert_pem()))
-        .arg("-untrusted")
-        .arg(path("issuer.pem", &issued.cert_pem))
-        .args(["-purpose", "sslclient"])
-        .arg(path("forged.pem", &forged.cert_pem))
-        .output()
-        .expect("the openssl command (Debian package openssl)");
+    let out = openssl_verify(
+        &d.ca.cert_pem(),
+        &issued.cert_pem,
+        "sslclient",
+        &forged.cert_pem,
+    );
     assert!(
         !out.status.success(),
         "OpenSSL accepted an identity minted by the authority's issuer"
