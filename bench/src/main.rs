@@ -12,6 +12,7 @@
 mod abe;
 mod attest;
 mod audit;
+mod authority;
 mod deid;
 mod e2e;
 mod fe;
@@ -32,7 +33,7 @@ const SUITES: &[(&str, &str)] = &[
     ),
     (
         "e2e",
-        "records written and read over mutual TLS by 1, 4, 16 clients; the service path alone; one read split",
+        "records written and read over mutual TLS by 1, 4, 16 clients; the service path alone; one read split; key issuance with and without the authority's integrity checks",
     ),
     (
         "deid",
@@ -109,7 +110,11 @@ fn main() -> anyhow::Result<()> {
     let rows = match suite.as_str() {
         "abe" => abe::run(quick, budget)?,
         "audit" => audit::run(quick, budget)?,
-        "e2e" => e2e::run(quick, budget)?,
+        "e2e" => {
+            let mut rows = e2e::run(quick, budget)?;
+            rows.extend(authority::run(quick, budget)?);
+            rows
+        }
         "sse" => sse::run(quick, budget)?,
         "fe" => fe::run(quick, budget)?,
         "deid" => deid::run(quick, budget)?,

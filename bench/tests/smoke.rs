@@ -90,11 +90,25 @@ fn audit_suite_quick_prints_every_case_on_both_backends() {
 #[test]
 fn e2e_suite_quick_prints_every_case() {
     let (stdout, rows) = quick_json("e2e");
-    // write, read, read-service for 1 and 4 clients, and one read split.
-    assert_eq!(rows.len(), 7, "{stdout}");
+    // write, read, read-service for 1 and 4 clients, one read split, and
+    // key issuance with and without integrity checks on both backends.
+    assert_eq!(rows.len(), 9, "{stdout}");
     for row in &rows {
         assert_eq!(row["suite"], "e2e");
         let op = row["op"].as_str().unwrap();
+        if op == "authority-integrity" {
+            assert!(["sqlite", "postgres"].contains(&row["backend"].as_str().unwrap()));
+            for f in [
+                "identities",
+                "ours_us",
+                "floor_us",
+                "ratio",
+                "full_verify_us",
+            ] {
+                assert!(row[f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
+            }
+            continue;
+        }
         assert!(row["clients"].as_u64().unwrap() >= 1);
         let fields: &[&str] = match op {
             "write" | "read" => &["per_s", "ours_us"],

@@ -72,6 +72,9 @@ pub enum Action {
     /// An attestation verdict: a component's evidence appraised by the
     /// authority, or the authority's appraised by a client.
     Attestation,
+    /// The key authority found its state changed, deleted or rolled back
+    /// outside it, and stopped issuing.
+    IntegrityAlarm,
 }
 
 /// How it ended.
@@ -157,7 +160,7 @@ impl AuditEvent {
         use serde_json::json;
         let dcm = "http://dicom.nema.org/resources/ontology/DCM";
         let (type_code, type_display) = match self.action {
-            Action::EmergencyAccess => ("110113", "Security Alert"),
+            Action::EmergencyAccess | Action::IntegrityAlarm => ("110113", "Security Alert"),
             Action::KeyIssue | Action::Revoke | Action::ConsentChange => {
                 ("110136", "Security Roles Changed")
             }
@@ -172,7 +175,10 @@ impl AuditEvent {
             Action::Update | Action::ConsentChange | Action::Revoke => "U",
             Action::Delete => "D",
             Action::Search => "E",
-            Action::KeyIssue | Action::EmergencyAccess | Action::Attestation => "E",
+            Action::KeyIssue
+            | Action::EmergencyAccess
+            | Action::Attestation
+            | Action::IntegrityAlarm => "E",
         };
         let outcome = match self.outcome {
             Outcome::Success => "0",

@@ -161,6 +161,8 @@ pub struct KeyAuthority {
     search_roles: Vec<String>,
     slot_sealer: stats::SlotSealer,
     attestation: attestation::Attestation,
+    /// Whether the integrity alarm has been written to the audit log.
+    alarm_logged: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -195,6 +197,7 @@ impl KeyAuthority {
             search_roles,
             slot_sealer: stats::SlotSealer::new(stats_key),
             attestation: Default::default(),
+            alarm_logged: Default::default(),
         }
     }
 
@@ -811,6 +814,41 @@ impl KeyAuthority {
         asclepios_records::log_event(&self.trail, &event, v, status)
     }
 
+    /// The integrity alarm of the authority's store, if raised; the first
+    /// time it is seen it is written to the audit log (and to stderr for the
+    /// operator). Blocks: call it off async threads.
+    pub fn integrity_alarm(&self) -> Option<String> {
+        let reason = self.store.integrity_alarm()?;
+        if !self
+            .alarm_logged
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            eprintln!("asclepios authority: INTEGRITY ALARM: {reason}");
+            let event = AuditEvent::new(
+                "authority",
+                Action::IntegrityAlarm,
+                format!("authority-state: {reason}"),
+                None,
+                Outcome::Failed,
+                None,
+            );
+            let hash = <sha2::Sha256 as sha2::Digest>::digest(reason.as_bytes()).into();
+            if let Err(e) = self.trail.record(&event, &hash, 503) {
+                eprintln!("asclepios authority: the integrity alarm could not be logged: {e}");
+                self.alarm_logged
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Some(reason)
+    }
+
+    /// Verifies the authority's whole state again (the periodic check that
+    /// also covers rows no request has read). Blocks.
+    pub fn verify_state(&self) -> Option<String> {
+        let _ = self.store.verify_integrity();
+        self.integrity_alarm()
+    }
+
     /// The router: every route behind the signature check.
     pub fn router(self: Arc<Self>, check: Arc<SignatureCheck>) -> Router {
         Router::new()
@@ -840,6 +878,10 @@ impl KeyAuthority {
                 "/openapi.json",
                 get(|| async { axum::Json(openapi_document()) }),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                integrity_guard,
+            ))
             .layer(axum::middleware::map_response(
                 asclepios_net::server::json_errors,
             ))
@@ -898,6 +940,32 @@ impl KeyAuthority {
 #[derive(Deserialize)]
 struct NonceQuery {
     nonce: String,
+}
+
+/// Fails closed: while the integrity alarm is raised, every request is
+/// answered 503 and nothing is issued; the alarm is logged once.
+async fn integrity_guard(
+    State(s): State<Arc<KeyAuthority>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let check = s.clone();
+    let raised = blocking(move || Ok(check.integrity_alarm()))
+        .await
+        .unwrap_or_else(|_| Some("the integrity check was interrupted".into()));
+    if raised.is_some() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            asclepios_records::INTEGRITY_ALARM,
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    // A request that tripped the alarm logs it now.
+    let check = s.clone();
+    let _ = blocking(move || Ok(check.integrity_alarm())).await;
+    response
 }
 
 async fn attestation_evidence(
@@ -1087,6 +1155,30 @@ pub struct IdentityKey {
     pub public_key: String,
     /// Whether it may act now.
     pub active: bool,
+    /// The change of the authority's (authenticated) state this entry was
+    /// read at: later entries carry larger numbers.
+    pub directory_change: u64,
+    /// The authority's Ed25519 signature over [`identity_entry_message`]
+    /// (base64): the key is vouched for by the authority, not by whatever a
+    /// database or a service in between returned.
+    pub signature: String,
+}
+
+/// What the authority signs when it vouches for an identity's key.
+pub fn identity_entry_message(
+    id: &str,
+    public_key_hex: &str,
+    active: bool,
+    directory_change: u64,
+) -> Vec<u8> {
+    let mut m = b"asclepios directory entry v1\n".to_vec();
+    for part in [id, public_key_hex] {
+        m.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m.push(u8::from(active));
+    m.extend_from_slice(&directory_change.to_be_bytes());
+    m
 }
 
 async fn identity_key(
@@ -1106,10 +1198,21 @@ async fn identity_key(
                 format!("`{id}` has no registered key"),
             )
         })?;
+        let public_key = hex::encode(key);
+        let active = identity.status == IdentityStatus::Active;
+        let directory_change = s.store.integrity_seq().unwrap_or(0);
+        let signature = s.trail.sign(&identity_entry_message(
+            &identity.id,
+            &public_key,
+            active,
+            directory_change,
+        ));
         Ok(IdentityKey {
             id: identity.id,
-            public_key: hex::encode(key),
-            active: identity.status == IdentityStatus::Active,
+            public_key,
+            active,
+            directory_change,
+            signature: B64.encode(signature.to_bytes()),
         })
     })
     .await
@@ -1288,7 +1391,7 @@ pub fn openapi_document() -> serde_json::Value {
             )},
             "/v1/abe/public-key": {"get": operation("The FAME public key.", &[], None, answer())},
             "/v1/identities/{id}": {"get": operation(
-                "An identity's kind, status and signing key.",
+                "An identity's signing key and status as a directory entry signed by the authority.",
                 &[("id", In::Path, true)], None, answer(),
             )},
             "/v1/search/tokens": {"post": operation(

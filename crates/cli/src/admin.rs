@@ -120,6 +120,10 @@ pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     println!("  attestation-policy.toml, component-policy.toml   development reference values");
     println!("  identities/<id>.*        client certificates and keys of the sample organisation");
     println!("  store                    {}", config.store.shown());
+    println!(
+        "  {}   the authority's sealing key: outside the data directory, so a copy of it opens nothing",
+        config.seal_key_file(dir)?.display()
+    );
     println!();
     for m in &members {
         print_member(m);

@@ -644,6 +644,32 @@ impl Client {
                 let path = format!("/v1/identities/{}", record.author);
                 let (found, _): (asclepios_authority::IdentityKey, _) =
                     Self::call(&self.authority, Method::GET, &path, Vec::new()).await?;
+                // The key counts only as the authority vouches for it.
+                let vouched = B64
+                    .decode(&found.signature)
+                    .ok()
+                    .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+                    .is_some_and(|signature| {
+                        ed25519_dalek::VerifyingKey::from_bytes(&self.authority.receipt_key)
+                            .and_then(|k| {
+                                k.verify_strict(
+                                    &asclepios_authority::identity_entry_message(
+                                        &found.id,
+                                        &found.public_key,
+                                        found.active,
+                                        found.directory_change,
+                                    ),
+                                    &signature,
+                                )
+                            })
+                            .is_ok()
+                    });
+                if !vouched || found.id != record.author {
+                    return Err(ClientError::Protocol(format!(
+                        "the directory entry of {} is not signed by the key authority",
+                        record.author
+                    )));
+                }
                 let key: [u8; 32] = hex::decode(&found.public_key)
                     .ok()
                     .and_then(|k| k.try_into().ok())

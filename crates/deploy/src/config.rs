@@ -29,6 +29,28 @@ pub struct Config {
     pub search: SearchConfig,
     /// Remote attestation of the key authority and of components.
     pub attestation: AttestationConfig,
+    /// Where the authority's sealing key comes from.
+    pub seal: SealConfig,
+}
+
+/// Where the key authority's sealing key comes from. It opens the sealed
+/// master secrets and the key that authenticates the authority's state, so
+/// it never sits beside them: a copy of the data directory (or a backup of
+/// it, or the host of a service that shares it) must open nothing.
+///
+/// In development it is a file outside the data directory. In a TEE it is
+/// not a file at all: the enclave derives it by sealing to its measurement
+/// (SGX `EGETKEY` with the MRENCLAVE policy, or a TDX key released by a key
+/// broker after attestation), so only the same code on the same platform
+/// can open the sealed secrets.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SealConfig {
+    /// The file holding the sealing key (hex). Relative paths are relative
+    /// to the data directory. Default: `<data directory>.seal.key`, beside
+    /// the directory. A file inside the data directory is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// Remote attestation. The defaults are a production deployment's: clients
@@ -213,6 +235,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             search: SearchConfig::default(),
             attestation: AttestationConfig::default(),
+            seal: SealConfig::default(),
         }
     }
 }
@@ -342,6 +365,59 @@ impl Config {
             }
             None => self.store.url.clone(),
         }
+    }
+
+    /// The file the authority's sealing key is in: `[seal] key_file`, or
+    /// `<dir>.seal.key` beside the data directory. Refused if it lies inside
+    /// the data directory.
+    pub fn seal_key_file(&self, dir: &Path) -> Result<std::path::PathBuf, Error> {
+        let path = match &self.seal.key_file {
+            Some(file) => dir.join(file),
+            None => {
+                let name = dir
+                    .file_name()
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "{}: a data directory needs a name (the sealing key goes beside it)",
+                            dir.display()
+                        ))
+                    })?
+                    .to_string_lossy()
+                    .into_owned();
+                dir.with_file_name(format!("{name}.seal.key"))
+            }
+        };
+        let parent = path
+            .parent()
+            .and_then(|p| p.canonicalize().ok())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the directory of the sealing key {} does not exist",
+                    path.display()
+                ))
+            })?;
+        let data = dir
+            .canonicalize()
+            .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+        if parent.starts_with(&data) {
+            return Err(Error::Config(format!(
+                "the sealing key {} lies inside the data directory {}: keep it outside ([seal] key_file)",
+                path.display(),
+                dir.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Opens the deployment's store as the key authority uses it: its state
+    /// authenticated under the authority's integrity key and anchored on its
+    /// host (see [`asclepios_store::Store::with_integrity`]). Tampering
+    /// found now is an error.
+    pub fn open_authority_store(&self, dir: &Path) -> Result<asclepios_store::Store, Error> {
+        Ok(self.open_store(dir)?.with_integrity(
+            crate::keys::integrity_key(dir)?,
+            Some(dir.join(crate::keys::INTEGRITY_ANCHOR)),
+        )?)
     }
 
     /// Opens the deployment's store.

@@ -91,7 +91,7 @@ impl Directory {
     /// Opens the directory of the deployment in `dir`.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         let config = Config::load(dir)?;
-        let store = config.open_store(dir)?;
+        let store = config.open_authority_store(dir)?;
         Ok(Directory {
             layout: Layout::new(dir),
             store,

@@ -133,9 +133,10 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         write_new_file(&key, &issued.key_pem, true)?;
         write_new_file(&cert, &issued.cert_pem, false)?;
     }
-    crate::keys::create(dir, &config.audit.origin)?;
-    // 0600: a PostgreSQL URL in it may carry a password.
+    // 0600: a PostgreSQL URL in it may carry a password. Written before the
+    // keys: sealing reads where the sealing key lives from it.
     write_new_file(&config_path, &config.to_toml()?, true)?;
+    crate::keys::create(dir, config)?;
     crate::attestation::create_development_key(dir)?;
     crate::attestation::write_development_policies(dir)?;
     let directory = Directory::open(dir)?;
@@ -155,6 +156,58 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file under `dir`, recursively.
+    fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    /// H2: whoever copies the data directory (a backup, a shared volume)
+    /// gets the sealed secrets without the key that opens them. The sealing
+    /// key lies outside it, no file inside holds it, and the master secret
+    /// cannot be unsealed without it.
+    #[test]
+    fn the_sealing_key_stays_outside_the_data_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("deployment");
+        init(&dir, &Config::development()).unwrap();
+        let config = Config::load(&dir).unwrap();
+        let seal = config.seal_key_file(&dir).unwrap();
+        assert_eq!(seal, tmp.path().join("deployment.seal.key"));
+        let hex_key = std::fs::read_to_string(&seal).unwrap();
+        let raw = hex::decode(hex_key.trim()).unwrap();
+        for f in files(&dir) {
+            let bytes = std::fs::read(&f).unwrap();
+            for needle in [hex_key.trim().as_bytes(), &raw] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds the sealing key",
+                    f.display()
+                );
+            }
+        }
+        crate::keys::abe_master_key(&dir).unwrap();
+        std::fs::rename(&seal, tmp.path().join("elsewhere")).unwrap();
+        let e = crate::keys::abe_master_key(&dir).unwrap_err().to_string();
+        assert!(e.contains("sealing key") && e.contains("missing"), "{e}");
+
+        // A configuration that puts the key inside the directory is refused.
+        let mut inside = Config::development();
+        inside.seal.key_file = Some("authority/seal.key".into());
+        let e = init(&tmp.path().join("inside"), &inside)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inside the data directory"), "{e}");
+    }
 
     /// L4: a local attacker pre-creates the data directory's files (a link
     /// to a file of theirs where the CA key will go, a world-writable

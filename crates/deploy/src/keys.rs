@@ -5,8 +5,13 @@
 //! authority/abe-master.sealed  FAME master secret key, sealed (XChaCha20-Poly1305)
 //! authority/sse-master.sealed  the search index's Mitra key, sealed likewise
 //! authority/stats-master.sealed the key sealing statistics slot keys at rest
-//! authority/seal.key           the sealing key (a secret; in production it comes
-//!                              from attestation-bound storage, not a file)
+//! authority/integrity.sealed   the key authenticating the authority's rows
+//! authority/integrity.anchor   the latest change of the authority's state seen
+//! <seal key file>              the sealing key: outside the data directory
+//!                              (`[seal] key_file`, by default `<dir>.seal.key`
+//!                              beside it), so a copy of the directory or of
+//!                              a backup of it opens none of the sealed secrets;
+//!                              in a TEE it comes from sealing to the measurement
 //! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
 //! identities/<id>.audit.key    an auditor's HPKE secret key (the public key is in
 //!                              the directory: `user add --auditor`)
@@ -29,6 +34,10 @@ const SSE_SEAL_AAD: &[u8] = b"asclepios sse master secret v1";
 const SSE_SEALED: &str = "authority/sse-master.sealed";
 const STATS_SEAL_AAD: &[u8] = b"asclepios stats master secret v1";
 const STATS_SEALED: &str = "authority/stats-master.sealed";
+const INTEGRITY_SEAL_AAD: &[u8] = b"asclepios integrity key v1";
+const INTEGRITY_SEALED: &str = "authority/integrity.sealed";
+/// Where the authority keeps the latest change of its state it has seen.
+pub const INTEGRITY_ANCHOR: &str = "authority/integrity.anchor";
 
 fn write_new_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_new_file(path, &hex::encode(bytes), secret)
@@ -41,8 +50,10 @@ fn read_hex(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
         .map_err(|_| Error::Io(format!("{} is not hex", path.display())))
 }
 
-/// Makes the service keys of a new deployment.
-pub fn create(dir: &Path, origin: &str) -> Result<(), Error> {
+/// Makes the service keys of a new deployment (the sealing key in the file
+/// `config` names, which must not exist yet).
+pub fn create(dir: &Path, config: &crate::Config) -> Result<(), Error> {
+    let origin = &config.audit.origin;
     crate::create_private_dir(&dir.join("authority"))?;
     let (mpk, msk) = abe::setup(&mut OsRng);
     write_new_bytes(
@@ -52,7 +63,14 @@ pub fn create(dir: &Path, origin: &str) -> Result<(), Error> {
     )?;
     let mut seal_key = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(seal_key.as_mut());
-    write_new_bytes(&dir.join("authority/seal.key"), seal_key.as_ref(), true)?;
+    let seal_path = config.seal_key_file(dir)?;
+    write_new_bytes(&seal_path, seal_key.as_ref(), true).map_err(|e| {
+        Error::Invalid(format!(
+            "{e}; the sealing key of this data directory goes to {} (outside it), which must not exist yet: \
+             move an old one away, or set [seal] key_file",
+            seal_path.display()
+        ))
+    })?;
     seal_secret(
         dir,
         "authority/abe-master.sealed",
@@ -61,6 +79,7 @@ pub fn create(dir: &Path, origin: &str) -> Result<(), Error> {
     )?;
     sse_key(dir)?;
     stats_key(dir)?;
+    integrity_key(dir)?;
     let signer = NoteSigner::generate(origin)?;
     write_new_file(
         &dir.join("pki/audit-log.key"),
@@ -95,12 +114,27 @@ pub fn abe_public_key(dir: &Path) -> Result<PublicKey, Error> {
     PublicKey::from_bytes(&bytes).map_err(|e| Error::Invalid(format!("abe-public.key: {e}")))
 }
 
-/// Seals `secret` under `authority/seal.key` into `name`.
-fn seal_secret(dir: &Path, name: &str, aad: &[u8], secret: &[u8]) -> Result<(), Error> {
-    let key = read_hex(&dir.join("authority/seal.key"))?;
-    if key.len() != 32 {
-        return Err(Error::Invalid("authority/seal.key is damaged".into()));
+/// The sealing key, from the file the configuration names (outside the
+/// data directory).
+fn seal_key(dir: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let path = crate::Config::load(dir)?.seal_key_file(dir)?;
+    if !path.exists() {
+        return Err(Error::Invalid(format!(
+            "the authority's sealing key {} is missing: it is kept outside the data directory \
+             ([seal] key_file in the configuration); restore it, or point key_file at it",
+            path.display()
+        )));
     }
+    let key = read_hex(&path)?;
+    if key.len() != 32 {
+        return Err(Error::Invalid(format!("{} is damaged", path.display())));
+    }
+    Ok(key)
+}
+
+/// Seals `secret` under the sealing key into `name`.
+fn seal_secret(dir: &Path, name: &str, aad: &[u8], secret: &[u8]) -> Result<(), Error> {
+    let key = seal_key(dir)?;
     let mut nonce = [0u8; 24];
     OsRng.fill_bytes(&mut nonce);
     let sealed = XChaCha20Poly1305::new(key.as_slice().into())
@@ -112,9 +146,9 @@ fn seal_secret(dir: &Path, name: &str, aad: &[u8], secret: &[u8]) -> Result<(), 
 
 /// Unseals what [`seal_secret`] wrote to `name`.
 fn unseal_secret(dir: &Path, name: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let key = read_hex(&dir.join("authority/seal.key"))?;
+    let key = seal_key(dir)?;
     let sealed = read_hex(&dir.join(name))?;
-    if key.len() != 32 || sealed.len() < 24 {
+    if sealed.len() < 24 {
         return Err(Error::Invalid(format!(
             "{name} or its sealing key is damaged"
         )));
@@ -128,7 +162,11 @@ fn unseal_secret(dir: &Path, name: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>
             },
         )
         .map(Zeroizing::new)
-        .map_err(|_| Error::Invalid(format!("{name} does not unseal with authority/seal.key")))
+        .map_err(|_| {
+            Error::Invalid(format!(
+                "{name} does not unseal with the configured sealing key"
+            ))
+        })
 }
 
 /// Unseals the FAME master secret key (the authority only).
@@ -165,6 +203,13 @@ pub fn sse_key(dir: &Path) -> Result<SseKey, Error> {
 /// Unseals the key the authority seals statistics slot keys with at rest.
 pub fn stats_key(dir: &Path) -> Result<Zeroizing<[u8; 32]>, Error> {
     secret_32(dir, STATS_SEALED, STATS_SEAL_AAD)
+}
+
+/// Unseals the key that authenticates the authority's state in its store.
+pub fn integrity_key(dir: &Path) -> Result<asclepios_store::IntegrityKey, Error> {
+    Ok(asclepios_store::IntegrityKey::from_bytes(
+        secret_32(dir, INTEGRITY_SEALED, INTEGRITY_SEAL_AAD)?.as_ref(),
+    )?)
 }
 
 /// The audit log's checkpoint signer.

@@ -26,6 +26,10 @@ use asclepios_authority::{ComponentGate, EvidenceSource};
 /// How often expired break-glass grants are ended, in seconds.
 pub const SWEEP_SECONDS: u64 = 2;
 
+/// How often the authority verifies its whole state again, in seconds (rows
+/// that requests read are checked at each read).
+pub const INTEGRITY_CHECK_SECONDS: u64 = 30;
+
 /// The log every service appends to.
 pub const AUDIT_LOG_ID: &str = "audit";
 
@@ -100,19 +104,52 @@ fn audit_log(dir: &Path, config: &Config) -> Result<Arc<Log<Store>>, Error> {
     Ok(Arc::new(log))
 }
 
+/// The store as the key authority uses it: its state authenticated and
+/// anchored (see [`asclepios_store::Store::with_integrity`]). Tampering found
+/// at start does not stop the process: the store opens with the alarm raised
+/// and the authority answers 503 with it (and logs it) until an operator has
+/// looked and restarted it.
+fn authority_store(dir: &Path, config: &Config) -> Result<Store, Error> {
+    Ok(open_store(dir, config)?.with_integrity_or_alarm(
+        keys::integrity_key(dir)?,
+        Some(dir.join(keys::INTEGRITY_ANCHOR)),
+    )?)
+}
+
+/// A service's audit trail: events sealed under ABE at the directory's
+/// current attribute versions and to its current auditors. Under an
+/// integrity alarm the directory cannot be read, yet the alarm itself (and
+/// what fails after it) must be logged: those events go to the auditors and
+/// versions last read from a verified directory.
 fn trail(
     dir: &Path,
-    config: &Config,
+    directory: &Store,
     log: Arc<Log<Store>>,
     name: &str,
     receipt: SigningKey,
 ) -> Result<AuditTrail<Store>, Error> {
-    let directory = Arc::new(open_store(dir, config)?);
+    let versions = directory.clone();
     let auditors = directory.clone();
+    let last_auditors = std::sync::Mutex::new(Vec::new());
     Ok(
         AuditTrail::new(log, keys::abe_public_key(dir)?, Vec::new(), name, receipt)
-            .with_policy_versions(move |p| asclepios_authority::resolve_with(&directory, p))
-            .with_current_auditors(move || keys::current_auditors(&auditors)),
+            .with_policy_versions(
+                move |p| match asclepios_authority::resolve_with(&versions, p) {
+                    Err(_) if versions.integrity_alarm().is_some() => Ok(p.clone()),
+                    other => other,
+                },
+            )
+            .with_current_auditors(move || {
+                let mut last = last_auditors.lock().unwrap_or_else(|p| p.into_inner());
+                match keys::current_auditors(&auditors) {
+                    Ok(current) => {
+                        last.clone_from(&current);
+                        Ok(current)
+                    }
+                    Err(_) if auditors.integrity_alarm().is_some() => Ok(last.clone()),
+                    Err(e) => Err(e),
+                }
+            }),
     )
 }
 
@@ -131,6 +168,9 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let layout = Layout::new(dir);
     let authority_keys = service_keys(&layout, "authority", false)?;
     let log = audit_log(dir, cfg)?;
+    // One authenticated view of the authority's state for the process:
+    // every reader checks against the same memory of what was written.
+    let directory = authority_store(dir, cfg)?;
     let certificate = Arc::new(AttestedCertificate::new(dir, cfg)?);
     let authority_tls =
         tls::server_config_with_resolver(&read_file(&layout.ca_cert())?, certificate.clone())?;
@@ -149,8 +189,14 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
         .map(|_| certificate.clone() as Arc<dyn EvidenceSource>);
     let authority = Arc::new(
         KeyAuthority::new(
-            open_store(dir, cfg)?,
-            trail(dir, cfg, log.clone(), "authority", authority_keys.receipt)?,
+            directory.clone(),
+            trail(
+                dir,
+                &directory,
+                log.clone(),
+                "authority",
+                authority_keys.receipt,
+            )?,
             keys::abe_master_key(dir)?,
             &keys::sse_key(dir)?,
             &*keys::stats_key(dir)?,
@@ -162,8 +208,8 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let records_keys = service_keys(&layout, "records", true)?;
     let records = Arc::new(
         RecordService::new(
-            open_store(dir, cfg)?,
-            trail(dir, cfg, log, "records", records_keys.receipt)?,
+            open_store(dir, cfg)?.sharing_integrity_of(&directory),
+            trail(dir, &directory, log, "records", records_keys.receipt)?,
         )
         .requiring_attested(if cfg.attestation.require_components {
             cfg.attestation.component_kinds.clone()
@@ -285,22 +331,35 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
             let _ = tokio::task::spawn_blocking(move || c.renew()).await;
         }
     });
-    // End expired break-glass grants and consents every few seconds.
+    // End expired break-glass grants and consents every few seconds, and
+    // verify the authority's whole state now and then; an alarm either
+    // raises is logged at once.
     let sweeper = authority.clone();
     let mut sweep_stop = stopped.clone();
     tokio::spawn(async move {
+        let mut last_check = std::time::Instant::now();
         loop {
+            let s = sweeper.clone();
+            let verify = last_check.elapsed().as_secs() >= INTEGRITY_CHECK_SECONDS;
+            if verify {
+                last_check = std::time::Instant::now();
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                if verify {
+                    s.verify_state();
+                }
+                if s.integrity_alarm().is_none() {
+                    let now = asclepios_net::server::unix_now() as i64;
+                    let _ = s.expire_emergency_grants(now);
+                    let _ = s.expire_consents(now);
+                    s.integrity_alarm();
+                }
+            })
+            .await;
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(SWEEP_SECONDS)) => {}
                 _ = sweep_stop.wait_for(|stop| *stop) => return,
             }
-            let s = sweeper.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let now = asclepios_net::server::unix_now() as i64;
-                let _ = s.expire_emergency_grants(now);
-                let _ = s.expire_consents(now);
-            })
-            .await;
         }
     });
     tokio::spawn(server::serve(

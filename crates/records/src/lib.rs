@@ -162,6 +162,11 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
+/// What callers are told while the key authority's state fails verification.
+pub const INTEGRITY_ALARM: &str = "integrity alarm: the key authority's state failed verification \
+     (changed, deleted or rolled back outside the authority); nothing is issued until an operator \
+     has checked the store and restarted the authority";
+
 /// A store error as the caller sees it: 4xx for what the request got
 /// wrong, a bare 503 otherwise (backend details stay on the server).
 pub fn store_error(e: StoreError) -> ApiError {
@@ -169,6 +174,8 @@ pub fn store_error(e: StoreError) -> ApiError {
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
         StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
         StoreError::Invalid(m) => bad_request(m),
+        // The reason (which rows) goes to the audit log and the operator.
+        StoreError::Integrity(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, INTEGRITY_ALARM),
         // Backend details stay on the server.
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -4,6 +4,7 @@
 //! it, so a contraindicated one also withdraws an earlier approval.
 
 use crate::db::{int, Value};
+use crate::integrity::COMPONENTS;
 use crate::{Store, StoreError};
 
 /// A component's latest attestation.
@@ -40,7 +41,7 @@ impl Store {
             int(c.attested_at)?,
             int(c.expires_at)?,
         ];
-        self.transaction(|tx| {
+        self.protected_transaction(&[(&COMPONENTS, &c.identity_id)], |tx| {
             tx.exec(
                 "INSERT INTO components (identity_id, format, measurement, trust, appraisal, key_sha256, attested_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -55,12 +56,8 @@ impl Store {
 
     /// A component's latest appraisal, if it ever registered.
     pub fn component(&self, identity_id: &str) -> Result<Option<Component>, StoreError> {
-        self.read(|tx| {
-            tx.query_opt(
-                "SELECT identity_id, format, measurement, trust, appraisal, key_sha256, attested_at, expires_at \
-                 FROM components WHERE identity_id = $1",
-                &[identity_id.into()],
-            )?
+        self.partition(&COMPONENTS, identity_id)?
+            .first()
             .map(|r| {
                 Ok(Component {
                     identity_id: r.text(0)?,
@@ -74,6 +71,5 @@ impl Store {
                 })
             })
             .transpose()
-        })
     }
 }

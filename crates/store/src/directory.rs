@@ -2,6 +2,9 @@
 //! (versioned history) and emergency (break-glass) grants.
 
 use crate::db::{int, Row, Value};
+use crate::integrity::{
+    ATTRIBUTE_VERSIONS, AUDITOR_KEYS, CONSENTS, EMERGENCY_GRANTS, IDENTITIES, IDENTITY_ATTRIBUTES,
+};
 use crate::{now, Store, StoreError};
 
 pub use asclepios_crypto::policy::versioned_attribute;
@@ -169,7 +172,7 @@ impl Store {
     /// Creates or updates an identity.
     pub fn put_identity(&self, identity: &Identity) -> Result<(), StoreError> {
         let at = now();
-        self.transaction(|tx| {
+        self.protected_transaction(&[(&IDENTITIES, &identity.id)], |tx| {
             tx.exec(
                 "INSERT INTO identities (identity_id, kind, display_name, public_key, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
                  ON CONFLICT (identity_id) DO UPDATE SET kind = excluded.kind, display_name = excluded.display_name, public_key = excluded.public_key, status = excluded.status, updated_at = excluded.updated_at",
@@ -188,45 +191,36 @@ impl Store {
 
     /// An identity by id.
     pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
-        self.read(|tx| {
-            tx.query_opt(
-                "SELECT identity_id, kind, display_name, public_key, status FROM identities WHERE identity_id = $1",
-                &[id.into()],
-            )?
-            .as_ref()
+        self.partition(&IDENTITIES, id)?
+            .first()
             .map(identity)
             .transpose()
-        })
     }
 
     /// All identities, by id.
     pub fn identities(&self) -> Result<Vec<Identity>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT identity_id, kind, display_name, public_key, status FROM identities ORDER BY identity_id",
-                &[],
-            )?
+        self.protected_table(&IDENTITIES)?
             .iter()
             .map(identity)
             .collect()
-        })
     }
 
     /// The current version of an attribute (0 if never revoked from anyone).
     pub fn attribute_version(&self, attribute: &str) -> Result<u64, StoreError> {
-        self.read(|tx| {
-            tx.query_opt(
-                "SELECT version FROM attribute_versions WHERE attribute = $1",
-                &[attribute.into()],
-            )?
+        self.partition(&ATTRIBUTE_VERSIONS, attribute)?
+            .first()
             .map_or(Ok(0), |r| r.uint(0))
-        })
     }
 
     /// Grants an attribute to an identity at the attribute's current version.
     pub fn grant_attribute(&self, identity_id: &str, attribute: &str) -> Result<u64, StoreError> {
         let at = now();
-        self.transaction(|tx| {
+        let touched = [
+            (&IDENTITY_ATTRIBUTES, identity_id),
+            (&IDENTITIES, identity_id),
+            (&ATTRIBUTE_VERSIONS, attribute),
+        ];
+        self.protected_transaction(&touched, |tx| {
             if tx
                 .query_opt("SELECT 1 FROM identities WHERE identity_id = $1", &[identity_id.into()])?
                 .is_none()
@@ -252,7 +246,11 @@ impl Store {
     /// version (remaining holders need fresh keys). Returns the new version.
     pub fn revoke_attribute(&self, identity_id: &str, attribute: &str) -> Result<u64, StoreError> {
         let at = now();
-        self.transaction(|tx| {
+        let touched = [
+            (&IDENTITY_ATTRIBUTES, identity_id),
+            (&ATTRIBUTE_VERSIONS, attribute),
+        ];
+        self.protected_transaction(&touched, |tx| {
             let changed = tx.exec(
                 "UPDATE identity_attributes SET revoked_at = $1 WHERE identity_id = $2 AND attribute = $3 AND revoked_at IS NULL",
                 &[Value::Int(at), identity_id.into(), attribute.into()],
@@ -278,21 +276,17 @@ impl Store {
         &self,
         identity_id: &str,
     ) -> Result<Vec<AttributeGrant>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT attribute, granted_version, granted_at FROM identity_attributes WHERE identity_id = $1 AND revoked_at IS NULL ORDER BY attribute",
-                &[identity_id.into()],
-            )?
-            .iter()
-            .map(|r| {
-                Ok(AttributeGrant {
+        let mut held = Vec::new();
+        for r in self.partition(&IDENTITY_ATTRIBUTES, identity_id)? {
+            if r.opt_int(3)?.is_none() {
+                held.push(AttributeGrant {
                     attribute: r.text(0)?,
                     granted_version: r.uint(1)?,
                     granted_at: r.int(2)?,
-                })
-            })
-            .collect()
-        })
+                });
+            }
+        }
+        Ok(held)
     }
 
     /// The attributes an identity holds now, each at its current version
@@ -313,7 +307,7 @@ impl Store {
     /// auditor `identity_id` (replacing an earlier one).
     pub fn put_auditor_key(&self, identity_id: &str, public_key: &[u8]) -> Result<(), StoreError> {
         let at = now();
-        self.transaction(|tx| {
+        self.protected_transaction(&[(&AUDITOR_KEYS, identity_id)], |tx| {
             tx.exec(
                 "INSERT INTO auditor_keys (identity_id, public_key, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (identity_id) DO UPDATE SET public_key = excluded.public_key, created_at = excluded.created_at",
@@ -328,39 +322,40 @@ impl Store {
     /// disabled auditor, or one whose role was taken away, is not among
     /// them from that moment on.
     pub fn auditor_keys(&self, role: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT k.identity_id, k.public_key FROM auditor_keys k \
-                 JOIN identities i ON i.identity_id = k.identity_id \
-                 JOIN identity_attributes a ON a.identity_id = k.identity_id \
-                 WHERE i.status = $1 AND a.attribute = $2 AND a.revoked_at IS NULL \
-                 ORDER BY k.identity_id",
-                &[IdentityStatus::Active.as_str().into(), role.into()],
-            )?
-            .iter()
-            .map(|r| Ok((r.text(0)?, r.bytes(1)?)))
-            .collect()
-        })
+        let mut keys = Vec::new();
+        for r in self.protected_table(&AUDITOR_KEYS)? {
+            let id = r.text(0)?;
+            let active = self
+                .identity(&id)?
+                .is_some_and(|i| i.status == IdentityStatus::Active);
+            if active
+                && self
+                    .identity_attributes(&id)?
+                    .iter()
+                    .any(|a| a.attribute == role)
+            {
+                keys.push((id, r.bytes(1)?));
+            }
+        }
+        Ok(keys)
     }
 
     /// The identities holding an attribute now.
     pub fn attribute_holders(&self, attribute: &str) -> Result<Vec<String>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT identity_id FROM identity_attributes WHERE attribute = $1 AND revoked_at IS NULL ORDER BY identity_id",
-                &[attribute.into()],
-            )?
-            .iter()
-            .map(|r| r.text(0))
-            .collect()
-        })
+        let mut holders = Vec::new();
+        for r in self.protected_table(&IDENTITY_ATTRIBUTES)? {
+            if r.text(0)? == attribute && r.opt_int(3)?.is_none() {
+                holders.push(r.text(4)?);
+            }
+        }
+        Ok(holders)
     }
 
     /// Writes a new version of a consent (its `version` field is ignored and
     /// assigned: one more than the latest). Returns the version written.
     pub fn put_consent(&self, c: &Consent) -> Result<u64, StoreError> {
         let at = now();
-        self.transaction(|tx| {
+        self.protected_transaction(&[(&CONSENTS, &c.patient)], |tx| {
             let latest = tx
                 .query_opt(
                     "SELECT MAX(version) FROM consents WHERE patient = $1 AND consent_id = $2",
@@ -390,34 +385,12 @@ impl Store {
 
     /// The latest version of each of a patient's consents.
     pub fn consents(&self, patient: &str) -> Result<Vec<Consent>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                &format!(
-                    "SELECT {CONSENT_COLUMNS} FROM consents c WHERE patient = $1 AND version = \
-                     (SELECT MAX(version) FROM consents d WHERE d.patient = c.patient AND d.consent_id = c.consent_id) ORDER BY consent_id"
-                ),
-                &[patient.into()],
-            )?
-            .iter()
-            .map(consent)
-            .collect()
-        })
+        latest_consents(&self.partition(&CONSENTS, patient)?)
     }
 
     /// The latest version of every consent of every patient (for expiry sweeps).
     pub fn all_consents(&self) -> Result<Vec<Consent>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                &format!(
-                    "SELECT {CONSENT_COLUMNS} FROM consents c WHERE version = \
-                     (SELECT MAX(version) FROM consents d WHERE d.patient = c.patient AND d.consent_id = c.consent_id) ORDER BY patient, consent_id"
-                ),
-                &[],
-            )?
-            .iter()
-            .map(consent)
-            .collect()
-        })
+        latest_consents(&self.protected_table(&CONSENTS)?)
     }
 
     /// Every version of one consent, oldest first.
@@ -426,20 +399,19 @@ impl Store {
         patient: &str,
         consent_id: &str,
     ) -> Result<Vec<Consent>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                &format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE patient = $1 AND consent_id = $2 ORDER BY version"),
-                &[patient.into(), consent_id.into()],
-            )?
-            .iter()
-            .map(consent)
-            .collect()
-        })
+        let mut history = Vec::new();
+        for r in self.partition(&CONSENTS, patient)? {
+            let c = consent(&r)?;
+            if c.consent_id == consent_id {
+                history.push(c);
+            }
+        }
+        Ok(history)
     }
 
     /// Records an emergency grant (a grant id used before is a conflict).
     pub fn put_emergency_grant(&self, g: &EmergencyGrant) -> Result<(), StoreError> {
-        let result = self.transaction(|tx| {
+        let result = self.protected_transaction(&[(&EMERGENCY_GRANTS, &g.patient)], |tx| {
             tx.exec(
                 &format!("INSERT INTO emergency_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)"),
                 &[
@@ -464,41 +436,45 @@ impl Store {
 
     /// A patient's emergency grants, newest first.
     pub fn emergency_grants(&self, patient: &str) -> Result<Vec<EmergencyGrant>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE patient = $1 ORDER BY issued_at DESC, grant_id"),
-                &[patient.into()],
-            )?
+        let mut grants = self
+            .partition(&EMERGENCY_GRANTS, patient)?
             .iter()
             .map(grant)
-            .collect()
-        })
+            .collect::<Result<Vec<_>, _>>()?;
+        grants.sort_by(|a, b| {
+            b.issued_at
+                .cmp(&a.issued_at)
+                .then_with(|| a.grant_id.cmp(&b.grant_id))
+        });
+        Ok(grants)
     }
 
     /// Grants no auditor has reviewed yet, oldest first (the review queue).
     pub fn unreviewed_emergency_grants(&self) -> Result<Vec<EmergencyGrant>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE reviewed_at IS NULL ORDER BY issued_at, grant_id"),
-                &[],
-            )?
-            .iter()
-            .map(grant)
-            .collect()
-        })
+        let mut grants = self.all_grants(|g| g.reviewed_at.is_none())?;
+        grants.sort_by(|a, b| (a.issued_at, &a.grant_id).cmp(&(b.issued_at, &b.grant_id)));
+        Ok(grants)
     }
 
     /// Grants that expired at or before `now` (Unix seconds), oldest first.
     pub fn expired_emergency_grants(&self, now: i64) -> Result<Vec<EmergencyGrant>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                &format!("SELECT {GRANT_COLUMNS} FROM emergency_grants WHERE expires_at <= $1 ORDER BY expires_at, grant_id"),
-                &[Value::Int(now)],
-            )?
-            .iter()
-            .map(grant)
-            .collect()
-        })
+        let mut grants = self.all_grants(|g| g.expires_at <= now)?;
+        grants.sort_by(|a, b| (a.expires_at, &a.grant_id).cmp(&(b.expires_at, &b.grant_id)));
+        Ok(grants)
+    }
+
+    fn all_grants(
+        &self,
+        keep: impl Fn(&EmergencyGrant) -> bool,
+    ) -> Result<Vec<EmergencyGrant>, StoreError> {
+        let mut kept = Vec::new();
+        for r in self.protected_table(&EMERGENCY_GRANTS)? {
+            let g = grant(&r)?;
+            if keep(&g) {
+                kept.push(g);
+            }
+        }
+        Ok(kept)
     }
 
     /// Marks a grant reviewed by `auditor`.
@@ -509,7 +485,7 @@ impl Store {
         auditor: &str,
     ) -> Result<(), StoreError> {
         let at = now();
-        self.transaction(|tx| {
+        self.protected_transaction(&[(&EMERGENCY_GRANTS, patient)], |tx| {
             let n = tx.exec(
                 "UPDATE emergency_grants SET reviewed_by = $1, reviewed_at = $2 WHERE patient = $3 AND grant_id = $4 AND reviewed_at IS NULL",
                 &[auditor.into(), Value::Int(at), patient.into(), grant_id.into()],
@@ -522,4 +498,18 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The latest version of each consent among `rows` (ordered by patient,
+/// consent id and version, as partitions are read).
+fn latest_consents(rows: &[Row]) -> Result<Vec<Consent>, StoreError> {
+    let mut latest: Vec<Consent> = Vec::new();
+    for r in rows {
+        let c = consent(r)?;
+        match latest.last_mut() {
+            Some(l) if l.patient == c.patient && l.consent_id == c.consent_id => *l = c,
+            _ => latest.push(c),
+        }
+    }
+    Ok(latest)
 }

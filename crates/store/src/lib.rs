@@ -41,6 +41,8 @@ mod audit;
 mod components;
 mod db;
 mod directory;
+mod integrity;
+pub use integrity::IntegrityKey;
 mod migrations;
 mod postgres;
 pub use postgres::redact as redact_url;
@@ -90,6 +92,11 @@ pub enum StoreError {
     /// The database schema is newer than this build.
     #[error("schema: {0}")]
     Schema(String),
+    /// The key authority's state was changed, deleted or rolled back outside
+    /// the authority (see [`Store::with_integrity`]). Sticky: the store
+    /// refuses every protected operation from then on.
+    #[error("integrity alarm: {0}")]
+    Integrity(String),
 }
 
 enum Backend {
@@ -97,14 +104,17 @@ enum Backend {
     Postgres(postgres::Postgres),
 }
 
-/// The storage interface, on SQLite or PostgreSQL.
+/// The storage interface, on SQLite or PostgreSQL. Cloning shares the
+/// connections and the integrity state.
+#[derive(Clone)]
 pub struct Store {
-    backend: Backend,
+    backend: std::sync::Arc<Backend>,
+    integrity: Option<std::sync::Arc<integrity::Integrity>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.backend {
+        f.write_str(match *self.backend {
             Backend::Sqlite(_) => "Store(sqlite)",
             Backend::Postgres(_) => "Store(postgres)",
         })
@@ -135,7 +145,8 @@ impl Store {
     /// pending migrations.
     pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         let store = Store {
-            backend: Backend::Sqlite(sqlite::Sqlite::open(path)?),
+            backend: std::sync::Arc::new(Backend::Sqlite(sqlite::Sqlite::open(path)?)),
+            integrity: None,
         };
         migrations::apply(&store)?;
         Ok(store)
@@ -151,7 +162,12 @@ impl Store {
         max_connections: usize,
     ) -> Result<Self, StoreError> {
         let store = Store {
-            backend: Backend::Postgres(postgres::Postgres::open(url, schema, max_connections)?),
+            backend: std::sync::Arc::new(Backend::Postgres(postgres::Postgres::open(
+                url,
+                schema,
+                max_connections,
+            )?)),
+            integrity: None,
         };
         migrations::apply(&store)?;
         Ok(store)
@@ -171,7 +187,7 @@ impl Store {
 
     /// Which database this is.
     pub fn kind(&self) -> BackendKind {
-        match self.backend {
+        match *self.backend {
             Backend::Sqlite(_) => BackendKind::Sqlite,
             Backend::Postgres(_) => BackendKind::Postgres,
         }
@@ -182,7 +198,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Sqlite(b) => b.transaction(f),
             Backend::Postgres(b) => b.transaction(f),
         }
@@ -194,7 +210,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Sqlite(b) => b.read(f),
             Backend::Postgres(b) => b.read(f),
         }

@@ -170,10 +170,29 @@ CREATE TABLE auditor_keys (
 );
 "#,
     },
+    Migration {
+        version: 6,
+        description: "the key authority's state authenticated: a tag per partition of its tables, and a head over the tags",
+        ddl: r#"
+CREATE TABLE integrity_tags (
+    tbl         TEXT    NOT NULL,
+    part        TEXT    NOT NULL,
+    tag         {BYTES} NOT NULL,
+    PRIMARY KEY (tbl, part)
+);
+CREATE TABLE integrity_head (
+    id          {INT}   NOT NULL PRIMARY KEY,
+    seq         {INT}   NOT NULL,
+    tag_count   {INT}   NOT NULL,
+    tag_sum     {BYTES} NOT NULL,
+    mac         {BYTES} NOT NULL
+);
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

@@ -323,7 +323,8 @@ fn statistics_slots_values_and_cohorts(h: &Harness) {
 }
 
 fn component_appraisals_are_replaced(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     assert_eq!(s.component("lab-a").unwrap(), None);
     let mut c = asclepios_store::Component {
         identity_id: "lab-a".into(),
@@ -344,7 +345,8 @@ fn component_appraisals_are_replaced(h: &Harness) {
 }
 
 fn directory_tracks_attribute_versions(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     for id in ["dr-a", "dr-b"] {
         s.put_identity(&identity(id)).unwrap();
         assert_eq!(s.grant_attribute(id, "role:doctor").unwrap(), 0);
@@ -378,7 +380,8 @@ fn directory_tracks_attribute_versions(h: &Harness) {
 }
 
 fn consents_keep_their_history(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     let mut c = Consent {
         patient: "p1".into(),
         consent_id: "c1".into(),
@@ -413,7 +416,8 @@ fn consents_keep_their_history(h: &Harness) {
 }
 
 fn emergency_grants_queue_for_review(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     let g = EmergencyGrant {
         patient: "p1".into(),
         grant_id: "g1".into(),

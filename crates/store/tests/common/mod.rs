@@ -75,6 +75,25 @@ impl Harness {
         }
     }
 
+    /// The key authority's anchor file for this backend's store.
+    pub fn anchor_path(&self) -> std::path::PathBuf {
+        match self {
+            Harness::Sqlite { dir } => dir.path().join("integrity.anchor"),
+            Harness::Postgres { schema, .. } => {
+                std::env::temp_dir().join(format!("{schema}.anchor"))
+            }
+        }
+    }
+
+    /// Opens (or reopens) the store as the key authority does: with its
+    /// state authenticated under a fixed test key and anchored in a file.
+    pub fn open_protected(&self) -> Result<Store, asclepios_store::StoreError> {
+        self.open().with_integrity(
+            asclepios_store::IntegrityKey::from_bytes(&[0x5a; 32]).unwrap(),
+            Some(self.anchor_path()),
+        )
+    }
+
     /// Runs raw SQL behind the store's back (to tamper with it).
     pub fn raw(&self, sql: &str) {
         match self {
@@ -95,6 +114,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Harness::Postgres { url, schema } = self {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{schema}.anchor")));
             if let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) {
                 let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
             }

@@ -1,0 +1,216 @@
+//! The database administrator against the key authority's state, on SQLite
+//! and PostgreSQL, with the services running (review findings C1 and H1,
+//! and a rollback): with raw SQL they grant themselves a patient's
+//! attribute, swap a clinician's key, or put back an old copy of the state.
+//! Each attack must be caught at the next use: the authority issues nothing,
+//! answers 503 with the integrity alarm, and the alarm is in the audit log
+//! for the auditors.
+
+mod common;
+
+use asclepios_audit::{AuditEvent, LogStore, SealedEvent};
+use asclepios_client::ClientError;
+use asclepios_deploy::keys::auditor_secret;
+use asclepios_deploy::serve::AUDIT_LOG_ID;
+use asclepios_deploy::Config;
+use common::*;
+
+/// Raw SQL on the deployment's store, behind the services' backs.
+async fn as_db_admin(d: &Deployment, sql: &str) {
+    let (dir, schema, sql) = (d.dir.clone(), d.pg_schema.clone(), sql.to_string());
+    tokio::task::spawn_blocking(move || match schema {
+        None => rusqlite::Connection::open(dir.join("asclepios.db"))
+            .unwrap()
+            .execute_batch(&sql)
+            .unwrap(),
+        Some(schema) => postgres::Client::connect(&pg_url(), postgres::NoTls)
+            .unwrap()
+            .batch_execute(&format!("SET search_path TO {schema}; {sql}"))
+            .unwrap(),
+    })
+    .await
+    .unwrap();
+}
+
+fn assert_alarm<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
+    match r {
+        Err(ClientError::Refused {
+            status: 503,
+            message,
+            ..
+        }) => assert!(message.contains("integrity alarm"), "{what}: {message}"),
+        other => panic!("{what}: expected 503 with the integrity alarm, got {other:?}"),
+    }
+}
+
+/// The events of the audit log that `auditor` opens.
+async fn audit_events(d: &Deployment, auditor: &str) -> Vec<AuditEvent> {
+    let (dir, auditor) = (d.dir.clone(), auditor.to_string());
+    tokio::task::spawn_blocking(move || {
+        let store = Config::load(&dir).unwrap().open_store(&dir).unwrap();
+        let size = store.log_size(AUDIT_LOG_ID).unwrap();
+        let key = auditor_secret(&dir, &auditor).unwrap();
+        store
+            .log_entries(AUDIT_LOG_ID, 0..size)
+            .unwrap()
+            .iter()
+            .filter_map(|e| SealedEvent::from_bytes(e).ok()?.open_as_auditor(&key).ok())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// The alarm reaches the auditors: an `integrity-alarm` event naming what
+/// was found (it may take a sweep of the authority to be written).
+async fn assert_alarm_audited(d: &Deployment, about: &str) {
+    for _ in 0..50 {
+        let events = audit_events(d, "auditor-ann").await;
+        if let Some(e) = events
+            .iter()
+            .find(|e| e.action == asclepios_audit::Action::IntegrityAlarm)
+        {
+            assert!(e.resource.contains(about), "{}", e.resource);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no integrity-alarm event in the audit log");
+}
+
+/// Review C1: the DB admin inserts `patient:pat-00000` for the emergency
+/// physician, who is on no care team, and asks for a key.
+async fn a_self_granted_attribute_gets_no_key(postgres: bool) {
+    let d = deploy(postgres).await;
+    // An honest request first: the authority has read its directory.
+    let mut patient = client(&d, "pat-00000");
+    patient.refresh_key().await.unwrap();
+    as_db_admin(
+        &d,
+        "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) \
+         VALUES ('dr-er', 'patient:pat-00000', 0, 1, NULL)",
+    )
+    .await;
+    let mut mallory = client(&d, "dr-er");
+    assert_alarm(
+        mallory.refresh_key().await,
+        "the key for the planted attribute",
+    );
+    // Fail closed: nothing is issued to anyone until an operator looks.
+    assert_alarm(patient.refresh_key().await, "an honest patient's key");
+    assert_alarm_audited(&d, "identity_attributes").await;
+}
+
+/// Review H1: the DB admin swaps the cardiologist's key for their own and
+/// plants a record "by" her; the reader's `get` must fail, clearly.
+async fn a_swapped_author_key_fails_the_read(postgres: bool) {
+    let d = deploy(postgres).await;
+    let mut doctor = client(&d, "dr-heart");
+    doctor.refresh_key().await.unwrap();
+    let record = serde_json::json!({
+        "resourceType": "Observation", "id": "obs-h1", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/pat-00000"},
+        "valueQuantity": {"value": 72, "unit": "/min"}
+    });
+    let policy = Config::load(&d.dir).unwrap().default_policy("pat-00000");
+    doctor
+        .put_record("pat-00000", "obs-h1", 1, &record, &policy)
+        .await
+        .unwrap();
+    let mut patient = client(&d, "pat-00000");
+    patient.refresh_key().await.unwrap();
+    let mallory_key = hex::encode([7u8; 32]);
+    as_db_admin(
+        &d,
+        &match postgres {
+            false => format!("UPDATE identities SET public_key = X'{mallory_key}' WHERE identity_id = 'dr-heart'"),
+            true => format!("UPDATE identities SET public_key = '\\x{mallory_key}'::bytea WHERE identity_id = 'dr-heart'"),
+        },
+    )
+    .await;
+    assert_alarm(
+        patient.get_record("pat-00000", "obs-h1").await,
+        "a read whose author key was swapped",
+    );
+    assert_alarm_audited(&d, "identities").await;
+}
+
+const AUTHORITY_TABLES: [&str; 9] = [
+    "identities",
+    "identity_attributes",
+    "attribute_versions",
+    "auditor_keys",
+    "components",
+    "consents",
+    "emergency_grants",
+    "integrity_tags",
+    "integrity_head",
+];
+
+/// The DB admin keeps a copy of the authority's tables, and after the
+/// nurse is taken off the care team puts the whole copy back: a
+/// self-consistent, authentic, older state.
+async fn a_rolled_back_state_is_refused(postgres: bool) {
+    let d = deploy(postgres).await;
+    let copy: String = AUTHORITY_TABLES
+        .iter()
+        .map(|t| format!("CREATE TABLE copy_{t} AS SELECT * FROM {t};"))
+        .collect();
+    as_db_admin(&d, &copy).await;
+    let dir = d.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        asclepios_deploy::directory::Directory::open(&dir)
+            .unwrap()
+            .set_attributes(
+                "nurse-ward",
+                &["role:nurse".into(), "dept:cardiology".into()],
+            )
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let mut nurse = client(&d, "nurse-ward");
+    let key = nurse.refresh_key().await.unwrap().to_vec();
+    assert!(!key.iter().any(|a| a.starts_with("care-team:")), "{key:?}");
+    let restore: String = AUTHORITY_TABLES
+        .iter()
+        .map(|t| format!("DELETE FROM {t}; INSERT INTO {t} SELECT * FROM copy_{t};"))
+        .collect();
+    as_db_admin(&d, &restore).await;
+    assert_alarm(
+        nurse.refresh_key().await,
+        "a key from the rolled-back state",
+    );
+    assert_alarm_audited(&d, "rolled back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_self_granted_attribute_on_sqlite() {
+    a_self_granted_attribute_gets_no_key(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_self_granted_attribute_on_postgres() {
+    a_self_granted_attribute_gets_no_key(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_swapped_author_key_on_sqlite() {
+    a_swapped_author_key_fails_the_read(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_swapped_author_key_on_postgres() {
+    a_swapped_author_key_fails_the_read(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_sqlite() {
+    a_rolled_back_state_is_refused(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_on_postgres() {
+    a_rolled_back_state_is_refused(true).await;
+}
