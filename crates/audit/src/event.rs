@@ -75,6 +75,9 @@ pub enum Action {
     /// The key authority found its state changed, deleted or rolled back
     /// outside it, and stopped issuing.
     IntegrityAlarm,
+    /// An administrator changed the directory (an identity added or
+    /// disabled, attributes set, an auditor key set).
+    DirectoryChange,
 }
 
 /// How it ended.
@@ -167,12 +170,15 @@ impl AuditEvent {
             Action::Export => ("110106", "Export"),
             Action::Search => ("110112", "Query"),
             Action::Attestation => ("110114", "User Authentication"),
+            Action::DirectoryChange => ("110137", "User Security Attributes Changed"),
             _ => ("110110", "Patient Record"),
         };
         let fhir_action = match self.action {
             Action::Create => "C",
             Action::Read | Action::Export => "R",
-            Action::Update | Action::ConsentChange | Action::Revoke => "U",
+            Action::Update | Action::ConsentChange | Action::Revoke | Action::DirectoryChange => {
+                "U"
+            }
             Action::Delete => "D",
             Action::Search => "E",
             Action::KeyIssue

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod attestation;
 pub mod consent;
 pub mod review;
@@ -870,6 +871,22 @@ impl KeyAuthority {
             .route("/v1/attestation/evidence", get(attestation_evidence))
             .route("/v1/attestation/challenge", post(attestation_challenge))
             .route("/v1/components/register", post(register_component))
+            .route(
+                "/v1/directory/identities",
+                get(list_members).post(register_identity),
+            )
+            .route(
+                "/v1/directory/identities/{id}/attributes",
+                axum::routing::put(set_identity_attributes),
+            )
+            .route(
+                "/v1/directory/identities/{id}/disable",
+                post(disable_identity),
+            )
+            .route(
+                "/v1/directory/identities/{id}/auditor-key",
+                axum::routing::put(set_auditor_key),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
@@ -1067,6 +1084,69 @@ async fn pending_reviews(
     Extension(Caller(caller)): Extension<Caller>,
 ) -> Result<Json<Vec<review::PendingReview>>, ApiError> {
     blocking(move || s.pending_reviews(&caller)).await.map(Json)
+}
+
+async fn list_members(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+) -> Result<Json<WithReceipt<Vec<admin::MemberOut>>>, ApiError> {
+    blocking(move || s.list_members(&caller.id, &v))
+        .await
+        .map(Json)
+}
+
+/// Runs an administrator's change off the async threads.
+async fn directory_change(
+    s: Arc<KeyAuthority>,
+    caller: asclepios_net::pki::PeerIdentity,
+    v: Verified,
+    change: admin::Change,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    blocking(move || s.change(&caller.id, &v, change))
+        .await
+        .map(Json)
+}
+
+async fn register_identity(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    let change = admin::Change::Register(json_body(&body)?);
+    directory_change(s, caller, v, change).await
+}
+
+async fn set_identity_attributes(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    let change = admin::Change::SetAttributes(id, json_body(&body)?);
+    directory_change(s, caller, v, change).await
+}
+
+async fn disable_identity(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    directory_change(s, caller, v, admin::Change::Disable(id)).await
+}
+
+async fn set_auditor_key(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    let change = admin::Change::AuditorKey(id, json_body(&body)?);
+    directory_change(s, caller, v, change).await
 }
 
 async fn review_grant(
@@ -1428,6 +1508,30 @@ pub fn openapi_document() -> serde_json::Value {
             "/v1/components/register": {"post": operation(
                 "Register a component with evidence answering its challenge.",
                 &[], Some(object(&[("evidence", base64())], &[])), answer(),
+            )},
+            "/v1/directory/identities": {
+                "get": operation("The directory's members (administrators and auditors).", &[], None, answer()),
+                "post": operation(
+                    "Add an identity with its certificate key and attributes (administrators; audited).",
+                    &[],
+                    Some(object(&[
+                        ("id", string()), ("kind", string()), ("display_name", string()),
+                        ("public_key", string()), ("attributes", strings(256)),
+                    ], &[])),
+                    answer(),
+                ),
+            },
+            "/v1/directory/identities/{id}/attributes": {"put": operation(
+                "Set an identity's attributes to exactly these; the others are revoked (administrators; audited).",
+                &[("id", In::Path, true)], Some(object(&[("attributes", strings(256))], &[])), answer(),
+            )},
+            "/v1/directory/identities/{id}/disable": {"post": operation(
+                "Disable an identity and revoke its attributes (administrators; audited).",
+                &[("id", In::Path, true)], None, answer(),
+            )},
+            "/v1/directory/identities/{id}/auditor-key": {"put": operation(
+                "Set the HPKE key audit events are sealed to for an auditor (administrators; audited).",
+                &[("id", In::Path, true)], Some(object(&[("public_key", string())], &[])), answer(),
             )},
         }),
     )

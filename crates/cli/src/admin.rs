@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use asclepios_deploy::directory::{Directory, Member};
+use asclepios_authority::admin::{MemberOut, Registration};
+use asclepios_deploy::directory::issue_identity_files;
 use asclepios_deploy::init::init;
 use asclepios_deploy::Config;
 use clap::Subcommand;
@@ -25,11 +26,20 @@ impl DirArg {
     }
 }
 
+/// Who administers the directory: an identity holding `role:admin`.
+#[derive(clap::Args, Debug)]
+pub struct AdminArg {
+    /// The administrator to act as: an identity holding role:admin (`init` makes admin-ada).
+    /// Directory changes go through the running key authority, signed and audited.
+    #[arg(long = "as", global = true, value_name = "ID")]
+    identity: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Add an identity: a client certificate and key under identities/, and its attributes.
     ///
-    /// Example: asclepios user add dr-kim --kind clinician --name "Dr. Kim" --attr role:doctor --attr dept:oncology
+    /// Example: asclepios user add dr-kim --as admin-ada --kind clinician --name "Dr. Kim" --attr role:doctor --attr dept:oncology
     Add {
         /// Identity id (letters, digits, '-', '_', '.'); a pseudonym for patients.
         id: String,
@@ -64,7 +74,7 @@ pub enum UserCommand {
     },
 }
 
-fn print_member(m: &Member) {
+fn print_member(m: &MemberOut) {
     let attrs: Vec<String> = m
         .attributes
         .iter()
@@ -76,18 +86,28 @@ fn print_member(m: &Member) {
             }
         })
         .collect();
-    let status = match m.identity.status {
-        asclepios_store::IdentityStatus::Active => "active",
-        asclepios_store::IdentityStatus::Revoked => "DISABLED",
-    };
+    let status = if m.active { "active" } else { "DISABLED" };
     println!(
         "{:<18} {:<11} {:<9} {:<40} {}",
-        m.identity.id,
-        m.identity.kind,
+        m.id,
+        m.kind,
         status,
-        m.identity.display_name,
+        m.display_name,
         attrs.join(", ")
     );
+}
+
+fn print_revocation(r: &asclepios_authority::admin::Revocation) {
+    if !r.revoked.is_empty() {
+        println!(
+            "revoked: {} (new versions; other holders get fresh keys at their next key fetch)",
+            r.revoked.join(", ")
+        );
+        println!(
+            "re-wrapped {} record key(s) under the new versions",
+            r.rewrapped
+        );
+    }
 }
 
 /// A `--postgres` value: a `postgres://` or `postgresql://` URL. Anything
@@ -126,7 +146,7 @@ pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     );
     println!();
     for m in &members {
-        print_member(m);
+        print_member(&MemberOut::from(m));
     }
     println!();
     for w in asclepios_deploy::attestation::warnings(&config) {
@@ -136,59 +156,78 @@ pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_user(dir: &Path, command: UserCommand) -> anyhow::Result<()> {
-    let directory = Directory::open(dir)?;
-    match command {
-        UserCommand::Add {
-            id,
-            kind,
-            name,
-            attrs,
-            auditor,
-        } => {
-            let name = name.unwrap_or_else(|| id.clone());
-            let m = directory.add(&id, &kind, &name, &attrs)?;
-            print_member(&m);
-            println!(
-                "certificate and key: {}/identities/{id}.pem, .key",
-                dir.display()
-            );
-            if auditor {
-                directory.make_auditor(&id)?;
+/// `asclepios user ...`: through the key authority's API, as an
+/// administrator; nothing here writes to a store.
+pub fn run_user(dir: &Path, admin: AdminArg, command: UserCommand) -> anyhow::Result<()> {
+    let Some(identity) = admin.identity else {
+        anyhow::bail!(
+            "`asclepios user` changes the directory through the running key authority, as an \
+             administrator: add --as ID of an identity holding role:admin (`init` makes admin-ada)"
+        );
+    };
+    let who = crate::platform::AsArg { identity };
+    crate::platform::runtime()?.block_on(async {
+        let client = crate::platform::connect(dir, &who)?;
+        match command {
+            UserCommand::Add {
+                id,
+                kind,
+                name,
+                attrs,
+                auditor,
+            } => {
+                // The certificate comes from the deployment CA, here; the
+                // directory entry from the authority.
+                let public_key = issue_identity_files(dir, &id)?;
+                let done = client
+                    .register_identity(&Registration {
+                        display_name: name.unwrap_or_else(|| id.clone()),
+                        id: id.clone(),
+                        kind,
+                        public_key: hex::encode(public_key),
+                        attributes: attrs,
+                    })
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "registering {id} (its certificate is in {}/identities/; remove it to try again)",
+                            dir.display()
+                        )
+                    })?;
+                print_member(&done.member);
                 println!(
-                    "audit-log key: {}/identities/{id}.audit.key (events are sealed to it while {id} is active and holds role:auditor)",
+                    "certificate and key: {}/identities/{id}.pem, .key",
                     dir.display()
                 );
+                if auditor {
+                    let public = asclepios_deploy::keys::create_auditor_key(dir, &id)?;
+                    client.set_auditor_key(&id, &public.to_bytes()).await?;
+                    println!(
+                        "audit-log key: {}/identities/{id}.audit.key (events are sealed to it while {id} is active and holds role:auditor)",
+                        dir.display()
+                    );
+                }
             }
-        }
-        UserCommand::List => {
-            for m in directory.list()? {
-                print_member(&m);
+            UserCommand::List => {
+                for m in client.directory_members().await? {
+                    print_member(&m);
+                }
             }
-        }
-        UserCommand::SetAttrs { id, attrs } => {
-            let done = directory.set_attributes(&id, &attrs)?;
-            print_member(&directory.member(&id)?);
-            if !done.revoked.is_empty() {
+            UserCommand::SetAttrs { id, attrs } => {
+                let done = client.set_identity_attributes(&id, &attrs).await?;
+                print_member(&done.member);
+                print_revocation(&done.revocation);
+            }
+            UserCommand::Disable { id } => {
+                let done = client.disable_identity(&id).await?;
+                print_member(&done.member);
                 println!(
-                    "revoked: {} (new versions; other holders get fresh keys at their next key fetch)",
-                    done.revoked.join(", ")
-                );
-                println!(
-                    "re-wrapped {} record key(s) under the new versions",
-                    done.rewrapped
+                    "disabled; revoked attributes: {}; re-wrapped {} record key(s)",
+                    done.revocation.revoked.join(", "),
+                    done.revocation.rewrapped
                 );
             }
         }
-        UserCommand::Disable { id } => {
-            let done = directory.disable(&id)?;
-            print_member(&directory.member(&id)?);
-            println!(
-                "disabled; revoked attributes: {}; re-wrapped {} record key(s)",
-                done.revoked.join(", "),
-                done.rewrapped
-            );
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -79,10 +79,13 @@ enum Command {
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
     },
-    /// Administer the directory of identities and their attributes.
+    /// Administer the directory of identities and their attributes, through the running key
+    /// authority as an identity holding role:admin (--as admin-ada in a new deployment).
     User {
         #[command(flatten)]
         dir: admin::DirArg,
+        #[command(flatten)]
+        admin: admin::AdminArg,
         #[command(subcommand)]
         command: admin::UserCommand,
     },
@@ -314,7 +317,11 @@ fn main() -> ExitCode {
             port,
         } => platform::portal(&dir.path(), identity, port),
         Command::Init { dir, postgres } => admin::run_init(&dir.path(), postgres),
-        Command::User { dir, command } => admin::run_user(&dir.path(), command),
+        Command::User {
+            dir,
+            admin,
+            command,
+        } => admin::run_user(&dir.path(), admin, command),
         Command::Serve { dir, postgres } => platform::serve(&dir.path(), postgres),
         Command::Put {
             dir,

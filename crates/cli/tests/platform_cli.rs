@@ -93,6 +93,55 @@ fn a_deployment_through_the_command_line() {
     let out = asclepios(&["attest", "verify", "--dir", d, junk.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 
+    // The directory is administered through the authority, as an
+    // administrator: signed, audited, role-checked.
+    let added = ok(&[
+        "user",
+        "add",
+        "dr-kim",
+        "--as",
+        "admin-ada",
+        "--attr",
+        "role:doctor",
+        "--dir",
+        d,
+    ]);
+    assert!(
+        added.contains("dr-kim") && added.contains("role:doctor"),
+        "{added}"
+    );
+    let set = ok(&[
+        "user",
+        "set-attrs",
+        "dr-kim",
+        "--as",
+        "admin-ada",
+        "--attr",
+        "role:nurse",
+        "--dir",
+        d,
+    ]);
+    assert!(set.contains("revoked: role:doctor"), "{set}");
+    let refused = asclepios(&["user", "disable", "dr-kim", "--as", "dr-heart", "--dir", d]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("role:admin"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    ok(&["user", "disable", "dr-kim", "--as", "admin-ada", "--dir", d]);
+    let list = ok(&["user", "list", "--as", "admin-ada", "--dir", d]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("dr-kim") && l.contains("DISABLED")),
+        "{list}"
+    );
+    assert!(list
+        .lines()
+        .any(|l| l.starts_with("pat-00001") && l.contains("patient:pat-00001")));
+    let bad = asclepios(&["user", "add", "bad id!", "--as", "admin-ada", "--dir", d]);
+    assert!(!bad.status.success());
+
     let data = tmp.path().join("sample.ndjson");
     std::fs::write(
         &data,

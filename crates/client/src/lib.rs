@@ -785,6 +785,84 @@ impl Client {
             .0)
     }
 
+    /// The directory's members (for `role:admin` and `role:auditor`).
+    pub async fn directory_members(
+        &self,
+    ) -> Result<Vec<asclepios_authority::admin::MemberOut>, ClientError> {
+        Ok(self
+            .call_with_receipt(
+                "authority",
+                Method::GET,
+                "/v1/directory/identities",
+                Vec::new(),
+            )
+            .await?
+            .0)
+    }
+
+    /// Adds an identity to the directory (as `role:admin`; audited). Its
+    /// certificate comes from the deployment CA; `public_key` is that
+    /// certificate's key.
+    pub async fn register_identity(
+        &self,
+        registration: &asclepios_authority::admin::Registration,
+    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+        let body = to_json(registration)?;
+        Ok(self
+            .call_with_receipt("authority", Method::POST, "/v1/directory/identities", body)
+            .await?
+            .0)
+    }
+
+    /// Sets an identity's attributes to exactly `attributes` (as
+    /// `role:admin`; audited): those taken away are revoked.
+    pub async fn set_identity_attributes(
+        &self,
+        id: &str,
+        attributes: &[String],
+    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+        asclepios_net::pki::check_identity_id(id)?;
+        let body = to_json(&asclepios_authority::admin::AttributeSet {
+            attributes: attributes.to_vec(),
+        })?;
+        let path = format!("/v1/directory/identities/{id}/attributes");
+        Ok(self
+            .call_with_receipt("authority", Method::PUT, &path, body)
+            .await?
+            .0)
+    }
+
+    /// Disables an identity (as `role:admin`; audited).
+    pub async fn disable_identity(
+        &self,
+        id: &str,
+    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+        asclepios_net::pki::check_identity_id(id)?;
+        let path = format!("/v1/directory/identities/{id}/disable");
+        Ok(self
+            .call_with_receipt("authority", Method::POST, &path, Vec::new())
+            .await?
+            .0)
+    }
+
+    /// Sets the HPKE key audit events are sealed to for auditor `id` (as
+    /// `role:admin`; audited).
+    pub async fn set_auditor_key(
+        &self,
+        id: &str,
+        public_key: &[u8],
+    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+        asclepios_net::pki::check_identity_id(id)?;
+        let body = to_json(&asclepios_authority::admin::AuditorKey {
+            public_key: hex::encode(public_key),
+        })?;
+        let path = format!("/v1/directory/identities/{id}/auditor-key");
+        Ok(self
+            .call_with_receipt("authority", Method::PUT, &path, body)
+            .await?
+            .0)
+    }
+
     /// Every audit event this identity may read (its ABE key opens them):
     /// for a patient, every access to their records. Checks each slice's
     /// entries against the log's checkpoint.

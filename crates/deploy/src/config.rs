@@ -53,6 +53,21 @@ pub struct SealConfig {
     pub key_file: Option<String>,
 }
 
+/// `path` with `.` and `..` resolved without touching the file system.
+fn lexical(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Remote attestation. The defaults are a production deployment's: clients
 /// require the authority to attest, components must attest before keys are
 /// released to them, and the authority presents no evidence until its
@@ -369,37 +384,24 @@ impl Config {
 
     /// The file the authority's sealing key is in: `[seal] key_file`, or
     /// `<dir>.seal.key` beside the data directory. Refused if it lies inside
-    /// the data directory.
+    /// the data directory. Works before the directory exists (`init`).
     pub fn seal_key_file(&self, dir: &Path) -> Result<std::path::PathBuf, Error> {
+        let data = lexical(
+            &std::path::absolute(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?,
+        );
         let path = match &self.seal.key_file {
-            Some(file) => dir.join(file),
+            Some(file) => lexical(&data.join(file)),
             None => {
-                let name = dir
-                    .file_name()
-                    .ok_or_else(|| {
-                        Error::Config(format!(
-                            "{}: a data directory needs a name (the sealing key goes beside it)",
-                            dir.display()
-                        ))
-                    })?
-                    .to_string_lossy()
-                    .into_owned();
-                dir.with_file_name(format!("{name}.seal.key"))
+                let name = data.file_name().ok_or_else(|| {
+                    Error::Config(format!(
+                        "{}: a data directory needs a name (the sealing key goes beside it)",
+                        dir.display()
+                    ))
+                })?;
+                data.with_file_name(format!("{}.seal.key", name.to_string_lossy()))
             }
         };
-        let parent = path
-            .parent()
-            .and_then(|p| p.canonicalize().ok())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "the directory of the sealing key {} does not exist",
-                    path.display()
-                ))
-            })?;
-        let data = dir
-            .canonicalize()
-            .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
-        if parent.starts_with(&data) {
+        if path.starts_with(&data) {
             return Err(Error::Config(format!(
                 "the sealing key {} lies inside the data directory {}: keep it outside ([seal] key_file)",
                 path.display(),
@@ -409,6 +411,12 @@ impl Config {
         Ok(path)
     }
 
+    /// The authority's integrity anchor: beside its sealing key, outside the
+    /// data directory and the database (`<seal key file>` with `.anchor`).
+    pub fn integrity_anchor_file(&self, dir: &Path) -> Result<std::path::PathBuf, Error> {
+        Ok(self.seal_key_file(dir)?.with_extension("anchor"))
+    }
+
     /// Opens the deployment's store as the key authority uses it: its state
     /// authenticated under the authority's integrity key and anchored on its
     /// host (see [`asclepios_store::Store::with_integrity`]). Tampering
@@ -416,7 +424,7 @@ impl Config {
     pub fn open_authority_store(&self, dir: &Path) -> Result<asclepios_store::Store, Error> {
         Ok(self.open_store(dir)?.with_integrity(
             crate::keys::integrity_key(dir)?,
-            Some(dir.join(crate::keys::INTEGRITY_ANCHOR)),
+            Some(self.integrity_anchor_file(dir)?),
         )?)
     }
 

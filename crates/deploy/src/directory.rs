@@ -1,12 +1,17 @@
-//! Administration of the directory of identities: what `asclepios user`
-//! does. Identities get a certificate from the deployment CA (written under
-//! `identities/`) and attributes in the store. Taking an attribute away bumps
-//! its version, so keys issued for the old version stop being renewed.
+//! The deployment's files, and the directory's bootstrap. Identities get a
+//! certificate from the deployment CA (written under `identities/`, the
+//! CA's key staying with whoever administers the deployment); their entries
+//! and attributes are the key authority's, written by its own code
+//! ([`asclepios_authority::admin`]): here while `init` bootstraps the
+//! deployment (and in tests), over the authority's API (`asclepios user`,
+//! as an identity with `role:admin`) once it runs.
 
 use std::path::{Path, PathBuf};
 
+use asclepios_authority::admin;
+pub use asclepios_authority::admin::{Member, Revocation};
 use asclepios_net::pki::{self, CertificateAuthority};
-use asclepios_store::{Identity, IdentityStatus, Store};
+use asclepios_store::Store;
 
 use crate::{read_file, Config, Error};
 
@@ -48,43 +53,37 @@ impl Layout {
     }
 }
 
-/// What a revocation did.
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
-pub struct Revocation {
-    /// Attributes taken away (each now at a new version).
-    pub revoked: Vec<String>,
-    /// Data-key wrappers re-wrapped so keys from before no longer open them.
-    pub rewrapped: usize,
-}
-
-/// An identity with its current attributes.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Member {
-    /// The directory entry.
-    pub identity: Identity,
-    /// Its attributes, with the version each was granted at.
-    pub attributes: Vec<(String, u64)>,
-}
-
-/// The directory of a deployment.
+/// The directory of a deployment, administered in-process with the
+/// authority's key (bootstrap and tests; a running deployment is
+/// administered through the authority's API).
 #[derive(Debug)]
 pub struct Directory {
     layout: Layout,
     store: Store,
 }
 
-fn check_attribute(a: &str) -> Result<(), Error> {
-    let ok = !a.is_empty()
-        && a.len() <= 256
-        && a.contains(':')
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.'));
-    if !ok {
-        return Err(Error::Invalid(format!(
-            "attribute `{a}`: write it as namespace:value with letters, digits, '-', '_', '.' (e.g. role:doctor)"
-        )));
+fn api(e: asclepios_net::server::ApiError) -> Error {
+    Error::Invalid(e.message)
+}
+
+/// Issues `id` a client certificate from the deployment CA and writes it
+/// with its key under `identities/` (new files, the key 0600). Returns the
+/// certificate's Ed25519 public key, which the directory must vouch for.
+pub fn issue_identity_files(dir: &Path, id: &str) -> Result<[u8; 32], Error> {
+    pki::check_identity_id(id)?;
+    let layout = Layout::new(dir);
+    let cert = read_file(&layout.ca_cert())?;
+    let key = zeroize::Zeroizing::new(read_file(&layout.ca_key())?);
+    let ca = CertificateAuthority::from_pem(&cert, &key)?;
+    let issued = ca.issue_identity(id)?;
+    let (cert_path, key_path) = layout.identity(id);
+    if let Some(parent) = cert_path.parent() {
+        crate::create_private_dir(parent)?;
     }
-    Ok(())
+    crate::write_new_file(&key_path, &issued.key_pem, true)?;
+    crate::write_new_file(&cert_path, &issued.cert_pem, false)?;
+    let der = asclepios_net::tls::certs_from_pem(&issued.cert_pem)?;
+    Ok(pki::peer_identity(&der[0])?.public_key)
 }
 
 impl Directory {
@@ -98,23 +97,9 @@ impl Directory {
         })
     }
 
-    /// Opens it over an already opened store.
-    pub fn with_store(dir: &Path, store: Store) -> Self {
-        Directory {
-            layout: Layout::new(dir),
-            store,
-        }
-    }
-
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    fn ca(&self) -> Result<CertificateAuthority, Error> {
-        let cert = read_file(&self.layout.ca_cert())?;
-        let key = zeroize::Zeroizing::new(read_file(&self.layout.ca_key())?);
-        Ok(CertificateAuthority::from_pem(&cert, &key)?)
     }
 
     /// Adds an identity: a certificate and key under `identities/`, an entry
@@ -126,35 +111,26 @@ impl Directory {
         display_name: &str,
         attributes: &[String],
     ) -> Result<Member, Error> {
-        pki::check_identity_id(id)?;
         for a in attributes {
-            check_attribute(a)?;
+            admin::check_attribute(a).map_err(api)?;
         }
         if self.store.identity(id)?.is_some() {
             return Err(Error::Invalid(format!(
                 "identity `{id}` exists; use `asclepios user set-attrs`"
             )));
         }
-        let issued = self.ca()?.issue_identity(id)?;
-        let (cert_path, key_path) = self.layout.identity(id);
-        if let Some(parent) = cert_path.parent() {
-            crate::create_private_dir(parent)?;
-        }
-        crate::write_new_file(&key_path, &issued.key_pem, true)?;
-        crate::write_new_file(&cert_path, &issued.cert_pem, false)?;
-        let der = asclepios_net::tls::certs_from_pem(&issued.cert_pem)?;
-        let peer = pki::peer_identity(&der[0])?;
-        self.store.put_identity(&Identity {
-            id: id.into(),
-            kind: kind.into(),
-            display_name: display_name.into(),
-            public_key: Some(peer.public_key.to_vec()),
-            status: IdentityStatus::Active,
-        })?;
-        for a in attributes {
-            self.store.grant_attribute(id, a)?;
-        }
-        self.member(id)
+        let public_key = issue_identity_files(&self.layout.dir, id)?;
+        admin::register(
+            &self.store,
+            &admin::Registration {
+                id: id.into(),
+                kind: kind.into(),
+                display_name: display_name.into(),
+                public_key: hex::encode(public_key),
+                attributes: attributes.to_vec(),
+            },
+        )
+        .map_err(api)
     }
 
     /// Makes `id` a reader of the audit log: an HPKE key pair whose secret
@@ -165,90 +141,31 @@ impl Directory {
     pub fn make_auditor(&self, id: &str) -> Result<(), Error> {
         self.member(id)?;
         let public = crate::keys::create_auditor_key(&self.layout.dir, id)?;
-        self.store.put_auditor_key(id, &public.to_bytes())?;
-        Ok(())
+        admin::set_auditor_key(&self.store, id, &public.to_bytes()).map_err(api)
     }
 
     /// One identity with its attributes.
     pub fn member(&self, id: &str) -> Result<Member, Error> {
-        let identity = self.store.identity(id)?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "no identity `{id}`; `asclepios user list` shows them"
-            ))
-        })?;
-        let attributes = self
-            .store
-            .identity_attributes(id)?
-            .into_iter()
-            .map(|g| (g.attribute, g.granted_version))
-            .collect();
-        Ok(Member {
-            identity,
-            attributes,
-        })
+        admin::member(&self.store, id).map_err(api)
     }
 
     /// Every identity.
     pub fn list(&self) -> Result<Vec<Member>, Error> {
-        self.store
-            .identities()?
-            .into_iter()
-            .map(|i| self.member(&i.id))
-            .collect()
-    }
-
-    /// Re-wraps the records that name revoked attributes (the authority's
-    /// job, done here with its master key from the data directory).
-    fn rewrap(&self, revoked: Vec<String>) -> Result<Revocation, Error> {
-        if revoked.is_empty() {
-            return Ok(Revocation::default());
-        }
-        let master = crate::keys::abe_master_key(&self.layout.dir)?;
-        let rewrapped =
-            asclepios_authority::rewrap_after_revocation(&self.store, &master, &revoked)
-                .map_err(|e| Error::Invalid(format!("re-wrapping after the revocation: {e}")))?;
-        Ok(Revocation { revoked, rewrapped })
+        admin::members(&self.store).map_err(api)
     }
 
     /// Sets an identity's attributes to exactly `attributes`. Attributes
     /// taken away are revoked: their versions bump and every record whose
     /// policy names them is re-wrapped.
     pub fn set_attributes(&self, id: &str, attributes: &[String]) -> Result<Revocation, Error> {
-        for a in attributes {
-            check_attribute(a)?;
-        }
-        let current = self.member(id)?;
-        if current.identity.status == IdentityStatus::Revoked {
-            return Err(Error::Invalid(format!("identity `{id}` is disabled")));
-        }
-        let mut removed = Vec::new();
-        for (a, _) in &current.attributes {
-            if !attributes.contains(a) {
-                self.store.revoke_attribute(id, a)?;
-                removed.push(a.clone());
-            }
-        }
-        for a in attributes {
-            if !current.attributes.iter().any(|(have, _)| have == a) {
-                self.store.grant_attribute(id, a)?;
-            }
-        }
-        self.rewrap(removed)
+        let master = crate::keys::abe_master_key(&self.layout.dir)?;
+        admin::set_attributes(&self.store, &master, id, attributes).map_err(api)
     }
 
     /// Disables an identity: refused everywhere, every attribute revoked
     /// (each bumped to a new version, the records naming them re-wrapped).
     pub fn disable(&self, id: &str) -> Result<Revocation, Error> {
-        let current = self.member(id)?;
-        // Refused everywhere first; then the attributes, then the re-wrap.
-        let mut identity = current.identity;
-        identity.status = IdentityStatus::Revoked;
-        self.store.put_identity(&identity)?;
-        let mut revoked = Vec::new();
-        for (a, _) in &current.attributes {
-            self.store.revoke_attribute(id, a)?;
-            revoked.push(a.clone());
-        }
-        self.rewrap(revoked)
+        let master = crate::keys::abe_master_key(&self.layout.dir)?;
+        admin::disable(&self.store, &master, id).map_err(api)
     }
 }

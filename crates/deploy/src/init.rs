@@ -72,6 +72,12 @@ pub const SAMPLE_ORGANISATION: &[SampleIdentity] = &[
         attributes: &["role:auditor"],
     },
     SampleIdentity {
+        id: "admin-ada",
+        kind: "admin",
+        display_name: "Ada Park, directory administrator",
+        attributes: &["role:admin"],
+    },
+    SampleIdentity {
         id: "researcher-rita",
         kind: "researcher",
         display_name: "Rita Stat, epidemiologist",
@@ -106,6 +112,23 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
     // planted beforehand, or a link to one, is refused, not written into),
     // the SQLite store included: a descriptor opened on a planted file
     // before `init` would read everything written into it.
+    // The sealing key goes outside the directory, to a file of its own:
+    // refuse before writing anything if that cannot be.
+    let seal = config.seal_key_file(dir)?;
+    if std::fs::symlink_metadata(&seal).is_ok() {
+        return Err(Error::Invalid(format!(
+            "{} exists already: it is the sealing key of another deployment; move it away or set [seal] key_file",
+            seal.display()
+        )));
+    }
+    if let Some(parent) = seal.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Error::Io(format!(
+                "cannot make the directory for the sealing key {}: {e}",
+                seal.display()
+            ))
+        })?;
+    }
     create_private_dir(dir)?;
     let store = config.store_location(dir);
     if !store.starts_with("postgres") && std::fs::symlink_metadata(&store).is_ok() {

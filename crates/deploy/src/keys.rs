@@ -6,12 +6,13 @@
 //! authority/sse-master.sealed  the search index's Mitra key, sealed likewise
 //! authority/stats-master.sealed the key sealing statistics slot keys at rest
 //! authority/integrity.sealed   the key authenticating the authority's rows
-//! authority/integrity.anchor   the latest change of the authority's state seen
 //! <seal key file>              the sealing key: outside the data directory
 //!                              (`[seal] key_file`, by default `<dir>.seal.key`
 //!                              beside it), so a copy of the directory or of
 //!                              a backup of it opens none of the sealed secrets;
 //!                              in a TEE it comes from sealing to the measurement
+//! <seal key file>.anchor       beside it: the latest change of the authority's
+//!                              state seen (`.anchor` instead of `.key`)
 //! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
 //! identities/<id>.audit.key    an auditor's HPKE secret key (the public key is in
 //!                              the directory: `user add --auditor`)
@@ -36,8 +37,6 @@ const STATS_SEAL_AAD: &[u8] = b"asclepios stats master secret v1";
 const STATS_SEALED: &str = "authority/stats-master.sealed";
 const INTEGRITY_SEAL_AAD: &[u8] = b"asclepios integrity key v1";
 const INTEGRITY_SEALED: &str = "authority/integrity.sealed";
-/// Where the authority keeps the latest change of its state it has seen.
-pub const INTEGRITY_ANCHOR: &str = "authority/integrity.anchor";
 
 fn write_new_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_new_file(path, &hex::encode(bytes), secret)

@@ -112,7 +112,7 @@ fn audit_log(dir: &Path, config: &Config) -> Result<Arc<Log<Store>>, Error> {
 fn authority_store(dir: &Path, config: &Config) -> Result<Store, Error> {
     Ok(open_store(dir, config)?.with_integrity_or_alarm(
         keys::integrity_key(dir)?,
-        Some(dir.join(keys::INTEGRITY_ANCHOR)),
+        Some(config.integrity_anchor_file(dir)?),
     )?)
 }
 

@@ -41,7 +41,7 @@ impl Store {
             int(c.attested_at)?,
             int(c.expires_at)?,
         ];
-        self.protected_transaction(&[(&COMPONENTS, &c.identity_id)], |tx| {
+        self.protected_transaction(&[(&COMPONENTS, &c.identity_id)], |tx, _| {
             tx.exec(
                 "INSERT INTO components (identity_id, format, measurement, trust, appraisal, key_sha256, attested_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -50,7 +50,7 @@ impl Store {
                  attested_at = excluded.attested_at, expires_at = excluded.expires_at",
                 &row,
             )?;
-            Ok(())
+            Ok(((), vec![vec![crate::db::Row(row.to_vec())]]))
         })
     }
 

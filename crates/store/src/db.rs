@@ -52,7 +52,7 @@ pub(crate) fn int(x: u64) -> Result<Value, StoreError> {
 }
 
 /// One result row.
-#[derive(Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) struct Row(pub(crate) Vec<Value>);
 
 impl Row {

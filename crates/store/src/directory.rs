@@ -172,7 +172,20 @@ impl Store {
     /// Creates or updates an identity.
     pub fn put_identity(&self, identity: &Identity) -> Result<(), StoreError> {
         let at = now();
-        self.protected_transaction(&[(&IDENTITIES, &identity.id)], |tx| {
+        self.protected_transaction(&[(&IDENTITIES, &identity.id)], |tx, before| {
+            // created_at stays; the rest is what is written.
+            let created = before[0]
+                .first()
+                .map_or(Ok(at), |r| r.int(5))?;
+            let after = Row(vec![
+                identity.id.as_str().into(),
+                identity.kind.as_str().into(),
+                identity.display_name.as_str().into(),
+                identity.public_key.clone().into(),
+                identity.status.as_str().into(),
+                Value::Int(created),
+                Value::Int(at),
+            ]);
             tx.exec(
                 "INSERT INTO identities (identity_id, kind, display_name, public_key, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
                  ON CONFLICT (identity_id) DO UPDATE SET kind = excluded.kind, display_name = excluded.display_name, public_key = excluded.public_key, status = excluded.status, updated_at = excluded.updated_at",
@@ -184,8 +197,8 @@ impl Store {
                     identity.status.as_str().into(),
                     Value::Int(at),
                 ],
-            )
-            .map(|_| ())
+            )?;
+            Ok(((), vec![vec![after]]))
         })
     }
 
@@ -220,25 +233,30 @@ impl Store {
             (&IDENTITIES, identity_id),
             (&ATTRIBUTE_VERSIONS, attribute),
         ];
-        self.protected_transaction(&touched, |tx| {
-            if tx
-                .query_opt("SELECT 1 FROM identities WHERE identity_id = $1", &[identity_id.into()])?
-                .is_none()
-            {
+        self.protected_transaction(&touched, |tx, before| {
+            // What the identity and the version are, from the checked rows.
+            if before[1].is_empty() {
                 return Err(StoreError::NotFound(format!("identity {identity_id}")));
             }
-            let version = tx
-                .query_opt(
-                    "SELECT version FROM attribute_versions WHERE attribute = $1",
-                    &[attribute.into()],
-                )?
-                .map_or(Ok(0), |r| r.uint(0))?;
+            let version = before[2].first().map_or(Ok(0), |r| r.uint(0))?;
+            let mut attributes: Vec<Row> = before[0]
+                .iter()
+                .filter(|r| r.text(0).map_or(true, |a| a != attribute))
+                .cloned()
+                .collect();
+            attributes.push(Row(vec![
+                attribute.into(),
+                int(version)?,
+                Value::Int(at),
+                Value::Null,
+                identity_id.into(),
+            ]));
             tx.exec(
                 "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) VALUES ($1, $2, $3, $4, NULL) \
                  ON CONFLICT (identity_id, attribute) DO UPDATE SET granted_version = excluded.granted_version, granted_at = excluded.granted_at, revoked_at = NULL",
                 &[identity_id.into(), attribute.into(), int(version)?, Value::Int(at)],
             )?;
-            Ok(version)
+            Ok((version, vec![attributes, before[1].clone(), before[2].clone()]))
         })
     }
 
@@ -250,24 +268,37 @@ impl Store {
             (&IDENTITY_ATTRIBUTES, identity_id),
             (&ATTRIBUTE_VERSIONS, attribute),
         ];
-        self.protected_transaction(&touched, |tx| {
-            let changed = tx.exec(
-                "UPDATE identity_attributes SET revoked_at = $1 WHERE identity_id = $2 AND attribute = $3 AND revoked_at IS NULL",
-                &[Value::Int(at), identity_id.into(), attribute.into()],
-            )?;
-            if changed == 0 {
+        self.protected_transaction(&touched, |tx, before| {
+            let held = |r: &Row| {
+                r.text(0).is_ok_and(|a| a == attribute) && r.opt_int(3).is_ok_and(|x| x.is_none())
+            };
+            if !before[0].iter().any(held) {
                 return Err(StoreError::NotFound(format!(
                     "identity {identity_id} does not hold {attribute}"
                 )));
             }
-            let row = tx
-                .query_opt(
-                    "INSERT INTO attribute_versions (attribute, version) VALUES ($1, 1) \
-                     ON CONFLICT (attribute) DO UPDATE SET version = attribute_versions.version + 1 RETURNING version",
-                    &[attribute.into()],
-                )?
-                .ok_or_else(|| StoreError::Corrupt("attribute version not returned".into()))?;
-            row.uint(0)
+            let attributes = before[0]
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    if held(&r) {
+                        r.0[3] = Value::Int(at);
+                    }
+                    r
+                })
+                .collect();
+            let version = before[1].first().map_or(Ok(0), |r| r.uint(0))? + 1;
+            tx.exec(
+                "UPDATE identity_attributes SET revoked_at = $1 WHERE identity_id = $2 AND attribute = $3 AND revoked_at IS NULL",
+                &[Value::Int(at), identity_id.into(), attribute.into()],
+            )?;
+            tx.exec(
+                "INSERT INTO attribute_versions (attribute, version) VALUES ($1, $2) \
+                 ON CONFLICT (attribute) DO UPDATE SET version = excluded.version",
+                &[attribute.into(), int(version)?],
+            )?;
+            let versions = vec![Row(vec![int(version)?, attribute.into()])];
+            Ok((version, vec![attributes, versions]))
         })
     }
 
@@ -307,13 +338,14 @@ impl Store {
     /// auditor `identity_id` (replacing an earlier one).
     pub fn put_auditor_key(&self, identity_id: &str, public_key: &[u8]) -> Result<(), StoreError> {
         let at = now();
-        self.protected_transaction(&[(&AUDITOR_KEYS, identity_id)], |tx| {
+        self.protected_transaction(&[(&AUDITOR_KEYS, identity_id)], |tx, _| {
+            let after = Row(vec![identity_id.into(), public_key.to_vec().into(), Value::Int(at)]);
             tx.exec(
                 "INSERT INTO auditor_keys (identity_id, public_key, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (identity_id) DO UPDATE SET public_key = excluded.public_key, created_at = excluded.created_at",
                 &[identity_id.into(), public_key.to_vec().into(), Value::Int(at)],
-            )
-            .map(|_| ())
+            )?;
+            Ok(((), vec![vec![after]]))
         })
     }
 
@@ -355,31 +387,31 @@ impl Store {
     /// assigned: one more than the latest). Returns the version written.
     pub fn put_consent(&self, c: &Consent) -> Result<u64, StoreError> {
         let at = now();
-        self.protected_transaction(&[(&CONSENTS, &c.patient)], |tx| {
-            let latest = tx
-                .query_opt(
-                    "SELECT MAX(version) FROM consents WHERE patient = $1 AND consent_id = $2",
-                    &[c.patient.as_str().into(), c.consent_id.as_str().into()],
-                )?
-                .map(|r| r.opt_int(0))
-                .transpose()?
-                .flatten()
-                .unwrap_or(0);
+        self.protected_transaction(&[(&CONSENTS, &c.patient)], |tx, before| {
+            let mut latest = 0;
+            for r in &before[0] {
+                if r.text(1)? == c.consent_id {
+                    latest = latest.max(r.int(2)?);
+                }
+            }
             let version = latest + 1;
+            let row = vec![
+                c.patient.as_str().into(),
+                c.consent_id.as_str().into(),
+                Value::Int(version),
+                c.grantee.as_str().into(),
+                c.scope.as_str().into(),
+                c.status.as_str().into(),
+                c.document.clone().into(),
+                Value::Int(at),
+            ];
             tx.exec(
                 &format!("INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
-                &[
-                    c.patient.as_str().into(),
-                    c.consent_id.as_str().into(),
-                    Value::Int(version),
-                    c.grantee.as_str().into(),
-                    c.scope.as_str().into(),
-                    c.status.as_str().into(),
-                    c.document.clone().into(),
-                    Value::Int(at),
-                ],
+                &row,
             )?;
-            Ok(version as u64)
+            let mut after = before[0].clone();
+            after.push(Row(row));
+            Ok((version as u64, vec![after]))
         })
     }
 
@@ -411,19 +443,24 @@ impl Store {
 
     /// Records an emergency grant (a grant id used before is a conflict).
     pub fn put_emergency_grant(&self, g: &EmergencyGrant) -> Result<(), StoreError> {
-        let result = self.protected_transaction(&[(&EMERGENCY_GRANTS, &g.patient)], |tx| {
+        let result = self.protected_transaction(&[(&EMERGENCY_GRANTS, &g.patient)], |tx, before| {
+            let row = vec![
+                g.patient.as_str().into(),
+                g.grant_id.as_str().into(),
+                g.clinician.as_str().into(),
+                g.reason.as_str().into(),
+                Value::Int(g.issued_at),
+                Value::Int(g.expires_at),
+                Value::Null,
+                Value::Null,
+            ];
             tx.exec(
-                &format!("INSERT INTO emergency_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)"),
-                &[
-                    g.patient.as_str().into(),
-                    g.grant_id.as_str().into(),
-                    g.clinician.as_str().into(),
-                    g.reason.as_str().into(),
-                    Value::Int(g.issued_at),
-                    Value::Int(g.expires_at),
-                ],
-            )
-            .map(|_| ())
+                &format!("INSERT INTO emergency_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+                &row,
+            )?;
+            let mut after = before[0].clone();
+            after.push(Row(row));
+            Ok(((), vec![after]))
         });
         match result {
             Err(e) if crate::sse::is_duplicate(&e) => Err(StoreError::Conflict(format!(
@@ -485,17 +522,30 @@ impl Store {
         auditor: &str,
     ) -> Result<(), StoreError> {
         let at = now();
-        self.protected_transaction(&[(&EMERGENCY_GRANTS, patient)], |tx| {
-            let n = tx.exec(
-                "UPDATE emergency_grants SET reviewed_by = $1, reviewed_at = $2 WHERE patient = $3 AND grant_id = $4 AND reviewed_at IS NULL",
-                &[auditor.into(), Value::Int(at), patient.into(), grant_id.into()],
-            )?;
-            if n == 0 {
+        self.protected_transaction(&[(&EMERGENCY_GRANTS, patient)], |tx, before| {
+            let pending =
+                |r: &Row| r.text(1).is_ok_and(|g| g == grant_id) && matches!(r.0.get(7), Some(Value::Null));
+            if !before[0].iter().any(pending) {
                 return Err(StoreError::NotFound(format!(
                     "unreviewed emergency grant {grant_id} of {patient}"
                 )));
             }
-            Ok(())
+            let after = before[0]
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    if pending(&r) {
+                        r.0[6] = auditor.into();
+                        r.0[7] = Value::Int(at);
+                    }
+                    r
+                })
+                .collect();
+            tx.exec(
+                "UPDATE emergency_grants SET reviewed_by = $1, reviewed_at = $2 WHERE patient = $3 AND grant_id = $4 AND reviewed_at IS NULL",
+                &[auditor.into(), Value::Int(at), patient.into(), grant_id.into()],
+            )?;
+            Ok(((), vec![after]))
         })
     }
 }

@@ -27,10 +27,19 @@
 //!   read that would have used it, whatever the database answers.
 //! * **Rollback of the whole database is caught at start.** The head's
 //!   sequence number is also written to an anchor file on the authority's
-//!   host (outside the database); a head older than the anchor is a rollback.
-//! * **Failure is sticky.** The first mismatch raises an alarm: from then on
-//!   every protected read and write fails with [`StoreError::Integrity`]
-//!   until an operator has looked and restarted the authority.
+//!   host (outside the database and the data directory); a head older than
+//!   the anchor is a rollback, and a missing anchor beside a state that has
+//!   changed is refused too (it could hide one).
+//! * **Writes are checked after, too.** A write computes, from the
+//!   partitions it read and checked, exactly what they must hold afterwards,
+//!   and tags that; if the database then holds anything else (a trigger, a
+//!   rule, a row slipped in by another session), the write is rolled back and
+//!   the alarm raised. Authority writes take the head's row lock first, so
+//!   they never interleave with one another.
+//! * **Failure is sticky.** The first mismatch, and any malformed value where
+//!   authority data should be, raises an alarm: from then on every protected
+//!   read and write fails with [`StoreError::Integrity`] until an operator has
+//!   looked and restarted the authority.
 //!
 //! Another process holding the key (the administration CLI while the service
 //! runs) may write too: when a partition disagrees with memory but the head
@@ -63,6 +72,8 @@ pub(crate) struct Protected {
     pub(crate) partition: &'static str,
     pub(crate) columns: &'static str,
     pub(crate) order: &'static str,
+    /// The partition column holds bytes (named in hex here) rather than text.
+    pub(crate) bytes_partition: bool,
 }
 
 pub(crate) const IDENTITIES: Protected = Protected {
@@ -70,24 +81,28 @@ pub(crate) const IDENTITIES: Protected = Protected {
     partition: "identity_id",
     columns: "identity_id, kind, display_name, public_key, status, created_at, updated_at",
     order: "identity_id",
+    bytes_partition: false,
 };
 pub(crate) const IDENTITY_ATTRIBUTES: Protected = Protected {
     table: "identity_attributes",
     partition: "identity_id",
     columns: "attribute, granted_version, granted_at, revoked_at, identity_id",
     order: "attribute",
+    bytes_partition: false,
 };
 pub(crate) const ATTRIBUTE_VERSIONS: Protected = Protected {
     table: "attribute_versions",
     partition: "attribute",
     columns: "version, attribute",
     order: "attribute",
+    bytes_partition: false,
 };
 pub(crate) const AUDITOR_KEYS: Protected = Protected {
     table: "auditor_keys",
     partition: "identity_id",
     columns: "identity_id, public_key, created_at",
     order: "identity_id",
+    bytes_partition: false,
 };
 pub(crate) const COMPONENTS: Protected = Protected {
     table: "components",
@@ -95,12 +110,14 @@ pub(crate) const COMPONENTS: Protected = Protected {
     columns:
         "identity_id, format, measurement, trust, appraisal, key_sha256, attested_at, expires_at",
     order: "identity_id",
+    bytes_partition: false,
 };
 pub(crate) const CONSENTS: Protected = Protected {
     table: "consents",
     partition: "patient",
     columns: "patient, consent_id, version, grantee, scope, status, document, updated_at",
     order: "consent_id, version",
+    bytes_partition: false,
 };
 pub(crate) const EMERGENCY_GRANTS: Protected = Protected {
     table: "emergency_grants",
@@ -108,10 +125,35 @@ pub(crate) const EMERGENCY_GRANTS: Protected = Protected {
     columns:
         "patient, grant_id, clinician, reason, issued_at, expires_at, reviewed_by, reviewed_at",
     order: "grant_id",
+    bytes_partition: false,
+};
+
+/// The search index client's sealed keyword counters and record keyword
+/// lists: one row each, under a pseudorandom row id.
+pub(crate) const SSE_STATE: Protected = Protected {
+    table: "sse_state",
+    partition: "row_id",
+    columns: "row_id, sealed",
+    order: "row_id",
+    bytes_partition: true,
+};
+pub(crate) const FE_SLOTS: Protected = Protected {
+    table: "fe_slots",
+    partition: "study",
+    columns: "study, slot, provider, sealed_key",
+    order: "slot",
+    bytes_partition: false,
+};
+pub(crate) const FE_COHORTS: Protected = Protected {
+    table: "fe_cohorts",
+    partition: "study",
+    columns: "study, cohort_id, slots",
+    order: "cohort_id",
+    bytes_partition: false,
 };
 
 /// Every protected table.
-pub(crate) const PROTECTED: [&Protected; 7] = [
+pub(crate) const PROTECTED: [&Protected; 10] = [
     &IDENTITIES,
     &IDENTITY_ATTRIBUTES,
     &ATTRIBUTE_VERSIONS,
@@ -119,7 +161,55 @@ pub(crate) const PROTECTED: [&Protected; 7] = [
     &COMPONENTS,
     &CONSENTS,
     &EMERGENCY_GRANTS,
+    &SSE_STATE,
+    &FE_SLOTS,
+    &FE_COHORTS,
 ];
+
+impl Protected {
+    /// A partition's name as a query parameter.
+    fn parameter(&self, part: &str) -> Result<Value, StoreError> {
+        if self.bytes_partition {
+            hex::decode(part).map(Value::Bytes).map_err(|_| {
+                StoreError::Invalid(format!("{}: a partition name is hex", self.table))
+            })
+        } else {
+            Ok(part.into())
+        }
+    }
+
+    /// Puts a partition's rows in canonical order: by the order columns, then
+    /// by every column, compared as bytes (whatever the database's collation).
+    fn sort(&self, rows: &mut [Row]) {
+        let names: Vec<&str> = self.columns.split(',').map(str::trim).collect();
+        let keys: Vec<usize> = self
+            .order
+            .split(',')
+            .filter_map(|c| names.iter().position(|n| *n == c.trim()))
+            .chain(0..names.len())
+            .collect();
+        rows.sort_by(|a, b| {
+            keys.iter()
+                .map(|&i| compare(a.0.get(i), b.0.get(i)))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+    }
+
+    /// The partition a row (in canonical column order) belongs to.
+    fn partition_of(&self, row: &Row) -> Result<String, StoreError> {
+        let at = self
+            .columns
+            .split(',')
+            .position(|c| c.trim() == self.partition)
+            .ok_or_else(|| StoreError::Invalid(format!("{}: no partition column", self.table)))?;
+        if self.bytes_partition {
+            Ok(hex::encode(row.bytes(at)?))
+        } else {
+            row.text(at)
+        }
+    }
+}
 
 /// The key that authenticates the authority's state (32 random bytes, sealed
 /// with the authority's other secrets). Zeroized on drop, never printed.
@@ -154,6 +244,16 @@ struct Head {
     sum: [u8; 32],
 }
 
+/// A row lock on the head (PostgreSQL only). Writers take it for update
+/// before anything else; a full verification takes it shared, so that every
+/// statement of the verification sees the state one writer left.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lock {
+    None,
+    Share,
+    Update,
+}
+
 /// What this process knows the authority state to be.
 #[derive(Debug)]
 struct Known {
@@ -174,6 +274,25 @@ impl std::fmt::Debug for Integrity {
         f.debug_struct("Integrity")
             .field("anchor", &self.anchor)
             .finish_non_exhaustive()
+    }
+}
+
+/// Values in canonical order: NULL, integers, bytes, text; bytewise within.
+fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
+    fn rank(v: Option<&Value>) -> u8 {
+        match v {
+            None => 0,
+            Some(Value::Null) => 1,
+            Some(Value::Int(_)) => 2,
+            Some(Value::Bytes(_)) => 3,
+            Some(Value::Text(_)) => 4,
+        }
+    }
+    match (a, b) {
+        (Some(Value::Int(x)), Some(Value::Int(y))) => x.cmp(y),
+        (Some(Value::Bytes(x)), Some(Value::Bytes(y))) => x.cmp(y),
+        (Some(Value::Text(x)), Some(Value::Text(y))) => x.as_bytes().cmp(y.as_bytes()),
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 
@@ -261,24 +380,32 @@ impl Integrity {
         }
     }
 
-    /// The head as stored, if its MAC verifies (an alarm otherwise).
-    fn read_head(&self, tx: &mut dyn Tx) -> Result<Option<Head>, StoreError> {
-        let Some(row) = tx.query_opt(
-            "SELECT seq, tag_count, tag_sum, mac FROM integrity_head WHERE id = 1",
-            &[],
-        )?
-        else {
+    /// The head as stored, if its MAC verifies (an alarm otherwise, as for
+    /// any malformed value), with PostgreSQL's row `lock` (SQLite's write
+    /// transactions are exclusive already).
+    fn read_head(&self, tx: &mut dyn Tx, lock: Lock) -> Result<Option<Head>, StoreError> {
+        let sql = format!(
+            "SELECT seq, tag_count, tag_sum, mac FROM integrity_head WHERE id = 1{}",
+            match lock {
+                Lock::None => "",
+                Lock::Share => " FOR SHARE",
+                Lock::Update => " FOR UPDATE",
+            }
+        );
+        let Some(row) = tx.query_opt(&sql, &[])? else {
             return Ok(None);
         };
+        let malformed = |_| self.raise("the authority state's head is malformed".into());
         let head = Head {
-            seq: row.uint(0)?,
-            count: row.uint(1)?,
+            seq: row.uint(0).map_err(malformed)?,
+            count: row.uint(1).map_err(malformed)?,
             sum: row
-                .bytes(2)?
+                .bytes(2)
+                .map_err(malformed)?
                 .try_into()
                 .map_err(|_| self.raise("the authority state's head is malformed".into()))?,
         };
-        if row.bytes(3)? != self.head_mac(&head) {
+        if row.bytes(3).map_err(malformed)? != self.head_mac(&head) {
             return Err(self.raise(
                 "the authority state's head does not verify: it was written without the authority's key".into(),
             ));
@@ -286,15 +413,28 @@ impl Integrity {
         Ok(Some(head))
     }
 
-    fn anchored_seq(&self) -> Result<u64, StoreError> {
+    /// The change number in the anchor file: `None` if there is none.
+    fn anchored_seq(&self) -> Result<Option<u64>, StoreError> {
         let Some(path) = &self.anchor else {
-            return Ok(0);
+            return Ok(None);
         };
-        match std::fs::read_to_string(path) {
-            Ok(s) => s.trim().parse().map_err(|_| {
-                StoreError::Invalid(format!("{}: not an integrity anchor", path.display()))
+        let read = || -> std::io::Result<String> {
+            use std::io::Read;
+            let mut file = std::fs::File::open(path)?;
+            // Writers hold it exclusively while they rewrite it.
+            file.lock_shared()?;
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        match read() {
+            Ok(s) => s.trim().parse().map(Some).map_err(|_| {
+                self.raise(format!(
+                    "the integrity anchor {} is not a change number: it was damaged",
+                    path.display()
+                ))
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Unavailable(format!(
                 "cannot read the integrity anchor {}: {e}",
                 path.display()
@@ -302,26 +442,21 @@ impl Integrity {
         }
     }
 
-    /// Records `seq` in the anchor file if it is newer than what is there.
-    fn anchor(&self, seq: u64) -> Result<(), StoreError> {
+    /// Records `seq` in the anchor file if it is newer than what is there,
+    /// under an exclusive lock on the file (writers in several processes
+    /// never move it back). A failure is reported, not returned: the write
+    /// it follows has committed.
+    fn anchor(&self, seq: u64) {
         let Some(path) = &self.anchor else {
-            return Ok(());
+            return;
         };
-        if self.anchored_seq()? >= seq {
-            return Ok(());
-        }
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            std::fs::write(&tmp, format!("{seq}\n"))?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot write the integrity anchor {}: {e}",
+        if let Err(e) = write_anchor(path, seq) {
+            eprintln!(
+                "asclepios: WARNING: cannot record change {seq} in the integrity anchor {}: {e}; \
+                 a rollback of the authority's store to before it would go unnoticed at restart",
                 path.display()
-            ))
-        })
+            );
+        }
     }
 
     /// Reads and verifies the whole authority state: the head, every tag
@@ -330,8 +465,13 @@ impl Integrity {
     /// authority rows.
     fn load(&self, store: &Store) -> Result<Known, StoreError> {
         let anchored = self.anchored_seq()?;
-        store.transaction(|tx| {
-            let head = match self.read_head(tx)? {
+        let lock = if store.kind() == crate::BackendKind::Postgres {
+            Lock::Share
+        } else {
+            Lock::None
+        };
+        let known = store.transaction(|tx| {
+            let head = match self.read_head(tx, lock)? {
                 Some(head) => head,
                 None => {
                     for t in PROTECTED {
@@ -345,9 +485,10 @@ impl Integrity {
                             )));
                         }
                     }
-                    if anchored > 0 {
+                    if anchored.is_some_and(|a| a > 0) {
                         return Err(self.raise(format!(
-                            "the authority state is empty but this authority had seen change {anchored}: the database was wiped or replaced"
+                            "the authority state is empty but this authority had seen change {}: the database was wiped or replaced",
+                            anchored.unwrap_or(0)
                         )));
                     }
                     let head = Head { seq: 0, count: 0, sum: [0; 32] };
@@ -355,25 +496,39 @@ impl Integrity {
                     head
                 }
             };
-            if head.seq < anchored {
-                return Err(self.raise(format!(
-                    "the authority state was rolled back: the database is at change {} but this authority had seen change {anchored}",
-                    head.seq
-                )));
+            match anchored {
+                Some(anchored) if head.seq < anchored => {
+                    return Err(self.raise(format!(
+                        "the authority state was rolled back: the database is at change {} but this authority had seen change {anchored}",
+                        head.seq
+                    )));
+                }
+                None if self.anchor.is_some() && head.seq > 0 => {
+                    return Err(self.raise(format!(
+                        "the integrity anchor is missing while the authority state is at change {}: a rollback cannot be ruled out; \
+                         restore the anchor file from the authority's host",
+                        head.seq
+                    )));
+                }
+                _ => {}
             }
+            let malformed = |_| self.raise("an integrity tag is malformed".into());
             let mut tags = HashMap::new();
             let mut sum = [0u8; 32];
             for row in tx.query("SELECT tbl, part, tag FROM integrity_tags", &[])? {
-                let table = row.text(0)?;
+                let table = row.text(0).map_err(malformed)?;
                 let Some(t) = PROTECTED.iter().find(|t| t.table == table) else {
                     return Err(self.raise(format!("an integrity tag names an unknown table `{table}`")));
                 };
                 let tag: [u8; 32] = row
-                    .bytes(2)?
+                    .bytes(2)
+                    .map_err(malformed)?
                     .try_into()
                     .map_err(|_| self.raise("an integrity tag is malformed".into()))?;
                 sum = add_mod(&sum, &tag, false);
-                tags.insert((t.table, row.text(1)?), tag);
+                if tags.insert((t.table, row.text(1).map_err(malformed)?), tag).is_some() {
+                    return Err(self.raise("an integrity tag is repeated".into()));
+                }
             }
             if tags.len() as u64 != head.count || sum != head.sum {
                 return Err(self.raise(
@@ -381,21 +536,45 @@ impl Integrity {
                 ));
             }
             for t in PROTECTED {
-                let rows = tx.query(
-                    &format!("SELECT {} FROM {} ORDER BY {}, {}", t.columns, t.table, t.partition, t.order),
+                let mut rows = tx.query(
+                    &format!("SELECT {} FROM {} ORDER BY {}", t.columns, t.table, t.partition),
                     &[],
                 )?;
-                if let Some(problem) = check_table(self, &tags, t, &rows)? {
+                if let Some(problem) = check_table(self, &tags, t, &mut rows) {
                     return Err(self.raise(problem));
                 }
             }
             Ok(Known { head, tags })
-        })
-        .and_then(|known| {
-            self.anchor(known.head.seq)?;
-            Ok(known)
-        })
+        })?;
+        self.anchor(known.head.seq);
+        Ok(known)
     }
+}
+
+/// Writes `seq` into the anchor file unless it holds a larger one, under an
+/// exclusive `flock` (new files 0600, never through a symbolic link).
+fn write_anchor(path: &std::path::Path, seq: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // Released when the file closes.
+    file.lock()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    if text.trim().parse::<u64>().is_ok_and(|have| have >= seq) {
+        return Ok(());
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(format!("{seq}\n").as_bytes())?;
+    file.sync_all()
 }
 
 /// Checks every partition of a whole table read against `tags`: returns
@@ -404,36 +583,38 @@ fn check_table(
     integrity: &Integrity,
     tags: &HashMap<(&'static str, String), [u8; 32]>,
     t: &Protected,
-    rows: &[Row],
-) -> Result<Option<String>, StoreError> {
-    let partition_at = t
-        .columns
-        .split(',')
-        .position(|c| c.trim() == t.partition)
-        .ok_or_else(|| StoreError::Invalid(format!("{}: no partition column", t.table)))?;
-    let mut seen = 0usize;
+    rows: &mut [Row],
+) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
     let mut i = 0;
     while i < rows.len() {
-        let part = rows[i].text(partition_at)?;
-        let mut j = i;
-        while j < rows.len() && rows[j].text(partition_at)? == part {
+        let Ok(part) = t.partition_of(&rows[i]) else {
+            return Some(format!(
+                "a row of {} has a malformed partition key",
+                t.table
+            ));
+        };
+        let mut j = i + 1;
+        while j < rows.len() && t.partition_of(&rows[j]).is_ok_and(|p| p == part) {
             j += 1;
         }
+        t.sort(&mut rows[i..j]);
         let expected = tags.get(&(t.table, part.clone()));
-        if expected != Some(&integrity.tag(t.table, &part, &rows[i..j])) {
-            return Ok(Some(mismatch(t, &part, expected.is_some(), true)));
+        if !seen.insert(part.clone())
+            || expected != Some(&integrity.tag(t.table, &part, &rows[i..j]))
+        {
+            return Some(mismatch(t, &part, expected.is_some(), true));
         }
-        seen += 1;
         i = j;
     }
     let tagged = tags.keys().filter(|(table, _)| *table == t.table).count();
-    if seen != tagged {
-        return Ok(Some(format!(
+    if seen.len() != tagged {
+        return Some(format!(
             "rows of {} were deleted outside the authority",
             t.table
-        )));
+        ));
     }
-    Ok(None)
+    None
 }
 
 fn mismatch(t: &Protected, part: &str, tagged: bool, has_rows: bool) -> String {
@@ -483,13 +664,15 @@ fn write_head(
 }
 
 fn partition_rows(tx: &mut dyn Tx, t: &Protected, part: &str) -> Result<Vec<Row>, StoreError> {
-    tx.query(
+    let mut rows = tx.query(
         &format!(
-            "SELECT {} FROM {} WHERE {} = $1 ORDER BY {}",
-            t.columns, t.table, t.partition, t.order
+            "SELECT {} FROM {} WHERE {} = $1",
+            t.columns, t.table, t.partition
         ),
-        &[part.into()],
-    )
+        &[t.parameter(part)?],
+    )?;
+    t.sort(&mut rows);
+    Ok(rows)
 }
 
 impl Store {
@@ -554,6 +737,11 @@ impl Store {
         self
     }
 
+    /// Whether this store checks the authority's state.
+    pub(crate) fn is_protected(&self) -> bool {
+        self.integrity.is_some()
+    }
+
     /// The integrity alarm, once raised: why the authority's state cannot be
     /// trusted. Every protected read and write fails from then on.
     pub fn integrity_alarm(&self) -> Option<String> {
@@ -577,8 +765,10 @@ impl Store {
             return Ok(());
         };
         integrity.check_alarm()?;
-        let known = integrity.load(self)?;
+        // Held across the load: this process's writes cannot move memory on
+        // while the database is read.
         let mut current = integrity.known.write().unwrap_or_else(|p| p.into_inner());
+        let known = integrity.load(self)?;
         if known.head.seq < current.head.seq {
             return Err(integrity.raise(format!(
                 "the authority state was rolled back from change {} to {}",
@@ -595,63 +785,76 @@ impl Store {
         let Some(integrity) = &self.integrity else {
             return self.read(|tx| partition_rows(tx, t, part));
         };
-        integrity.check_alarm()?;
-        for attempt in 0..2 {
-            {
-                let known = integrity.known.read().unwrap_or_else(|p| p.into_inner());
-                let rows = self.read(|tx| partition_rows(tx, t, part))?;
-                let expected = known.tags.get(&(t.table, part.to_string()));
-                let matches = match expected {
-                    None => rows.is_empty(),
-                    Some(tag) => !rows.is_empty() && *tag == integrity.tag(t.table, part, &rows),
-                };
-                if matches {
-                    return Ok(rows);
-                }
-                let newer = self
-                    .read(|tx| integrity.read_head(tx))?
-                    .is_some_and(|h| h.seq > known.head.seq);
-                if !newer || attempt == 1 {
-                    return Err(integrity.raise(mismatch(
-                        t,
-                        part,
-                        expected.is_some(),
-                        !rows.is_empty(),
-                    )));
-                }
-            }
-            // Another holder of the key wrote: verify everything again.
-            self.verify_integrity()?;
-        }
-        unreachable!("the loop returns on its second attempt")
+        self.checked(integrity, |tx, known| {
+            let rows = partition_rows(tx, t, part)?;
+            let expected = known.tags.get(&(t.table, part.to_string()));
+            let matches = match expected {
+                None => rows.is_empty(),
+                Some(tag) => !rows.is_empty() && *tag == integrity.tag(t.table, part, &rows),
+            };
+            Ok(if matches {
+                Ok(rows)
+            } else {
+                Err(mismatch(t, part, expected.is_some(), !rows.is_empty()))
+            })
+        })
     }
 
     /// Every row of a protected table, each partition checked as in
-    /// [`Store::partition`], in one read.
+    /// [`Store::partition`], in one read (grouped by partition, each in
+    /// canonical order).
     pub(crate) fn protected_table(&self, t: &Protected) -> Result<Vec<Row>, StoreError> {
         let read_all = |tx: &mut dyn Tx| {
             tx.query(
                 &format!(
-                    "SELECT {} FROM {} ORDER BY {}, {}",
-                    t.columns, t.table, t.partition, t.order
+                    "SELECT {} FROM {} ORDER BY {}",
+                    t.columns, t.table, t.partition
                 ),
                 &[],
             )
         };
         let Some(integrity) = &self.integrity else {
-            return self.read(read_all);
+            let mut rows = self.read(read_all)?;
+            let mut i = 0;
+            while i < rows.len() {
+                let part = t.partition_of(&rows[i])?;
+                let mut j = i + 1;
+                while j < rows.len() && t.partition_of(&rows[j])? == part {
+                    j += 1;
+                }
+                t.sort(&mut rows[i..j]);
+                i = j;
+            }
+            return Ok(rows);
         };
+        self.checked(integrity, |tx, known| {
+            let mut rows = read_all(tx)?;
+            Ok(match check_table(integrity, &known.tags, t, &mut rows) {
+                None => Ok(rows),
+                Some(problem) => Err(problem),
+            })
+        })
+    }
+
+    /// Runs a checked read: `read` answers the rows, or what is wrong with
+    /// them. A mismatch while the stored head is authentic and newer than
+    /// what this process knows (another holder of the key wrote) is checked
+    /// once more after verifying everything again; otherwise it is an alarm.
+    fn checked<T>(
+        &self,
+        integrity: &Integrity,
+        mut read: impl FnMut(&mut dyn Tx, &Known) -> Result<Result<T, String>, StoreError>,
+    ) -> Result<T, StoreError> {
         integrity.check_alarm()?;
         for attempt in 0..2 {
             {
                 let known = integrity.known.read().unwrap_or_else(|p| p.into_inner());
-                let rows = self.read(read_all)?;
-                let problem = check_table(integrity, &known.tags, t, &rows)?;
-                let Some(problem) = problem else {
-                    return Ok(rows);
+                let problem = match self.read(|tx| read(tx, &known))? {
+                    Ok(rows) => return Ok(rows),
+                    Err(problem) => problem,
                 };
                 let newer = self
-                    .read(|tx| integrity.read_head(tx))?
+                    .read(|tx| integrity.read_head(tx, Lock::None))?
                     .is_some_and(|h| h.seq > known.head.seq);
                 if !newer || attempt == 1 {
                     return Err(integrity.raise(problem));
@@ -663,23 +866,46 @@ impl Store {
     }
 
     /// Runs `f` in one transaction that changes the partitions `touched`
-    /// (and only those): checks them first, re-tags them after, and moves the
-    /// head on. Without integrity protection, a plain transaction.
+    /// (distinct; and only those). `f` gets their rows as they are (checked
+    /// against the authority's memory) and returns, with its result, what
+    /// each must hold afterwards: that is what gets tagged, and the write is
+    /// refused, with the alarm, if the database then holds anything else.
+    /// Without integrity protection, a plain transaction.
     pub(crate) fn protected_transaction<T>(
         &self,
         touched: &[(&Protected, &str)],
-        f: impl Fn(&mut dyn Tx) -> Result<T, StoreError>,
+        mut f: impl FnMut(&mut dyn Tx, &[Vec<Row>]) -> Result<(T, Vec<Vec<Row>>), StoreError>,
     ) -> Result<T, StoreError> {
         let Some(integrity) = &self.integrity else {
-            return self.transaction(f);
+            return self.transaction(|tx| {
+                let before = touched
+                    .iter()
+                    .map(|(t, part)| partition_rows(tx, t, part))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(f(tx, &before)?.0)
+            });
         };
         integrity.check_alarm()?;
-        for _ in 0..3 {
+        // Another holder of the key writing at the same time makes this one
+        // verify and start again; in a deployment the authority is the only
+        // writer, so a few rounds suffice.
+        for attempt in 0..20u64 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(attempt * 2));
+            }
             let mut known = integrity.known.write().unwrap_or_else(|p| p.into_inner());
             let outcome = self.transaction(|tx| {
-                let stored = integrity.read_head(tx)?.ok_or_else(|| {
-                    integrity.raise("the authority state's head was deleted".into())
-                })?;
+                // The head's row lock first: authority writes never interleave.
+                let stored = integrity
+                    .read_head(
+                        tx,
+                        if self.kind() == crate::BackendKind::Postgres {
+                            Lock::Update
+                        } else {
+                            Lock::None
+                        },
+                    )?
+                    .ok_or_else(|| integrity.raise("the authority state's head was deleted".into()))?;
                 if stored.seq > known.head.seq {
                     // Another holder of the key wrote: verify, then retry.
                     return Ok(None);
@@ -690,34 +916,39 @@ impl Store {
                         known.head.seq, stored.seq
                     )));
                 }
+                let mut before = Vec::with_capacity(touched.len());
                 for (t, part) in touched {
                     let rows = partition_rows(tx, t, part)?;
                     let expected = known.tags.get(&(t.table, part.to_string()));
                     let matches = match expected {
                         None => rows.is_empty(),
-                        Some(tag) => {
-                            !rows.is_empty() && *tag == integrity.tag(t.table, part, &rows)
-                        }
+                        Some(tag) => !rows.is_empty() && *tag == integrity.tag(t.table, part, &rows),
                     };
                     if !matches {
-                        return Err(integrity.raise(mismatch(
-                            t,
-                            part,
-                            expected.is_some(),
-                            !rows.is_empty(),
-                        )));
+                        return Err(integrity.raise(mismatch(t, part, expected.is_some(), !rows.is_empty())));
                     }
+                    before.push(rows);
                 }
-                let out = f(tx)?;
+                let (out, mut after) = f(tx, &before)?;
+                if after.len() != touched.len() {
+                    return Err(StoreError::Invalid(
+                        "a protected write must say what each partition it touches holds afterwards".into(),
+                    ));
+                }
                 let mut head = known.head;
                 let mut changes = Vec::new();
-                for (t, part) in touched {
-                    let key = (t.table, part.to_string());
-                    if changes.iter().any(|(k, _)| *k == key) {
-                        continue;
+                for ((t, part), expected) in touched.iter().zip(after.iter_mut()) {
+                    t.sort(expected);
+                    let stored = partition_rows(tx, t, part)?;
+                    if stored != *expected {
+                        return Err(integrity.raise(format!(
+                            "the rows of {} for `{part}` changed under the authority's write: \
+                             a trigger, a rule or another session edits the authority's tables",
+                            t.table
+                        )));
                     }
-                    let rows = partition_rows(tx, t, part)?;
-                    let new = (!rows.is_empty()).then(|| integrity.tag(t.table, part, &rows));
+                    let key = (t.table, part.to_string());
+                    let new = (!expected.is_empty()).then(|| integrity.tag(t.table, part, expected));
                     let old = known.tags.get(&key).copied();
                     if old == new {
                         continue;
@@ -754,7 +985,7 @@ impl Store {
                         };
                     }
                     drop(known);
-                    integrity.anchor(head.seq)?;
+                    integrity.anchor(head.seq);
                     return Ok(out);
                 }
                 Ok(None) => {

@@ -7,7 +7,8 @@
 //! compare-and-swap on every state row it touches, so concurrent updates of
 //! one keyword cannot hand out the same counter twice.
 
-use crate::db::{Tx, Value};
+use crate::db::{Row, Tx, Value};
+use crate::integrity::SSE_STATE;
 use crate::{Store, StoreError};
 
 /// A change of one sealed state row, applied only if the row still holds
@@ -70,7 +71,13 @@ impl Store {
             .iter()
             .map(|(a, v)| vec![a.as_slice().into(), v.as_slice().into()])
             .collect();
-        self.transaction(|tx| {
+        // The state rows are the authority's: checked and re-tagged.
+        let rows_touched: Vec<String> = batch.state.iter().map(|w| hex::encode(&w.row)).collect();
+        let touched: Vec<_> = rows_touched
+            .iter()
+            .map(|r| (&SSE_STATE, r.as_str()))
+            .collect();
+        self.protected_transaction(&touched, |tx, _| {
             for w in &batch.state {
                 swap_state(tx, w)?;
             }
@@ -89,7 +96,18 @@ impl Store {
             for chunk in rows.chunks(ADDRS_PER_QUERY) {
                 tx.insert_many("sse_index", &["addr", "value"], chunk)?;
             }
-            Ok(())
+            // Each state row holds its new value afterwards, or nothing.
+            let after = batch
+                .state
+                .iter()
+                .map(|w| {
+                    w.new
+                        .iter()
+                        .map(|new| Row(vec![w.row.as_slice().into(), new.as_slice().into()]))
+                        .collect()
+                })
+                .collect();
+            Ok(((), after))
         })
         .map_err(|e| match e {
             e if is_duplicate(&e) => StoreError::Conflict(
@@ -104,9 +122,21 @@ impl Store {
         self.select_by_key("sse_index", "addr", "value", addrs)
     }
 
-    /// Reads sealed state rows; `None` where a row does not exist.
+    /// Reads sealed state rows; `None` where a row does not exist. Under
+    /// integrity protection each row is checked against the authority's
+    /// memory of it (a rolled-back counter would reuse index addresses).
     pub fn sse_state(&self, rows: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.select_by_key("sse_state", "row_id", "sealed", rows)
+        if !self.is_protected() {
+            return self.select_by_key("sse_state", "row_id", "sealed", rows);
+        }
+        rows.iter()
+            .map(|r| {
+                self.partition(&SSE_STATE, &hex::encode(r))?
+                    .first()
+                    .map(|row| row.bytes(1))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// `value` of `table` for each `key`, in batches of [`ADDRS_PER_QUERY`].

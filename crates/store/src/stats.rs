@@ -3,7 +3,8 @@
 //! encrypted values published under labels, and the cohorts function keys
 //! were issued for (the authority's differencing rule reads them back).
 
-use crate::db::{int, Value};
+use crate::db::{int, Row, Value};
+use crate::integrity::{FE_COHORTS, FE_SLOTS};
 use crate::{Store, StoreError};
 
 /// A slot of a study.
@@ -28,16 +29,11 @@ impl Store {
         count: usize,
         seal: &mut dyn FnMut(u64) -> Vec<u8>,
     ) -> Result<u64, StoreError> {
-        self.transaction(|tx| {
-            let next = tx
-                .query_opt(
-                    "SELECT MAX(slot) FROM fe_slots WHERE study = $1",
-                    &[study.into()],
-                )?
-                .map(|r| r.opt_int(0))
-                .transpose()?
-                .flatten()
-                .map_or(0, |m| m as u64 + 1);
+        self.protected_transaction(&[(&FE_SLOTS, study)], |tx, before| {
+            let mut next = 0;
+            for r in &before[0] {
+                next = next.max(r.uint(1)? + 1);
+            }
             let rows = (next..next + count as u64)
                 .map(|slot| {
                     Ok(vec![
@@ -55,27 +51,24 @@ impl Store {
                     chunk,
                 )?;
             }
-            Ok(next)
+            let mut after = before[0].clone();
+            after.extend(rows.into_iter().map(Row));
+            Ok((next, vec![after]))
         })
     }
 
     /// Every slot of `study`, in order.
     pub fn fe_slots(&self, study: &str) -> Result<Vec<SlotRow>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT slot, provider, sealed_key FROM fe_slots WHERE study = $1 ORDER BY slot",
-                &[study.into()],
-            )?
+        self.partition(&FE_SLOTS, study)?
             .iter()
             .map(|r| {
                 Ok(SlotRow {
-                    slot: r.uint(0)?,
-                    provider: r.text(1)?,
-                    sealed_key: r.bytes(2)?,
+                    slot: r.uint(1)?,
+                    provider: r.text(2)?,
+                    sealed_key: r.bytes(3)?,
                 })
             })
             .collect()
-        })
     }
 
     /// Publishes encrypted values under `label`; a slot publishes at most
@@ -148,32 +141,29 @@ impl Store {
         cohort_id: &str,
         slots: &[u8],
     ) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            let exists = tx.query_opt(
-                "SELECT 1 FROM fe_cohorts WHERE study = $1 AND cohort_id = $2",
-                &[study.into(), cohort_id.into()],
-            )?;
-            if exists.is_none() {
+        self.protected_transaction(&[(&FE_COHORTS, study)], |tx, before| {
+            let mut after = before[0].clone();
+            if !before[0]
+                .iter()
+                .any(|r| r.text(1).is_ok_and(|c| c == cohort_id))
+            {
+                let row = vec![study.into(), cohort_id.into(), slots.into()];
                 tx.insert_many(
                     "fe_cohorts",
                     &["study", "cohort_id", "slots"],
-                    &[vec![study.into(), cohort_id.into(), slots.into()]],
+                    std::slice::from_ref(&row),
                 )?;
+                after.push(Row(row));
             }
-            Ok(())
+            Ok(((), vec![after]))
         })
     }
 
     /// The cohorts keys were issued for in `study`.
     pub fn fe_cohorts(&self, study: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.read(|tx| {
-            tx.query(
-                "SELECT slots FROM fe_cohorts WHERE study = $1 ORDER BY cohort_id",
-                &[study.into()],
-            )?
+        self.partition(&FE_COHORTS, study)?
             .iter()
-            .map(|r| r.bytes(0))
+            .map(|r| r.bytes(2))
             .collect()
-        })
     }
 }

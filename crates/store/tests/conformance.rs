@@ -160,7 +160,8 @@ fn invalid_record_input_is_refused(h: &Harness) {
 }
 
 fn sse_index_batches_and_refuses_overwrites(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     let batch: Vec<(Vec<u8>, Vec<u8>)> = (0u32..1000)
         .map(|i| (i.to_be_bytes().to_vec(), format!("v{i}").into_bytes()))
         .collect();
@@ -192,7 +193,8 @@ fn sse_index_batches_and_refuses_overwrites(h: &Harness) {
 }
 
 fn sse_state_swaps_atomically_with_the_index(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     let row = b"row-1".to_vec();
     let write = |expect: Option<&[u8]>, new: Option<&[u8]>| StateWrite {
         row: row.clone(),
@@ -283,7 +285,8 @@ fn sse_state_swaps_atomically_with_the_index(h: &Harness) {
 }
 
 fn statistics_slots_values_and_cohorts(h: &Harness) {
-    let s = h.open();
+    // As the key authority opens it: with its state authenticated.
+    let s = h.open_protected().unwrap();
     let first = s
         .fe_add_slots("study", "lab-a", 3, &mut |slot| vec![slot as u8; 4])
         .unwrap();

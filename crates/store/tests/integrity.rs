@@ -5,7 +5,7 @@
 
 mod common;
 
-use asclepios_store::{Identity, IdentityStatus, Store, StoreError};
+use asclepios_store::{Identity, IdentityStatus, SseBatch, StateWrite, Store, StoreError};
 use common::Harness;
 
 conformance!(
@@ -18,6 +18,12 @@ conformance!(
     rows_without_a_head_are_refused,
     the_alarm_sticks_and_stops_writes,
     another_holder_of_the_key_may_write,
+    a_rolled_back_keyword_counter_is_caught,
+    a_deleted_statistics_cohort_is_caught,
+    a_trigger_cannot_slip_a_row_into_an_authority_write,
+    a_trigger_cannot_undo_a_revocation,
+    a_malformed_head_is_an_alarm_not_an_error,
+    concurrent_honest_writers_raise_no_alarm,
 );
 
 fn identity(id: &str) -> Identity {
@@ -132,11 +138,10 @@ fn a_rolled_back_database_is_refused_at_open(h: &Harness) {
     drop(s);
     restore(h, &TABLES);
     assert_integrity(h.open_protected(), "rolled back");
-    // Without the anchor (a fresh authority host), the copy is consistent:
-    // that is what the anchor is for.
+    // Deleting the anchor as well does not help: a state that has changed
+    // without its anchor could hide a rollback.
     std::fs::remove_file(h.anchor_path()).unwrap();
-    let s = h.open_protected().unwrap();
-    assert_eq!(s.current_attributes("dr-a").unwrap(), ["care-team:pat-1"]);
+    assert_integrity(h.open_protected(), "anchor is missing");
 }
 
 fn a_forged_head_is_refused_at_open(h: &Harness) {
@@ -183,4 +188,150 @@ fn another_holder_of_the_key_may_write(h: &Harness) {
     );
     assert!(service.integrity_alarm().is_none() && admin.integrity_alarm().is_none());
     assert_eq!(service.integrity_seq(), admin.integrity_seq());
+}
+
+/// A keyword's sealed counter put back to an older value would make the
+/// authority hand out index addresses it used before (and break forward
+/// privacy): caught at the next read of the state.
+fn a_rolled_back_keyword_counter_is_caught(h: &Harness) {
+    let s = h.open_protected().unwrap();
+    let row = vec![1u8; 16];
+    let write = |expect: Option<&[u8]>, new: &[u8], addr: u8| SseBatch {
+        state: vec![StateWrite {
+            row: row.clone(),
+            expect: expect.map(<[u8]>::to_vec),
+            new: Some(new.to_vec()),
+        }],
+        put: vec![(vec![addr; 16], vec![0; 8])],
+        delete: Vec::new(),
+    };
+    s.sse_apply(&write(None, b"sealed counter 1", 1)).unwrap();
+    snapshot(h, &["sse_state"]);
+    s.sse_apply(&write(Some(b"sealed counter 1"), b"sealed counter 2", 2))
+        .unwrap();
+    assert_eq!(
+        s.sse_state(std::slice::from_ref(&row)).unwrap(),
+        [Some(b"sealed counter 2".to_vec())]
+    );
+    restore(h, &["sse_state"]);
+    assert_integrity(s.sse_state(std::slice::from_ref(&row)), "sse_state");
+}
+
+/// Deleting the cohorts keys were issued for would let a researcher be
+/// given keys for two cohorts that differ by one patient.
+fn a_deleted_statistics_cohort_is_caught(h: &Harness) {
+    let s = h.open_protected().unwrap();
+    s.fe_add_cohort("bp", "c1", &[0, 1, 2]).unwrap();
+    assert_eq!(s.fe_cohorts("bp").unwrap().len(), 1);
+    h.raw("DELETE FROM fe_cohorts");
+    assert_integrity(s.fe_cohorts("bp"), "fe_cohorts");
+}
+
+/// A trigger that adds `patient:pat-1` to dr-b whenever the authority writes
+/// dr-b's attributes. (PostgreSQL needs a function for the trigger body.)
+fn plant_trigger(h: &Harness, on: &str, body: &str) {
+    match h.kind() {
+        asclepios_store::BackendKind::Sqlite => h.raw(&format!(
+            "CREATE TRIGGER planted {on} FOR EACH ROW BEGIN {body}; END;"
+        )),
+        asclepios_store::BackendKind::Postgres => h.raw(&format!(
+            "CREATE FUNCTION planted() RETURNS trigger AS $$ BEGIN {body}; RETURN NULL; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER planted {on} FOR EACH ROW EXECUTE FUNCTION planted();"
+        )),
+    }
+}
+
+/// Review follow-up: the authority used to tag whatever a partition held
+/// after its write, so rows a trigger added got tagged as its own.
+fn a_trigger_cannot_slip_a_row_into_an_authority_write(h: &Harness) {
+    let s = directory(h);
+    plant_trigger(
+        h,
+        "AFTER INSERT ON identity_attributes",
+        "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) \
+         SELECT 'dr-b', 'patient:pat-1', 0, 1, NULL WHERE NOT EXISTS \
+         (SELECT 1 FROM identity_attributes WHERE identity_id = 'dr-b' AND attribute = 'patient:pat-1')",
+    );
+    assert_integrity(
+        s.grant_attribute("dr-b", "role:doctor"),
+        "changed under the authority's write",
+    );
+    // Nothing was written, and nothing was tagged.
+    drop(s);
+    h.raw(match h.kind() {
+        asclepios_store::BackendKind::Sqlite => "DROP TRIGGER planted",
+        asclepios_store::BackendKind::Postgres => "DROP TRIGGER planted ON identity_attributes",
+    });
+    assert_eq!(
+        h.open_protected()
+            .unwrap()
+            .current_attributes("dr-b")
+            .unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+fn a_trigger_cannot_undo_a_revocation(h: &Harness) {
+    let s = directory(h);
+    let (on, body) = match h.kind() {
+        asclepios_store::BackendKind::Sqlite => (
+            "AFTER UPDATE OF revoked_at ON identity_attributes",
+            "UPDATE identity_attributes SET revoked_at = NULL WHERE identity_id = NEW.identity_id AND attribute = NEW.attribute",
+        ),
+        asclepios_store::BackendKind::Postgres => (
+            "AFTER UPDATE ON identity_attributes",
+            "IF NEW.revoked_at IS NOT NULL THEN UPDATE identity_attributes SET revoked_at = NULL WHERE identity_id = NEW.identity_id AND attribute = NEW.attribute; END IF",
+        ),
+    };
+    plant_trigger(h, on, body);
+    assert_integrity(
+        s.revoke_attribute("dr-a", "care-team:pat-1"),
+        "changed under the authority's write",
+    );
+}
+
+/// Values the store cannot even read where the head should be: an alarm
+/// (and a start in alarm), not an error that leaves issuance running.
+fn a_malformed_head_is_an_alarm_not_an_error(h: &Harness) {
+    let s = directory(h);
+    h.raw("UPDATE integrity_head SET seq = -seq");
+    assert_integrity(s.grant_attribute("dr-b", "role:doctor"), "malformed");
+    assert_integrity(s.identity("dr-a"), "malformed");
+    drop(s);
+    assert_integrity(h.open_protected(), "malformed");
+    let key = asclepios_store::IntegrityKey::from_bytes(&[0x5a; 32]).unwrap();
+    let alarmed = h
+        .open()
+        .with_integrity_or_alarm(key, Some(h.anchor_path()))
+        .expect("opens, with the alarm raised");
+    assert!(alarmed.integrity_alarm().unwrap().contains("malformed"));
+}
+
+/// Honest writers in several threads and two processes' stores at once:
+/// every write succeeds or conflicts cleanly, none raises the alarm, and a
+/// fresh start verifies everything.
+fn concurrent_honest_writers_raise_no_alarm(h: &Harness) {
+    let one = std::sync::Arc::new(directory(h));
+    let two = std::sync::Arc::new(h.open_protected().unwrap());
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let s = if i % 2 == 0 { one.clone() } else { two.clone() };
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let id = format!("u{i}-{j}");
+                    s.put_identity(&identity(&id)).unwrap();
+                    s.grant_attribute(&id, "role:doctor").unwrap();
+                    s.grant_attribute("dr-a", &format!("ward:w{i}-{j}"))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(one.integrity_alarm().is_none() && two.integrity_alarm().is_none());
+    assert_eq!(two.current_attributes("dr-a").unwrap().len(), 31);
+    drop((one, two));
+    h.open_protected().unwrap().verify_integrity().unwrap();
 }

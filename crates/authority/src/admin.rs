@@ -1,0 +1,373 @@
+//! Administration of the directory: identities, their keys and attributes,
+//! auditors. These are the only writes to the authority's directory, and
+//! they happen here, in the authority: over its API (signed requests from
+//! an identity holding `role:admin`, each audited) once it runs, and from
+//! `init` while it bootstraps a deployment. Taking an attribute away bumps
+//! its version and re-wraps every record whose policy names it.
+
+use asclepios_audit::{Action, AuditEvent};
+use asclepios_crypto::abe::MasterSecretKey;
+use asclepios_net::server::ApiError;
+use asclepios_net::signature::Verified;
+use asclepios_store::{Identity, IdentityStatus, Store};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::{rewrap_after_revocation, KeyAuthority, WithReceipt};
+use asclepios_records::store_error;
+
+/// The role that administers the directory.
+pub const ADMIN_ROLE: &str = "role:admin";
+
+/// An identity to add to the directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Its id (the URI name in its certificate).
+    pub id: String,
+    /// What it is (`clinician`, `patient`, `device`, `auditor`, ...).
+    pub kind: String,
+    /// A name for people.
+    pub display_name: String,
+    /// Its certificate's Ed25519 key (hex): what its signatures verify with.
+    pub public_key: String,
+    /// Its attributes (`namespace:value`).
+    pub attributes: Vec<String>,
+}
+
+/// An identity with its current attributes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Member {
+    /// The directory entry.
+    pub identity: Identity,
+    /// Its attributes, with the version each was granted at.
+    pub attributes: Vec<(String, u64)>,
+}
+
+/// A member as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberOut {
+    /// The identity.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its display name.
+    pub display_name: String,
+    /// Whether it may act.
+    pub active: bool,
+    /// Its attributes with the version each was granted at.
+    pub attributes: Vec<(String, u64)>,
+}
+
+impl From<&Member> for MemberOut {
+    fn from(m: &Member) -> Self {
+        MemberOut {
+            id: m.identity.id.clone(),
+            kind: m.identity.kind.clone(),
+            display_name: m.identity.display_name.clone(),
+            active: m.identity.status == IdentityStatus::Active,
+            attributes: m.attributes.clone(),
+        }
+    }
+}
+
+/// What a revocation did.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// Attributes taken away (each now at a new version).
+    pub revoked: Vec<String>,
+    /// Data-key wrappers re-wrapped so keys from before no longer open them.
+    pub rewrapped: usize,
+}
+
+/// New attributes for an identity (exactly these).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeSet {
+    /// The attributes it holds from now on.
+    pub attributes: Vec<String>,
+}
+
+/// An auditor's audit-log sealing key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditorKey {
+    /// The HPKE public key (hex).
+    pub public_key: String,
+}
+
+fn invalid(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, m)
+}
+
+/// An attribute is `namespace:value` of letters, digits, `-`, `_`, `.`.
+pub fn check_attribute(a: &str) -> Result<(), ApiError> {
+    let ok = !a.is_empty()
+        && a.len() <= 256
+        && a.contains(':')
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "attribute `{a}`: write it as namespace:value with letters, digits, '-', '_', '.' (e.g. role:doctor)"
+        )))
+    }
+}
+
+/// One identity with its attributes.
+pub fn member(store: &Store, id: &str) -> Result<Member, ApiError> {
+    let identity = store.identity(id).map_err(store_error)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no identity `{id}`; `asclepios user list` shows them"),
+        )
+    })?;
+    let attributes = store
+        .identity_attributes(id)
+        .map_err(store_error)?
+        .into_iter()
+        .map(|g| (g.attribute, g.granted_version))
+        .collect();
+    Ok(Member {
+        identity,
+        attributes,
+    })
+}
+
+/// Every identity.
+pub fn members(store: &Store) -> Result<Vec<Member>, ApiError> {
+    store
+        .identities()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|i| member(store, &i.id))
+        .collect()
+}
+
+/// Adds an identity with its key and attributes.
+pub fn register(store: &Store, r: &Registration) -> Result<Member, ApiError> {
+    asclepios_net::pki::check_identity_id(&r.id).map_err(|e| invalid(e.to_string()))?;
+    asclepios_records::check_name("kind", &r.kind)?;
+    if r.display_name.is_empty()
+        || r.display_name.len() > 200
+        || r.display_name.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "display_name: 1 to 200 characters, no control characters",
+        ));
+    }
+    for a in &r.attributes {
+        check_attribute(a)?;
+    }
+    let public_key: [u8; 32] = hex::decode(&r.public_key)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| invalid("public_key: an Ed25519 public key, 64 hex digits"))?;
+    if store.identity(&r.id).map_err(store_error)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("identity `{}` exists; use `asclepios user set-attrs`", r.id),
+        ));
+    }
+    store
+        .put_identity(&Identity {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            display_name: r.display_name.clone(),
+            public_key: Some(public_key.to_vec()),
+            status: IdentityStatus::Active,
+        })
+        .map_err(store_error)?;
+    for a in &r.attributes {
+        store.grant_attribute(&r.id, a).map_err(store_error)?;
+    }
+    member(store, &r.id)
+}
+
+/// Sets the HPKE key audit events are sealed to while `id` is an active
+/// auditor.
+pub fn set_auditor_key(store: &Store, id: &str, public_key: &[u8]) -> Result<(), ApiError> {
+    member(store, id)?;
+    asclepios_audit::AuditorPublicKey::from_bytes(public_key)
+        .map_err(|e| invalid(format!("public_key: {e}")))?;
+    store.put_auditor_key(id, public_key).map_err(store_error)
+}
+
+fn rewrap(
+    store: &Store,
+    master: &MasterSecretKey,
+    revoked: Vec<String>,
+) -> Result<Revocation, ApiError> {
+    if revoked.is_empty() {
+        return Ok(Revocation::default());
+    }
+    let rewrapped = rewrap_after_revocation(store, master, &revoked).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("re-wrapping after the revocation: {e}"),
+        )
+    })?;
+    Ok(Revocation { revoked, rewrapped })
+}
+
+/// Sets an identity's attributes to exactly `attributes`; those taken away
+/// are revoked (new versions, records re-wrapped).
+pub fn set_attributes(
+    store: &Store,
+    master: &MasterSecretKey,
+    id: &str,
+    attributes: &[String],
+) -> Result<Revocation, ApiError> {
+    for a in attributes {
+        check_attribute(a)?;
+    }
+    let current = member(store, id)?;
+    if current.identity.status == IdentityStatus::Revoked {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("identity `{id}` is disabled"),
+        ));
+    }
+    let mut removed = Vec::new();
+    for (a, _) in &current.attributes {
+        if !attributes.contains(a) {
+            store.revoke_attribute(id, a).map_err(store_error)?;
+            removed.push(a.clone());
+        }
+    }
+    for a in attributes {
+        if !current.attributes.iter().any(|(have, _)| have == a) {
+            store.grant_attribute(id, a).map_err(store_error)?;
+        }
+    }
+    rewrap(store, master, removed)
+}
+
+/// Disables an identity: refused everywhere, every attribute revoked.
+pub fn disable(store: &Store, master: &MasterSecretKey, id: &str) -> Result<Revocation, ApiError> {
+    let current = member(store, id)?;
+    // Refused everywhere first; then the attributes, then the re-wrap.
+    let mut identity = current.identity;
+    identity.status = IdentityStatus::Revoked;
+    store.put_identity(&identity).map_err(store_error)?;
+    let mut revoked = Vec::new();
+    for (a, _) in &current.attributes {
+        store.revoke_attribute(id, a).map_err(store_error)?;
+        revoked.push(a.clone());
+    }
+    rewrap(store, master, revoked)
+}
+
+/// What an administrator asks of the directory.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Register(Registration),
+    SetAttributes(String, AttributeSet),
+    Disable(String),
+    AuditorKey(String, AuditorKey),
+}
+
+/// The answer to a change: the member as it is now, and what was revoked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeOut {
+    /// The member after the change.
+    pub member: MemberOut,
+    /// What was revoked, if anything.
+    pub revocation: Revocation,
+}
+
+impl KeyAuthority {
+    /// Lists the directory: for administrators and auditors.
+    pub(crate) fn list_members(
+        &self,
+        caller: &str,
+        v: &Verified,
+    ) -> Result<WithReceipt<Vec<MemberOut>>, ApiError> {
+        let checks = || {
+            self.active(caller)?;
+            if !self.holds_role(caller, &[ADMIN_ROLE, asclepios_records::AUDITOR_ROLE])? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("`{caller}` holds neither {ADMIN_ROLE} nor role:auditor"),
+                ));
+            }
+            Ok(members(&self.store)?.iter().map(MemberOut::from).collect())
+        };
+        asclepios_records::log_outcome(&self.trail, v, checks(), |outcome| {
+            AuditEvent::new(
+                caller,
+                Action::Read,
+                "directory".into(),
+                None,
+                outcome,
+                Some(v.signature.clone()),
+            )
+        })
+    }
+
+    /// Applies an administrator's change to the directory, audited.
+    pub(crate) fn change(
+        &self,
+        caller: &str,
+        v: &Verified,
+        change: Change,
+    ) -> Result<WithReceipt<ChangeOut>, ApiError> {
+        let (target, what) = match &change {
+            Change::Register(r) => (
+                r.id.clone(),
+                format!("added with {}", r.attributes.join(" ")),
+            ),
+            Change::SetAttributes(id, s) => (
+                id.clone(),
+                format!("attributes set to {}", s.attributes.join(" ")),
+            ),
+            Change::Disable(id) => (id.clone(), "disabled".into()),
+            Change::AuditorKey(id, _) => (id.clone(), "audit-log key set".into()),
+        };
+        asclepios_records::check_name("identity", &target)?;
+        let apply = || -> Result<ChangeOut, ApiError> {
+            self.active(caller)?;
+            if !self.holds_role(caller, &[ADMIN_ROLE])? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("`{caller}` does not hold {ADMIN_ROLE}"),
+                ));
+            }
+            let revocation = match change {
+                Change::Register(r) => {
+                    register(&self.store, &r)?;
+                    Revocation::default()
+                }
+                Change::SetAttributes(id, s) => {
+                    set_attributes(&self.store, &self.master, &id, &s.attributes)?
+                }
+                Change::Disable(id) => disable(&self.store, &self.master, &id)?,
+                Change::AuditorKey(id, k) => {
+                    let key = hex::decode(&k.public_key).map_err(|_| invalid("public_key: hex"))?;
+                    set_auditor_key(&self.store, &id, &key)?;
+                    Revocation::default()
+                }
+            };
+            Ok(ChangeOut {
+                member: MemberOut::from(&member(&self.store, &target)?),
+                revocation,
+            })
+        };
+        let result = apply();
+        asclepios_records::log_outcome(&self.trail, v, result, |outcome| {
+            AuditEvent::new(
+                caller,
+                Action::DirectoryChange,
+                format!("directory/{target}: {what}"),
+                None,
+                outcome,
+                Some(v.signature.clone()),
+            )
+        })
+    }
+}
