@@ -80,7 +80,10 @@ pub fn sse_decoders(data: &[u8]) {
     let tokens = mitra.tokens("type:Observation", &state);
     let third = data.len() / 3;
     // An odd length also leaves one address empty, as a lossy server would.
-    let middle = data.len().is_multiple_of(2).then(|| data[third..2 * third].to_vec());
+    let middle = data
+        .len()
+        .is_multiple_of(2)
+        .then(|| data[third..2 * third].to_vec());
     let values = vec![
         Some(data[..third].to_vec()),
         middle,
