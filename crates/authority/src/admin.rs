@@ -173,18 +173,20 @@ pub fn register(store: &Store, r: &Registration) -> Result<Member, ApiError> {
             format!("identity `{}` exists; use `asclepios user set-attrs`", r.id),
         ));
     }
+    // The entry and its attributes in one transaction: never one without
+    // the other.
     store
-        .put_identity(&Identity {
-            id: r.id.clone(),
-            kind: r.kind.clone(),
-            display_name: r.display_name.clone(),
-            public_key: Some(public_key.to_vec()),
-            status: IdentityStatus::Active,
-        })
+        .add_identity(
+            &Identity {
+                id: r.id.clone(),
+                kind: r.kind.clone(),
+                display_name: r.display_name.clone(),
+                public_key: Some(public_key.to_vec()),
+                status: IdentityStatus::Active,
+            },
+            &r.attributes,
+        )
         .map_err(store_error)?;
-    for a in &r.attributes {
-        store.grant_attribute(&r.id, a).map_err(store_error)?;
-    }
     member(store, &r.id)
 }
 

@@ -202,6 +202,60 @@ impl Store {
         })
     }
 
+    /// Adds a new identity with its attributes (each at its current
+    /// version), all in one transaction: a conflict if the id exists.
+    pub fn add_identity(
+        &self,
+        identity: &Identity,
+        attributes: &[String],
+    ) -> Result<(), StoreError> {
+        let at = now();
+        let mut distinct = attributes.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        let mut touched = vec![
+            (&IDENTITIES, identity.id.as_str()),
+            (&IDENTITY_ATTRIBUTES, identity.id.as_str()),
+        ];
+        touched.extend(distinct.iter().map(|a| (&ATTRIBUTE_VERSIONS, a.as_str())));
+        self.protected_transaction(&touched, |tx, before| {
+            if !before[0].is_empty() {
+                return Err(StoreError::Conflict(format!("identity {} exists", identity.id)));
+            }
+            let row = vec![
+                identity.id.as_str().into(),
+                identity.kind.as_str().into(),
+                identity.display_name.as_str().into(),
+                identity.public_key.clone().into(),
+                identity.status.as_str().into(),
+                Value::Int(at),
+                Value::Int(at),
+            ];
+            tx.exec(
+                "INSERT INTO identities (identity_id, kind, display_name, public_key, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &row,
+            )?;
+            let mut held = Vec::new();
+            for (i, a) in distinct.iter().enumerate() {
+                let version = before[2 + i].first().map_or(Ok(0), |r| r.uint(0))?;
+                tx.exec(
+                    "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) VALUES ($1, $2, $3, $4, NULL)",
+                    &[identity.id.as_str().into(), a.as_str().into(), int(version)?, Value::Int(at)],
+                )?;
+                held.push(Row(vec![
+                    a.as_str().into(),
+                    int(version)?,
+                    Value::Int(at),
+                    Value::Null,
+                    identity.id.as_str().into(),
+                ]));
+            }
+            let mut after = vec![vec![Row(row)], held];
+            after.extend(before[2..].iter().cloned());
+            Ok(((), after))
+        })
+    }
+
     /// An identity by id.
     pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
         self.partition(&IDENTITIES, id)?

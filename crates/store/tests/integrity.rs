@@ -24,6 +24,7 @@ conformance!(
     a_trigger_cannot_undo_a_revocation,
     a_malformed_head_is_an_alarm_not_an_error,
     concurrent_honest_writers_raise_no_alarm,
+    an_identity_is_added_with_its_attributes_at_once,
 );
 
 fn identity(id: &str) -> Identity {
@@ -333,5 +334,25 @@ fn concurrent_honest_writers_raise_no_alarm(h: &Harness) {
     assert!(one.integrity_alarm().is_none() && two.integrity_alarm().is_none());
     assert_eq!(two.current_attributes("dr-a").unwrap().len(), 31);
     drop((one, two));
+    h.open_protected().unwrap().verify_integrity().unwrap();
+}
+
+fn an_identity_is_added_with_its_attributes_at_once(h: &Harness) {
+    let s = directory(h);
+    s.add_identity(
+        &identity("dr-c"),
+        &["role:doctor".into(), "care-team:pat-1".into()],
+    )
+    .unwrap();
+    assert_eq!(
+        s.current_attributes("dr-c").unwrap(),
+        ["care-team:pat-1", "role:doctor"]
+    );
+    assert!(matches!(
+        s.add_identity(&identity("dr-c"), &["patient:pat-1".into()]),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.identity_attributes("dr-c").unwrap().len(), 2);
+    drop(s);
     h.open_protected().unwrap().verify_integrity().unwrap();
 }
