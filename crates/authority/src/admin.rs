@@ -173,6 +173,19 @@ pub fn register(store: &Store, r: &Registration) -> Result<Member, ApiError> {
             format!("identity `{}` exists; use `asclepios user set-attrs`", r.id),
         ));
     }
+    // One key, one identity: a key vouched for twice would make one
+    // person's signatures count as another's.
+    if let Some(other) = store
+        .identities()
+        .map_err(store_error)?
+        .into_iter()
+        .find(|i| i.public_key.as_deref() == Some(public_key.as_slice()))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("that public key is `{}`'s already", other.id),
+        ));
+    }
     // The entry and its attributes in one transaction: never one without
     // the other.
     store
@@ -333,12 +346,37 @@ impl KeyAuthority {
         };
         asclepios_records::check_name("identity", &target)?;
         let apply = || -> Result<ChangeOut, ApiError> {
+            let _one_at_a_time = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.active(caller)?;
             if !self.holds_role(caller, &[ADMIN_ROLE])? {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     format!("`{caller}` does not hold {ADMIN_ROLE}"),
                 ));
+            }
+            // The directory keeps an administrator: nobody can lock it out.
+            let removes_admin = match &change {
+                Change::Disable(id) => Some(id),
+                Change::SetAttributes(id, s) if !s.attributes.iter().any(|a| a == ADMIN_ROLE) => {
+                    Some(id)
+                }
+                _ => None,
+            };
+            if let Some(id) = removes_admin {
+                let admins: Vec<String> = members(&self.store)?
+                    .into_iter()
+                    .filter(|m| {
+                        m.identity.status == IdentityStatus::Active
+                            && m.attributes.iter().any(|(a, _)| a == ADMIN_ROLE)
+                    })
+                    .map(|m| m.identity.id)
+                    .collect();
+                if admins.len() == 1 && admins[0] == *id {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("`{id}` is the last administrator: make another one first"),
+                    ));
+                }
             }
             let revocation = match change {
                 Change::Register(r) => {

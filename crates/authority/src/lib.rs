@@ -164,6 +164,12 @@ pub struct KeyAuthority {
     attestation: attestation::Attestation,
     /// Whether the integrity alarm has been written to the audit log.
     alarm_logged: std::sync::atomic::AtomicBool,
+    /// Held from a cohort's check against the cohorts already keyed to its
+    /// record: two requests at once must not both pass the rule.
+    cohort_lock: std::sync::Mutex<()>,
+    /// Held across a directory change: changes of one identity's
+    /// attributes never interleave.
+    admin_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -199,6 +205,8 @@ impl KeyAuthority {
             slot_sealer: stats::SlotSealer::new(stats_key),
             attestation: Default::default(),
             alarm_logged: Default::default(),
+            cohort_lock: Default::default(),
+            admin_lock: Default::default(),
         }
     }
 
@@ -289,8 +297,10 @@ impl KeyAuthority {
                     format!("aggregate keys need `{}`", stats::RESEARCHER_ROLE),
                 ));
             }
-            let (slots, key) =
-                stats::cohort_key(&self.store, &self.slot_sealer, &req.study, &req.cohort)?;
+            let (slots, key) = {
+                let _one_at_a_time = self.cohort_lock.lock().unwrap_or_else(|p| p.into_inner());
+                stats::cohort_key(&self.store, &self.slot_sealer, &req.study, &req.cohort)?
+            };
             let sealed = sealed_box::seal(
                 &caller.public_key,
                 &stats::stats_key_context(&caller.id, &req.study, &req.label),
@@ -465,9 +475,6 @@ impl KeyAuthority {
     fn end_consent(&self, c: &asclepios_store::Consent) -> Result<(), String> {
         let mut withdrawn = c.clone();
         withdrawn.status = asclepios_store::ConsentStatus::Withdrawn;
-        self.store
-            .put_consent(&withdrawn)
-            .map_err(|e| e.to_string())?;
         let others = self
             .store
             .consents(&c.patient)
@@ -485,10 +492,15 @@ impl KeyAuthority {
             .map_err(|e| e.to_string())?
             .iter()
             .any(|a| a.attribute == attribute);
-        if !others && held {
-            self.store
-                .revoke_attribute(&c.grantee, &attribute)
-                .map_err(|e| e.to_string())?;
+        // The consent ends and its attribute goes in one transaction.
+        let revoke = !others && held;
+        self.store
+            .end_consent(
+                &withdrawn,
+                revoke.then_some((c.grantee.as_str(), attribute.as_str())),
+            )
+            .map_err(|e| e.to_string())?;
+        if revoke {
             rewrap_after_revocation(&self.store, &self.master, &[attribute])?;
         }
         Ok(())
@@ -843,6 +855,13 @@ impl KeyAuthority {
         Some(reason)
     }
 
+    /// Fails closed for a reason found outside the store: every request is
+    /// answered 503 from now on, and the alarm is logged. Blocks.
+    pub fn raise_alarm(&self, reason: &str) {
+        self.store.raise_alarm(reason);
+        self.integrity_alarm();
+    }
+
     /// Verifies the authority's whole state again (the periodic check that
     /// also covers rows no request has read). Blocks.
     pub fn verify_state(&self) -> Option<String> {
@@ -887,6 +906,10 @@ impl KeyAuthority {
                 "/v1/directory/identities/{id}/auditor-key",
                 axum::routing::put(set_auditor_key),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                self.store.clone(),
+                asclepios_records::registered_key_guard,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,

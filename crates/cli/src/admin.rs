@@ -179,7 +179,7 @@ pub fn run_user(dir: &Path, admin: AdminArg, command: UserCommand) -> anyhow::Re
                 // The certificate comes from the deployment CA, here; the
                 // directory entry from the authority.
                 let public_key = issue_identity_files(dir, &id)?;
-                let done = client
+                let registered = client
                     .register_identity(&Registration {
                         display_name: name.unwrap_or_else(|| id.clone()),
                         id: id.clone(),
@@ -187,13 +187,18 @@ pub fn run_user(dir: &Path, admin: AdminArg, command: UserCommand) -> anyhow::Re
                         public_key: hex::encode(public_key),
                         attributes: attrs,
                     })
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "registering {id} (its certificate is in {}/identities/; remove it to try again)",
-                            dir.display()
-                        )
-                    })?;
+                    .await;
+                let done = match registered {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // A refused registration leaves no certificate behind.
+                        let layout = asclepios_deploy::directory::Layout::new(dir);
+                        let (cert, key) = layout.identity(&id);
+                        let _ = std::fs::remove_file(cert);
+                        let _ = std::fs::remove_file(key);
+                        return Err(anyhow::Error::new(e).context(format!("registering {id}")));
+                    }
+                };
                 print_member(&done.member);
                 println!(
                     "certificate and key: {}/identities/{id}.pem, .key",

@@ -109,6 +109,49 @@ async fn only_administrators_change_the_directory(postgres: bool) {
         "role:admin-trainee",
     );
     assert!(admin.directory_members().await.unwrap().len() >= 9);
+    // One key, one identity; ids that are only dots are no ids; and the
+    // directory keeps an administrator.
+    let heart_key = admin
+        .directory_members()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == "dr-heart")
+        .unwrap();
+    assert!(heart_key.active);
+    let doctor_cert_key = {
+        let pem = std::fs::read_to_string(d.dir.join("identities/dr-heart.pem")).unwrap();
+        let der = asclepios_net::tls::certs_from_pem(&pem).unwrap();
+        asclepios_net::pki::peer_identity(&der[0])
+            .unwrap()
+            .public_key
+    };
+    let mut twin = registration("dr-twin", &[]);
+    twin.public_key = hex::encode(doctor_cert_key);
+    match admin.register_identity(&twin).await {
+        Err(ClientError::Refused {
+            status: 409,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("dr-heart"), "{message}")
+        }
+        other => panic!("a second identity with dr-heart's key: {other:?}"),
+    }
+    assert!(matches!(
+        admin.register_identity(&registration("..", &[])).await,
+        Err(ClientError::Refused { status: 400, .. })
+    ));
+    match admin.disable_identity("admin-ada").await {
+        Err(ClientError::Refused {
+            status: 409,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("last administrator"), "{message}")
+        }
+        other => panic!("the last administrator disabled herself: {other:?}"),
+    }
     // Every attempt, refused or done, is in the log for the auditors.
     let seen = directory_changes_seen_by(&d, "auditor-ann").await;
     assert!(
@@ -131,4 +174,56 @@ async fn only_administrators_change_the_directory_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_administrators_change_the_directory_on_postgres() {
     only_administrators_change_the_directory(true).await;
+}
+
+/// A certificate for `admin-ada` minted with the CA key but another key pair
+/// (a stolen CA key, or a certificate issued before a refused registration)
+/// speaks for nobody: both services refuse it.
+async fn a_certificate_the_directory_does_not_vouch_for_is_refused(postgres: bool) {
+    let d = deploy(postgres).await;
+    let dir = d.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let ca = asclepios_net::pki::CertificateAuthority::from_pem(
+            &std::fs::read_to_string(dir.join("pki/ca.pem")).unwrap(),
+            &std::fs::read_to_string(dir.join("pki/ca.key")).unwrap(),
+        )
+        .unwrap();
+        let minted = ca.issue_identity("admin-ada").unwrap();
+        std::fs::write(dir.join("identities/admin-ada.pem"), &minted.cert_pem).unwrap();
+        std::fs::write(
+            dir.join("identities/admin-ada.key"),
+            minted.key_pem.as_bytes(),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let mallory = client(&d, "admin-ada");
+    match mallory
+        .set_identity_attributes("researcher-rita", &["patient:pat-00000".into()])
+        .await
+    {
+        Err(ClientError::Refused {
+            status: 403,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("does not carry the key"), "{message}")
+        }
+        other => panic!("a minted certificate changed the directory: {other:?}"),
+    }
+    match mallory.list_records("pat-00000").await {
+        Err(ClientError::Refused { status: 403, .. }) => {}
+        other => panic!("a minted certificate read from the record service: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_certificate_is_refused_on_sqlite() {
+    a_certificate_the_directory_does_not_vouch_for_is_refused(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_certificate_is_refused_on_postgres() {
+    a_certificate_the_directory_does_not_vouch_for_is_refused(true).await;
 }

@@ -401,7 +401,14 @@ impl Config {
                 data.with_file_name(format!("{}.seal.key", name.to_string_lossy()))
             }
         };
-        if path.starts_with(&data) {
+        // By name, and where both exist, by where they really are (a
+        // symbolic link or another name of the same directory).
+        let inside = path.starts_with(&data)
+            || match (data.canonicalize(), path.parent().map(Path::canonicalize)) {
+                (Ok(d), Some(Ok(p))) => p.starts_with(d),
+                _ => false,
+            };
+        if inside {
             return Err(Error::Config(format!(
                 "the sealing key {} lies inside the data directory {}: keep it outside ([seal] key_file)",
                 path.display(),

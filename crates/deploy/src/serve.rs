@@ -26,6 +26,9 @@ use asclepios_authority::{ComponentGate, EvidenceSource};
 /// How often expired break-glass grants are ended, in seconds.
 pub const SWEEP_SECONDS: u64 = 2;
 
+/// Consecutive failed sweeps after which the authority fails closed.
+pub const SWEEPS_BEFORE_ALARM: u32 = 3;
+
 /// How often the authority verifies its whole state again, in seconds (rows
 /// that requests read are checked at each read).
 pub const INTEGRITY_CHECK_SECONDS: u64 = 30;
@@ -338,24 +341,44 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     let mut sweep_stop = stopped.clone();
     tokio::spawn(async move {
         let mut last_check = std::time::Instant::now();
+        let mut failed_sweeps = 0u32;
         loop {
             let s = sweeper.clone();
             let verify = last_check.elapsed().as_secs() >= INTEGRITY_CHECK_SECONDS;
             if verify {
                 last_check = std::time::Instant::now();
             }
-            let _ = tokio::task::spawn_blocking(move || {
+            let swept = tokio::task::spawn_blocking(move || {
                 if verify {
                     s.verify_state();
                 }
-                if s.integrity_alarm().is_none() {
-                    let now = asclepios_net::server::unix_now() as i64;
-                    let _ = s.expire_emergency_grants(now);
-                    let _ = s.expire_consents(now);
-                    s.integrity_alarm();
+                if s.integrity_alarm().is_some() {
+                    return Ok(());
                 }
+                let now = asclepios_net::server::unix_now() as i64;
+                let result = s
+                    .expire_emergency_grants(now)
+                    .and_then(|_| s.expire_consents(now).map(|_| ()));
+                s.integrity_alarm();
+                result
             })
             .await;
+            // An expiry the database keeps refusing leaves access that
+            // should have ended: after a few sweeps, fail closed.
+            match swept {
+                Ok(Err(e)) => {
+                    failed_sweeps += 1;
+                    eprintln!(
+                        "asclepios authority: ending expired grants and consents failed: {e}"
+                    );
+                    if failed_sweeps >= SWEEPS_BEFORE_ALARM {
+                        let s = sweeper.clone();
+                        let reason = format!("expired grants or consents cannot be ended: {e}");
+                        let _ = tokio::task::spawn_blocking(move || s.raise_alarm(&reason)).await;
+                    }
+                }
+                _ => failed_sweeps = 0,
+            }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(SWEEP_SECONDS)) => {}
                 _ = sweep_stop.wait_for(|stop| *stop) => return,

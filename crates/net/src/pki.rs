@@ -366,12 +366,13 @@ fn same_key(cert_pem: &str, key: &KeyPair) -> Result<bool, Error> {
 pub fn check_identity_id(id: &str) -> Result<(), Error> {
     if id.is_empty()
         || id.len() > 128
+        || id.bytes().all(|b| b == b'.')
         || !id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
         return Err(Error::Certificate(format!(
-            "identity id `{id}`: use 1 to 128 letters, digits, '-', '_' or '.'"
+            "identity id `{id}`: use 1 to 128 letters, digits, '-', '_' or '.' (not dots alone)"
         )));
     }
     Ok(())

@@ -236,6 +236,10 @@ impl RecordService {
                 axum::routing::post(attestation_verdict),
             )
             .layer(axum::middleware::from_fn_with_state(
+                self.store.clone(),
+                registered_key_guard,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
                 check,
                 require_signature,
             ))
@@ -586,6 +590,45 @@ pub fn require_active(store: &Store, caller: &str) -> Result<(), ApiError> {
 
 /// The caller as handlers see it.
 type PeerCaller = asclepios_net::pki::PeerIdentity;
+
+/// The caller's certificate must carry the key the directory vouches for
+/// (403 otherwise): a certificate for the same id with another key (minted
+/// with a stolen CA key, or issued to an id before it was registered)
+/// speaks for nobody.
+pub fn require_registered_key(store: &Store, caller: &PeerCaller) -> Result<(), ApiError> {
+    let registered = store
+        .identity(&caller.id)
+        .map_err(store_error)?
+        .and_then(|i| i.public_key);
+    if registered.as_deref() == Some(caller.public_key.as_slice()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the certificate of `{}` does not carry the key the directory vouches for",
+                caller.id
+            ),
+        ))
+    }
+}
+
+/// Middleware for both services: every signed request comes from a
+/// certificate whose key the directory vouches for.
+pub async fn registered_key_guard(
+    axum::extract::State(store): axum::extract::State<Store>,
+    axum::Extension(asclepios_net::server::Caller(caller)): axum::Extension<
+        asclepios_net::server::Caller,
+    >,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match blocking(move || require_registered_key(&store, &caller)).await {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
 
 /// SHA-256 of the caller's certificate key as SubjectPublicKeyInfo: what a
 /// component's registration is bound to.

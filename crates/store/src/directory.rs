@@ -323,35 +323,8 @@ impl Store {
             (&ATTRIBUTE_VERSIONS, attribute),
         ];
         self.protected_transaction(&touched, |tx, before| {
-            let held = |r: &Row| {
-                r.text(0).is_ok_and(|a| a == attribute) && r.opt_int(3).is_ok_and(|x| x.is_none())
-            };
-            if !before[0].iter().any(held) {
-                return Err(StoreError::NotFound(format!(
-                    "identity {identity_id} does not hold {attribute}"
-                )));
-            }
-            let attributes = before[0]
-                .iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    if held(&r) {
-                        r.0[3] = Value::Int(at);
-                    }
-                    r
-                })
-                .collect();
-            let version = before[1].first().map_or(Ok(0), |r| r.uint(0))? + 1;
-            tx.exec(
-                "UPDATE identity_attributes SET revoked_at = $1 WHERE identity_id = $2 AND attribute = $3 AND revoked_at IS NULL",
-                &[Value::Int(at), identity_id.into(), attribute.into()],
-            )?;
-            tx.exec(
-                "INSERT INTO attribute_versions (attribute, version) VALUES ($1, $2) \
-                 ON CONFLICT (attribute) DO UPDATE SET version = excluded.version",
-                &[attribute.into(), int(version)?],
-            )?;
-            let versions = vec![Row(vec![int(version)?, attribute.into()])];
+            let (version, attributes, versions) =
+                write_revocation(tx, &before[0], &before[1], identity_id, attribute, at)?;
             Ok((version, vec![attributes, versions]))
         })
     }
@@ -442,30 +415,36 @@ impl Store {
     pub fn put_consent(&self, c: &Consent) -> Result<u64, StoreError> {
         let at = now();
         self.protected_transaction(&[(&CONSENTS, &c.patient)], |tx, before| {
-            let mut latest = 0;
-            for r in &before[0] {
-                if r.text(1)? == c.consent_id {
-                    latest = latest.max(r.int(2)?);
-                }
+            let (version, after) = write_consent(tx, &before[0], c, at)?;
+            Ok((version, vec![after]))
+        })
+    }
+
+    /// Writes a consent's new version (withdrawn, expired) and, in the same
+    /// transaction, revokes `revoke` = (grantee, attribute): the consent is
+    /// never recorded as ended while its grantee keeps the attribute.
+    /// Returns the consent version written.
+    pub fn end_consent(
+        &self,
+        c: &Consent,
+        revoke: Option<(&str, &str)>,
+    ) -> Result<u64, StoreError> {
+        let at = now();
+        let mut touched = vec![(&CONSENTS, c.patient.as_str())];
+        if let Some((grantee, attribute)) = revoke {
+            touched.push((&IDENTITY_ATTRIBUTES, grantee));
+            touched.push((&ATTRIBUTE_VERSIONS, attribute));
+        }
+        self.protected_transaction(&touched, |tx, before| {
+            let (version, consents) = write_consent(tx, &before[0], c, at)?;
+            let mut after = vec![consents];
+            if let Some((grantee, attribute)) = revoke {
+                let (_, attributes, versions) =
+                    write_revocation(tx, &before[1], &before[2], grantee, attribute, at)?;
+                after.push(attributes);
+                after.push(versions);
             }
-            let version = latest + 1;
-            let row = vec![
-                c.patient.as_str().into(),
-                c.consent_id.as_str().into(),
-                Value::Int(version),
-                c.grantee.as_str().into(),
-                c.scope.as_str().into(),
-                c.status.as_str().into(),
-                c.document.clone().into(),
-                Value::Int(at),
-            ];
-            tx.exec(
-                &format!("INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
-                &row,
-            )?;
-            let mut after = before[0].clone();
-            after.push(Row(row));
-            Ok((version as u64, vec![after]))
+            Ok((version, after))
         })
     }
 
@@ -616,4 +595,85 @@ fn latest_consents(rows: &[Row]) -> Result<Vec<Consent>, StoreError> {
         }
     }
     Ok(latest)
+}
+
+/// Inserts a consent's next version; returns it with the partition as it
+/// must be afterwards.
+fn write_consent(
+    tx: &mut dyn crate::db::Tx,
+    before: &[Row],
+    c: &Consent,
+    at: i64,
+) -> Result<(u64, Vec<Row>), StoreError> {
+    let mut latest = 0;
+    for r in before {
+        if r.text(1)? == c.consent_id {
+            latest = latest.max(r.int(2)?);
+        }
+    }
+    let version = latest + 1;
+    let row = vec![
+        c.patient.as_str().into(),
+        c.consent_id.as_str().into(),
+        Value::Int(version),
+        c.grantee.as_str().into(),
+        c.scope.as_str().into(),
+        c.status.as_str().into(),
+        c.document.clone().into(),
+        Value::Int(at),
+    ];
+    tx.exec(
+        &format!(
+            "INSERT INTO consents ({CONSENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ),
+        &row,
+    )?;
+    let mut after = before.to_vec();
+    after.push(Row(row));
+    Ok((version as u64, after))
+}
+
+/// Revokes `attribute` from `identity_id` and bumps its version; returns the
+/// new version with both partitions as they must be afterwards.
+fn write_revocation(
+    tx: &mut dyn crate::db::Tx,
+    attributes: &[Row],
+    versions: &[Row],
+    identity_id: &str,
+    attribute: &str,
+    at: i64,
+) -> Result<(u64, Vec<Row>, Vec<Row>), StoreError> {
+    let held = |r: &Row| {
+        r.text(0).is_ok_and(|a| a == attribute) && r.opt_int(3).is_ok_and(|x| x.is_none())
+    };
+    if !attributes.iter().any(held) {
+        return Err(StoreError::NotFound(format!(
+            "identity {identity_id} does not hold {attribute}"
+        )));
+    }
+    let after = attributes
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if held(&r) {
+                r.0[3] = Value::Int(at);
+            }
+            r
+        })
+        .collect();
+    let version = versions.first().map_or(Ok(0), |r| r.uint(0))? + 1;
+    tx.exec(
+        "UPDATE identity_attributes SET revoked_at = $1 WHERE identity_id = $2 AND attribute = $3 AND revoked_at IS NULL",
+        &[Value::Int(at), identity_id.into(), attribute.into()],
+    )?;
+    tx.exec(
+        "INSERT INTO attribute_versions (attribute, version) VALUES ($1, $2) \
+         ON CONFLICT (attribute) DO UPDATE SET version = excluded.version",
+        &[attribute.into(), int(version)?],
+    )?;
+    Ok((
+        version,
+        after,
+        vec![Row(vec![int(version)?, attribute.into()])],
+    ))
 }

@@ -46,10 +46,11 @@
 //! is authentic and newer than what this process saw, the store verifies
 //! everything again and carries on; a forged or older head raises the alarm.
 //!
-//! What this does not cover yet: the searchable-encryption keyword states and
-//! the statistics slots (their rows are sealed per row by the authority but
-//! can be rolled back one by one), and availability (a database administrator
-//! can always delete everything: that is detected, not prevented).
+//! Protected: identities, identity attributes, attribute versions, auditor
+//! keys, components, consents, emergency grants, the search index client's
+//! keyword states, and the statistics slots and cohorts. Not prevented:
+//! a database administrator can always refuse service or delete everything;
+//! that is detected, and the authority then issues nothing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -735,6 +736,14 @@ impl Store {
     pub fn sharing_integrity_of(mut self, other: &Store) -> Self {
         self.integrity.clone_from(&other.integrity);
         self
+    }
+
+    /// Raises the integrity alarm for a reason found outside the store (a
+    /// revocation the database keeps refusing): the authority fails closed.
+    pub fn raise_alarm(&self, reason: &str) {
+        if let Some(integrity) = &self.integrity {
+            integrity.raise(reason.to_string());
+        }
     }
 
     /// Whether this store checks the authority's state.

@@ -25,6 +25,7 @@ conformance!(
     a_malformed_head_is_an_alarm_not_an_error,
     concurrent_honest_writers_raise_no_alarm,
     an_identity_is_added_with_its_attributes_at_once,
+    a_consent_ends_with_its_attribute_or_not_at_all,
 );
 
 fn identity(id: &str) -> Identity {
@@ -355,4 +356,47 @@ fn an_identity_is_added_with_its_attributes_at_once(h: &Harness) {
     assert_eq!(s.identity_attributes("dr-c").unwrap().len(), 2);
     drop(s);
     h.open_protected().unwrap().verify_integrity().unwrap();
+}
+
+/// A withdrawal records the consent as ended and revokes the grantee's
+/// attribute in one transaction: a database that refuses the revocation
+/// (a trigger, or a failure) leaves the consent active, never withdrawn
+/// while the grantee keeps reading.
+fn a_consent_ends_with_its_attribute_or_not_at_all(h: &Harness) {
+    let s = directory(h);
+    s.grant_attribute("dr-b", "consent:pat-1").unwrap();
+    let mut c = asclepios_store::Consent {
+        patient: "pat-1".into(),
+        consent_id: "c1".into(),
+        version: 0,
+        grantee: "dr-b".into(),
+        scope: "{}".into(),
+        status: asclepios_store::ConsentStatus::Active,
+        document: None,
+        updated_at: 0,
+    };
+    s.put_consent(&c).unwrap();
+    c.status = asclepios_store::ConsentStatus::Withdrawn;
+    let body = match h.kind() {
+        asclepios_store::BackendKind::Sqlite => "SELECT RAISE(ABORT, 'refused')",
+        asclepios_store::BackendKind::Postgres => "RAISE EXCEPTION 'refused'",
+    };
+    plant_trigger(h, "BEFORE UPDATE ON identity_attributes", body);
+    assert!(s.end_consent(&c, Some(("dr-b", "consent:pat-1"))).is_err());
+    assert_eq!(
+        s.consents("pat-1").unwrap()[0].status,
+        asclepios_store::ConsentStatus::Active
+    );
+    assert_eq!(s.current_attributes("dr-b").unwrap(), ["consent:pat-1"]);
+    h.raw(match h.kind() {
+        asclepios_store::BackendKind::Sqlite => "DROP TRIGGER planted",
+        asclepios_store::BackendKind::Postgres => "DROP TRIGGER planted ON identity_attributes",
+    });
+    s.end_consent(&c, Some(("dr-b", "consent:pat-1"))).unwrap();
+    assert_eq!(
+        s.consents("pat-1").unwrap()[0].status,
+        asclepios_store::ConsentStatus::Withdrawn
+    );
+    assert!(s.current_attributes("dr-b").unwrap().is_empty());
+    assert!(s.integrity_alarm().is_none());
 }
