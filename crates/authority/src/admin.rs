@@ -240,40 +240,22 @@ pub fn set_attributes(
     for a in attributes {
         check_attribute(a)?;
     }
-    let current = member(store, id)?;
-    if current.identity.status == IdentityStatus::Revoked {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("identity `{id}` is disabled"),
-        ));
-    }
-    let mut removed = Vec::new();
-    for (a, _) in &current.attributes {
-        if !attributes.contains(a) {
-            store.revoke_attribute(id, a).map_err(store_error)?;
-            removed.push(a.clone());
-        }
-    }
-    for a in attributes {
-        if !current.attributes.iter().any(|(have, _)| have == a) {
-            store.grant_attribute(id, a).map_err(store_error)?;
-        }
-    }
+    member(store, id)?;
+    // Taken away and granted in one transaction: never half of it.
+    let removed = store
+        .set_identity_attributes(id, attributes, false)
+        .map_err(store_error)?;
     rewrap(store, master, removed)
 }
 
 /// Disables an identity: refused everywhere, every attribute revoked.
 pub fn disable(store: &Store, master: &MasterSecretKey, id: &str) -> Result<Revocation, ApiError> {
-    let current = member(store, id)?;
-    // Refused everywhere first; then the attributes, then the re-wrap.
-    let mut identity = current.identity;
-    identity.status = IdentityStatus::Revoked;
-    store.put_identity(&identity).map_err(store_error)?;
-    let mut revoked = Vec::new();
-    for (a, _) in &current.attributes {
-        store.revoke_attribute(id, a).map_err(store_error)?;
-        revoked.push(a.clone());
-    }
+    member(store, id)?;
+    // Refused everywhere and every attribute revoked, in one transaction;
+    // then the re-wrap.
+    let revoked = store
+        .set_identity_attributes(id, &[], true)
+        .map_err(store_error)?;
     rewrap(store, master, revoked)
 }
 
@@ -399,6 +381,10 @@ impl KeyAuthority {
             })
         };
         let result = apply();
+        if result.is_err() {
+            // A change refused half-way may have revoked without re-wrapping.
+            self.rewrap_may_be_pending();
+        }
         asclepios_records::log_outcome(&self.trail, v, result, |outcome| {
             AuditEvent::new(
                 caller,

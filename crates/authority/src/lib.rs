@@ -170,6 +170,10 @@ pub struct KeyAuthority {
     /// Held across a directory change: changes of one identity's
     /// attributes never interleave.
     admin_lock: std::sync::Mutex<()>,
+    /// Some re-wrap may not have completed (set at start and after any
+    /// failure): the sweeper re-wraps every wrapper still naming an old
+    /// attribute version until none is left.
+    rewrap_pending: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -207,6 +211,7 @@ impl KeyAuthority {
             alarm_logged: Default::default(),
             cohort_lock: Default::default(),
             admin_lock: Default::default(),
+            rewrap_pending: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -462,7 +467,8 @@ impl KeyAuthority {
                 self.store
                     .revoke_attribute(&g.clinician, &attribute)
                     .map_err(|e| e.to_string())?;
-                rewrap_after_revocation(&self.store, &self.master, &[attribute])?;
+                rewrap_after_revocation(&self.store, &self.master, &[attribute])
+                    .inspect_err(|_| self.rewrap_may_be_pending())?;
                 ended += 1;
             }
         }
@@ -501,7 +507,8 @@ impl KeyAuthority {
             )
             .map_err(|e| e.to_string())?;
         if revoke {
-            rewrap_after_revocation(&self.store, &self.master, &[attribute])?;
+            rewrap_after_revocation(&self.store, &self.master, &[attribute])
+                .inspect_err(|_| self.rewrap_may_be_pending())?;
         }
         Ok(())
     }
@@ -685,8 +692,26 @@ impl KeyAuthority {
                 return Err(e);
             }
         };
-        self.end_consent(&c)
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        if let Err(e) = self.end_consent(&c) {
+            // Database details stay in the operator's log; the failure is
+            // audited like any other outcome.
+            eprintln!("asclepios authority: withdrawing consent {consent_id}: {e}");
+            let _ = self.consent_event(
+                &caller.id,
+                resource,
+                v,
+                Outcome::Failed,
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                if self.store.integrity_alarm().is_some() {
+                    asclepios_records::INTEGRITY_ALARM
+                } else {
+                    "the consent could not be withdrawn; try again"
+                },
+            ));
+        }
         let receipt =
             self.consent_event(&caller.id, resource, v, Outcome::Success, StatusCode::OK)?;
         let latest = self
@@ -853,6 +878,24 @@ impl KeyAuthority {
             }
         }
         Some(reason)
+    }
+
+    /// Re-wraps what an earlier failure left under old attribute versions,
+    /// if anything may be (see [`rewrap_stale`]). Blocks.
+    pub fn reconcile_rewraps(&self) -> Result<usize, String> {
+        use std::sync::atomic::Ordering;
+        if !self.rewrap_pending.swap(false, Ordering::SeqCst) {
+            return Ok(0);
+        }
+        rewrap_stale(&self.store, &self.master).inspect_err(|_| {
+            self.rewrap_pending.store(true, Ordering::SeqCst);
+        })
+    }
+
+    /// Notes that a re-wrap may not have completed.
+    pub(crate) fn rewrap_may_be_pending(&self) {
+        self.rewrap_pending
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Fails closed for a reason found outside the store: every request is
@@ -1366,6 +1409,71 @@ pub fn rewrap_after_revocation(
         ));
     }
     Ok(count)
+}
+
+/// Re-wraps every wrapper whose policy names an attribute at an older
+/// version than its current one: what a revocation whose re-wrap failed (a
+/// crash, a database that refused) left behind. Returns how many.
+pub fn rewrap_stale(store: &Store, master: &MasterSecretKey) -> Result<usize, String> {
+    use asclepios_crypto::envelope::KeyWrapper;
+    let mpk = master.public_key();
+    let mut current: std::collections::HashMap<String, u64> = Default::default();
+    let mut after = None;
+    let mut count = 0;
+    let mut failures = Vec::new();
+    loop {
+        let page = store
+            .scan_wrappers(after.as_ref(), 256)
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.clone());
+        for row in &page {
+            let Ok(wrapper) = KeyWrapper::from_bytes(&row.wrapper.bytes) else {
+                failures.push(format!(
+                    "{}/{}: an unreadable wrapper",
+                    row.patient, row.record_id
+                ));
+                continue;
+            };
+            let mut stale = Vec::new();
+            for leaf in wrapper.policy().leaves() {
+                let name = attribute_name(leaf).to_string();
+                let version = leaf
+                    .rsplit_once("@v")
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let now = match current.get(&name) {
+                    Some(v) => *v,
+                    None => {
+                        let v = store.attribute_version(&name).map_err(|e| e.to_string())?;
+                        current.insert(name.clone(), v);
+                        v
+                    }
+                };
+                if version < now {
+                    stale.push(name);
+                }
+            }
+            if stale.is_empty() {
+                continue;
+            }
+            match rewrap_row(store, master, &mpk, row, &stale) {
+                Ok(true) => count += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(format!(
+                    "{}/{} v{}: {e}",
+                    row.patient, row.record_id, row.version
+                )),
+            }
+        }
+    }
+    match failures.first() {
+        Some(first) => Err(format!(
+            "{count} re-wrapped; {} wrapper(s) still name old attribute versions (first: {first})",
+            failures.len()
+        )),
+        None => Ok(count),
+    }
 }
 
 /// Re-wraps one wrapper if its policy names a revoked attribute. Returns

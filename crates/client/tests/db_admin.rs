@@ -214,3 +214,92 @@ async fn rollback_on_sqlite() {
 async fn rollback_on_postgres() {
     a_rolled_back_state_is_refused(true).await;
 }
+
+/// A re-wrap the database refused (a trigger on the unprotected wrappers)
+/// is not forgotten: the revocation holds at once, and the authority
+/// re-wraps what still names the old version as soon as it can.
+async fn a_refused_rewrap_is_redone(postgres: bool) {
+    let d = deploy(postgres).await;
+    let mut doctor = client(&d, "dr-heart");
+    doctor.refresh_key().await.unwrap();
+    let record = serde_json::json!({
+        "resourceType": "Observation", "id": "obs-rw", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/pat-00000"},
+        "valueQuantity": {"value": 70, "unit": "/min"}
+    });
+    let policy = Config::load(&d.dir).unwrap().default_policy("pat-00000");
+    doctor
+        .put_record("pat-00000", "obs-rw", 1, &record, &policy)
+        .await
+        .unwrap();
+    as_db_admin(
+        &d,
+        if postgres {
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse BEFORE UPDATE ON key_wrappers FOR EACH ROW EXECUTE FUNCTION refuse();"
+        } else {
+            "CREATE TRIGGER refuse BEFORE UPDATE ON key_wrappers BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+        },
+    )
+    .await;
+    let admin = client(&d, "admin-ada");
+    // The revocation commits; its re-wrap is refused.
+    assert!(admin
+        .set_identity_attributes(
+            "nurse-ward",
+            &["role:nurse".into(), "dept:cardiology".into()],
+        )
+        .await
+        .is_err());
+    let mut nurse = client(&d, "nurse-ward");
+    let key = nurse.refresh_key().await.unwrap().to_vec();
+    assert!(!key.iter().any(|a| a.starts_with("care-team:")), "{key:?}");
+    as_db_admin(
+        &d,
+        if postgres {
+            "DROP TRIGGER refuse ON key_wrappers"
+        } else {
+            "DROP TRIGGER refuse"
+        },
+    )
+    .await;
+    let policies = || {
+        let dir = d.dir.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let store = Config::load(&dir).unwrap().open_store(&dir).unwrap();
+                store
+                    .scan_wrappers(None, 1000)
+                    .unwrap()
+                    .iter()
+                    .map(|w| {
+                        asclepios_crypto::envelope::KeyWrapper::peek_policy(&w.wrapper.bytes)
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for _ in 0..60 {
+        let now = policies().await;
+        if !now.is_empty() && now.iter().all(|p| p.contains("care-team:pat-00000@v1")) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("still under the old version: {:?}", policies().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rewrap_on_sqlite() {
+    a_refused_rewrap_is_redone(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rewrap_on_postgres() {
+    a_refused_rewrap_is_redone(true).await;
+}

@@ -353,6 +353,12 @@ async fn scenario(d: Deployment) {
     // Both versions' wrappers are destroyed.
     assert_eq!(patient.erase_record(&pid, &record_id).await.unwrap(), 2);
     assert!(heart.get_record(&pid, &record_id).await.is_err());
+    // What is left of it (author, signature) is not for outsiders.
+    let outsider = client(&d, "pat-00001");
+    match outsider.get_sealed(&pid, &record_id).await {
+        Err(ClientError::Refused { status: 403, .. }) => {}
+        other => panic!("an outsider read an erased record's remains: {other:?}"),
+    }
 
     // The store holds no name, code, unit or value of the patient in clear.
     let (dir, schema) = (d.dir.clone(), d.pg_schema.clone());

@@ -358,7 +358,8 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
                 let now = asclepios_net::server::unix_now() as i64;
                 let result = s
                     .expire_emergency_grants(now)
-                    .and_then(|_| s.expire_consents(now).map(|_| ()));
+                    .and_then(|_| s.expire_consents(now))
+                    .and_then(|_| s.reconcile_rewraps().map(|_| ()));
                 s.integrity_alarm();
                 result
             })
@@ -373,7 +374,9 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
                     );
                     if failed_sweeps >= SWEEPS_BEFORE_ALARM {
                         let s = sweeper.clone();
-                        let reason = format!("expired grants or consents cannot be ended: {e}");
+                        let reason = format!(
+                            "expired grants or consents cannot be ended, or records re-wrapped: {e}"
+                        );
                         let _ = tokio::task::spawn_blocking(move || s.raise_alarm(&reason)).await;
                     }
                 }

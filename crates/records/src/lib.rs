@@ -460,6 +460,17 @@ impl RecordService {
             // current versions) must satisfy the wrapper's policy. Revoked
             // members, withdrawn consents and expired emergency grants are
             // refused here, not only by the cryptography.
+            // An erased record (no wrapper left) has no policy to check:
+            // what remains of it (author, signature, that it existed) is
+            // for the patient's circle and auditors only.
+            if wrapper.is_none()
+                && !self.in_circle(&caller.id, patient, &[AUDITOR_ROLE, "role:lab"])?
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("`{}` may not read the records of {patient}", caller.id),
+                ));
+            }
             if let Some(w) = &wrapper {
                 let policy = KeyWrapper::peek_policy(&w.bytes).map_err(|_| {
                     ApiError::new(

@@ -256,6 +256,86 @@ impl Store {
         })
     }
 
+    /// Sets an identity's attributes to exactly `attributes` and, with
+    /// `disable`, marks it revoked, in one transaction: attributes taken
+    /// away are revoked (each bumps its version), new ones granted at their
+    /// current version. Returns the attributes revoked.
+    pub fn set_identity_attributes(
+        &self,
+        id: &str,
+        attributes: &[String],
+        disable: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let at = now();
+        let held: Vec<String> = self
+            .identity_attributes(id)?
+            .into_iter()
+            .map(|g| g.attribute)
+            .collect();
+        let mut names: Vec<String> = held.iter().chain(attributes).cloned().collect();
+        names.sort();
+        names.dedup();
+        let mut touched = vec![(&IDENTITIES, id), (&IDENTITY_ATTRIBUTES, id)];
+        touched.extend(names.iter().map(|a| (&ATTRIBUTE_VERSIONS, a.as_str())));
+        self.protected_transaction(&touched, |tx, before| {
+            let Some(identity) = before[0].first() else {
+                return Err(StoreError::NotFound(format!("identity {id}")));
+            };
+            let mut identity = identity.clone();
+            if identity.text(4)? == IdentityStatus::Revoked.as_str() && !disable {
+                return Err(StoreError::Conflict(format!("identity {id} is disabled")));
+            }
+            let mut rows = before[1].clone();
+            let mut versions: Vec<Vec<Row>> = before[2..].to_vec();
+            let mut revoked = Vec::new();
+            let live = |r: &Row| r.opt_int(3).is_ok_and(|x| x.is_none());
+            // Rows must match what was read before the transaction began.
+            for r in rows.iter().filter(|r| live(r)) {
+                if !names.contains(&r.text(0)?) {
+                    return Err(StoreError::Conflict(format!(
+                        "the attributes of {id} changed meanwhile; try again"
+                    )));
+                }
+            }
+            for (i, name) in names.iter().enumerate() {
+                let holds = rows.iter().any(|r| live(r) && r.text(0).is_ok_and(|a| a == *name));
+                let keep = attributes.contains(name) && !disable;
+                if holds && !keep {
+                    let (_, after, version) = write_revocation(tx, &rows, &versions[i], id, name, at)?;
+                    rows = after;
+                    versions[i] = version;
+                    revoked.push(name.clone());
+                } else if !holds && keep {
+                    let version = versions[i].first().map_or(Ok(0), |r| r.uint(0))?;
+                    tx.exec(
+                        "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) VALUES ($1, $2, $3, $4, NULL) \
+                         ON CONFLICT (identity_id, attribute) DO UPDATE SET granted_version = excluded.granted_version, granted_at = excluded.granted_at, revoked_at = NULL",
+                        &[id.into(), name.as_str().into(), int(version)?, Value::Int(at)],
+                    )?;
+                    rows.retain(|r| r.text(0).map_or(true, |a| a != *name));
+                    rows.push(Row(vec![
+                        name.as_str().into(),
+                        int(version)?,
+                        Value::Int(at),
+                        Value::Null,
+                        id.into(),
+                    ]));
+                }
+            }
+            if disable {
+                identity.0[4] = IdentityStatus::Revoked.as_str().into();
+                identity.0[6] = Value::Int(at);
+                tx.exec(
+                    "UPDATE identities SET status = $1, updated_at = $2 WHERE identity_id = $3",
+                    &[IdentityStatus::Revoked.as_str().into(), Value::Int(at), id.into()],
+                )?;
+            }
+            let mut after = vec![vec![identity], rows];
+            after.extend(versions);
+            Ok((revoked, after))
+        })
+    }
+
     /// An identity by id.
     pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
         self.partition(&IDENTITIES, id)?

@@ -26,6 +26,7 @@ conformance!(
     concurrent_honest_writers_raise_no_alarm,
     an_identity_is_added_with_its_attributes_at_once,
     a_consent_ends_with_its_attribute_or_not_at_all,
+    attributes_are_set_all_at_once_or_not_at_all,
 );
 
 fn identity(id: &str) -> Identity {
@@ -398,5 +399,43 @@ fn a_consent_ends_with_its_attribute_or_not_at_all(h: &Harness) {
         asclepios_store::ConsentStatus::Withdrawn
     );
     assert!(s.current_attributes("dr-b").unwrap().is_empty());
+    assert!(s.integrity_alarm().is_none());
+}
+
+/// Setting attributes revokes and grants in one transaction: a database
+/// that refuses one of the revocations changes nothing at all.
+fn attributes_are_set_all_at_once_or_not_at_all(h: &Harness) {
+    let s = directory(h);
+    s.grant_attribute("dr-a", "role:doctor").unwrap();
+    s.grant_attribute("dr-a", "ward:icu").unwrap();
+    // ward:icu has a version row now: revoking it again is an UPDATE.
+    s.revoke_attribute("dr-a", "ward:icu").unwrap();
+    s.grant_attribute("dr-a", "ward:icu").unwrap();
+    let before = s.current_attributes("dr-a").unwrap();
+    let body = match h.kind() {
+        asclepios_store::BackendKind::Sqlite => "SELECT RAISE(ABORT, 'refused')",
+        asclepios_store::BackendKind::Postgres => "RAISE EXCEPTION 'refused'",
+    };
+    plant_trigger(h, "BEFORE UPDATE ON attribute_versions", body);
+    // Three revocations and a grant; the database refuses the last
+    // revocation: nothing of it happens.
+    assert!(s
+        .set_identity_attributes("dr-a", &["role:nurse".into()], false)
+        .is_err());
+    assert_eq!(s.current_attributes("dr-a").unwrap(), before);
+    h.raw(match h.kind() {
+        asclepios_store::BackendKind::Sqlite => "DROP TRIGGER planted",
+        asclepios_store::BackendKind::Postgres => "DROP TRIGGER planted ON attribute_versions",
+    });
+    assert_eq!(
+        s.set_identity_attributes("dr-a", &["role:nurse".into()], true)
+            .unwrap(),
+        ["care-team:pat-1", "role:doctor", "ward:icu"]
+    );
+    assert_eq!(
+        s.identity("dr-a").unwrap().unwrap().status,
+        IdentityStatus::Revoked
+    );
+    assert!(s.current_attributes("dr-a").unwrap().is_empty());
     assert!(s.integrity_alarm().is_none());
 }
