@@ -408,8 +408,25 @@ impl KeyAuthority {
                         format!("no record {}/{}", req.patient, req.record_id),
                     )
                 })?;
-            let author = asclepios_records::stored_author(&latest.body)
+            // The author as the record's signature proves it, with the key
+            // the directory vouches for: the record store's field is not
+            // evidence.
+            let claimed = asclepios_records::stored_author(&latest.body)
                 .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            let key = self
+                .store
+                .identity(&claimed)
+                .map_err(store_error)?
+                .and_then(|i| i.public_key)
+                .unwrap_or_default();
+            let author = asclepios_records::verified_author(
+                &latest.body,
+                &req.patient,
+                &req.record_id,
+                latest.version,
+                &key,
+            )
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
             if author != caller.id && req.patient != caller.id {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,

@@ -303,3 +303,62 @@ async fn refused_rewrap_on_sqlite() {
 async fn refused_rewrap_on_postgres() {
     a_refused_rewrap_is_redone(true).await;
 }
+
+/// The DB admin rewrites a record's stored author to a colleague, who then
+/// tries to rewrite its search keywords: the authority goes by the author's
+/// signature and the directory's key, not by the record store's field.
+async fn a_rewritten_author_field_grants_no_indexing(postgres: bool) {
+    let d = deploy(postgres).await;
+    let mut doctor = client(&d, "dr-heart");
+    doctor.refresh_key().await.unwrap();
+    let record = serde_json::json!({
+        "resourceType": "Observation", "id": "obs-ix", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/pat-00000"},
+        "valueQuantity": {"value": 71, "unit": "/min"}
+    });
+    let policy = Config::load(&d.dir).unwrap().default_policy("pat-00000");
+    doctor
+        .put_record("pat-00000", "obs-ix", 1, &record, &policy)
+        .await
+        .unwrap();
+    doctor
+        .index_record("pat-00000", "obs-ix", vec!["code:x".into()])
+        .await
+        .unwrap();
+    as_db_admin(
+        &d,
+        if postgres {
+            "UPDATE record_versions SET body = convert_to(replace(convert_from(body, 'UTF8'), \
+             '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"'), 'UTF8') WHERE record_id = 'obs-ix'"
+        } else {
+            "UPDATE record_versions SET body = CAST(replace(CAST(body AS TEXT), \
+             '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"') AS BLOB) WHERE record_id = 'obs-ix'"
+        },
+    )
+    .await;
+    let nurse = client(&d, "nurse-ward");
+    match nurse
+        .index_record("pat-00000", "obs-ix", vec!["code:planted".into()])
+        .await
+    {
+        Err(ClientError::Refused {
+            status: 409,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("does not verify"), "{message}")
+        }
+        other => panic!("the rewritten author field let the nurse index: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_author_on_sqlite() {
+    a_rewritten_author_field_grants_no_indexing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_author_on_postgres() {
+    a_rewritten_author_field_grants_no_indexing(true).await;
+}

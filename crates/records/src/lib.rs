@@ -120,6 +120,45 @@ pub fn stored_author(stored: &[u8]) -> Result<String, String> {
     Ok(stored.author)
 }
 
+/// Who wrote a stored record version, once their signature over it checks
+/// out with `author_key` (the key the directory vouches for): the record
+/// store's `author` field alone is only what its database says.
+pub fn verified_author(
+    stored: &[u8],
+    patient: &str,
+    record_id: &str,
+    version: u64,
+    author_key: &[u8],
+) -> Result<String, String> {
+    let stored: Stored =
+        serde_json::from_slice(stored).map_err(|e| format!("stored record: {e}"))?;
+    let body = B64
+        .decode(&stored.body)
+        .map_err(|_| "stored record: body is not base64".to_string())?;
+    let signature = B64
+        .decode(&stored.author_signature)
+        .ok()
+        .and_then(|s| Signature::from_slice(&s).ok())
+        .ok_or("stored record: a malformed author signature")?;
+    let key: [u8; 32] = author_key
+        .try_into()
+        .map_err(|_| "the author's key is not an Ed25519 key".to_string())?;
+    VerifyingKey::from_bytes(&key)
+        .and_then(|k| {
+            k.verify_strict(
+                &author_message(patient, record_id, version, &body),
+                &signature,
+            )
+        })
+        .map_err(|_| {
+            format!(
+                "the stored record's signature does not verify with {}'s key",
+                stored.author
+            )
+        })?;
+    Ok(stored.author)
+}
+
 /// How the search index names a record: `patient/record_id` (neither part
 /// may contain `/`, see [`check_name`]).
 pub fn search_ref(patient: &str, record_id: &str) -> Vec<u8> {
