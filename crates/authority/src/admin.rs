@@ -307,6 +307,33 @@ impl KeyAuthority {
         })
     }
 
+    /// Audits a directory change refused before it could be read (a body
+    /// that does not parse) and returns the refusal.
+    pub(crate) fn refused_change(
+        &self,
+        caller: &str,
+        v: &Verified,
+        target: &str,
+        refused: ApiError,
+    ) -> Result<(), ApiError> {
+        let shown: String = target
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect();
+        asclepios_records::log_outcome(&self.trail, v, Err::<(), _>(refused), |outcome| {
+            AuditEvent::new(
+                caller,
+                Action::DirectoryChange,
+                format!("directory/{shown}: a malformed request"),
+                None,
+                outcome,
+                Some(v.signature.clone()),
+            )
+        })
+        .map(|_| ())
+    }
+
     /// Applies an administrator's change to the directory, audited.
     pub(crate) fn change(
         &self,

@@ -1191,13 +1191,34 @@ async fn directory_change(
         .map(Json)
 }
 
+/// A directory change whose body does not parse is refused, and audited
+/// like every other attempt.
+async fn parsed<T: serde::de::DeserializeOwned>(
+    s: &Arc<KeyAuthority>,
+    caller: &asclepios_net::pki::PeerIdentity,
+    v: &Verified,
+    target: &str,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    match json_body(body) {
+        Ok(parsed) => Ok(parsed),
+        Err(e) => {
+            let (s, caller, v, target) =
+                (s.clone(), caller.id.clone(), v.clone(), target.to_string());
+            let (status, message) = (e.status, e.message.clone());
+            let logged = blocking(move || s.refused_change(&caller, &v, &target, e)).await;
+            Err(logged.err().unwrap_or(ApiError::new(status, message)))
+        }
+    }
+}
+
 async fn register_identity(
     State(s): State<Arc<KeyAuthority>>,
     Extension(Caller(caller)): Extension<Caller>,
     Extension(v): Extension<Verified>,
     body: axum::body::Bytes,
 ) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
-    let change = admin::Change::Register(json_body(&body)?);
+    let change = admin::Change::Register(parsed(&s, &caller, &v, "(new identity)", &body).await?);
     directory_change(s, caller, v, change).await
 }
 
@@ -1208,8 +1229,8 @@ async fn set_identity_attributes(
     axum::extract::Path(id): axum::extract::Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
-    let change = admin::Change::SetAttributes(id, json_body(&body)?);
-    directory_change(s, caller, v, change).await
+    let set = parsed(&s, &caller, &v, &id, &body).await?;
+    directory_change(s, caller, v, admin::Change::SetAttributes(id, set)).await
 }
 
 async fn disable_identity(
@@ -1228,8 +1249,8 @@ async fn set_auditor_key(
     axum::extract::Path(id): axum::extract::Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
-    let change = admin::Change::AuditorKey(id, json_body(&body)?);
-    directory_change(s, caller, v, change).await
+    let key = parsed(&s, &caller, &v, &id, &body).await?;
+    directory_change(s, caller, v, admin::Change::AuditorKey(id, key)).await
 }
 
 async fn review_grant(

@@ -127,6 +127,22 @@ async fn malformed_requests_get_4xx_json_errors() {
             400,
             "malformed",
         ),
+        (
+            &authority,
+            Method::POST,
+            "/v1/directory/identities",
+            b"{not json".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            &authority,
+            Method::PUT,
+            "/v1/directory/identities/nurse-ward/attributes",
+            br#"{"attributes": "role:admin"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
     ];
     for (client, method, path, body, want, says) in cases {
         let response = client.send(method.clone(), path, body).await.unwrap();
@@ -154,4 +170,28 @@ async fn malformed_requests_get_4xx_json_errors() {
         log_size >= 2,
         "refused accesses are audited ({log_size} entries)"
     );
+    // Malformed directory changes too, for the auditors.
+    let d = dir.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        let store = Config::load(&d).unwrap().open_store(&d).unwrap();
+        let key = asclepios_deploy::keys::auditor_secret(&d, "auditor-ann").unwrap();
+        asclepios_audit::LogStore::log_entries(&store, "audit", 0..log_size)
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                asclepios_audit::SealedEvent::from_bytes(e)
+                    .ok()?
+                    .open_as_auditor(&key)
+                    .ok()
+            })
+            .filter(|e| {
+                e.action == asclepios_audit::Action::DirectoryChange
+                    && e.resource.contains("a malformed request")
+                    && e.actor == "dr-heart"
+            })
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, 2, "malformed directory changes are audited");
 }
