@@ -419,16 +419,8 @@ impl Integrity {
         let Some(path) = &self.anchor else {
             return Ok(None);
         };
-        let read = || -> std::io::Result<String> {
-            use std::io::Read;
-            let mut file = std::fs::File::open(path)?;
-            // Writers hold it exclusively while they rewrite it.
-            file.lock_shared()?;
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
-            Ok(text)
-        };
-        match read() {
+        // Writers replace it by a rename: it is whole, old or new.
+        match std::fs::read_to_string(path) {
             Ok(s) => s.trim().parse().map(Some).map_err(|_| {
                 self.raise(format!(
                     "the integrity anchor {} is not a change number: it was damaged",
@@ -552,30 +544,48 @@ impl Integrity {
     }
 }
 
-/// Writes `seq` into the anchor file unless it holds a larger one, under an
-/// exclusive `flock` (new files 0600, never through a symbolic link).
+/// Writes `seq` into the anchor file unless it holds a larger one. Crash-safe
+/// and monotonic: writers take an exclusive lock on `<anchor>.lock` (several
+/// processes may hold the key), write a fresh file beside the anchor, sync
+/// it and rename it over the anchor, so a reader (or a restart after a kill)
+/// sees the old number or the new one, never a torn file. New files are
+/// 0600 and never opened through a symbolic link.
 fn write_anchor(path: &std::path::Path, seq: u64) -> std::io::Result<()> {
-    use std::io::{Read, Seek, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    // Released when the file closes.
-    file.lock()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    if text.trim().parse::<u64>().is_ok_and(|have| have >= seq) {
-        return Ok(());
+    let private = |p: &std::path::Path, truncate: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    };
+    let mut lock_name = path.as_os_str().to_owned();
+    lock_name.push(".lock");
+    let lock = private(std::path::Path::new(&lock_name), false)?;
+    // Released when `lock` closes.
+    lock.lock()?;
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().parse::<u64>().is_ok_and(|have| have >= seq) => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    file.set_len(0)?;
-    file.rewind()?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut file = private(&tmp, true)?;
     file.write_all(format!("{seq}\n").as_bytes())?;
-    file.sync_all()
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    // The rename itself survives a crash once the directory is synced.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Checks every partition of a whole table read against `tags`: returns
@@ -1012,7 +1022,45 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::add_mod;
+    use super::{add_mod, write_anchor};
+
+    /// Many writers at once: the anchor only moves forward, ends at the
+    /// largest number, and is never seen torn or empty by a reader.
+    #[test]
+    fn the_anchor_only_moves_forward_and_is_never_torn() {
+        let dir = std::env::temp_dir().join(format!("asclepios-anchor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.seal.anchor");
+        let writers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u64 {
+                        write_anchor(&path, i * 4 + t).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut last = 0u64;
+                for _ in 0..400 {
+                    if let Ok(text) = std::fs::read_to_string(&path) {
+                        let n: u64 = text.trim().parse().expect("a whole number, never torn");
+                        assert!(n >= last, "the anchor went back from {last} to {n}");
+                        last = n;
+                    }
+                }
+            })
+        };
+        for w in writers {
+            w.join().unwrap();
+        }
+        reader.join().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "199");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn sums_wrap_modulo_two_to_the_256() {

@@ -115,6 +115,8 @@ impl Drop for Harness {
     fn drop(&mut self) {
         if let Harness::Postgres { url, schema } = self {
             let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{schema}.anchor")));
+            let _ =
+                std::fs::remove_file(std::env::temp_dir().join(format!("{schema}.anchor.lock")));
             if let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) {
                 let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
             }
