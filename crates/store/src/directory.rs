@@ -177,15 +177,7 @@ impl Store {
             let created = before[0]
                 .first()
                 .map_or(Ok(at), |r| r.int(5))?;
-            let after = Row(vec![
-                identity.id.as_str().into(),
-                identity.kind.as_str().into(),
-                identity.display_name.as_str().into(),
-                identity.public_key.clone().into(),
-                identity.status.as_str().into(),
-                Value::Int(created),
-                Value::Int(at),
-            ]);
+            let after = identity_row(identity, created, at);
             tx.exec(
                 "INSERT INTO identities (identity_id, kind, display_name, public_key, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
                  ON CONFLICT (identity_id) DO UPDATE SET kind = excluded.kind, display_name = excluded.display_name, public_key = excluded.public_key, status = excluded.status, updated_at = excluded.updated_at",
@@ -222,18 +214,10 @@ impl Store {
             if !before[0].is_empty() {
                 return Err(StoreError::Conflict(format!("identity {} exists", identity.id)));
             }
-            let row = vec![
-                identity.id.as_str().into(),
-                identity.kind.as_str().into(),
-                identity.display_name.as_str().into(),
-                identity.public_key.clone().into(),
-                identity.status.as_str().into(),
-                Value::Int(at),
-                Value::Int(at),
-            ];
+            let row = identity_row(identity, at, at);
             tx.exec(
                 "INSERT INTO identities (identity_id, kind, display_name, public_key, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &row,
+                &row.0,
             )?;
             let mut held = Vec::new();
             for (i, a) in distinct.iter().enumerate() {
@@ -250,7 +234,7 @@ impl Store {
                     identity.id.as_str().into(),
                 ]));
             }
-            let mut after = vec![vec![Row(row)], held];
+            let mut after = vec![vec![row], held];
             after.extend(before[2..].iter().cloned());
             Ok(((), after))
         })
@@ -756,4 +740,18 @@ fn write_revocation(
         after,
         vec![Row(vec![int(version)?, attribute.into()])],
     ))
+}
+
+/// An identity's row in canonical column order (as the integrity layer
+/// reads it back).
+fn identity_row(identity: &Identity, created_at: i64, updated_at: i64) -> Row {
+    Row(vec![
+        identity.id.as_str().into(),
+        identity.kind.as_str().into(),
+        identity.display_name.as_str().into(),
+        identity.public_key.clone().into(),
+        identity.status.as_str().into(),
+        Value::Int(created_at),
+        Value::Int(updated_at),
+    ])
 }

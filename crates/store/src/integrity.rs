@@ -358,6 +358,23 @@ impl Integrity {
         mac.finalize().into_bytes().into()
     }
 
+    /// What is wrong with a partition's rows as read, against the tag this
+    /// process remembers for it (none: no rows may be there).
+    fn check_partition(
+        &self,
+        known: &Known,
+        t: &Protected,
+        part: &str,
+        rows: &[Row],
+    ) -> Option<String> {
+        let expected = known.tags.get(&(t.table, part.to_string()));
+        let matches = match expected {
+            None => rows.is_empty(),
+            Some(tag) => !rows.is_empty() && *tag == self.tag(t.table, part, rows),
+        };
+        (!matches).then(|| mismatch(t, part, expected.is_some(), !rows.is_empty()))
+    }
+
     fn head_mac(&self, head: &Head) -> [u8; 32] {
         let mut mac = self.key.mac();
         mac.update(b"asclepios-integrity-head-v1");
@@ -806,15 +823,9 @@ impl Store {
         };
         self.checked(integrity, |tx, known| {
             let rows = partition_rows(tx, t, part)?;
-            let expected = known.tags.get(&(t.table, part.to_string()));
-            let matches = match expected {
-                None => rows.is_empty(),
-                Some(tag) => !rows.is_empty() && *tag == integrity.tag(t.table, part, &rows),
-            };
-            Ok(if matches {
-                Ok(rows)
-            } else {
-                Err(mismatch(t, part, expected.is_some(), !rows.is_empty()))
+            Ok(match integrity.check_partition(known, t, part, &rows) {
+                None => Ok(rows),
+                Some(problem) => Err(problem),
             })
         })
     }
@@ -938,13 +949,8 @@ impl Store {
                 let mut before = Vec::with_capacity(touched.len());
                 for (t, part) in touched {
                     let rows = partition_rows(tx, t, part)?;
-                    let expected = known.tags.get(&(t.table, part.to_string()));
-                    let matches = match expected {
-                        None => rows.is_empty(),
-                        Some(tag) => !rows.is_empty() && *tag == integrity.tag(t.table, part, &rows),
-                    };
-                    if !matches {
-                        return Err(integrity.raise(mismatch(t, part, expected.is_some(), !rows.is_empty())));
+                    if let Some(problem) = integrity.check_partition(&known, t, part, &rows) {
+                        return Err(integrity.raise(problem));
                     }
                     before.push(rows);
                 }
