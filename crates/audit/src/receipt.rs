@@ -210,6 +210,11 @@ impl<S: LogStore> AuditTrail<S> {
         self.receipt_key.sign(message)
     }
 
+    /// The key that checks [`AuditTrail::sign`]'s signatures.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.receipt_key.verifying_key()
+    }
+
     /// The log.
     pub fn log(&self) -> &Log<S> {
         &self.log

@@ -288,6 +288,18 @@ impl KeyAuthority {
         if !gate.required {
             return Ok(());
         }
-        asclepios_records::check_attested(&self.store, caller, &gate.kinds)
+        let component = self
+            .store
+            .component(&caller.id)
+            .map_err(asclepios_records::store_error)?;
+        asclepios_records::check_attested(
+            crate::facts::member(&self.store, &caller.id)?.as_ref(),
+            component
+                .as_ref()
+                .map(crate::facts::component_fact)
+                .as_ref(),
+            caller,
+            &gate.kinds,
+        )
     }
 }

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod attestation;
 pub mod consent;
+pub mod facts;
 pub mod review;
 pub mod search;
 pub mod stats;
@@ -174,6 +175,8 @@ pub struct KeyAuthority {
     /// failure): the sweeper re-wraps every wrapper still naming an old
     /// attribute version until none is left.
     rewrap_pending: std::sync::atomic::AtomicBool,
+    /// The signed directory facts last built, and the change they are at.
+    facts_cache: std::sync::Mutex<Option<(u64, asclepios_api::SignedFacts)>>,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -212,6 +215,7 @@ impl KeyAuthority {
             cohort_lock: Default::default(),
             admin_lock: Default::default(),
             rewrap_pending: std::sync::atomic::AtomicBool::new(true),
+            facts_cache: Default::default(),
         }
     }
 
@@ -968,7 +972,7 @@ impl KeyAuthority {
             )
             .layer(axum::middleware::from_fn_with_state(
                 self.store.clone(),
-                asclepios_records::registered_key_guard,
+                facts::registered_key_guard,
             ))
             .layer(axum::middleware::from_fn_with_state(
                 check,
@@ -988,8 +992,14 @@ impl KeyAuthority {
             .with_state(self)
     }
 
+    /// The key the authority signs directory entries, facts and resolved
+    /// policies with (its service key).
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.trail.verifying_key()
+    }
+
     fn active(&self, caller: &str) -> Result<(), ApiError> {
-        asclepios_records::require_active(&self.store, caller)
+        asclepios_records::require_active(facts::member(&self.store, caller)?.as_ref(), caller)
     }
 
     /// The caller's current attributes, each at its current version.
@@ -1568,24 +1578,17 @@ fn rewrap_row(
 
 /// `policy` with every attribute at its current version in `store`.
 pub fn resolve_with(store: &Store, policy: &Policy) -> Result<Policy, String> {
-    fn walk(node: &Node, store: &Store) -> Result<Node, String> {
-        Ok(match node {
-            Node::Attr(a) => {
-                let base = attribute_name(a);
-                Node::Attr(versioned(
-                    base,
-                    store.attribute_version(base).map_err(|e| e.to_string())?,
-                ))
-            }
-            Node::And(c) => Node::And(c.iter().map(|n| walk(n, store)).collect::<Result<_, _>>()?),
-            Node::Or(c) => Node::Or(c.iter().map(|n| walk(n, store)).collect::<Result<_, _>>()?),
-            Node::Threshold(k, c) => Node::Threshold(
-                *k,
-                c.iter().map(|n| walk(n, store)).collect::<Result<_, _>>()?,
-            ),
-        })
+    let mut versions = std::collections::HashMap::new();
+    for leaf in policy.leaves() {
+        let name = attribute_name(leaf);
+        if !versions.contains_key(name) {
+            let v = store.attribute_version(name).map_err(|e| e.to_string())?;
+            versions.insert(name.to_string(), v);
+        }
     }
-    Policy::from_root(walk(policy.root(), store)?).map_err(|e| e.to_string())
+    policy
+        .at_versions(&|name| versions.get(name).copied().unwrap_or(0))
+        .map_err(|e| e.to_string())
 }
 
 /// The key authority's OpenAPI 3.1 document (served at `/openapi.json`).

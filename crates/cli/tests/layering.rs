@@ -24,6 +24,7 @@ const SERVER_SIDE: &[&str] = &[
     "asclepios-records",
 ];
 const LOWER: &[&str] = &[
+    "asclepios-api",
     "asclepios-crypto",
     "asclepios-fhir",
     "asclepios-audit",

@@ -149,6 +149,25 @@ impl Policy {
         &self.root
     }
 
+    /// This policy with every attribute at the version `version_of` gives
+    /// for its name (`name@vN`, or the bare name at version 0): how a policy
+    /// is resolved against a directory before sealing or checking.
+    pub fn at_versions(&self, version_of: &dyn Fn(&str) -> u64) -> Result<Policy, PolicyError> {
+        fn walk(node: &Node, version_of: &dyn Fn(&str) -> u64) -> Node {
+            let all = |c: &[Node]| c.iter().map(|n| walk(n, version_of)).collect();
+            match node {
+                Node::Attr(a) => {
+                    let name = attribute_name(a);
+                    Node::Attr(versioned_attribute(name, version_of(name)))
+                }
+                Node::And(c) => Node::And(all(c)),
+                Node::Or(c) => Node::Or(all(c)),
+                Node::Threshold(k, c) => Node::Threshold(*k, all(c)),
+            }
+        }
+        Policy::from_root(walk(&self.root, version_of))
+    }
+
     /// Number of attribute occurrences (LSSS rows).
     pub fn leaf_count(&self) -> usize {
         count_leaves(&self.root)

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use asclepios_audit::AuditorPublicKey;
 use asclepios_audit::{AuditTrail, Log};
 use asclepios_authority::KeyAuthority;
 use asclepios_net::server::{self, SignatureCheck};
 use asclepios_net::signature::ReplayGuard;
 use asclepios_net::tls;
-use asclepios_records::RecordService;
+use asclepios_records::{DirectoryView, RecordService};
 use asclepios_store::Store;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::SigningKey;
@@ -156,6 +157,50 @@ fn trail(
     )
 }
 
+/// The record service's audit trail: events sealed at the attribute
+/// versions and to the auditors of the authority's signed facts (the last
+/// verified ones while the authority cannot vouch: the events must still be
+/// written).
+fn records_trail(
+    dir: &Path,
+    view: &Arc<DirectoryView>,
+    log: Arc<Log<Store>>,
+    receipt: SigningKey,
+) -> Result<AuditTrail<Store>, Error> {
+    let facts = {
+        let view = view.clone();
+        move || -> Result<Arc<asclepios_api::DirectoryFacts>, String> {
+            match view.facts() {
+                Ok(f) => Ok(f),
+                Err(e) => view.last().ok_or(e.message),
+            }
+        }
+    };
+    let versions = facts.clone();
+    Ok(AuditTrail::new(
+        log,
+        keys::abe_public_key(dir)?,
+        Vec::new(),
+        "records",
+        receipt,
+    )
+    .with_policy_versions(move |p| asclepios_records::directory::resolve(&*versions()?, p))
+    .with_current_auditors(move || {
+        facts()?
+            .auditors
+            .iter()
+            .map(|(id, key)| {
+                hex::decode(key)
+                    .ok()
+                    .and_then(|k| AuditorPublicKey::from_bytes(&k).ok())
+                    .ok_or_else(|| {
+                        format!("the directory's sealing key of auditor `{id}` is malformed")
+                    })
+            })
+            .collect()
+    }))
+}
+
 /// Both services of a deployment, opened but not yet listening.
 struct Opened {
     authority: Arc<KeyAuthority>,
@@ -209,10 +254,17 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
         .with_attestation(source, gate),
     );
     let records_keys = service_keys(&layout, "records", true)?;
+    // The record service judges callers by the facts the authority signs,
+    // verified with the authority's key, never by the store's rows.
+    let view = Arc::new(DirectoryView::new(
+        authority.verifying_key(),
+        asclepios_authority::facts::in_process(&authority),
+    ));
     let records = Arc::new(
         RecordService::new(
             open_store(dir, cfg)?.sharing_integrity_of(&directory),
-            trail(dir, &directory, log, "records", records_keys.receipt)?,
+            records_trail(dir, &view, log, records_keys.receipt)?,
+            view,
         )
         .requiring_attested(if cfg.attestation.require_components {
             cfg.attestation.component_kinds.clone()

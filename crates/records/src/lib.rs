@@ -13,12 +13,13 @@
 
 use std::sync::Arc;
 
+use asclepios_api::directory::{ComponentFact, Member};
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
 use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
 use asclepios_crypto::policy::attribute_name;
 use asclepios_net::server::{json_body, require_signature, ApiError, Caller, SignatureCheck};
 use asclepios_net::signature::Verified;
-use asclepios_store::{IdentityStatus, Store, StoreError};
+use asclepios_store::{Store, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -28,6 +29,9 @@ use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub mod directory;
+pub use directory::DirectoryView;
 
 /// The role that reads the whole audit log: compared as a whole attribute
 /// (any version), never as a prefix (`role:auditor-trainee` is another role).
@@ -186,6 +190,9 @@ struct Stored {
 pub struct RecordService {
     store: Store,
     trail: AuditTrail<Store>,
+    /// Who is who and holds what: the authority's signed facts, never the
+    /// store's rows.
+    directory: Arc<DirectoryView>,
     /// Directory kinds that must hold a current attestation to write
     /// (empty: attestation of components is not required).
     attested_kinds: Vec<String>,
@@ -233,11 +240,13 @@ fn now() -> u64 {
 }
 
 impl RecordService {
-    /// A service over `store`, logging through `trail`.
-    pub fn new(store: Store, trail: AuditTrail<Store>) -> Self {
+    /// A service over `store`, logging through `trail`, acting on the
+    /// directory as the authority vouches for it in `directory`.
+    pub fn new(store: Store, trail: AuditTrail<Store>, directory: Arc<DirectoryView>) -> Self {
         RecordService {
             store,
             trail,
+            directory,
             attested_kinds: Vec::new(),
         }
     }
@@ -275,7 +284,7 @@ impl RecordService {
                 axum::routing::post(attestation_verdict),
             )
             .layer(axum::middleware::from_fn_with_state(
-                self.store.clone(),
+                self.directory.clone(),
                 registered_key_guard,
             ))
             .layer(axum::middleware::from_fn_with_state(
@@ -310,7 +319,7 @@ impl RecordService {
     /// The caller's attributes, each at its current version (as keys and
     /// policies carry them).
     fn current_attributes(&self, caller: &str) -> Result<Vec<String>, ApiError> {
-        self.store.current_attributes(caller).map_err(store_error)
+        Ok(self.directory.facts()?.current_attributes(caller).to_vec())
     }
 
     /// Who may write a patient's records, and under what: the writer holds
@@ -329,6 +338,7 @@ impl RecordService {
                 format!("`{caller}` may not write records of {patient}: it is not the patient, on the care team, consented or in an emergency"),
             ));
         }
+        let facts = self.directory.facts()?;
         let leaves = policy.leaves();
         for required in [format!("patient:{patient}"), format!("emergency:{patient}")] {
             if !leaves.iter().any(|l| attribute_name(l) == required) {
@@ -337,10 +347,7 @@ impl RecordService {
         }
         for leaf in leaves {
             let name = attribute_name(leaf);
-            let current = asclepios_store::versioned_attribute(
-                name,
-                self.store.attribute_version(name).map_err(store_error)?,
-            );
+            let current = asclepios_store::versioned_attribute(name, facts.attribute_version(name));
             if leaf != current {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -379,7 +386,7 @@ impl RecordService {
 
     /// The second layer: the caller's identity must be known and active.
     fn check_caller(&self, caller: &str) -> Result<(), ApiError> {
-        require_active(&self.store, caller)
+        require_active(self.directory.facts()?.member(caller), caller)
     }
 
     /// Runs `work`; on refusal logs a denied event, on success the given one.
@@ -399,14 +406,9 @@ impl RecordService {
         // treatment: loudly, for the patient and the auditors.
         let now = now() as i64;
         let emergency = self
-            .store
-            .emergency_grants(patient)
-            .map(|grants| {
-                grants
-                    .iter()
-                    .any(|g| g.clinician == caller && g.expires_at > now)
-            })
-            .unwrap_or(false);
+            .directory
+            .last()
+            .is_some_and(|f| f.in_emergency(caller, patient, now));
         let mark = |mut e: AuditEvent| {
             if emergency {
                 e.emergency = true;
@@ -443,7 +445,8 @@ impl RecordService {
                 return Err(bad_request("the key wrapper belongs to another body"));
             }
             // An unattested device stores nothing (M6).
-            check_attested(&self.store, caller, &self.attested_kinds)?;
+            let facts = self.directory.facts()?;
+            check_attested(facts.member(&caller.id), facts.components.get(&caller.id), caller, &self.attested_kinds)?;
             self.check_write_policy(&caller.id, &put.patient, parsed.policy())?;
             let sig = b64("author_signature", &put.author_signature)?;
             let sig = Signature::from_slice(&sig).map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
@@ -624,9 +627,9 @@ pub fn log_event(
 }
 
 /// The caller must be in the directory and active (403 otherwise).
-pub fn require_active(store: &Store, caller: &str) -> Result<(), ApiError> {
-    match store.identity(caller).map_err(store_error)? {
-        Some(i) if i.status == IdentityStatus::Active => Ok(()),
+pub fn require_active(member: Option<&Member>, caller: &str) -> Result<(), ApiError> {
+    match member {
+        Some(m) if m.active => Ok(()),
         Some(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("identity `{caller}` is disabled"),
@@ -645,12 +648,14 @@ type PeerCaller = asclepios_net::pki::PeerIdentity;
 /// (403 otherwise): a certificate for the same id with another key (minted
 /// with a stolen CA key, or issued to an id before it was registered)
 /// speaks for nobody.
-pub fn require_registered_key(store: &Store, caller: &PeerCaller) -> Result<(), ApiError> {
-    let registered = store
-        .identity(&caller.id)
-        .map_err(store_error)?
-        .and_then(|i| i.public_key);
-    if registered.as_deref() == Some(caller.public_key.as_slice()) {
+pub fn require_registered_key(
+    member: Option<&Member>,
+    caller: &PeerCaller,
+) -> Result<(), ApiError> {
+    if asclepios_api::directory::same_key(
+        member.and_then(|m| m.public_key.as_deref()),
+        &caller.public_key,
+    ) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -663,10 +668,10 @@ pub fn require_registered_key(store: &Store, caller: &PeerCaller) -> Result<(), 
     }
 }
 
-/// Middleware for both services: every signed request comes from a
-/// certificate whose key the directory vouches for.
+/// Middleware of the record service: every signed request comes from a
+/// certificate whose key the authority's directory vouches for.
 pub async fn registered_key_guard(
-    axum::extract::State(store): axum::extract::State<Store>,
+    axum::extract::State(directory): axum::extract::State<Arc<DirectoryView>>,
     axum::Extension(asclepios_net::server::Caller(caller)): axum::Extension<
         asclepios_net::server::Caller,
     >,
@@ -674,7 +679,11 @@ pub async fn registered_key_guard(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match blocking(move || require_registered_key(&store, &caller)).await {
+    let checked = blocking(move || {
+        let facts = directory.facts()?;
+        require_registered_key(facts.member(&caller.id), &caller)
+    });
+    match checked.await {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
@@ -691,19 +700,15 @@ pub fn identity_key_sha256(peer: &PeerCaller) -> [u8; 32] {
 /// connects with. Both services apply it: the authority before it releases
 /// keys, tokens or policies, the record service before it stores a version.
 pub fn check_attested(
-    store: &Store,
+    member: Option<&Member>,
+    component: Option<&ComponentFact>,
     caller: &PeerCaller,
     kinds: &[String],
 ) -> Result<(), ApiError> {
     if kinds.is_empty() {
         return Ok(());
     }
-    let kind = store
-        .identity(&caller.id)
-        .map_err(store_error)?
-        .map(|i| i.kind)
-        .unwrap_or_default();
-    if !kinds.contains(&kind) {
+    if !member.is_some_and(|m| kinds.contains(&m.kind)) {
         return Ok(());
     }
     let refuse = |why: String| {
@@ -716,7 +721,7 @@ pub fn check_attested(
         ))
     };
     let contraindicated = asclepios_attest::policy::Trust::Contraindicated.to_string();
-    match store.component(&caller.id).map_err(store_error)? {
+    match component {
         None => refuse("has not attested".into()),
         Some(c) if c.trust == contraindicated => {
             refuse(format!("failed its last attestation ({})", c.appraisal))
@@ -724,7 +729,7 @@ pub fn check_attested(
         Some(c) if c.expires_at <= asclepios_attest::unix_now() => {
             refuse("has an expired attestation".into())
         }
-        Some(c) if c.key_sha256 != identity_key_sha256(caller) => {
+        Some(c) if c.key_sha256 != hex::encode(identity_key_sha256(caller)) => {
             refuse("attested with another certificate key".into())
         }
         Some(_) => Ok(()),
@@ -852,17 +857,10 @@ async fn publish_stats(
                     "publish 1 to {MAX_STATS_VALUES} values at a time"
                 )));
             }
-            let owned: std::collections::HashSet<u64> = s
-                .store
-                .fe_slots(&req.study)
-                .map_err(store_error)?
-                .into_iter()
-                .filter(|r| r.provider == caller.id)
-                .map(|r| r.slot)
-                .collect();
+            let facts = s.directory.facts()?;
             let mut rows = Vec::with_capacity(req.values.len());
             for (slot, ct) in &req.values {
-                if !owned.contains(slot) {
+                if facts.slot_owner(&req.study, *slot) != Some(caller.id.as_str()) {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         format!("slot {slot} of `{}` is not yours", req.study),
@@ -1243,10 +1241,10 @@ async fn audit_entries(
         // The entries are sealed, but their policies name patients: they are
         // for patients (who read their own) and auditors.
         let is_patient = s
-            .store
-            .identity(&caller.id)
-            .map_err(store_error)?
-            .is_some_and(|i| i.kind == "patient");
+            .directory
+            .facts()?
+            .member(&caller.id)
+            .is_some_and(|m| m.kind == "patient");
         if !is_patient
             && !s
                 .current_attributes(&caller.id)?

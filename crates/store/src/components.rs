@@ -58,18 +58,28 @@ impl Store {
     pub fn component(&self, identity_id: &str) -> Result<Option<Component>, StoreError> {
         self.partition(&COMPONENTS, identity_id)?
             .first()
-            .map(|r| {
-                Ok(Component {
-                    identity_id: r.text(0)?,
-                    format: r.text(1)?,
-                    measurement: r.text(2)?,
-                    trust: r.text(3)?,
-                    appraisal: r.text(4)?,
-                    key_sha256: r.bytes(5)?,
-                    attested_at: r.uint(6)?,
-                    expires_at: r.uint(7)?,
-                })
-            })
+            .map(component)
             .transpose()
     }
+
+    /// Every component's latest attestation.
+    pub fn components(&self) -> Result<Vec<Component>, StoreError> {
+        self.protected_table(&COMPONENTS)?
+            .iter()
+            .map(component)
+            .collect()
+    }
+}
+
+fn component(r: &crate::db::Row) -> Result<Component, StoreError> {
+    Ok(Component {
+        identity_id: r.text(0)?,
+        format: r.text(1)?,
+        measurement: r.text(2)?,
+        trust: r.text(3)?,
+        appraisal: r.text(4)?,
+        key_sha256: r.bytes(5)?,
+        attested_at: r.uint(6)?,
+        expires_at: r.uint(7)?,
+    })
 }

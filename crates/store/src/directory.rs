@@ -9,6 +9,28 @@ use crate::{now, Store, StoreError};
 
 pub use asclepios_crypto::policy::versioned_attribute;
 
+/// The authority's directory at one change of its state (see
+/// [`Store::directory_state`]).
+#[derive(Clone, Debug, Default)]
+pub struct DirectoryState {
+    /// The change it was read at (0 without integrity protection).
+    pub change: u64,
+    /// Every identity.
+    pub identities: Vec<Identity>,
+    /// `(identity, attribute)` for every attribute held now (unversioned).
+    pub held: Vec<(String, String)>,
+    /// Every attribute version ever raised.
+    pub versions: Vec<(String, u64)>,
+    /// `(identity, HPKE public key)` of every auditor sealing key.
+    pub auditor_keys: Vec<(String, Vec<u8>)>,
+    /// Every component's latest attestation.
+    pub components: Vec<crate::Component>,
+    /// Every break-glass grant.
+    pub grants: Vec<EmergencyGrant>,
+    /// `(study, slot, provider)` of every statistics slot, by study and slot.
+    pub slots: Vec<(String, u64, String)>,
+}
+
 /// Whether an identity may act.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum IdentityStatus {
@@ -461,6 +483,47 @@ impl Store {
             }
         }
         Ok(keys)
+    }
+
+    /// Everything the authority vouches for to other services, read at one
+    /// change of its authenticated state (re-read if a write landed in
+    /// between), every partition checked.
+    pub fn directory_state(&self) -> Result<DirectoryState, StoreError> {
+        loop {
+            let seq = self.directory_change();
+            let identities = self.identities()?;
+            let mut held = Vec::new();
+            for r in self.protected_table(&IDENTITY_ATTRIBUTES)? {
+                if r.opt_int(3)?.is_none() {
+                    held.push((r.text(4)?, r.text(0)?));
+                }
+            }
+            let versions = self
+                .protected_table(&ATTRIBUTE_VERSIONS)?
+                .iter()
+                .map(|r| Ok((r.text(1)?, r.uint(0)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let auditor_keys = self
+                .protected_table(&AUDITOR_KEYS)?
+                .iter()
+                .map(|r| Ok((r.text(0)?, r.bytes(1)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let components = self.components()?;
+            let grants = self.all_grants(|_| true)?;
+            let slots = self.fe_all_slots()?;
+            if self.directory_change() == seq {
+                return Ok(DirectoryState {
+                    change: seq.unwrap_or(0),
+                    identities,
+                    held,
+                    versions,
+                    auditor_keys,
+                    components,
+                    grants,
+                    slots,
+                });
+            }
+        }
     }
 
     /// The identities holding an attribute now.

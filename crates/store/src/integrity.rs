@@ -260,7 +260,28 @@ enum Lock {
 struct Known {
     head: Head,
     tags: HashMap<(&'static str, String), [u8; 32]>,
+    /// The change at which this process last saw each table change (the
+    /// head's at load: nothing older is known).
+    changed: HashMap<&'static str, u64>,
 }
+
+impl Known {
+    fn changed_at(&self, table: &str) -> u64 {
+        self.changed.get(table).copied().unwrap_or(self.head.seq)
+    }
+}
+
+/// The tables whose state the authority vouches for to other services (see
+/// [`Store::directory_state`]).
+const DIRECTORY_TABLES: &[&Protected] = &[
+    &IDENTITIES,
+    &IDENTITY_ATTRIBUTES,
+    &ATTRIBUTE_VERSIONS,
+    &AUDITOR_KEYS,
+    &COMPONENTS,
+    &EMERGENCY_GRANTS,
+    &FE_SLOTS,
+];
 
 /// The integrity state a store carries when opened with a key.
 pub(crate) struct Integrity {
@@ -554,7 +575,11 @@ impl Integrity {
                     return Err(self.raise(problem));
                 }
             }
-            Ok(Known { head, tags })
+            Ok(Known {
+                head,
+                tags,
+                changed: HashMap::new(),
+            })
         })?;
         self.anchor(known.head.seq);
         Ok(known)
@@ -745,6 +770,7 @@ impl Store {
                     sum: [0; 32],
                 },
                 tags: HashMap::new(),
+                changed: HashMap::new(),
             }),
             alarm: Mutex::new(None),
         };
@@ -792,6 +818,21 @@ impl Store {
         self.integrity
             .as_ref()
             .map(|i| i.known.read().unwrap_or_else(|p| p.into_inner()).head.seq)
+    }
+
+    /// The change at which the tables the authority vouches for to other
+    /// services (identities, attributes, versions, auditors, components,
+    /// emergency grants, statistics slots) last changed: it moves with every
+    /// write to them and with nothing else (`None` without integrity).
+    pub fn directory_change(&self) -> Option<u64> {
+        self.integrity.as_ref().map(|i| {
+            let known = i.known.read().unwrap_or_else(|p| p.into_inner());
+            DIRECTORY_TABLES
+                .iter()
+                .map(|t| known.changed_at(t.table))
+                .max()
+                .unwrap_or(0)
+        })
     }
 
     /// Verifies the whole authority state again, as at open (for periodic
@@ -1004,6 +1045,7 @@ impl Store {
                 Ok(Some((out, head, changes))) => {
                     known.head = head;
                     for (key, tag) in changes {
+                        known.changed.insert(key.0, head.seq);
                         match tag {
                             Some(tag) => known.tags.insert(key, tag),
                             None => known.tags.remove(&key),

@@ -55,8 +55,8 @@ use std::path::Path;
 
 pub use components::Component;
 pub use directory::{
-    versioned_attribute, AttributeGrant, Consent, ConsentStatus, EmergencyGrant, Identity,
-    IdentityStatus,
+    versioned_attribute, AttributeGrant, Consent, ConsentStatus, DirectoryState, EmergencyGrant,
+    Identity, IdentityStatus,
 };
 pub use migrations::SCHEMA_VERSION;
 pub use records::{RecordVersion, Wrapper, WrapperRow};

@@ -121,6 +121,14 @@ impl Store {
         })
     }
 
+    /// `(study, slot, provider)` of every slot, by study and slot.
+    pub fn fe_all_slots(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        self.protected_table(&FE_SLOTS)?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.uint(1)?, r.text(2)?)))
+            .collect()
+    }
+
     /// The labels values were published under in `study`.
     pub fn fe_labels(&self, study: &str) -> Result<Vec<String>, StoreError> {
         self.read(|tx| {

@@ -1,0 +1,209 @@
+//! The record service's view of the directory: the facts the key authority
+//! signed, never rows of a store.
+//!
+//! Every request reads one [`DirectoryFacts`] snapshot: who the caller is,
+//! whether it is active, the key its certificate must carry, the attributes
+//! it holds and their versions, its attestation, live break-glass grants and
+//! statistics slots' owners. The view asks its [`FactsSource`] for newer
+//! facts at each request, verifies the authority's signature and refuses to
+//! move back to an older change. If the authority cannot vouch (it is
+//! unreachable or in integrity alarm), requests fail closed with 503.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use asclepios_api::{DirectoryFacts, FactsSource};
+use asclepios_crypto::Policy;
+use asclepios_net::server::ApiError;
+use axum::http::StatusCode;
+use ed25519_dalek::VerifyingKey;
+
+/// Verified directory facts, kept fresh from a source.
+pub struct DirectoryView {
+    authority: VerifyingKey,
+    source: Arc<dyn FactsSource>,
+    current: RwLock<Option<Arc<DirectoryFacts>>>,
+    refreshing: Mutex<()>,
+}
+
+impl std::fmt::Debug for DirectoryView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryView")
+            .field("change", &self.last().map(|f| f.change))
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the key authority cannot vouch for the directory now: {why}"),
+    )
+}
+
+impl DirectoryView {
+    /// A view of the facts `authority` (its Ed25519 key) signs, from `source`.
+    pub fn new(authority: VerifyingKey, source: Arc<dyn FactsSource>) -> Self {
+        DirectoryView {
+            authority,
+            source,
+            current: RwLock::new(None),
+            refreshing: Mutex::new(()),
+        }
+    }
+
+    /// The current facts: newer ones from the source if there are any,
+    /// verified and not older than those held (503 otherwise). Blocks.
+    pub fn facts(&self) -> Result<Arc<DirectoryFacts>, ApiError> {
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.last();
+        let known = held.as_ref().map(|f| f.change);
+        match self.source.fetch(known).map_err(unavailable)? {
+            None => held.ok_or_else(|| unavailable("no facts yet")),
+            Some(signed) => {
+                let facts = Arc::new(
+                    signed
+                        .verify_after(&self.authority, known.unwrap_or(0))
+                        .map_err(unavailable)?,
+                );
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(facts.clone());
+                Ok(facts)
+            }
+        }
+    }
+
+    /// The facts last verified, without asking the source: what the audit
+    /// trail seals to while the authority cannot vouch (its events must
+    /// still be written).
+    pub fn last(&self) -> Option<Arc<DirectoryFacts>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// `policy` with every attribute at its current version in `facts`.
+pub fn resolve(facts: &DirectoryFacts, policy: &Policy) -> Result<Policy, String> {
+    policy
+        .at_versions(&|name| facts.attribute_version(name))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use asclepios_api::directory::Member;
+    use asclepios_api::SignedFacts;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    /// A source that answers what the test queued, as a service in between
+    /// (or a stolen copy of old answers) could.
+    #[derive(Default)]
+    struct Queued(Mutex<Vec<Result<Option<SignedFacts>, String>>>);
+
+    impl FactsSource for Queued {
+        fn fetch(&self, _known: Option<u64>) -> Result<Option<SignedFacts>, String> {
+            self.0.lock().unwrap().remove(0)
+        }
+    }
+
+    fn authority() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
+
+    fn facts(change: u64, nurse_holds: &str) -> DirectoryFacts {
+        let mut f = DirectoryFacts {
+            change,
+            ..Default::default()
+        };
+        f.members.insert(
+            "nurse-1".into(),
+            Member {
+                kind: "clinician".into(),
+                public_key: None,
+                active: true,
+                attributes: vec![nurse_holds.into()],
+            },
+        );
+        f
+    }
+
+    fn signed(f: &DirectoryFacts, key: &SigningKey) -> SignedFacts {
+        f.signed_with(|m| key.sign(m))
+    }
+
+    fn view(answers: Vec<Result<Option<SignedFacts>, String>>) -> DirectoryView {
+        DirectoryView::new(
+            authority().verifying_key(),
+            Arc::new(Queued(Mutex::new(answers))),
+        )
+    }
+
+    #[test]
+    fn facts_are_taken_from_the_authority_and_kept_until_they_change() {
+        let v = view(vec![
+            Ok(Some(signed(&facts(1, "care-team:pat-1"), &authority()))),
+            Ok(None),
+            Ok(Some(signed(&facts(2, "role:nurse"), &authority()))),
+        ]);
+        assert_eq!(v.facts().unwrap().change, 1);
+        assert_eq!(
+            v.facts().unwrap().current_attributes("nurse-1"),
+            ["care-team:pat-1"]
+        );
+        assert_eq!(
+            v.facts().unwrap().current_attributes("nurse-1"),
+            ["role:nurse"]
+        );
+    }
+
+    #[test]
+    fn facts_signed_by_anyone_else_are_refused() {
+        let forged = signed(
+            &facts(5, "patient:pat-1"),
+            &SigningKey::from_bytes(&[1; 32]),
+        );
+        let v = view(vec![
+            Ok(Some(signed(&facts(1, "care-team:pat-1"), &authority()))),
+            Ok(Some(forged)),
+        ]);
+        v.facts().unwrap();
+        let e = v.facts().unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            e.message.contains("not signed by the key authority"),
+            "{}",
+            e.message
+        );
+        // What was verified before stays; nothing of the forgery is kept.
+        assert_eq!(v.last().unwrap().change, 1);
+        assert_eq!(
+            v.last().unwrap().current_attributes("nurse-1"),
+            ["care-team:pat-1"]
+        );
+    }
+
+    #[test]
+    fn an_older_authentic_copy_is_a_rollback() {
+        let old = signed(&facts(1, "care-team:pat-1"), &authority());
+        let v = view(vec![
+            Ok(Some(signed(&facts(2, "role:nurse"), &authority()))),
+            Ok(Some(old)),
+        ]);
+        v.facts().unwrap();
+        let e = v.facts().unwrap_err();
+        assert!(e.message.contains("rollback"), "{}", e.message);
+        assert_eq!(v.last().unwrap().change, 2);
+    }
+
+    #[test]
+    fn without_the_authority_requests_fail_closed() {
+        let v = view(vec![Ok(None), Err("connection refused".into())]);
+        assert_eq!(
+            v.facts().unwrap_err().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let e = v.facts().unwrap_err();
+        assert!(e.message.contains("connection refused"), "{}", e.message);
+    }
+}
