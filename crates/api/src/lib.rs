@@ -9,6 +9,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod attestation;
+pub mod consent;
 pub mod directory;
+pub mod keys;
+pub mod records;
+pub mod review;
+pub mod search;
+pub mod stats;
 
 pub use directory::{DirectoryFacts, FactsError, FactsSource, SignedFacts};

@@ -5,13 +5,15 @@
 //! `init` while it bootstraps a deployment. Taking an attribute away bumps
 //! its version and re-wraps every record whose policy names it.
 
+pub use asclepios_api::admin::{
+    AttributeSet, AuditorKey, ChangeOut, MemberOut, Registration, Revocation,
+};
 use asclepios_audit::{Action, AuditEvent};
 use asclepios_crypto::abe::MasterSecretKey;
 use asclepios_net::server::ApiError;
 use asclepios_net::signature::Verified;
 use asclepios_store::{Identity, IdentityStatus, Store};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use crate::{rewrap_after_revocation, KeyAuthority, WithReceipt};
 use asclepios_records::store_error;
@@ -19,44 +21,12 @@ use asclepios_records::store_error;
 /// The role that administers the directory.
 pub const ADMIN_ROLE: &str = "role:admin";
 
-/// An identity to add to the directory.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Registration {
-    /// Its id (the URI name in its certificate).
-    pub id: String,
-    /// What it is (`clinician`, `patient`, `device`, `auditor`, ...).
-    pub kind: String,
-    /// A name for people.
-    pub display_name: String,
-    /// Its certificate's Ed25519 key (hex): what its signatures verify with.
-    pub public_key: String,
-    /// Its attributes (`namespace:value`).
-    pub attributes: Vec<String>,
-}
-
 /// An identity with its current attributes.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Member {
     /// The directory entry.
     pub identity: Identity,
     /// Its attributes, with the version each was granted at.
-    pub attributes: Vec<(String, u64)>,
-}
-
-/// A member as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberOut {
-    /// The identity.
-    pub id: String,
-    /// Its kind.
-    pub kind: String,
-    /// Its display name.
-    pub display_name: String,
-    /// Whether it may act.
-    pub active: bool,
-    /// Its attributes with the version each was granted at.
     pub attributes: Vec<(String, u64)>,
 }
 
@@ -70,32 +40,6 @@ impl From<&Member> for MemberOut {
             attributes: m.attributes.clone(),
         }
     }
-}
-
-/// What a revocation did.
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Revocation {
-    /// Attributes taken away (each now at a new version).
-    pub revoked: Vec<String>,
-    /// Data-key wrappers re-wrapped so keys from before no longer open them.
-    pub rewrapped: usize,
-}
-
-/// New attributes for an identity (exactly these).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttributeSet {
-    /// The attributes it holds from now on.
-    pub attributes: Vec<String>,
-}
-
-/// An auditor's audit-log sealing key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditorKey {
-    /// The HPKE public key (hex).
-    pub public_key: String,
 }
 
 fn invalid(m: impl Into<String>) -> ApiError {
@@ -266,16 +210,6 @@ pub(crate) enum Change {
     SetAttributes(String, AttributeSet),
     Disable(String),
     AuditorKey(String, AuditorKey),
-}
-
-/// The answer to a change: the member as it is now, and what was revoked.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeOut {
-    /// The member after the change.
-    pub member: MemberOut,
-    /// What was revoked, if anything.
-    pub revocation: Revocation,
 }
 
 impl KeyAuthority {

@@ -14,10 +14,11 @@
 //! search tokens and statistics keys are released to a component only
 //! while its registration holds and names the key it connects with.
 
+pub use asclepios_api::attestation::{Challenge, EvidenceOut, Registered, Registration};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use asclepios_attest::policy::{appraise, Expected, Policy, Trust};
+use asclepios_attest::policy::{appraise, Expected, Policy};
 use asclepios_audit::Action;
 use asclepios_net::pki::PeerIdentity;
 use asclepios_net::server::ApiError;
@@ -27,7 +28,6 @@ use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 
 use crate::{store_error, KeyAuthority, WithReceipt};
 
@@ -72,45 +72,6 @@ pub(crate) struct Attestation {
     pub(crate) source: Option<Arc<dyn EvidenceSource>>,
     pub(crate) gate: ComponentGate,
     challenges: Mutex<HashMap<[u8; 32], (String, u64)>>,
-}
-
-/// Fresh evidence from the authority.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvidenceOut {
-    /// The evidence envelope, base64.
-    pub evidence: String,
-}
-
-/// A nonce to answer with registration evidence.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Challenge {
-    /// 32 bytes, hex.
-    pub nonce: String,
-    /// Until when it may be answered (seconds since the epoch).
-    pub expires_at: u64,
-}
-
-/// A component's registration request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Registration {
-    /// The evidence envelope, base64: binding the caller's certificate key
-    /// and a challenge nonce.
-    pub evidence: String,
-}
-
-/// A registration's verdict.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Registered {
-    /// The appraisal tier.
-    pub trust: Trust,
-    /// The appraisal in one line.
-    pub summary: String,
-    /// Until when it holds.
-    pub expires_at: u64,
 }
 
 /// SHA-256 of an identity certificate's SubjectPublicKeyInfo.

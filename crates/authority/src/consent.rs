@@ -8,37 +8,7 @@
 //! Resource types and purpose are recorded (and exported as FHIR Consent) but
 //! not enforced per type by the cryptography: the attribute is per patient.
 
-use serde::{Deserialize, Serialize};
-
-/// A consent as the patient gives it.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentGrant {
-    /// Who receives access (an identity id).
-    pub grantee: String,
-    /// Purpose of use (HL7 v3-ActReason: TREAT, HRESCH, ...).
-    pub purpose: String,
-    /// FHIR resource types covered, or `*`.
-    pub resource_types: Vec<String>,
-    /// When it ends (Unix seconds), if it does.
-    pub expires_at: Option<i64>,
-}
-
-/// A consent on record.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentOut {
-    /// Its id.
-    pub consent_id: String,
-    /// Its version.
-    pub version: u64,
-    /// `active` or `withdrawn`.
-    pub status: String,
-    /// What was granted.
-    pub grant: ConsentGrant,
-    /// As a FHIR R4 Consent resource.
-    pub fhir: serde_json::Value,
-}
+pub use asclepios_api::consent::{ConsentGrant, ConsentOut};
 
 /// The attribute a consent gives its grantee.
 pub fn consent_attribute(patient: &str) -> String {

@@ -3,57 +3,17 @@
 //! decision and comment live in the sealed audit event (the comment may
 //! speak of the patient's health); the grant row records who reviewed it.
 
+pub use asclepios_api::review::{PendingReview, ReviewDecision, Reviewed};
 use asclepios_audit::{Action, AuditEvent};
 use asclepios_net::pki::PeerIdentity;
 use asclepios_net::server::ApiError;
 use asclepios_net::signature::Verified;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use crate::{store_error, KeyAuthority, WithReceipt};
 
 /// The role that reviews break-glass grants.
 pub use asclepios_records::AUDITOR_ROLE;
-
-/// A grant waiting for review.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PendingReview {
-    /// The patient's pseudonym.
-    pub patient: String,
-    /// The grant.
-    pub grant_id: String,
-    /// Who broke the glass.
-    pub clinician: String,
-    /// When (Unix seconds).
-    pub issued_at: i64,
-    /// Until when it worked.
-    pub expires_at: i64,
-}
-
-/// An auditor's decision on a grant.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReviewDecision {
-    /// The patient's pseudonym.
-    pub patient: String,
-    /// The grant.
-    pub grant_id: String,
-    /// `approve` or `flag`.
-    pub decision: String,
-    /// Why (kept only in the sealed audit event), up to 2000 characters.
-    pub comment: String,
-}
-
-/// The decision as recorded.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Reviewed {
-    /// The grant.
-    pub grant_id: String,
-    /// `approve` or `flag`.
-    pub decision: String,
-}
 
 impl KeyAuthority {
     fn require_auditor(&self, caller: &PeerIdentity) -> Result<(), ApiError> {

@@ -15,6 +15,9 @@
 //! transaction as its entries ([`Store::sse_apply`]); a lost race is retried
 //! from a fresh read, so concurrent writers never share a counter.
 
+pub use asclepios_api::search::{
+    IndexOutcome, IndexRequest, KeywordTokens, TokenLists, TokenRequest,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 use asclepios_crypto::sse::{self, KeywordState, Mitra, Op, Replay};
@@ -24,7 +27,6 @@ use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use asclepios_net::server::ApiError;
@@ -35,54 +37,6 @@ const PAGE: u64 = 4096;
 const ATTEMPTS: usize = 32;
 /// Most keywords one record is indexed under.
 pub const MAX_RECORD_KEYWORDS: usize = 256;
-
-/// Keywords to search for.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    /// The keywords (`kind:value`).
-    pub keywords: Vec<String>,
-}
-
-/// One keyword's tokens.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeywordTokens {
-    /// The keyword.
-    pub keyword: String,
-    /// Its tokens, encoded by [`sse::encode_tokens`] (base64).
-    pub tokens: String,
-}
-
-/// The tokens of a search.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenLists {
-    /// In the order asked.
-    pub lists: Vec<KeywordTokens>,
-}
-
-/// A record's keywords, as its writer derived them.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IndexRequest {
-    /// The patient's pseudonym.
-    pub patient: String,
-    /// The record's id.
-    pub record_id: String,
-    /// Every keyword the record matches now (empty: remove it).
-    pub keywords: Vec<String>,
-}
-
-/// What an index request changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IndexOutcome {
-    /// Keywords added.
-    pub added: usize,
-    /// Keywords removed.
-    pub removed: usize,
-}
 
 /// The authority's side of the index, over the store it is given.
 pub struct SearchIndex<'a> {

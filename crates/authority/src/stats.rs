@@ -14,10 +14,12 @@
 //! fewer than `min_cohort` slots left over is refused (the differencing
 //! attack).
 
+pub use asclepios_api::stats::{
+    slots_context, stats_key_context, IssuedSlots, SlotRequest, StatsKey, StatsKeyRequest,
+};
 use std::collections::{BTreeSet, HashMap};
 
 use asclepios_crypto::ipfe::{Mcfe, SlotKey};
-use asclepios_net::sealed_box::SealedBox;
 use asclepios_net::server::ApiError;
 use asclepios_records::store_error;
 use asclepios_store::Store;
@@ -25,7 +27,6 @@ use axum::http::StatusCode;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Why a cohort was refused.
@@ -94,60 +95,6 @@ pub const PROVIDER_ROLES: &[&str] = &["role:lab"];
 pub const RESEARCHER_ROLE: &str = "role:researcher";
 /// Most slots one request allocates.
 pub const MAX_SLOTS: u32 = 100_000;
-
-/// A data provider's request for slots in a study.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlotRequest {
-    /// The study.
-    pub study: String,
-    /// How many slots (one per patient value).
-    pub count: u32,
-}
-
-/// Allocated slots and their keys.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssuedSlots {
-    /// The first slot number; the rest follow.
-    pub first: u64,
-    /// How many.
-    pub count: u32,
-    /// The slot keys, 64 bytes each in order, sealed to the caller.
-    pub keys: SealedBox,
-}
-
-/// A researcher's request for an aggregate key.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsKeyRequest {
-    /// The study.
-    pub study: String,
-    /// The label the values were published under (`period/feature/part`).
-    pub label: String,
-    /// `all`, `provider:<id>`, or `slots:<n>,<n>,...`.
-    pub cohort: String,
-}
-
-/// A key for the equal-weight sum over a cohort.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsKey {
-    /// The cohort's slots, in order.
-    pub slots: Vec<u64>,
-    /// The decryption key (64 bytes), sealed to the caller.
-    pub key: SealedBox,
-}
-
-/// The context slot keys are sealed to a provider under.
-pub fn slots_context(identity: &str, study: &str) -> Vec<u8> {
-    format!("asclepios stats slots v1:{identity}:{study}").into_bytes()
-}
-
-/// The context an aggregate key is sealed to a researcher under.
-pub fn stats_key_context(identity: &str, study: &str, label: &str) -> Vec<u8> {
-    format!("asclepios stats key v1:{identity}:{study}:{label}").into_bytes()
-}
 
 pub use asclepios_records::check_stats_name as check_study_name;
 

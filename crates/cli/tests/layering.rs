@@ -46,16 +46,6 @@ const UPPER: &[&str] = &[
 const KNOWN: &[(&str, &str, &str)] = &[
     (
         "asclepios-client",
-        "asclepios-authority",
-        "wire types move to an api crate",
-    ),
-    (
-        "asclepios-client",
-        "asclepios-records",
-        "wire types move to an api crate",
-    ),
-    (
-        "asclepios-client",
         "asclepios-deploy",
         "the client's files are read by the client itself",
     ),
@@ -63,11 +53,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "asclepios-client",
         "asclepios-store",
         "the client needs no store type",
-    ),
-    (
-        "asclepios-portal",
-        "asclepios-authority",
-        "wire types move to an api crate",
     ),
     (
         "asclepios-authority",

@@ -14,26 +14,26 @@
 
 pub mod search;
 
-pub use asclepios_records::ExportNotice;
+pub use asclepios_api::records::ExportNotice;
 pub mod stats;
 
 use std::path::Path;
 
 use std::sync::Arc;
 
+use asclepios_api::keys::{
+    check_resolution, resolution_message, IssuedKey, PolicyText, ResolvedPolicy,
+};
+use asclepios_api::records::{author_message, PutRecord, RecordOut, WithReceipt};
 use asclepios_attest::policy::{appraise, Appraisal, Expected, Trust};
 use asclepios_attest::ratls::AttestingVerifier;
 use asclepios_audit::{NoteVerifier, Receipt};
-use asclepios_authority::{
-    check_resolution, resolution_message, IssuedKey, PolicyText, ResolvedPolicy,
-};
 use asclepios_crypto::abe::{PublicKey, UserKey};
 use asclepios_crypto::envelope::{self, Envelope, KeyWrapper, RecordContext, SealedBody};
 use asclepios_crypto::Policy;
 use asclepios_net::client::SignedClient;
 use asclepios_net::pki::public_key;
 use asclepios_net::tls::certs_from_pem;
-use asclepios_records::{author_message, PutRecord, RecordOut, WithReceipt};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
@@ -351,7 +351,7 @@ impl Client {
         let mut nonce = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
         let path = format!("/v1/attestation/evidence?nonce={}", hex::encode(nonce));
-        let answer: Result<(asclepios_authority::attestation::EvidenceOut, _), _> =
+        let answer: Result<(asclepios_api::attestation::EvidenceOut, _), _> =
             Self::call(&self.authority, Method::GET, &path, Vec::new()).await;
         let seen = verifier.last();
         let mut appraisal = match (answer, &seen) {
@@ -380,12 +380,12 @@ impl Client {
                 .problems
                 .extend(cert.problems.iter().map(|p| format!("certificate: {p}")));
         }
-        let verdict = asclepios_records::AttestationVerdict {
+        let verdict = asclepios_api::records::AttestationVerdict {
             subject: "authority".into(),
             trust: appraisal.trust.to_string(),
             summary: appraisal.summary(),
         };
-        let _: (asclepios_records::VerdictLogged, Receipt) = self
+        let _: (asclepios_api::records::VerdictLogged, Receipt) = self
             .call_with_receipt(
                 "records",
                 Method::POST,
@@ -406,8 +406,8 @@ impl Client {
     pub async fn register_component(
         &self,
         attester: &dyn asclepios_attest::attester::Attester,
-    ) -> Result<asclepios_authority::attestation::Registered, ClientError> {
-        use asclepios_authority::attestation::{Challenge, Registration};
+    ) -> Result<asclepios_api::attestation::Registered, ClientError> {
+        use asclepios_api::attestation::{Challenge, Registration};
         let (challenge, _): (Challenge, _) = Self::call(
             &self.authority,
             Method::POST,
@@ -429,7 +429,7 @@ impl Client {
         let body = to_json(&Registration {
             evidence: B64.encode(evidence.to_bytes()),
         })?;
-        let (registered, _): (asclepios_authority::attestation::Registered, Receipt) = self
+        let (registered, _): (asclepios_api::attestation::Registered, Receipt) = self
             .call_with_receipt("authority", Method::POST, "/v1/components/register", body)
             .await?;
         Ok(registered)
@@ -456,7 +456,7 @@ impl Client {
             .await?;
         let bytes = asclepios_net::sealed_box::open(
             &self.key_pem,
-            &asclepios_authority::key_context(&self.id),
+            &asclepios_api::keys::key_context(&self.id),
             &issued.key,
         )?;
         self.user_key = Some(UserKey::from_bytes(&bytes).map_err(asclepios_crypto::Error::from)?);
@@ -642,7 +642,7 @@ impl Client {
             Some(k) => k,
             None => {
                 let path = format!("/v1/identities/{}", record.author);
-                let (found, _): (asclepios_authority::IdentityKey, _) =
+                let (found, _): (asclepios_api::keys::IdentityKey, _) =
                     Self::call(&self.authority, Method::GET, &path, Vec::new()).await?;
                 // The key counts only as the authority vouches for it.
                 let vouched = B64
@@ -653,7 +653,7 @@ impl Client {
                         ed25519_dalek::VerifyingKey::from_bytes(&self.authority.receipt_key)
                             .and_then(|k| {
                                 k.verify_strict(
-                                    &asclepios_authority::identity_entry_message(
+                                    &asclepios_api::keys::identity_entry_message(
                                         &found.id,
                                         &found.public_key,
                                         found.active,
@@ -739,8 +739,8 @@ impl Client {
         &self,
         patient: &str,
         reason: &str,
-    ) -> Result<asclepios_authority::EmergencyGranted, ClientError> {
-        let body = to_json(&asclepios_authority::EmergencyRequest {
+    ) -> Result<asclepios_api::keys::EmergencyGranted, ClientError> {
+        let body = to_json(&asclepios_api::keys::EmergencyRequest {
             patient: patient.to_string(),
             reason: reason.to_string(),
         })?;
@@ -753,7 +753,7 @@ impl Client {
     /// Break-glass grants waiting for an auditor's review (auditors only).
     pub async fn emergency_reviews(
         &self,
-    ) -> Result<Vec<asclepios_authority::review::PendingReview>, ClientError> {
+    ) -> Result<Vec<asclepios_api::review::PendingReview>, ClientError> {
         Ok(Self::call(
             &self.authority,
             Method::GET,
@@ -772,8 +772,8 @@ impl Client {
         grant_id: &str,
         decision: &str,
         comment: &str,
-    ) -> Result<asclepios_authority::review::Reviewed, ClientError> {
-        let body = to_json(&asclepios_authority::review::ReviewDecision {
+    ) -> Result<asclepios_api::review::Reviewed, ClientError> {
+        let body = to_json(&asclepios_api::review::ReviewDecision {
             patient: patient.into(),
             grant_id: grant_id.into(),
             decision: decision.into(),
@@ -788,7 +788,7 @@ impl Client {
     /// The directory's members (for `role:admin` and `role:auditor`).
     pub async fn directory_members(
         &self,
-    ) -> Result<Vec<asclepios_authority::admin::MemberOut>, ClientError> {
+    ) -> Result<Vec<asclepios_api::admin::MemberOut>, ClientError> {
         Ok(self
             .call_with_receipt(
                 "authority",
@@ -805,8 +805,8 @@ impl Client {
     /// certificate's key.
     pub async fn register_identity(
         &self,
-        registration: &asclepios_authority::admin::Registration,
-    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+        registration: &asclepios_api::admin::Registration,
+    ) -> Result<asclepios_api::admin::ChangeOut, ClientError> {
         let body = to_json(registration)?;
         Ok(self
             .call_with_receipt("authority", Method::POST, "/v1/directory/identities", body)
@@ -820,9 +820,9 @@ impl Client {
         &self,
         id: &str,
         attributes: &[String],
-    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+    ) -> Result<asclepios_api::admin::ChangeOut, ClientError> {
         asclepios_net::pki::check_identity_id(id)?;
-        let body = to_json(&asclepios_authority::admin::AttributeSet {
+        let body = to_json(&asclepios_api::admin::AttributeSet {
             attributes: attributes.to_vec(),
         })?;
         let path = format!("/v1/directory/identities/{id}/attributes");
@@ -836,7 +836,7 @@ impl Client {
     pub async fn disable_identity(
         &self,
         id: &str,
-    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+    ) -> Result<asclepios_api::admin::ChangeOut, ClientError> {
         asclepios_net::pki::check_identity_id(id)?;
         let path = format!("/v1/directory/identities/{id}/disable");
         Ok(self
@@ -851,9 +851,9 @@ impl Client {
         &self,
         id: &str,
         public_key: &[u8],
-    ) -> Result<asclepios_authority::admin::ChangeOut, ClientError> {
+    ) -> Result<asclepios_api::admin::ChangeOut, ClientError> {
         asclepios_net::pki::check_identity_id(id)?;
-        let body = to_json(&asclepios_authority::admin::AuditorKey {
+        let body = to_json(&asclepios_api::admin::AuditorKey {
             public_key: hex::encode(public_key),
         })?;
         let path = format!("/v1/directory/identities/{id}/auditor-key");
@@ -881,7 +881,7 @@ impl Client {
     pub async fn latest_checkpoint(&self) -> Result<asclepios_audit::Checkpoint, ClientError> {
         // A start past the end gives no entries, only the checkpoint.
         let path = format!("/v1/audit/entries?start={}", u64::MAX);
-        let (slice, _): (asclepios_records::AuditSlice, _) =
+        let (slice, _): (asclepios_api::records::AuditSlice, _) =
             Self::call(&self.records, Method::GET, &path, Vec::new()).await?;
         let note = slice
             .checkpoint
@@ -903,7 +903,7 @@ impl Client {
         let mut retries = 0;
         loop {
             let path = format!("/v1/audit/entries?start={}", tree.size());
-            let (slice, _): (asclepios_records::AuditSlice, _) =
+            let (slice, _): (asclepios_api::records::AuditSlice, _) =
                 Self::call(&self.records, Method::GET, &path, Vec::new()).await?;
             if slice.start != tree.size() {
                 return Err(ClientError::Protocol(
@@ -985,8 +985,8 @@ impl Client {
     /// As a patient: grants `grant.grantee` access to this patient's records.
     pub async fn grant_consent(
         &self,
-        grant: &asclepios_authority::consent::ConsentGrant,
-    ) -> Result<asclepios_authority::consent::ConsentOut, ClientError> {
+        grant: &asclepios_api::consent::ConsentGrant,
+    ) -> Result<asclepios_api::consent::ConsentOut, ClientError> {
         let body = to_json(grant)?;
         Ok(self
             .call_with_receipt("authority", Method::POST, "/v1/consents", body)
@@ -998,7 +998,7 @@ impl Client {
     pub async fn withdraw_consent(
         &self,
         consent_id: &str,
-    ) -> Result<asclepios_authority::consent::ConsentOut, ClientError> {
+    ) -> Result<asclepios_api::consent::ConsentOut, ClientError> {
         let path = format!("/v1/consents/{consent_id}/withdraw");
         Ok(self
             .call_with_receipt("authority", Method::POST, &path, Vec::new())
@@ -1007,9 +1007,7 @@ impl Client {
     }
 
     /// As a patient: every consent, latest version each (with its FHIR Consent).
-    pub async fn consents(
-        &self,
-    ) -> Result<Vec<asclepios_authority::consent::ConsentOut>, ClientError> {
+    pub async fn consents(&self) -> Result<Vec<asclepios_api::consent::ConsentOut>, ClientError> {
         Ok(
             Self::call(&self.authority, Method::GET, "/v1/consents", Vec::new())
                 .await?
@@ -1020,7 +1018,7 @@ impl Client {
     /// Logs a de-identified export made from records this identity read.
     pub async fn record_export(
         &self,
-        notice: &asclepios_records::ExportNotice,
+        notice: &asclepios_api::records::ExportNotice,
     ) -> Result<Receipt, ClientError> {
         let body = to_json(notice)?;
         let ((), receipt) = self

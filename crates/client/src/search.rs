@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use asclepios_authority::search::{IndexOutcome, IndexRequest, TokenLists, TokenRequest};
+use asclepios_api::records::{parse_search_ref, IndexLookup, IndexValues, MAX_LOOKUP};
+use asclepios_api::search::{IndexOutcome, IndexRequest, TokenLists, TokenRequest};
 use asclepios_crypto::sse::{self, SseError, Token};
 use asclepios_fhir::keywords::{keywords, Query};
 use asclepios_fhir::ResourceView;
-use asclepios_records::{parse_search_ref, IndexLookup, IndexValues, MAX_LOOKUP};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use reqwest::Method;

@@ -11,11 +11,11 @@
 
 use std::collections::BTreeMap;
 
-use asclepios_authority::stats::{
+use asclepios_api::records::{StatsValues, StatsValuesOut};
+use asclepios_api::stats::{
     slots_context, stats_key_context, IssuedSlots, SlotRequest, StatsKey, StatsKeyRequest,
 };
 use asclepios_crypto::ipfe::{self, DlogTable, Label, Mcfe, McfeKey, SlotKey};
-use asclepios_records::{StatsValues, StatsValuesOut};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use reqwest::Method;

@@ -416,7 +416,7 @@ pub(crate) async fn grant_consent(
         return refusal;
     }
     let days: i64 = field(&form, "days").parse().unwrap_or(30).clamp(1, 3650);
-    let grant = asclepios_authority::consent::ConsentGrant {
+    let grant = asclepios_api::consent::ConsentGrant {
         grantee: field(&form, "grantee").trim().to_string(),
         purpose: field(&form, "purpose").to_string(),
         resource_types: vec!["*".into()],
