@@ -181,6 +181,48 @@ pub(crate) async fn registered_key_guard(
     }
 }
 
+/// Which change of the facts the caller holds.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FactsQuery {
+    known: Option<u64>,
+}
+
+/// `GET /v1/directory/facts`: the signed facts, for service identities (the
+/// record service) only; 204 if they are still at change `known`. Not
+/// audited: the record service asks about once a second, and the facts
+/// carry nothing that the directory changes behind them did not log.
+pub(crate) async fn directory_facts_answer(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(asclepios_net::server::Caller(caller)): Extension<asclepios_net::server::Caller>,
+    query: Result<axum::extract::Query<FactsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let axum::extract::Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    blocking(move || {
+        let me = member(&s.store, &caller.id)?;
+        asclepios_records::require_active(me.as_ref(), &caller.id)?;
+        if me.is_none_or(|m| m.kind != SERVICE_KIND) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the directory facts are for the deployment's services",
+            ));
+        }
+        s.fetch(q.known)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+    })
+    .await
+    .map(|answer| match answer {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(signed) => axum::Json(signed).into_response(),
+    })
+}
+
+/// The directory kind of the deployment's own services.
+pub const SERVICE_KIND: &str = "service";
+
 /// The facts source a record service in this process reads.
 pub fn in_process(authority: &Arc<KeyAuthority>) -> Arc<dyn FactsSource> {
     authority.clone()

@@ -858,6 +858,7 @@ impl KeyAuthority {
             .route("/v1/consents/{consent_id}/withdraw", post(withdraw_consent))
             .route("/v1/abe/public-key", get(public_key))
             .route("/v1/identities/{id}", get(identity_key))
+            .route("/v1/directory/facts", get(facts::directory_facts_answer))
             .route("/v1/search/tokens", post(search_tokens))
             .route("/v1/search/index", post(index_record))
             .route("/v1/stats/slots", post(stats_slots))
@@ -1555,6 +1556,10 @@ pub fn openapi_document() -> serde_json::Value {
             "/v1/components/register": {"post": operation(
                 "Register a component with evidence answering its challenge.",
                 &[], Some(object(&[("evidence", base64())], &[])), answer(),
+            )},
+            "/v1/directory/facts": {"get": operation(
+                "The directory as the authority vouches for it, signed (the record service; unchanged since `known`: 204).",
+                &[("known", In::Query, false)], None, answer(),
             )},
             "/v1/directory/identities": {
                 "get": operation("The directory's members (administrators and auditors).", &[], None, answer()),

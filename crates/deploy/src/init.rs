@@ -22,6 +22,9 @@ use crate::config::CONFIG_FILE;
 use crate::directory::{Directory, Layout, Member};
 use crate::{create_private_dir, write_new_file, Config, Error};
 
+/// The identity the record service speaks to the key authority as.
+pub const RECORD_SERVICE_IDENTITY: &str = "svc-records";
+
 /// The services that get TLS certificates.
 pub const SERVICES: [&str; 2] = ["authority", "records"];
 
@@ -163,6 +166,15 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
     crate::attestation::create_development_key(dir)?;
     crate::attestation::write_development_policies(dir)?;
     let directory = Directory::open(dir)?;
+    // The record service's own identity: how it asks the authority for the
+    // directory facts (a client certificate from the root, a key the
+    // directory vouches for, kind `service`, no attribute).
+    directory.add(
+        RECORD_SERVICE_IDENTITY,
+        asclepios_authority::facts::SERVICE_KIND,
+        "asclepios record service",
+        &[],
+    )?;
     SAMPLE_ORGANISATION
         .iter()
         .map(|s| {

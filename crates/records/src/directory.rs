@@ -10,9 +10,11 @@
 //! unreachable or in integrity alarm), requests fail closed with 503.
 
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use asclepios_api::{DirectoryFacts, FactsSource};
+use asclepios_api::{DirectoryFacts, FactsSource, SignedFacts};
 use asclepios_crypto::Policy;
+use asclepios_net::client::SignedClient;
 use asclepios_net::server::ApiError;
 use axum::http::StatusCode;
 use ed25519_dalek::VerifyingKey;
@@ -82,6 +84,150 @@ impl DirectoryView {
     }
 }
 
+/// The authority's facts as a poller last fetched them over mutual TLS:
+/// the record service in a process of its own. A background task asks
+/// `GET /v1/directory/facts` every `every`; [`FactsSource::fetch`] answers
+/// from what it got, and fails (so requests fail closed) when no answer
+/// came for `max_age`. Revocations thus reach the record service within one
+/// poll; the keys' attribute versions revoke at once regardless.
+#[derive(Debug)]
+pub struct PolledFacts {
+    polled: RwLock<Polled>,
+    max_age: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Polled {
+    latest: Option<(u64, SignedFacts)>,
+    answered_at: Option<Instant>,
+    error: Option<String>,
+}
+
+/// Only the change number, read before the signature is checked (the view
+/// checks it): which copy is newer.
+#[derive(serde::Deserialize)]
+struct Change {
+    change: u64,
+}
+
+impl PolledFacts {
+    /// Starts polling the authority through `client` (a service identity's
+    /// connection) on the current Tokio runtime; the task ends when the
+    /// returned source is dropped.
+    pub fn spawn(client: SignedClient, every: Duration, max_age: Duration) -> Arc<Self> {
+        let source = Arc::new(PolledFacts {
+            polled: RwLock::new(Polled::default()),
+            max_age,
+        });
+        let weak = Arc::downgrade(&source);
+        tokio::spawn(async move {
+            while let Some(source) = weak.upgrade() {
+                let known = source
+                    .polled
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .latest
+                    .as_ref()
+                    .map(|(c, _)| *c);
+                let answer = poll(&client, known).await;
+                source.record(answer);
+                drop(source);
+                tokio::time::sleep(every).await;
+            }
+        });
+        source
+    }
+
+    fn record(&self, answer: Result<Option<(u64, SignedFacts)>, String>) {
+        let mut polled = self.polled.write().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Ok(newer) => {
+                polled.answered_at = Some(Instant::now());
+                polled.error = None;
+                if let Some(newer) = newer {
+                    polled.latest = Some(newer);
+                }
+            }
+            Err(e) => polled.error = Some(e),
+        }
+    }
+
+    /// Waits until the first answer came (for start-up), at most `limit`.
+    pub async fn first_answer(&self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            {
+                let polled = self.polled.read().unwrap_or_else(|p| p.into_inner());
+                if polled.latest.is_some() {
+                    return Ok(());
+                }
+                if start.elapsed() > limit {
+                    return Err(polled
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the key authority did not answer".into()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn poll(
+    client: &SignedClient,
+    known: Option<u64>,
+) -> Result<Option<(u64, SignedFacts)>, String> {
+    let path = match known {
+        Some(c) => format!("/v1/directory/facts?known={c}"),
+        None => "/v1/directory/facts".to_string(),
+    };
+    let response = client
+        .send(reqwest::Method::GET, &path, Vec::new())
+        .await
+        .map_err(|e| format!("the key authority: {e}"))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(None);
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("the key authority: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "the key authority answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(512)])
+        ));
+    }
+    let signed: SignedFacts = serde_json::from_slice(&body)
+        .map_err(|e| format!("the key authority's facts are malformed: {e}"))?;
+    let change = serde_json::from_str::<Change>(&signed.facts)
+        .map_err(|e| format!("the key authority's facts are malformed: {e}"))?
+        .change;
+    Ok(Some((change, signed)))
+}
+
+impl FactsSource for PolledFacts {
+    fn fetch(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String> {
+        let polled = self.polled.read().unwrap_or_else(|p| p.into_inner());
+        let fresh = polled
+            .answered_at
+            .is_some_and(|at| at.elapsed() <= self.max_age);
+        if !fresh {
+            return Err(polled.error.clone().unwrap_or_else(|| {
+                format!(
+                    "no answer from the key authority for {} s",
+                    self.max_age.as_secs()
+                )
+            }));
+        }
+        Ok(match &polled.latest {
+            Some((change, signed)) if Some(*change) != known => Some(signed.clone()),
+            _ => None,
+        })
+    }
+}
+
 /// `policy` with every attribute at its current version in `facts`.
 pub fn resolve(facts: &DirectoryFacts, policy: &Policy) -> Result<Policy, String> {
     policy
@@ -93,7 +239,6 @@ pub fn resolve(facts: &DirectoryFacts, policy: &Policy) -> Result<Policy, String
 mod tests {
     use super::*;
     use asclepios_api::directory::Member;
-    use asclepios_api::SignedFacts;
     use ed25519_dalek::{Signer, SigningKey};
 
     /// A source that answers what the test queued, as a service in between
@@ -205,5 +350,28 @@ mod tests {
         );
         let e = v.facts().unwrap_err();
         assert!(e.message.contains("connection refused"), "{}", e.message);
+    }
+
+    #[test]
+    fn polled_facts_answer_only_while_the_authority_answers() {
+        let polled = |max_age| PolledFacts {
+            polled: RwLock::new(Polled::default()),
+            max_age,
+        };
+        let fresh = polled(Duration::from_secs(60));
+        assert!(fresh.fetch(None).is_err(), "nothing polled yet");
+        let one = signed(&facts(1, "role:nurse"), &authority());
+        fresh.record(Ok(Some((1, one.clone()))));
+        assert_eq!(fresh.fetch(None).unwrap(), Some(one.clone()));
+        assert_eq!(fresh.fetch(Some(1)).unwrap(), None);
+        // A failed poll keeps the last answer until it is too old.
+        fresh.record(Err("connection reset".into()));
+        assert_eq!(fresh.fetch(None).unwrap(), Some(one.clone()));
+
+        let stale = polled(Duration::ZERO);
+        stale.record(Ok(Some((1, one))));
+        stale.record(Err("connection reset".into()));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(stale.fetch(None).unwrap_err(), "connection reset");
     }
 }
