@@ -343,9 +343,10 @@ mod tests {
         let revoked = directory.disable("dr-new").unwrap();
         assert_eq!(revoked.revoked, ["role:doctor"]);
         assert!(directory.set_attributes("dr-new", &[]).is_err());
+        // The organisation, the record service's identity and dr-new.
         assert_eq!(
             directory.list().unwrap().len(),
-            SAMPLE_ORGANISATION.len() + 1
+            SAMPLE_ORGANISATION.len() + 2
         );
     }
 }
