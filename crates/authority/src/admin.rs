@@ -5,17 +5,25 @@
 //! `init` while it bootstraps a deployment. Taking an attribute away bumps
 //! its version and re-wraps every record whose policy names it.
 
+use crate::admin;
+use crate::blocking;
 pub use asclepios_api::admin::{
     AttributeSet, AuditorKey, ChangeOut, MemberOut, Registration, Revocation,
 };
 use asclepios_audit::{Action, AuditEvent};
 use asclepios_crypto::abe::MasterSecretKey;
+use asclepios_net::server::json_body;
 use asclepios_net::server::ApiError;
+use asclepios_net::server::Caller;
 use asclepios_net::signature::Verified;
 use asclepios_store::{Identity, IdentityStatus, Store};
+use axum::extract::State;
 use axum::http::StatusCode;
+use axum::Extension;
+use axum::Json;
+use std::sync::Arc;
 
-use crate::{rewrap_after_revocation, KeyAuthority, WithReceipt};
+use crate::{rewrap::rewrap_after_revocation, KeyAuthority, WithReceipt};
 use asclepios_records::store_error;
 
 /// The role that administers the directory.
@@ -357,4 +365,88 @@ impl KeyAuthority {
             )
         })
     }
+}
+
+pub(crate) async fn list_members(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+) -> Result<Json<WithReceipt<Vec<admin::MemberOut>>>, ApiError> {
+    blocking(move || s.list_members(&caller.id, &v))
+        .await
+        .map(Json)
+}
+
+/// Runs an administrator's change off the async threads.
+pub(crate) async fn directory_change(
+    s: Arc<KeyAuthority>,
+    caller: asclepios_net::pki::PeerIdentity,
+    v: Verified,
+    change: admin::Change,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    blocking(move || s.change(&caller.id, &v, change))
+        .await
+        .map(Json)
+}
+
+/// A directory change whose body does not parse is refused, and audited
+/// like every other attempt.
+pub(crate) async fn parsed<T: serde::de::DeserializeOwned>(
+    s: &Arc<KeyAuthority>,
+    caller: &asclepios_net::pki::PeerIdentity,
+    v: &Verified,
+    target: &str,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    match json_body(body) {
+        Ok(parsed) => Ok(parsed),
+        Err(e) => {
+            let (s, caller, v, target) =
+                (s.clone(), caller.id.clone(), v.clone(), target.to_string());
+            let (status, message) = (e.status, e.message.clone());
+            let logged = blocking(move || s.refused_change(&caller, &v, &target, e)).await;
+            Err(logged.err().unwrap_or(ApiError::new(status, message)))
+        }
+    }
+}
+
+pub(crate) async fn register_identity(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    let change = admin::Change::Register(parsed(&s, &caller, &v, "(new identity)", &body).await?);
+    directory_change(s, caller, v, change).await
+}
+
+pub(crate) async fn set_identity_attributes(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    let set = parsed(&s, &caller, &v, &id, &body).await?;
+    directory_change(s, caller, v, admin::Change::SetAttributes(id, set)).await
+}
+
+pub(crate) async fn disable_identity(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    directory_change(s, caller, v, admin::Change::Disable(id)).await
+}
+
+pub(crate) async fn put_auditor_key(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<admin::ChangeOut>>, ApiError> {
+    let key = parsed(&s, &caller, &v, &id, &body).await?;
+    directory_change(s, caller, v, admin::Change::AuditorKey(id, key)).await
 }

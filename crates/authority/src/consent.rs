@@ -8,7 +8,27 @@
 //! Resource types and purpose are recorded (and exported as FHIR Consent) but
 //! not enforced per type by the cryptography: the attribute is per patient.
 
+use crate::blocking;
+use crate::consent;
+use crate::rewrap::rewrap_after_revocation;
+use crate::store_error;
+use crate::KeyAuthority;
+use crate::WithReceipt;
 pub use asclepios_api::consent::{ConsentGrant, ConsentOut};
+use asclepios_audit::Action;
+use asclepios_audit::AuditEvent;
+use asclepios_audit::Outcome;
+use asclepios_audit::Receipt;
+use asclepios_net::server::json_body;
+use asclepios_net::server::ApiError;
+use asclepios_net::server::Caller;
+use asclepios_net::signature::Verified;
+use asclepios_store::IdentityStatus;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Extension;
+use axum::Json;
+use std::sync::Arc;
 
 /// The attribute a consent gives its grantee.
 pub fn consent_attribute(patient: &str) -> String {
@@ -61,4 +81,301 @@ pub fn to_fhir(
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "provision": provision,
     })
+}
+
+impl KeyAuthority {
+    /// Ends a consent: recorded as withdrawn; if no other active consent of
+    /// the patient names the same grantee, the grantee's `consent:<patient>`
+    /// is revoked and the patient's records re-wrapped.
+    pub(crate) fn end_consent(&self, c: &asclepios_store::Consent) -> Result<(), String> {
+        let mut withdrawn = c.clone();
+        withdrawn.status = asclepios_store::ConsentStatus::Withdrawn;
+        let others = self
+            .store
+            .consents(&c.patient)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .any(|o| {
+                o.consent_id != c.consent_id
+                    && o.grantee == c.grantee
+                    && o.status == asclepios_store::ConsentStatus::Active
+            });
+        let attribute = consent::consent_attribute(&c.patient);
+        let held = self
+            .store
+            .identity_attributes(&c.grantee)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|a| a.attribute == attribute);
+        // The consent ends and its attribute goes in one transaction.
+        let revoke = !others && held;
+        self.store
+            .end_consent(
+                &withdrawn,
+                revoke.then_some((c.grantee.as_str(), attribute.as_str())),
+            )
+            .map_err(|e| e.to_string())?;
+        if revoke {
+            rewrap_after_revocation(&self.store, &self.master, &[attribute])
+                .inspect_err(|_| self.rewrap_may_be_pending())?;
+        }
+        Ok(())
+    }
+
+    /// Ends consents whose expiry has passed. Returns how many.
+    pub fn expire_consents(&self, now: i64) -> Result<usize, String> {
+        let mut ended = 0;
+        for c in self.store.all_consents().map_err(|e| e.to_string())? {
+            let expired = c.status == asclepios_store::ConsentStatus::Active
+                && serde_json::from_str::<consent::ConsentGrant>(&c.scope)
+                    .ok()
+                    .and_then(|g| g.expires_at)
+                    .is_some_and(|t| t <= now);
+            if expired {
+                self.end_consent(&c)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    pub(crate) fn consent_out(c: &asclepios_store::Consent) -> Option<consent::ConsentOut> {
+        let grant: consent::ConsentGrant = serde_json::from_str(&c.scope).ok()?;
+        let active = c.status == asclepios_store::ConsentStatus::Active;
+        Some(consent::ConsentOut {
+            consent_id: c.consent_id.clone(),
+            version: c.version,
+            status: if active { "active" } else { "withdrawn" }.into(),
+            fhir: consent::to_fhir(&c.patient, &c.consent_id, active, &grant, c.updated_at),
+            grant,
+        })
+    }
+
+    pub(crate) fn consent_event(
+        &self,
+        patient: &str,
+        resource: String,
+        v: &Verified,
+        outcome: Outcome,
+        status: StatusCode,
+    ) -> Result<Receipt, ApiError> {
+        let patient_ok = asclepios_net::pki::check_identity_id(patient).is_ok();
+        let mut event = AuditEvent::new(
+            patient,
+            Action::ConsentChange,
+            resource,
+            Some(patient).filter(|_| patient_ok),
+            outcome,
+            Some(v.signature.clone()),
+        );
+        event.purpose = "PATADMIN".into();
+        asclepios_records::log_event(&self.trail, &event, v, status)
+    }
+
+    /// The caller must be an active patient identity.
+    pub(crate) fn patient(&self, caller: &str) -> Result<(), ApiError> {
+        self.active(caller)?;
+        let is_patient = self
+            .store
+            .identity(caller)
+            .map_err(store_error)?
+            .is_some_and(|i| i.kind == "patient");
+        if !is_patient {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only patients give or withdraw consent for their records",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn grant(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        grant: consent::ConsentGrant,
+    ) -> Result<WithReceipt<consent::ConsentOut>, ApiError> {
+        let checks = || -> Result<(), ApiError> {
+            self.patient(&caller.id)?;
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*')
+            };
+            if !token(&grant.purpose)
+                || grant.resource_types.is_empty()
+                || !grant.resource_types.iter().all(|t| token(t))
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "purpose and resource types must be codes (letters and digits, or *)",
+                ));
+            }
+            if grant
+                .expires_at
+                .is_some_and(|t| t <= asclepios_net::server::unix_now() as i64)
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "the expiry is in the past",
+                ));
+            }
+            match self.store.identity(&grant.grantee).map_err(store_error)? {
+                Some(i) if i.status == IdentityStatus::Active => Ok(()),
+                _ => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("no active identity `{}` to grant to", grant.grantee),
+                )),
+            }
+        };
+        let resource = format!("consent for {}", grant.grantee);
+        if let Err(e) = checks() {
+            self.consent_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
+            return Err(e);
+        }
+        let mut id = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let consent_id = format!("consent-{}", hex::encode(id));
+        let record = asclepios_store::Consent {
+            patient: caller.id.clone(),
+            consent_id: consent_id.clone(),
+            version: 0,
+            grantee: grant.grantee.clone(),
+            scope: serde_json::to_string(&grant)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
+            status: asclepios_store::ConsentStatus::Active,
+            document: None,
+            updated_at: 0,
+        };
+        let version = self.store.put_consent(&record).map_err(store_error)?;
+        self.store
+            .grant_attribute(&grant.grantee, &consent::consent_attribute(&caller.id))
+            .map_err(store_error)?;
+        let receipt = self.consent_event(
+            &caller.id,
+            format!("{consent_id} for {}", grant.grantee),
+            v,
+            Outcome::Success,
+            StatusCode::OK,
+        )?;
+        let stored = asclepios_store::Consent {
+            version,
+            updated_at: asclepios_net::server::unix_now() as i64,
+            ..record
+        };
+        let out = Self::consent_out(&stored).ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "consent not readable")
+        })?;
+        Ok(WithReceipt {
+            result: out,
+            receipt,
+        })
+    }
+
+    pub(crate) fn withdraw(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        consent_id: &str,
+    ) -> Result<WithReceipt<consent::ConsentOut>, ApiError> {
+        let resource = format!("{consent_id} withdrawn");
+        let found = self.patient(&caller.id).and_then(|()| {
+            self.store
+                .consents(&caller.id)
+                .map_err(store_error)?
+                .into_iter()
+                .find(|c| {
+                    c.consent_id == consent_id && c.status == asclepios_store::ConsentStatus::Active
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no active consent `{consent_id}`"),
+                    )
+                })
+        });
+        let c = match found {
+            Ok(c) => c,
+            Err(e) => {
+                self.consent_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.end_consent(&c) {
+            // Database details stay in the operator's log; the failure is
+            // audited like any other outcome.
+            eprintln!("asclepios authority: withdrawing consent {consent_id}: {e}");
+            let _ = self.consent_event(
+                &caller.id,
+                resource,
+                v,
+                Outcome::Failed,
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                if self.store.integrity_alarm().is_some() {
+                    asclepios_records::INTEGRITY_ALARM
+                } else {
+                    "the consent could not be withdrawn; try again"
+                },
+            ));
+        }
+        let receipt =
+            self.consent_event(&caller.id, resource, v, Outcome::Success, StatusCode::OK)?;
+        let latest = self
+            .store
+            .consents(&caller.id)
+            .map_err(store_error)?
+            .into_iter()
+            .find(|x| x.consent_id == consent_id)
+            .and_then(|x| Self::consent_out(&x))
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "consent not readable")
+            })?;
+        Ok(WithReceipt {
+            result: latest,
+            receipt,
+        })
+    }
+}
+
+pub(crate) async fn grant_consent(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<consent::ConsentOut>>, ApiError> {
+    let grant: consent::ConsentGrant = json_body(&body)?;
+    blocking(move || s.grant(&caller, &v, grant))
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn withdraw_consent(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    axum::extract::Path(consent_id): axum::extract::Path<String>,
+) -> Result<Json<WithReceipt<consent::ConsentOut>>, ApiError> {
+    blocking(move || s.withdraw(&caller, &v, &consent_id))
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn list_consents(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<Vec<consent::ConsentOut>>, ApiError> {
+    blocking(move || {
+        s.patient(&caller.id)?;
+        Ok(s.store
+            .consents(&caller.id)
+            .map_err(store_error)?
+            .iter()
+            .filter_map(KeyAuthority::consent_out)
+            .collect())
+    })
+    .await
+    .map(Json)
 }

@@ -3,12 +3,20 @@
 //! decision and comment live in the sealed audit event (the comment may
 //! speak of the patient's health); the grant row records who reviewed it.
 
+use crate::blocking;
+use crate::review;
 pub use asclepios_api::review::{PendingReview, ReviewDecision, Reviewed};
 use asclepios_audit::{Action, AuditEvent};
 use asclepios_net::pki::PeerIdentity;
+use asclepios_net::server::json_body;
 use asclepios_net::server::ApiError;
+use asclepios_net::server::Caller;
 use asclepios_net::signature::Verified;
+use axum::extract::State;
 use axum::http::StatusCode;
+use axum::Extension;
+use axum::Json;
+use std::sync::Arc;
 
 use crate::{store_error, KeyAuthority, WithReceipt};
 
@@ -102,4 +110,21 @@ impl KeyAuthority {
             event
         })
     }
+}
+
+pub(crate) async fn pending_reviews(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<Json<Vec<review::PendingReview>>, ApiError> {
+    blocking(move || s.pending_reviews(&caller)).await.map(Json)
+}
+
+pub(crate) async fn review_grant(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<review::Reviewed>>, ApiError> {
+    let req: review::ReviewDecision = json_body(&body)?;
+    blocking(move || s.review(&caller, &v, req)).await.map(Json)
 }

@@ -15,10 +15,25 @@
 //! transaction as its entries ([`Store::sse_apply`]); a lost race is retried
 //! from a fresh read, so concurrent writers never share a counter.
 
+use crate::blocking;
+use crate::search;
+use crate::store_error;
+use crate::KeyAuthority;
+use crate::WithReceipt;
 pub use asclepios_api::search::{
     IndexOutcome, IndexRequest, KeywordTokens, TokenLists, TokenRequest,
 };
+use asclepios_audit::Action;
+use asclepios_audit::AuditEvent;
+use asclepios_crypto::policy::attribute_name;
+use asclepios_net::server::json_body;
+use asclepios_net::server::Caller;
+use asclepios_net::signature::Verified;
+use axum::extract::State;
+use axum::Extension;
+use axum::Json;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use asclepios_crypto::sse::{self, KeywordState, Mitra, Op, Replay};
 use asclepios_fhir::keywords::{check_keyword, MAX_QUERY_KEYWORDS};
@@ -325,6 +340,153 @@ pub fn token_lists(index: &SearchIndex<'_>, keywords: &[String]) -> Result<Token
         });
     }
     Ok(TokenLists { lists })
+}
+
+impl KeyAuthority {
+    pub(crate) fn index(&self) -> search::SearchIndex<'_> {
+        search::SearchIndex::new(&self.mitra, &self.store)
+    }
+
+    /// Search tokens for an authorised caller: an active identity holding
+    /// one of the search roles. A search result names records (patient and
+    /// id) whatever the caller's key opens, so search is a role of its own.
+    pub(crate) fn search_tokens(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: search::TokenRequest,
+    ) -> Result<WithReceipt<search::TokenLists>, ApiError> {
+        // The audit event names the keywords (it is sealed to auditors); a
+        // search for one patient's records is also shown to that patient.
+        let shown: String = req.keywords.join(" and ").chars().take(1000).collect();
+        let patients: BTreeSet<&str> = req
+            .keywords
+            .iter()
+            .filter_map(|k| k.strip_prefix("patient:"))
+            .filter(|p| asclepios_net::pki::check_identity_id(p).is_ok())
+            .collect();
+        let patient = (patients.len() == 1).then(|| *patients.first().expect("one"));
+        let event = |outcome| {
+            AuditEvent::new(
+                &caller.id,
+                Action::Search,
+                format!("search: {shown}"),
+                patient,
+                outcome,
+                Some(v.signature.clone()),
+            )
+        };
+        let checks = || -> Result<search::TokenLists, ApiError> {
+            self.active(&caller.id)?;
+            self.require_attested(caller)?;
+            let held = self.current_attributes(&caller.id)?;
+            if !held
+                .iter()
+                .any(|a| self.search_roles.iter().any(|r| r == attribute_name(a)))
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("searching needs one of: {}", self.search_roles.join(", ")),
+                ));
+            }
+            search::check_keywords(&req.keywords, search::MAX_TOKEN_KEYWORDS)?;
+            search::token_lists(&self.index(), &req.keywords)
+        };
+        asclepios_records::log_outcome(&self.trail, v, checks(), event)
+    }
+
+    /// Indexes a record under the keywords its writer derived. Only the
+    /// author of the record's latest version, or its patient, may.
+    pub(crate) fn index_record(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: search::IndexRequest,
+    ) -> Result<WithReceipt<search::IndexOutcome>, ApiError> {
+        asclepios_records::check_name("patient", &req.patient)?;
+        asclepios_records::check_name("record_id", &req.record_id)?;
+        let checks = || -> Result<(), ApiError> {
+            self.active(&caller.id)?;
+            // An unattested device writes nothing into the index (M6).
+            self.require_attested(caller)?;
+            search::check_keywords(&req.keywords, search::MAX_RECORD_KEYWORDS)?;
+            let latest = self
+                .store
+                .record_version(&req.patient, &req.record_id, None)
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no record {}/{}", req.patient, req.record_id),
+                    )
+                })?;
+            // The author as the record's signature proves it, with the key
+            // the directory vouches for: the record store's field is not
+            // evidence.
+            let claimed = asclepios_records::stored_author(&latest.body)
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            let key = self
+                .store
+                .identity(&claimed)
+                .map_err(store_error)?
+                .and_then(|i| i.public_key)
+                .unwrap_or_default();
+            let author = asclepios_records::verified_author(
+                &latest.body,
+                &req.patient,
+                &req.record_id,
+                latest.version,
+                &key,
+            )
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+            if author != caller.id && req.patient != caller.id {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only the author of the record's latest version, or its patient, may index it",
+                ));
+            }
+            Ok(())
+        };
+        let id = asclepios_records::search_ref(&req.patient, &req.record_id);
+        let result = checks().and_then(|()| self.index().set_keywords(&id, &req.keywords));
+        let detail = result.as_ref().map_or(String::new(), |o| {
+            format!(": +{} -{} keywords", o.added, o.removed)
+        });
+        asclepios_records::log_outcome(&self.trail, v, result, |outcome| {
+            AuditEvent::new(
+                &caller.id,
+                Action::Update,
+                format!("search-index/{}/{}{detail}", req.patient, req.record_id),
+                Some(&req.patient),
+                outcome,
+                Some(v.signature.clone()),
+            )
+        })
+    }
+}
+
+pub(crate) async fn search_tokens(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<search::TokenLists>>, ApiError> {
+    let req: search::TokenRequest = json_body(&body)?;
+    blocking(move || s.search_tokens(&caller, &v, req))
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn index_record(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<search::IndexOutcome>>, ApiError> {
+    let req: search::IndexRequest = json_body(&body)?;
+    blocking(move || s.index_record(&caller, &v, req))
+        .await
+        .map(Json)
 }
 
 #[cfg(test)]

@@ -14,10 +14,23 @@
 //! fewer than `min_cohort` slots left over is refused (the differencing
 //! attack).
 
+use crate::blocking;
+use crate::stats;
+use crate::KeyAuthority;
+use crate::WithReceipt;
 pub use asclepios_api::stats::{
     slots_context, stats_key_context, IssuedSlots, SlotRequest, StatsKey, StatsKeyRequest,
 };
+use asclepios_audit::Action;
+use asclepios_net::sealed_box;
+use asclepios_net::server::json_body;
+use asclepios_net::server::Caller;
+use asclepios_net::signature::Verified;
+use axum::extract::State;
+use axum::Extension;
+use axum::Json;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use asclepios_crypto::ipfe::{Mcfe, SlotKey};
 use asclepios_net::server::ApiError;
@@ -260,6 +273,140 @@ pub fn cohort_key(
         .fe_add_cohort(study, &id, &encoded)
         .map_err(store_error)?;
     Ok((chosen, key.to_bytes()))
+}
+
+impl KeyAuthority {
+    /// Slots (and their keys, sealed to the caller) for a data provider.
+    pub(crate) fn stats_slots(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: stats::SlotRequest,
+    ) -> Result<WithReceipt<stats::IssuedSlots>, ApiError> {
+        let resource = format!(
+            "stats slots: {} x{}",
+            req.study.chars().take(128).collect::<String>(),
+            req.count
+        );
+        let work = || -> Result<stats::IssuedSlots, ApiError> {
+            self.active(&caller.id)?;
+            self.require_attested(caller)?;
+            stats::check_study_name("study", &req.study)?;
+            if !self.holds_role(&caller.id, stats::PROVIDER_ROLES)? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "publishing statistics needs one of: {}",
+                        stats::PROVIDER_ROLES.join(", ")
+                    ),
+                ));
+            }
+            let (first, keys) = stats::allocate_slots(
+                &self.store,
+                &self.slot_sealer,
+                &req.study,
+                &caller.id,
+                req.count,
+            )?;
+            let sealed = sealed_box::seal(
+                &caller.public_key,
+                &stats::slots_context(&caller.id, &req.study),
+                &keys,
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Ok(stats::IssuedSlots {
+                first,
+                count: req.count,
+                keys: sealed,
+            })
+        };
+        asclepios_records::audit_outcome(
+            &self.trail,
+            v,
+            &caller.id,
+            (Action::KeyIssue, Some("HRESCH")),
+            resource,
+            work(),
+        )
+    }
+
+    /// An aggregate key for a researcher, if the cohort passes the rule.
+    pub(crate) fn stats_key(
+        &self,
+        caller: &asclepios_net::pki::PeerIdentity,
+        v: &Verified,
+        req: stats::StatsKeyRequest,
+    ) -> Result<WithReceipt<stats::StatsKey>, ApiError> {
+        let shown = |s: &str| s.chars().take(128).collect::<String>();
+        let mut resource = format!(
+            "stats key: study {}, label {}, cohort {}",
+            shown(&req.study),
+            shown(&req.label),
+            shown(&req.cohort)
+        );
+        let work = || -> Result<stats::StatsKey, ApiError> {
+            self.active(&caller.id)?;
+            self.require_attested(caller)?;
+            stats::check_study_name("study", &req.study)?;
+            stats::check_study_name("label", &req.label)?;
+            if !self.holds_role(&caller.id, &[stats::RESEARCHER_ROLE])? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("aggregate keys need `{}`", stats::RESEARCHER_ROLE),
+                ));
+            }
+            let (slots, key) = {
+                let _one_at_a_time = self.cohort_lock.lock().unwrap_or_else(|p| p.into_inner());
+                stats::cohort_key(&self.store, &self.slot_sealer, &req.study, &req.cohort)?
+            };
+            let sealed = sealed_box::seal(
+                &caller.public_key,
+                &stats::stats_key_context(&caller.id, &req.study, &req.label),
+                key.as_ref(),
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            Ok(stats::StatsKey {
+                slots: slots.into_iter().collect(),
+                key: sealed,
+            })
+        };
+        let result = work();
+        if let Ok(key) = &result {
+            resource.push_str(&format!(" ({} slots)", key.slots.len()));
+        }
+        asclepios_records::audit_outcome(
+            &self.trail,
+            v,
+            &caller.id,
+            (Action::KeyIssue, Some("HRESCH")),
+            resource,
+            result,
+        )
+    }
+}
+
+pub(crate) async fn stats_slots(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<stats::IssuedSlots>>, ApiError> {
+    let req: stats::SlotRequest = json_body(&body)?;
+    blocking(move || s.stats_slots(&caller, &v, req))
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn stats_key(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    body: axum::body::Bytes,
+) -> Result<Json<WithReceipt<stats::StatsKey>>, ApiError> {
+    let req: stats::StatsKeyRequest = json_body(&body)?;
+    blocking(move || s.stats_key(&caller, &v, req))
+        .await
+        .map(Json)
 }
 
 #[cfg(test)]

@@ -1,0 +1,125 @@
+//! The key authority's OpenAPI document: every route, what it takes and
+//! who may call it (the API conformance test drives the service from it).
+use crate::search;
+
+/// The key authority's OpenAPI 3.1 document (served at `/openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    use asclepios_net::openapi::{
+        answer, array, base64, document, object, operation, string, uint, In,
+    };
+    let strings = |max| array(string(), max);
+    document(
+        "asclepios key authority",
+        env!("CARGO_PKG_VERSION"),
+        serde_json::json!({
+            "/v1/keys": {"post": operation(
+                "This identity's FAME key for its current attributes, sealed to its certificate key.",
+                &[], None, answer(),
+            )},
+            "/v1/policy/resolve": {"post": operation(
+                "A policy with each attribute at its current version.",
+                &[], Some(object(&[("policy", string())], &[])), answer(),
+            )},
+            "/v1/emergency": {"post": operation(
+                "Break the glass: a short emergency grant for a patient (loudly logged, reviewed later).",
+                &[], Some(object(&[("patient", string()), ("reason", string())], &[])), answer(),
+            )},
+            "/v1/emergency/reviews": {
+                "get": operation("Emergency grants awaiting review (auditors).", &[], None, answer()),
+                "post": operation(
+                    "Review an emergency grant (auditors).",
+                    &[],
+                    Some(object(&[
+                        ("patient", string()), ("grant_id", string()),
+                        ("decision", string()), ("comment", string()),
+                    ], &[])),
+                    answer(),
+                ),
+            },
+            "/v1/consents": {
+                "get": operation("This patient's consents.", &[], None, answer()),
+                "post": operation(
+                    "As a patient: grant access to one's records.",
+                    &[],
+                    Some(object(
+                        &[("grantee", string()), ("purpose", string()), ("resource_types", strings(64))],
+                        &[("expires_at", serde_json::json!({"type": ["integer", "null"]}))],
+                    )),
+                    answer(),
+                ),
+            },
+            "/v1/consents/{consent_id}/withdraw": {"post": operation(
+                "Withdraw a consent: the grantee loses access to the records it covered.",
+                &[("consent_id", In::Path, true)], None, answer(),
+            )},
+            "/v1/abe/public-key": {"get": operation("The FAME public key.", &[], None, answer())},
+            "/v1/identities/{id}": {"get": operation(
+                "An identity's signing key and status as a directory entry signed by the authority.",
+                &[("id", In::Path, true)], None, answer(),
+            )},
+            "/v1/search/tokens": {"post": operation(
+                "Search tokens for keywords (search roles only).",
+                &[], Some(object(&[("keywords", strings(64))], &[])), answer(),
+            )},
+            "/v1/search/index": {"post": operation(
+                "Index a record under keywords (its latest author or its patient).",
+                &[],
+                Some(object(&[
+                    ("patient", string()), ("record_id", string()),
+                    ("keywords", strings(search::MAX_RECORD_KEYWORDS)),
+                ], &[])),
+                answer(),
+            )},
+            "/v1/stats/slots": {"post": operation(
+                "Allocate statistics slots to a data provider, with their keys sealed to it.",
+                &[], Some(object(&[("study", string()), ("count", uint())], &[])), answer(),
+            )},
+            "/v1/stats/keys": {"post": operation(
+                "An aggregate key for a label over a cohort (researchers).",
+                &[],
+                Some(object(&[("study", string()), ("label", string()), ("cohort", string())], &[])),
+                answer(),
+            )},
+            "/v1/attestation/evidence": {"get": operation(
+                "Fresh attestation evidence binding the current TLS key and a 32-byte hex nonce.",
+                &[("nonce", In::Query, true)], None, answer(),
+            )},
+            "/v1/attestation/challenge": {"post": operation(
+                "A single-use nonce for a component's attestation.",
+                &[], None, answer(),
+            )},
+            "/v1/components/register": {"post": operation(
+                "Register a component with evidence answering its challenge.",
+                &[], Some(object(&[("evidence", base64())], &[])), answer(),
+            )},
+            "/v1/directory/facts": {"get": operation(
+                "The directory as the authority vouches for it, signed (the record service; unchanged since `known`: 204).",
+                &[("known", In::Query, false)], None, answer(),
+            )},
+            "/v1/directory/identities": {
+                "get": operation("The directory's members (administrators and auditors).", &[], None, answer()),
+                "post": operation(
+                    "Add an identity with its certificate key and attributes (administrators; audited).",
+                    &[],
+                    Some(object(&[
+                        ("id", string()), ("kind", string()), ("display_name", string()),
+                        ("public_key", string()), ("attributes", strings(256)),
+                    ], &[])),
+                    answer(),
+                ),
+            },
+            "/v1/directory/identities/{id}/attributes": {"put": operation(
+                "Set an identity's attributes to exactly these; the others are revoked (administrators; audited).",
+                &[("id", In::Path, true)], Some(object(&[("attributes", strings(256))], &[])), answer(),
+            )},
+            "/v1/directory/identities/{id}/disable": {"post": operation(
+                "Disable an identity and revoke its attributes (administrators; audited).",
+                &[("id", In::Path, true)], None, answer(),
+            )},
+            "/v1/directory/identities/{id}/auditor-key": {"put": operation(
+                "Set the HPKE key audit events are sealed to for an auditor (administrators; audited).",
+                &[("id", In::Path, true)], Some(object(&[("public_key", string())], &[])), answer(),
+            )},
+        }),
+    )
+}
