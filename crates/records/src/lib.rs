@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use crate::guards::PeerCaller;
+use crate::stored::Stored;
 pub use asclepios_api::records::{
     author_message, parse_search_ref, search_ref, AttestationVerdict, AuditSlice, ExportNotice,
     IndexLookup, IndexValues, PutRecord, RecordOut, StatsValues, StatsValuesOut, VerdictLogged,
@@ -18,8 +20,7 @@ pub use asclepios_api::records::{
 };
 use std::sync::Arc;
 
-use asclepios_api::directory::{ComponentFact, Member};
-use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome, Receipt};
+use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome};
 use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
 use asclepios_crypto::policy::attribute_name;
 use asclepios_net::server::{json_body, require_signature, ApiError, Caller, SignatureCheck};
@@ -32,11 +33,25 @@ use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
 
+mod audit;
 pub mod directory;
+mod guards;
+mod openapi;
+mod search;
+mod stats;
+mod stored;
+
+pub use audit::{audit_outcome, log_event, log_outcome, MAX_AUDIT_SLICE};
 pub use directory::DirectoryView;
+pub use guards::{
+    check_attested, identity_key_sha256, registered_key_guard, require_active,
+    require_registered_key,
+};
+pub use openapi::openapi_document;
+pub use stats::{check_stats_name, StatsQuery, MAX_STATS_VALUES, STATS_READERS};
+pub use stored::{stored_author, stored_sealed_body, verified_author};
 
 /// The role that reads the whole audit log: compared as a whole attribute
 /// (any version), never as a prefix (`role:auditor-trainee` is another role).
@@ -44,71 +59,6 @@ pub const AUDITOR_ROLE: &str = "role:auditor";
 
 /// The slot of a record's main key wrapper.
 pub const MAIN_SLOT: &str = "main";
-
-/// The sealed body inside a stored record version (for the authority's
-/// re-wrapping, which must show the body a wrapper is bound to).
-pub fn stored_sealed_body(stored: &[u8]) -> Result<SealedBody, String> {
-    let stored: Stored =
-        serde_json::from_slice(stored).map_err(|e| format!("stored record: {e}"))?;
-    let bytes = B64
-        .decode(&stored.body)
-        .map_err(|_| "stored record: body is not base64".to_string())?;
-    SealedBody::from_bytes(&bytes).map_err(|e| format!("stored record: {e}"))
-}
-
-/// Who wrote a stored record version.
-pub fn stored_author(stored: &[u8]) -> Result<String, String> {
-    let stored: Stored =
-        serde_json::from_slice(stored).map_err(|e| format!("stored record: {e}"))?;
-    Ok(stored.author)
-}
-
-/// Who wrote a stored record version, once their signature over it checks
-/// out with `author_key` (the key the directory vouches for): the record
-/// store's `author` field alone is only what its database says.
-pub fn verified_author(
-    stored: &[u8],
-    patient: &str,
-    record_id: &str,
-    version: u64,
-    author_key: &[u8],
-) -> Result<String, String> {
-    let stored: Stored =
-        serde_json::from_slice(stored).map_err(|e| format!("stored record: {e}"))?;
-    let body = B64
-        .decode(&stored.body)
-        .map_err(|_| "stored record: body is not base64".to_string())?;
-    let signature = B64
-        .decode(&stored.author_signature)
-        .ok()
-        .and_then(|s| Signature::from_slice(&s).ok())
-        .ok_or("stored record: a malformed author signature")?;
-    let key: [u8; 32] = author_key
-        .try_into()
-        .map_err(|_| "the author's key is not an Ed25519 key".to_string())?;
-    VerifyingKey::from_bytes(&key)
-        .and_then(|k| {
-            k.verify_strict(
-                &author_message(patient, record_id, version, &body),
-                &signature,
-            )
-        })
-        .map_err(|_| {
-            format!(
-                "the stored record's signature does not verify with {}'s key",
-                stored.author
-            )
-        })?;
-    Ok(stored.author)
-}
-
-/// What the store keeps as a version's body: the sealed body and its author.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    author: String,
-    author_signature: String,
-    body: String,
-}
 
 /// The service's state.
 pub struct RecordService {
@@ -196,16 +146,16 @@ impl RecordService {
                 get(record_versions),
             )
             .route("/v1/patients/{patient}/records", get(list_records))
-            .route("/v1/search", axum::routing::post(search_index))
-            .route("/v1/exports", axum::routing::post(record_export))
+            .route("/v1/search", axum::routing::post(search::search_index))
+            .route("/v1/exports", axum::routing::post(audit::record_export))
             .route(
                 "/v1/stats/values",
-                axum::routing::post(publish_stats).get(stats_values),
+                axum::routing::post(stats::publish_stats).get(stats::stats_values),
             )
-            .route("/v1/audit/entries", get(audit_entries))
+            .route("/v1/audit/entries", get(audit::audit_entries))
             .route(
                 "/v1/attestation/verdicts",
-                axum::routing::post(attestation_verdict),
+                axum::routing::post(audit::attestation_verdict),
             )
             .layer(axum::middleware::from_fn_with_state(
                 self.directory.clone(),
@@ -215,7 +165,7 @@ impl RecordService {
                 check,
                 require_signature,
             ))
-            .route("/openapi.json", get(openapi))
+            .route("/openapi.json", get(openapi::openapi))
             .layer(axum::middleware::map_response(
                 asclepios_net::server::json_errors,
             ))
@@ -479,187 +429,6 @@ pub fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Logs the outcome of `result` as the event `event` makes for it (success;
-/// refused for a 4xx; failed otherwise) and attaches the receipt: every
-/// audited request of both services ends here.
-pub fn log_outcome<T>(
-    trail: &AuditTrail<Store>,
-    v: &Verified,
-    result: Result<T, ApiError>,
-    event: impl FnOnce(Outcome) -> AuditEvent,
-) -> Result<WithReceipt<T>, ApiError> {
-    let (outcome, status) = match &result {
-        Ok(_) => (Outcome::Success, StatusCode::OK),
-        Err(e) if e.status.is_client_error() => (Outcome::Denied, e.status),
-        Err(e) => (Outcome::Failed, e.status),
-    };
-    let receipt = log_event(trail, &event(outcome), v, status)?;
-    Ok(WithReceipt {
-        result: result?,
-        receipt,
-    })
-}
-
-/// [`log_outcome`] for an event about no patient, with an optional purpose
-/// of use.
-pub fn audit_outcome<T>(
-    trail: &AuditTrail<Store>,
-    v: &Verified,
-    caller: &str,
-    (action, purpose): (Action, Option<&str>),
-    resource: String,
-    result: Result<T, ApiError>,
-) -> Result<WithReceipt<T>, ApiError> {
-    log_outcome(trail, v, result, |outcome| {
-        let mut event = AuditEvent::new(
-            caller,
-            action,
-            resource,
-            None,
-            outcome,
-            Some(v.signature.clone()),
-        );
-        if let Some(purpose) = purpose {
-            event.purpose = purpose.into();
-        }
-        event
-    })
-}
-
-/// The first 128 characters of a name, for an audit event.
-fn shown(s: &str) -> String {
-    s.chars().take(128).collect()
-}
-
-/// Logs `event` for the request `v` answered with `status`; its receipt.
-/// Shared by the services: an audit log that cannot be written is a 503.
-pub fn log_event(
-    trail: &AuditTrail<Store>,
-    event: &AuditEvent,
-    v: &Verified,
-    status: StatusCode,
-) -> Result<Receipt, ApiError> {
-    // Backend details stay on the server; the caller learns it may retry.
-    trail
-        .record(event, &v.request_hash, status.as_u16())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit log unavailable; retry later",
-            )
-        })
-}
-
-/// The caller must be in the directory and active (403 otherwise).
-pub fn require_active(member: Option<&Member>, caller: &str) -> Result<(), ApiError> {
-    match member {
-        Some(m) if m.active => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("identity `{caller}` is disabled"),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("identity `{caller}` is not in the directory"),
-        )),
-    }
-}
-
-/// The caller as handlers see it.
-type PeerCaller = asclepios_net::pki::PeerIdentity;
-
-/// The caller's certificate must carry the key the directory vouches for
-/// (403 otherwise): a certificate for the same id with another key (minted
-/// with a stolen CA key, or issued to an id before it was registered)
-/// speaks for nobody.
-pub fn require_registered_key(
-    member: Option<&Member>,
-    caller: &PeerCaller,
-) -> Result<(), ApiError> {
-    if asclepios_api::directory::same_key(
-        member.and_then(|m| m.public_key.as_deref()),
-        &caller.public_key,
-    ) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "the certificate of `{}` does not carry the key the directory vouches for",
-                caller.id
-            ),
-        ))
-    }
-}
-
-/// Middleware of the record service: every signed request comes from a
-/// certificate whose key the authority's directory vouches for.
-pub async fn registered_key_guard(
-    axum::extract::State(directory): axum::extract::State<Arc<DirectoryView>>,
-    axum::Extension(asclepios_net::server::Caller(caller)): axum::Extension<
-        asclepios_net::server::Caller,
-    >,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let checked = blocking(move || {
-        let facts = directory.facts()?;
-        require_registered_key(facts.member(&caller.id), &caller)
-    });
-    match checked.await {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-/// SHA-256 of the caller's certificate key as SubjectPublicKeyInfo: what a
-/// component's registration is bound to.
-pub fn identity_key_sha256(peer: &PeerCaller) -> [u8; 32] {
-    Sha256::digest(asclepios_attest::ratls::ed25519_spki(&peer.public_key)).into()
-}
-
-/// Refuses a caller of one of `kinds` (directory kinds that are components)
-/// without a current, not contraindicated registration for the very key it
-/// connects with. Both services apply it: the authority before it releases
-/// keys, tokens or policies, the record service before it stores a version.
-pub fn check_attested(
-    member: Option<&Member>,
-    component: Option<&ComponentFact>,
-    caller: &PeerCaller,
-    kinds: &[String],
-) -> Result<(), ApiError> {
-    if kinds.is_empty() {
-        return Ok(());
-    }
-    if !member.is_some_and(|m| kinds.contains(&m.kind)) {
-        return Ok(());
-    }
-    let refuse = |why: String| {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "component `{}` {why}: attest first (`asclepios attest register --as {}`)",
-                caller.id, caller.id
-            ),
-        ))
-    };
-    let contraindicated = asclepios_attest::policy::Trust::Contraindicated.to_string();
-    match component {
-        None => refuse("has not attested".into()),
-        Some(c) if c.trust == contraindicated => {
-            refuse(format!("failed its last attestation ({})", c.appraisal))
-        }
-        Some(c) if c.expires_at <= asclepios_attest::unix_now() => {
-            refuse("has an expired attestation".into())
-        }
-        Some(c) if c.key_sha256 != hex::encode(identity_key_sha256(caller)) => {
-            refuse("attested with another certificate key".into())
-        }
-        Some(_) => Ok(()),
-    }
-}
-
 /// Runs store and crypto work off the async threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -718,288 +487,6 @@ async fn list_records(
     .map(Json)
 }
 
-/// Which values to fetch.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsQuery {
-    /// The study.
-    pub study: String,
-    /// The label; absent: list the labels instead.
-    pub label: Option<String>,
-}
-
-/// Roles that may read encrypted statistics values (providers, researchers).
-pub const STATS_READERS: &[&str] = &["role:lab", "role:researcher"];
-
-/// Most values one publication may carry.
-pub const MAX_STATS_VALUES: usize = 100_000;
-
-/// A data provider publishes encrypted values for slots it owns; each slot
-/// publishes once per label. The service stores points it cannot open.
-async fn publish_stats(
-    State(s): State<Arc<RecordService>>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Extension(v): Extension<Verified>,
-    body: axum::body::Bytes,
-) -> Result<Json<WithReceipt<usize>>, ApiError> {
-    let req: StatsValues = json_body(&body)?;
-    blocking(move || {
-        let work = || -> Result<usize, ApiError> {
-            s.check_caller(&caller.id)?;
-            check_stats_name("study", &req.study)?;
-            check_stats_name("label", &req.label)?;
-            if req.values.is_empty() || req.values.len() > MAX_STATS_VALUES {
-                return Err(bad_request(format!(
-                    "publish 1 to {MAX_STATS_VALUES} values at a time"
-                )));
-            }
-            let facts = s.directory.facts()?;
-            let mut rows = Vec::with_capacity(req.values.len());
-            for (slot, ct) in &req.values {
-                if facts.slot_owner(&req.study, *slot) != Some(caller.id.as_str()) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!("slot {slot} of `{}` is not yours", req.study),
-                    ));
-                }
-                let bytes = B64
-                    .decode(ct)
-                    .ok()
-                    .filter(|b| asclepios_crypto::ipfe::point_from_bytes(b).is_some())
-                    .ok_or_else(|| {
-                        bad_request("values are ristretto255 points (32 bytes, base64)")
-                    })?;
-                rows.push((*slot, bytes));
-            }
-            s.store
-                .fe_put_values(&req.study, &req.label, &rows)
-                .map_err(store_error)?;
-            Ok(rows.len())
-        };
-        let resource = format!(
-            "stats/{}/{}: {} values",
-            shown(&req.study),
-            shown(&req.label),
-            req.values.len()
-        );
-        audit_outcome(
-            &s.trail,
-            &v,
-            &caller.id,
-            (Action::Create, Some("HRESCH")),
-            resource,
-            work(),
-        )
-    })
-    .await
-    .map(Json)
-}
-
-/// A study's encrypted values under a label (or its labels), for providers
-/// and researchers: points nobody can open without an aggregate key.
-async fn stats_values(
-    State(s): State<Arc<RecordService>>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Extension(v): Extension<Verified>,
-    Query(q): Query<StatsQuery>,
-) -> Result<Json<WithReceipt<StatsValuesOut>>, ApiError> {
-    blocking(move || {
-        let work = || -> Result<StatsValuesOut, ApiError> {
-            s.check_caller(&caller.id)?;
-            check_stats_name("study", &q.study)?;
-            let held = s.current_attributes(&caller.id)?;
-            if !held
-                .iter()
-                .any(|a| STATS_READERS.contains(&attribute_name(a)))
-            {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "reading statistics needs one of: {}",
-                        STATS_READERS.join(", ")
-                    ),
-                ));
-            }
-            match &q.label {
-                None => Ok(StatsValuesOut {
-                    labels: s.store.fe_labels(&q.study).map_err(store_error)?,
-                    values: Vec::new(),
-                }),
-                Some(label) => {
-                    check_stats_name("label", label)?;
-                    Ok(StatsValuesOut {
-                        labels: vec![label.clone()],
-                        values: s
-                            .store
-                            .fe_values(&q.study, label)
-                            .map_err(store_error)?
-                            .into_iter()
-                            .map(|(slot, ct)| (slot, B64.encode(ct)))
-                            .collect(),
-                    })
-                }
-            }
-        };
-        let resource = format!(
-            "stats/{}/{}",
-            shown(&q.study),
-            shown(q.label.as_deref().unwrap_or("*"))
-        );
-        audit_outcome(
-            &s.trail,
-            &v,
-            &caller.id,
-            (Action::Read, Some("HRESCH")),
-            resource,
-            work(),
-        )
-    })
-    .await
-    .map(Json)
-}
-
-/// A study name or label: 1 to 128 of letters, digits, `-_.:/`.
-pub fn check_stats_name(what: &str, s: &str) -> Result<(), ApiError> {
-    let ok = (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(bad_request(format!(
-            "`{what}` must be 1 to 128 letters, digits or -_.:/"
-        )))
-    }
-}
-
-/// Logs an export (what profile, how many resources, to whom).
-async fn record_export(
-    State(s): State<Arc<RecordService>>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Extension(v): Extension<Verified>,
-    body: axum::body::Bytes,
-) -> Result<Json<WithReceipt<()>>, ApiError> {
-    let req: ExportNotice = json_body(&body)?;
-    blocking(move || {
-        let work = || -> Result<(), ApiError> {
-            s.check_caller(&caller.id)?;
-            check_stats_name("profile", &req.profile)?;
-            check_stats_name("recipient", &req.recipient)?;
-            Ok(())
-        };
-        let resource = format!(
-            "export: profile {}, {} resources from {} records, to {}",
-            shown(&req.profile),
-            req.resources,
-            req.records_read,
-            shown(&req.recipient)
-        );
-        audit_outcome(
-            &s.trail,
-            &v,
-            &caller.id,
-            (Action::Export, Some("HRESCH")),
-            resource,
-            work(),
-        )
-    })
-    .await
-    .map(Json)
-}
-
-async fn attestation_verdict(
-    State(s): State<Arc<RecordService>>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Extension(v): Extension<Verified>,
-    body: axum::body::Bytes,
-) -> Result<Json<WithReceipt<VerdictLogged>>, ApiError> {
-    let req: AttestationVerdict = json_body(&body)?;
-    blocking(move || {
-        s.check_caller(&caller.id)?;
-        if !matches!(
-            req.trust.as_str(),
-            "affirming" | "warning" | "contraindicated"
-        ) || req.subject.len() > 64
-        {
-            return Err(bad_request(
-                "trust: affirming, warning or contraindicated; subject: at most 64 bytes",
-            ));
-        }
-        let resource: String = format!("attestation of {}: {}", shown(&req.subject), req.summary)
-            .chars()
-            .take(512)
-            .collect();
-        // A refused attestation is logged as a denial (of the authority).
-        let outcome = if req.trust == "contraindicated" {
-            Outcome::Denied
-        } else {
-            Outcome::Success
-        };
-        let event = AuditEvent::new(
-            &caller.id,
-            Action::Attestation,
-            resource,
-            None,
-            outcome,
-            Some(v.signature.clone()),
-        );
-        let receipt = log_event(&s.trail, &event, &v, StatusCode::OK)?;
-        Ok(WithReceipt {
-            result: VerdictLogged { trust: req.trust },
-            receipt,
-        })
-    })
-    .await
-    .map(Json)
-}
-
-async fn search_index(
-    State(s): State<Arc<RecordService>>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Extension(v): Extension<Verified>,
-    body: axum::body::Bytes,
-) -> Result<Json<WithReceipt<IndexValues>>, ApiError> {
-    let req: IndexLookup = json_body(&body)?;
-    blocking(move || {
-        let lookup = || -> Result<IndexValues, ApiError> {
-            s.check_caller(&caller.id)?;
-            if req.addrs.len() > MAX_LOOKUP {
-                return Err(bad_request(format!(
-                    "at most {MAX_LOOKUP} addresses per lookup"
-                )));
-            }
-            let addrs = req
-                .addrs
-                .iter()
-                .map(|a| {
-                    B64.decode(a)
-                        .ok()
-                        .filter(|a| a.len() == asclepios_crypto::sse::ADDR_LEN)
-                        .ok_or_else(|| bad_request("addresses are 16 bytes, base64"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let values = s.store.sse_get(&addrs).map_err(store_error)?;
-            Ok(IndexValues {
-                values: values
-                    .into_iter()
-                    .map(|v| v.map(|v| B64.encode(v)))
-                    .collect(),
-            })
-        };
-        let resource = format!("index lookup: {} addresses", req.addrs.len());
-        audit_outcome(
-            &s.trail,
-            &v,
-            &caller.id,
-            (Action::Search, None),
-            resource,
-            lookup(),
-        )
-    })
-    .await
-    .map(Json)
-}
-
 async fn record_versions(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -1050,160 +537,4 @@ async fn shred_record(
     })
     .await
     .map(Json)
-}
-
-/// Most entries per audit slice.
-pub const MAX_AUDIT_SLICE: u64 = 512;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SliceQuery {
-    start: Option<u64>,
-}
-
-async fn audit_entries(
-    State(s): State<Arc<RecordService>>,
-    Extension(Caller(caller)): Extension<Caller>,
-    q: Result<Query<SliceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<AuditSlice>, ApiError> {
-    let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
-    blocking(move || {
-        s.check_caller(&caller.id)?;
-        // The entries are sealed, but their policies name patients: they are
-        // for patients (who read their own) and auditors.
-        let is_patient = s
-            .directory
-            .facts()?
-            .member(&caller.id)
-            .is_some_and(|m| m.kind == "patient");
-        if !is_patient
-            && !s
-                .current_attributes(&caller.id)?
-                .iter()
-                .any(|a| attribute_name(a) == AUDITOR_ROLE)
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "the audit log is for patients and auditors",
-            ));
-        }
-        let log = s.trail.log();
-        let (size, _) = log
-            .sync()
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        let start = q.start.unwrap_or(0).min(size);
-        let end = (start + MAX_AUDIT_SLICE).min(size);
-        let entries = log
-            .entries(start..end)
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        Ok(AuditSlice {
-            start,
-            entries: entries.iter().map(|e| B64.encode(e)).collect(),
-            checkpoint: log
-                .latest_checkpoint()
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
-        })
-    })
-    .await
-    .map(Json)
-}
-
-async fn openapi() -> Json<serde_json::Value> {
-    Json(openapi_document())
-}
-
-/// The service's OpenAPI 3.1 document (served at `/openapi.json`).
-pub fn openapi_document() -> serde_json::Value {
-    use asclepios_net::openapi::{
-        answer, array, base64, document, object, operation, string, uint, In,
-    };
-    let record = [("patient", In::Path, true), ("record_id", In::Path, true)];
-    document(
-        "asclepios record service",
-        env!("CARGO_PKG_VERSION"),
-        serde_json::json!({
-            "/v1/records": {"post": operation(
-                "Store a sealed record version (signed request), with receipt.",
-                &[],
-                Some(object(&[
-                    ("patient", string()), ("record_id", string()), ("version", uint()),
-                    ("body", base64()), ("wrapper", base64()), ("author_signature", base64()),
-                ], &[])),
-                answer(),
-            )},
-            "/v1/records/{patient}/{record_id}": {
-                "get": operation(
-                    "A sealed record version (latest, or ?version=N), with receipt.",
-                    &[record[0], record[1], ("version", In::Query, false)],
-                    None,
-                    answer(),
-                ),
-                "delete": operation(
-                    "Erase (crypto-shred) a record: the patient only.",
-                    &record,
-                    None,
-                    answer(),
-                ),
-            },
-            "/v1/records/{patient}/{record_id}/versions": {"get": operation(
-                "The versions of a record (its history), with receipt.",
-                &record,
-                None,
-                answer(),
-            )},
-            "/v1/patients/{patient}/records": {"get": operation(
-                "A patient's record ids and latest versions.",
-                &[("patient", In::Path, true)],
-                None,
-                answer(),
-            )},
-            "/v1/search": {"post": operation(
-                "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
-                &[],
-                Some(object(&[("addrs", array(base64(), MAX_LOOKUP))], &[])),
-                answer(),
-            )},
-            "/v1/exports": {"post": operation(
-                "Log a de-identified export (profile, counts, recipient), with receipt.",
-                &[],
-                Some(object(&[
-                    ("profile", string()), ("resources", uint()),
-                    ("records_read", uint()), ("recipient", string()),
-                ], &[])),
-                answer(),
-            )},
-            "/v1/stats/values": {
-                "post": operation(
-                    "Publish encrypted statistics values (slot, ristretto255 point), with receipt.",
-                    &[],
-                    Some(object(&[
-                        ("study", string()), ("label", string()),
-                        ("values", array(serde_json::json!({
-                            "type": "array", "prefixItems": [uint(), base64()],
-                            "minItems": 2, "maxItems": 2,
-                        }), MAX_STATS_VALUES)),
-                    ], &[])),
-                    answer(),
-                ),
-                "get": operation(
-                    "The published values of a label (or, without one, the study's labels), with receipt.",
-                    &[("study", In::Query, true), ("label", In::Query, false)],
-                    None,
-                    answer(),
-                ),
-            },
-            "/v1/audit/entries": {"get": operation(
-                "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
-                &[("start", In::Query, false)],
-                None,
-                answer(),
-            )},
-            "/v1/attestation/verdicts": {"post": operation(
-                "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
-                &[],
-                Some(object(&[("subject", string()), ("trust", string()), ("summary", string())], &[])),
-                answer(),
-            )},
-        }),
-    )
 }

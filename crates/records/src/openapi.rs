@@ -1,0 +1,105 @@
+//! The record service's OpenAPI document (served at `/openapi.json`).
+
+use crate::MAX_LOOKUP;
+use crate::MAX_STATS_VALUES;
+use axum::Json;
+
+pub(crate) async fn openapi() -> Json<serde_json::Value> {
+    Json(openapi_document())
+}
+
+/// The service's OpenAPI 3.1 document (served at `/openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    use asclepios_net::openapi::{
+        answer, array, base64, document, object, operation, string, uint, In,
+    };
+    let record = [("patient", In::Path, true), ("record_id", In::Path, true)];
+    document(
+        "asclepios record service",
+        env!("CARGO_PKG_VERSION"),
+        serde_json::json!({
+            "/v1/records": {"post": operation(
+                "Store a sealed record version (signed request), with receipt.",
+                &[],
+                Some(object(&[
+                    ("patient", string()), ("record_id", string()), ("version", uint()),
+                    ("body", base64()), ("wrapper", base64()), ("author_signature", base64()),
+                ], &[])),
+                answer(),
+            )},
+            "/v1/records/{patient}/{record_id}": {
+                "get": operation(
+                    "A sealed record version (latest, or ?version=N), with receipt.",
+                    &[record[0], record[1], ("version", In::Query, false)],
+                    None,
+                    answer(),
+                ),
+                "delete": operation(
+                    "Erase (crypto-shred) a record: the patient only.",
+                    &record,
+                    None,
+                    answer(),
+                ),
+            },
+            "/v1/records/{patient}/{record_id}/versions": {"get": operation(
+                "The versions of a record (its history), with receipt.",
+                &record,
+                None,
+                answer(),
+            )},
+            "/v1/patients/{patient}/records": {"get": operation(
+                "A patient's record ids and latest versions.",
+                &[("patient", In::Path, true)],
+                None,
+                answer(),
+            )},
+            "/v1/search": {"post": operation(
+                "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
+                &[],
+                Some(object(&[("addrs", array(base64(), MAX_LOOKUP))], &[])),
+                answer(),
+            )},
+            "/v1/exports": {"post": operation(
+                "Log a de-identified export (profile, counts, recipient), with receipt.",
+                &[],
+                Some(object(&[
+                    ("profile", string()), ("resources", uint()),
+                    ("records_read", uint()), ("recipient", string()),
+                ], &[])),
+                answer(),
+            )},
+            "/v1/stats/values": {
+                "post": operation(
+                    "Publish encrypted statistics values (slot, ristretto255 point), with receipt.",
+                    &[],
+                    Some(object(&[
+                        ("study", string()), ("label", string()),
+                        ("values", array(serde_json::json!({
+                            "type": "array", "prefixItems": [uint(), base64()],
+                            "minItems": 2, "maxItems": 2,
+                        }), MAX_STATS_VALUES)),
+                    ], &[])),
+                    answer(),
+                ),
+                "get": operation(
+                    "The published values of a label (or, without one, the study's labels), with receipt.",
+                    &[("study", In::Query, true), ("label", In::Query, false)],
+                    None,
+                    answer(),
+                ),
+            },
+            "/v1/audit/entries": {"get": operation(
+                "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
+                &[("start", In::Query, false)],
+                None,
+                answer(),
+            )},
+            "/v1/attestation/verdicts": {"post": operation(
+                "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
+                &[],
+                Some(object(&[("subject", string()), ("trust", string()), ("summary", string())], &[])),
+                answer(),
+            )},
+        }),
+    )
+}
