@@ -325,7 +325,9 @@ fn store_cases(
 ) -> anyhow::Result<()> {
     let scratch = Scratch::new(kind, "sse")?;
     let mitra = Mitra::new(&SseKey::from_bytes([6; 32]));
-    let index = SearchIndex::new(&mitra, scratch.store());
+    let records = asclepios_authority::record_access::LocalRecords(scratch.store().clone());
+    let lock = std::sync::Mutex::new(());
+    let index = SearchIndex::new(&mitra, scratch.store(), &records, &lock);
     eprintln!(
         "sse: {}: writing {} pairs in {} batches",
         kind.name(),

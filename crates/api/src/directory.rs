@@ -128,6 +128,24 @@ impl DirectoryFacts {
         self.members.get(id).map_or(&[], |m| &m.attributes)
     }
 
+    /// The attributes `id` may act on at `now`: those it holds, less an
+    /// `emergency:<patient>` attribute whose break-glass grant has ended
+    /// (the authority revokes it at its next sweep; until then the grant's
+    /// end is what counts).
+    pub fn live_attributes(&self, id: &str, now: i64) -> Vec<String> {
+        self.current_attributes(id)
+            .iter()
+            .filter(|a| {
+                let name = a.split_once("@v").map_or(a.as_str(), |(n, _)| n);
+                match name.strip_prefix("emergency:") {
+                    Some(patient) => self.in_emergency(id, patient, now),
+                    None => true,
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
     /// An attribute's current version (0 if never revoked from anyone).
     pub fn attribute_version(&self, attribute: &str) -> u64 {
         self.attribute_versions.get(attribute).copied().unwrap_or(0)
@@ -219,6 +237,10 @@ pub trait FactsSource: Send + Sync {
     /// The authority's current signed facts, or `None` if they are still at
     /// change `known` (the one the caller holds).
     fn fetch(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String>;
+
+    /// The caller has seen signs of newer facts (a wrapper under newer
+    /// attribute versions): fetch soon rather than at the next poll.
+    fn wake(&self) {}
 }
 
 /// Whether `hex_key` is the 32-byte key `key` (for comparing a certificate's
@@ -337,5 +359,25 @@ mod tests {
             &[7u8; 32]
         ));
         assert!(!same_key(None, &[7u8; 32]));
+    }
+
+    #[test]
+    fn an_ended_grant_stops_counting_before_the_sweep() {
+        let mut f = facts(1);
+        f.members.get_mut("dr-ada").unwrap().attributes = vec![
+            "role:doctor".into(),
+            "emergency:pat-1@v3".into(),
+            "emergency:pat-2".into(),
+        ];
+        f.emergency.push(GrantFact {
+            patient: "pat-1".into(),
+            clinician: "dr-ada".into(),
+            expires_at: 100,
+        });
+        assert_eq!(
+            f.live_attributes("dr-ada", 99),
+            ["role:doctor", "emergency:pat-1@v3"]
+        );
+        assert_eq!(f.live_attributes("dr-ada", 100), ["role:doctor"]);
     }
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod attestation;
 pub mod consent;
 pub mod directory;
+pub mod internal;
 pub mod keys;
 pub mod records;
 pub mod review;

@@ -23,6 +23,7 @@ use axum::Extension;
 use axum::Json;
 use std::sync::Arc;
 
+use crate::record_access::RecordAccess;
 use crate::{rewrap::rewrap_after_revocation, KeyAuthority, WithReceipt};
 use asclepios_records::store_error;
 
@@ -166,13 +167,14 @@ pub fn set_auditor_key(store: &Store, id: &str, public_key: &[u8]) -> Result<(),
 
 fn rewrap(
     store: &Store,
+    records: &dyn RecordAccess,
     master: &MasterSecretKey,
     revoked: Vec<String>,
 ) -> Result<Revocation, ApiError> {
     if revoked.is_empty() {
         return Ok(Revocation::default());
     }
-    let rewrapped = rewrap_after_revocation(store, master, &revoked).map_err(|e| {
+    let rewrapped = rewrap_after_revocation(store, records, master, &revoked).map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("re-wrapping after the revocation: {e}"),
@@ -185,6 +187,7 @@ fn rewrap(
 /// are revoked (new versions, records re-wrapped).
 pub fn set_attributes(
     store: &Store,
+    records: &dyn RecordAccess,
     master: &MasterSecretKey,
     id: &str,
     attributes: &[String],
@@ -197,18 +200,23 @@ pub fn set_attributes(
     let removed = store
         .set_identity_attributes(id, attributes, false)
         .map_err(store_error)?;
-    rewrap(store, master, removed)
+    rewrap(store, records, master, removed)
 }
 
 /// Disables an identity: refused everywhere, every attribute revoked.
-pub fn disable(store: &Store, master: &MasterSecretKey, id: &str) -> Result<Revocation, ApiError> {
+pub fn disable(
+    store: &Store,
+    records: &dyn RecordAccess,
+    master: &MasterSecretKey,
+    id: &str,
+) -> Result<Revocation, ApiError> {
     member(store, id)?;
     // Refused everywhere and every attribute revoked, in one transaction;
     // then the re-wrap.
     let revoked = store
         .set_identity_attributes(id, &[], true)
         .map_err(store_error)?;
-    rewrap(store, master, revoked)
+    rewrap(store, records, master, revoked)
 }
 
 /// What an administrator asks of the directory.
@@ -305,6 +313,28 @@ impl KeyAuthority {
                     format!("`{caller}` does not hold {ADMIN_ROLE}"),
                 ));
             }
+            // The services' own identities are made by `init` and hold
+            // nothing: an attribute on the record service's identity would
+            // let whoever runs its host open records.
+            let service = crate::facts::SERVICE_KIND;
+            match &change {
+                Change::Register(r) if r.kind == service => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "identities of kind `service` are the deployment's own services, made by `init`",
+                    ));
+                }
+                Change::SetAttributes(id, _) | Change::AuditorKey(id, _)
+                    if crate::facts::member(&self.store, id)?
+                        .is_some_and(|m| m.kind == service) =>
+                {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("`{id}` is a service identity: it holds no attributes and reads no audit events"),
+                    ));
+                }
+                _ => {}
+            }
             // The directory keeps an administrator: nobody can lock it out.
             let removes_admin = match &change {
                 Change::Disable(id) => Some(id),
@@ -334,10 +364,18 @@ impl KeyAuthority {
                     register(&self.store, &r)?;
                     Revocation::default()
                 }
-                Change::SetAttributes(id, s) => {
-                    set_attributes(&self.store, &self.master, &id, &s.attributes)?
-                }
-                Change::Disable(id) => disable(&self.store, &self.master, &id)?,
+                // A re-wrap that fails (the record service unreachable) is
+                // retried by the sweeper until nothing names an old version.
+                Change::SetAttributes(id, s) => set_attributes(
+                    &self.store,
+                    &*self.records,
+                    &self.master,
+                    &id,
+                    &s.attributes,
+                )
+                .inspect_err(|_| self.rewrap_may_be_pending())?,
+                Change::Disable(id) => disable(&self.store, &*self.records, &self.master, &id)
+                    .inspect_err(|_| self.rewrap_may_be_pending())?,
                 Change::AuditorKey(id, k) => {
                     let key = hex::decode(&k.public_key).map_err(|_| invalid("public_key: hex"))?;
                     set_auditor_key(&self.store, &id, &key)?;

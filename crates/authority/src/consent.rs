@@ -10,7 +10,6 @@
 
 use crate::blocking;
 use crate::consent;
-use crate::rewrap::rewrap_after_revocation;
 use crate::store_error;
 use crate::KeyAuthority;
 use crate::WithReceipt;
@@ -116,8 +115,7 @@ impl KeyAuthority {
             )
             .map_err(|e| e.to_string())?;
         if revoke {
-            rewrap_after_revocation(&self.store, &self.master, &[attribute])
-                .inspect_err(|_| self.rewrap_may_be_pending())?;
+            self.rewrap_or_defer(&[attribute]);
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 //! attribute and re-wraps).
 use crate::blocking;
 use crate::emergency_attribute;
-use crate::rewrap::rewrap_after_revocation;
 use crate::store_error;
 use crate::EmergencyGranted;
 use crate::EmergencyRequest;
@@ -59,8 +58,7 @@ impl KeyAuthority {
                 self.store
                     .revoke_attribute(&g.clinician, &attribute)
                     .map_err(|e| e.to_string())?;
-                rewrap_after_revocation(&self.store, &self.master, &[attribute])
-                    .inspect_err(|_| self.rewrap_may_be_pending())?;
+                self.rewrap_or_defer(&[attribute]);
                 ended += 1;
             }
         }

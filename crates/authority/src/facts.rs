@@ -188,8 +188,8 @@ pub(crate) struct FactsQuery {
     known: Option<u64>,
 }
 
-/// `GET /v1/directory/facts`: the signed facts, for service identities (the
-/// record service) only; 204 if they are still at change `known`. Not
+/// `GET /v1/directory/facts`: the signed facts, for the record service's
+/// identity only (configured with [`KeyAuthority::serving_facts_to`]); 204 if they are still at change `known`. Not
 /// audited: the record service asks about once a second, and the facts
 /// carry nothing that the directory changes behind them did not log.
 pub(crate) async fn directory_facts_answer(
@@ -204,10 +204,12 @@ pub(crate) async fn directory_facts_answer(
     blocking(move || {
         let me = member(&s.store, &caller.id)?;
         asclepios_records::require_active(me.as_ref(), &caller.id)?;
-        if me.is_none_or(|m| m.kind != SERVICE_KIND) {
+        if me.is_none_or(|m| m.kind != SERVICE_KIND)
+            || s.facts_reader.as_deref() != Some(caller.id.as_str())
+        {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "the directory facts are for the deployment's services",
+                "the directory facts are for the deployment's record service",
             ));
         }
         s.fetch(q.known)

@@ -26,6 +26,7 @@ pub mod consent;
 pub mod emergency;
 pub mod facts;
 mod openapi;
+pub mod record_access;
 pub mod review;
 pub mod rewrap;
 pub mod search;
@@ -93,6 +94,16 @@ pub struct KeyAuthority {
     rewrap_pending: std::sync::atomic::AtomicBool,
     /// The signed directory facts last built, and the change they are at.
     facts_cache: std::sync::Mutex<Option<(u64, asclepios_api::SignedFacts)>>,
+    /// The record service's data: wrappers to re-wrap, record versions, the
+    /// encrypted index.
+    records: Arc<dyn record_access::RecordAccess>,
+    /// The one identity that may read the directory facts (the record
+    /// service's).
+    facts_reader: Option<String>,
+    /// Held across an index update or compaction, from reading the keyword
+    /// states to swapping them: the index entries are written before the
+    /// states move, so two updates must never compute the same addresses.
+    index_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -119,7 +130,6 @@ impl KeyAuthority {
         let public_key_hex = hex::encode(master.public_key().to_bytes());
         KeyAuthority {
             mitra: asclepios_crypto::sse::Mitra::new(sse_key),
-            store,
             trail,
             master,
             public_key_hex,
@@ -132,7 +142,25 @@ impl KeyAuthority {
             admin_lock: Default::default(),
             rewrap_pending: std::sync::atomic::AtomicBool::new(true),
             facts_cache: Default::default(),
+            records: Arc::new(record_access::LocalRecords(store.clone())),
+            store,
+            index_lock: Default::default(),
+            facts_reader: None,
         }
+    }
+
+    /// Serves the directory facts to `identity` alone (the record service's
+    /// identity); without this, to no one.
+    pub fn serving_facts_to(mut self, identity: &str) -> Self {
+        self.facts_reader = Some(identity.to_string());
+        self
+    }
+
+    /// Reaches the record service's data through `records` instead of the
+    /// authority's own store (the services in processes of their own).
+    pub fn with_records(mut self, records: Arc<dyn record_access::RecordAccess>) -> Self {
+        self.records = records;
+        self
     }
 
     /// Whether `caller` holds one of `roles` now.
@@ -206,6 +234,7 @@ impl KeyAuthority {
             .route("/v1/abe/public-key", get(public_key))
             .route("/v1/identities/{id}", get(identity_key))
             .route("/v1/directory/facts", get(facts::directory_facts_answer))
+            .route("/v1/audit/entries", get(audit_entries))
             .route("/v1/search/tokens", post(search::search_tokens))
             .route("/v1/search/index", post(search::index_record))
             .route("/v1/stats/slots", post(stats::stats_slots))
@@ -273,6 +302,14 @@ impl KeyAuthority {
     ) -> Result<WithReceipt<IssuedKey>, ApiError> {
         let work = || -> Result<IssuedKey, ApiError> {
             self.active(&caller.id)?;
+            if facts::member(&self.store, &caller.id)?
+                .is_some_and(|m| m.kind == facts::SERVICE_KIND)
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "a service identity gets no attribute key",
+                ));
+            }
             self.require_attested(caller)?;
             let attributes = self.current_attributes(&caller.id)?;
             let key = self
@@ -430,6 +467,27 @@ async fn identity_key(
             directory_change,
             signature: B64.encode(signature.to_bytes()),
         })
+    })
+    .await
+    .map(Json)
+}
+
+/// The authority's own audit log, for patients and auditors (with the
+/// services apart, what the authority logs is in its log, not the record
+/// service's).
+async fn audit_entries(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    q: Result<
+        axum::extract::Query<asclepios_records::SliceQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<asclepios_records::AuditSlice>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    blocking(move || {
+        let member = facts::member(&s.store, &caller.id)?;
+        asclepios_records::audit_slice(s.trail.log(), member.as_ref(), &caller.id, q.start)
     })
     .await
     .map(Json)

@@ -92,6 +92,10 @@ pub fn openapi_document() -> serde_json::Value {
                 "Register a component with evidence answering its challenge.",
                 &[], Some(object(&[("evidence", base64())], &[])), answer(),
             )},
+            "/v1/audit/entries": {"get": operation(
+                "The authority's own audit log: encrypted entries from ?start= (at most 512) and the latest checkpoint (patients and auditors).",
+                &[("start", In::Query, false)], None, answer(),
+            )},
             "/v1/directory/facts": {"get": operation(
                 "The directory as the authority vouches for it, signed (the record service; unchanged since `known`: 204).",
                 &[("known", In::Query, false)], None, answer(),

@@ -3,6 +3,7 @@
 //! the attributes' current versions, so keys issued before the revocation
 //! stop opening them. A re-wrap that failed is retried by the sweeper until
 //! no wrapper names an old version.
+use crate::record_access::RecordAccess;
 use crate::resolve_with;
 use crate::KeyAuthority;
 use asclepios_crypto::abe::MasterSecretKey;
@@ -17,9 +18,20 @@ impl KeyAuthority {
         if !self.rewrap_pending.swap(false, Ordering::SeqCst) {
             return Ok(0);
         }
-        rewrap_stale(&self.store, &self.master).inspect_err(|_| {
+        rewrap_stale(&self.store, &*self.records, &self.master).inspect_err(|_| {
             self.rewrap_pending.store(true, Ordering::SeqCst);
         })
+    }
+
+    /// Re-wraps after `revoked` were revoked; if that fails (the record
+    /// service unreachable), the revocation stands and the sweeper re-wraps
+    /// later ([`KeyAuthority::reconcile_rewraps`]).
+    pub(crate) fn rewrap_or_defer(&self, revoked: &[String]) {
+        if let Err(e) = rewrap_after_revocation(&self.store, &*self.records, &self.master, revoked)
+        {
+            eprintln!("asclepios authority: re-wrapping deferred: {e}");
+            self.rewrap_may_be_pending();
+        }
     }
 
     /// Notes that a re-wrap may not have completed.
@@ -37,6 +49,7 @@ impl KeyAuthority {
 /// Returns how many wrappers were re-wrapped.
 pub fn rewrap_after_revocation(
     store: &Store,
+    records: &dyn RecordAccess,
     master: &MasterSecretKey,
     revoked: &[String],
 ) -> Result<usize, String> {
@@ -45,13 +58,11 @@ pub fn rewrap_after_revocation(
     let mut count = 0;
     let mut failures = Vec::new();
     loop {
-        let page = store
-            .scan_wrappers(after.as_ref(), 256)
-            .map_err(|e| e.to_string())?;
+        let page = records.scan_wrappers(after.as_ref(), 256)?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
         for row in &page {
-            match rewrap_row(store, master, &mpk, row, revoked) {
+            match rewrap_row(store, records, master, &mpk, row, revoked) {
                 Ok(true) => count += 1,
                 Ok(false) => {}
                 Err(e) => failures.push(format!(
@@ -74,7 +85,11 @@ pub fn rewrap_after_revocation(
 /// Re-wraps every wrapper whose policy names an attribute at an older
 /// version than its current one: what a revocation whose re-wrap failed (a
 /// crash, a database that refused) left behind. Returns how many.
-pub fn rewrap_stale(store: &Store, master: &MasterSecretKey) -> Result<usize, String> {
+pub fn rewrap_stale(
+    store: &Store,
+    records: &dyn RecordAccess,
+    master: &MasterSecretKey,
+) -> Result<usize, String> {
     use asclepios_crypto::envelope::KeyWrapper;
     let mpk = master.public_key();
     let mut current: std::collections::HashMap<String, u64> = Default::default();
@@ -82,9 +97,7 @@ pub fn rewrap_stale(store: &Store, master: &MasterSecretKey) -> Result<usize, St
     let mut count = 0;
     let mut failures = Vec::new();
     loop {
-        let page = store
-            .scan_wrappers(after.as_ref(), 256)
-            .map_err(|e| e.to_string())?;
+        let page = records.scan_wrappers(after.as_ref(), 256)?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
         for row in &page {
@@ -117,7 +130,7 @@ pub fn rewrap_stale(store: &Store, master: &MasterSecretKey) -> Result<usize, St
             if stale.is_empty() {
                 continue;
             }
-            match rewrap_row(store, master, &mpk, row, &stale) {
+            match rewrap_row(store, records, master, &mpk, row, &stale) {
                 Ok(true) => count += 1,
                 Ok(false) => {}
                 Err(e) => failures.push(format!(
@@ -140,6 +153,7 @@ pub fn rewrap_stale(store: &Store, master: &MasterSecretKey) -> Result<usize, St
 /// whether it was replaced.
 pub(crate) fn rewrap_row(
     store: &Store,
+    records: &dyn RecordAccess,
     master: &MasterSecretKey,
     mpk: &asclepios_crypto::abe::PublicKey,
     row: &asclepios_store::WrapperRow,
@@ -159,9 +173,8 @@ pub(crate) fn rewrap_row(
     {
         return Ok(false);
     }
-    let stored = store
-        .record_version(&row.patient, &row.record_id, Some(row.version))
-        .map_err(|e| e.to_string())?
+    let stored = records
+        .record_version(&row.patient, &row.record_id, Some(row.version))?
         .ok_or("a wrapper without its record")?;
     let body = asclepios_records::stored_sealed_body(&stored.body)?;
     // A key for exactly the policy's attributes, made and dropped here.
@@ -175,15 +188,13 @@ pub(crate) fn rewrap_row(
     let rewrapped = wrapper
         .rewrap(&key, &body, mpk, &policy, &mut rand_core::OsRng)
         .map_err(|e| e.to_string())?;
-    store
-        .replace_wrapper(
-            &row.patient,
-            &row.record_id,
-            row.version,
-            &row.wrapper.slot,
-            row.wrapper.epoch,
-            &rewrapped.to_bytes(),
-            row.wrapper.epoch + 1,
-        )
-        .map_err(|e| e.to_string())
+    records.replace_wrapper(
+        &row.patient,
+        &row.record_id,
+        row.version,
+        &row.wrapper.slot,
+        row.wrapper.epoch,
+        &rewrapped.to_bytes(),
+        row.wrapper.epoch + 1,
+    )
 }

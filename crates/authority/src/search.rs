@@ -11,9 +11,13 @@
 //!   adds for new ones and deletes for dropped ones; an empty list removes
 //!   the record from the index (after an erasure).
 //!
-//! Every change of a keyword's counters is a compare-and-swap in the same
-//! transaction as its entries ([`Store::sse_apply`]); a lost race is retried
-//! from a fresh read, so concurrent writers never share a counter.
+//! The keyword states live in the authority's store, the entries in the
+//! record service's ([`RecordAccess`]). An update writes its entries first
+//! and then swaps the states (a compare-and-swap, [`Store::sse_apply`]),
+//! under one lock: no two updates compute the same addresses, and a crash
+//! between the two halves leaves only entries no state reaches, which the
+//! next update writes over. A compaction removes the entries it replaced
+//! after the swap.
 
 use crate::blocking;
 use crate::search;
@@ -33,6 +37,9 @@ use axum::extract::State;
 use axum::Extension;
 use axum::Json;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use crate::record_access::RecordAccess;
 use std::sync::Arc;
 
 use asclepios_crypto::sse::{self, KeywordState, Mitra, Op, Replay};
@@ -53,10 +60,15 @@ const ATTEMPTS: usize = 32;
 /// Most keywords one record is indexed under.
 pub const MAX_RECORD_KEYWORDS: usize = 256;
 
-/// The authority's side of the index, over the store it is given.
+/// The authority's side of the index: keyword states in its store, entries
+/// in the record service's.
 pub struct SearchIndex<'a> {
     mitra: &'a Mitra,
     store: &'a Store,
+    records: &'a dyn RecordAccess,
+    /// Held from reading the states to swapping them (see
+    /// [`SearchIndex::new`]).
+    lock: &'a Mutex<()>,
 }
 
 impl std::fmt::Debug for SearchIndex<'_> {
@@ -79,6 +91,13 @@ impl From<StoreError> for Failure {
             e => Failure::Api(asclepios_records::store_error(e)),
         }
     }
+}
+
+fn unreachable_records(e: String) -> Failure {
+    Failure::Api(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the record service's index: {e}"),
+    ))
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Failure {
@@ -127,9 +146,27 @@ pub fn check_keywords(keywords: &[String], max: usize) -> Result<(), ApiError> {
 pub const MAX_TOKEN_KEYWORDS: usize = MAX_QUERY_KEYWORDS;
 
 impl<'a> SearchIndex<'a> {
-    /// The index client with `mitra`'s keys over `store`.
-    pub fn new(mitra: &'a Mitra, store: &'a Store) -> Self {
-        SearchIndex { mitra, store }
+    /// The index with `mitra`'s keys, its keyword states in `store` and its
+    /// entries in `records`. Entries are written before the states that
+    /// reach them are swapped, so a crash in between leaves only entries
+    /// nobody reaches; `lock` serialises updates, so that no two compute
+    /// the same addresses.
+    pub fn new(
+        mitra: &'a Mitra,
+        store: &'a Store,
+        records: &'a dyn RecordAccess,
+        lock: &'a Mutex<()>,
+    ) -> Self {
+        SearchIndex {
+            mitra,
+            store,
+            records,
+            lock,
+        }
+    }
+
+    fn exclusive(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read_state(&self, keyword: &str) -> Result<(KeywordState, Option<Vec<u8>>), Failure> {
@@ -148,6 +185,7 @@ impl<'a> SearchIndex<'a> {
     /// Tokens for `keyword`, compacting it first when its list calls for it.
     pub fn tokens(&self, keyword: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         retried(|| {
+            let _one_at_a_time = self.exclusive();
             let (mut state, sealed) = self.read_state(keyword)?;
             if state.should_compact() {
                 self.compact(keyword, &mut state, sealed)?;
@@ -177,7 +215,10 @@ impl<'a> SearchIndex<'a> {
             let to = state.next.min(from + PAGE);
             let tokens = self.mitra.tokens_between(keyword, from, to);
             let addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
-            let values = self.store.sse_get(&addrs)?;
+            let values = self
+                .records
+                .index_get(&addrs)
+                .map_err(unreachable_records)?;
             match replay.feed(&tokens, &values) {
                 Ok(()) => {}
                 // A concurrent compaction replaced the entries: start over.
@@ -192,19 +233,28 @@ impl<'a> SearchIndex<'a> {
             .mitra
             .compact(keyword, state, &live, &mut OsRng)
             .map_err(|e| corrupt("compaction", e))?;
+        let put: Vec<(Vec<u8>, Vec<u8>)> = compaction
+            .put
+            .into_iter()
+            .map(|e| (e.addr.to_vec(), e.value))
+            .collect();
+        self.records
+            .index_write(&put, &[])
+            .map_err(unreachable_records)?;
         self.store.sse_apply(&SseBatch {
             state: vec![StateWrite {
                 row: row.to_vec(),
                 expect: sealed,
                 new: Some(self.mitra.seal_state(&row, state, &mut OsRng)),
             }],
-            put: compaction
-                .put
-                .into_iter()
-                .map(|e| (e.addr.to_vec(), e.value))
-                .collect(),
-            delete: compaction.delete.iter().map(|a| a.to_vec()).collect(),
+            ..SseBatch::default()
         })?;
+        // The old entries are out of every state's reach now: removing them
+        // is tidying, and one that fails leaves garbage nobody reads.
+        let old: Vec<Vec<u8>> = compaction.delete.iter().map(|a| a.to_vec()).collect();
+        if let Err(e) = self.records.index_write(&[], &old) {
+            eprintln!("search index: compacted entries left behind: {e}");
+        }
         Ok(())
     }
 
@@ -228,7 +278,10 @@ impl<'a> SearchIndex<'a> {
                 "a record appears twice in one index batch",
             ));
         }
-        retried(|| self.try_set_keywords_many(records))
+        retried(|| {
+            let _one_at_a_time = self.exclusive();
+            self.try_set_keywords_many(records)
+        })
     }
 
     fn try_set_keywords_many(
@@ -317,6 +370,9 @@ impl<'a> SearchIndex<'a> {
             // Entries go in a shuffled order, so the batch does not line up
             // with the keywords' sorted order.
             shuffle(&mut batch.put);
+            self.records
+                .index_write(&std::mem::take(&mut batch.put), &[])
+                .map_err(unreachable_records)?;
             self.store.sse_apply(&batch)?;
         }
         Ok(outcomes)
@@ -344,7 +400,7 @@ pub fn token_lists(index: &SearchIndex<'_>, keywords: &[String]) -> Result<Token
 
 impl KeyAuthority {
     pub(crate) fn index(&self) -> search::SearchIndex<'_> {
-        search::SearchIndex::new(&self.mitra, &self.store)
+        search::SearchIndex::new(&self.mitra, &self.store, &*self.records, &self.index_lock)
     }
 
     /// Search tokens for an authorised caller: an active identity holding
@@ -411,9 +467,14 @@ impl KeyAuthority {
             self.require_attested(caller)?;
             search::check_keywords(&req.keywords, search::MAX_RECORD_KEYWORDS)?;
             let latest = self
-                .store
+                .records
                 .record_version(&req.patient, &req.record_id, None)
-                .map_err(store_error)?
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the record service: {e}"),
+                    )
+                })?
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::NOT_FOUND,
@@ -497,7 +558,7 @@ mod tests {
     fn search(index: &SearchIndex<'_>, keyword: &str) -> Vec<Vec<u8>> {
         let tokens = sse::decode_tokens(&index.tokens(keyword).unwrap()).unwrap();
         let addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
-        let values = index.store.sse_get(&addrs).unwrap();
+        let values = index.records.index_get(&addrs).unwrap();
         let mut ids = sse::open_results(&tokens, &values).unwrap().ids;
         ids.sort();
         ids
@@ -508,7 +569,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("s.db")).unwrap();
         let mitra = Mitra::new(&SseKey::from_bytes([4; 32]));
-        let index = SearchIndex::new(&mitra, &store);
+        let records = crate::record_access::LocalRecords(store.clone());
+        let lock = Mutex::new(());
+        let index = SearchIndex::new(&mitra, &store, &records, &lock);
         // Four writers index records that all share `type:Observation`, so
         // every write races on that keyword's counters.
         std::thread::scope(|scope| {

@@ -124,7 +124,11 @@ pub(crate) fn postgres_url(url: String) -> anyhow::Result<String> {
     }
 }
 
-pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
+pub fn run_init(
+    dir: &Path,
+    postgres: Option<String>,
+    records_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let mut config = Config::development();
     if let Some(url) = postgres {
         config.store.url = postgres_url(url)?;
@@ -152,7 +156,24 @@ pub fn run_init(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     for w in asclepios_deploy::attestation::warnings(&config) {
         eprintln!("WARNING: {w}");
     }
-    println!("Next: asclepios serve --dir {}", dir.display());
+    match records_dir {
+        Some(records) => {
+            asclepios_deploy::split::write_records_dir(dir, records)
+                .with_context(|| format!("writing {}", records.display()))?;
+            println!(
+                "The record service's own directory is ready in {}: its TLS and client \
+                 certificates, its audit log's key, the public keys it checks; nothing that \
+                 opens a record or speaks for the authority.",
+                records.display()
+            );
+            println!(
+                "Next: asclepios serve authority --dir {} & asclepios serve records --dir {}",
+                dir.display(),
+                records.display()
+            );
+        }
+        None => println!("Next: asclepios serve --dir {}", dir.display()),
+    }
     Ok(())
 }
 

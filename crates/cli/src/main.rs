@@ -78,6 +78,11 @@ enum Command {
         /// Keep the store in PostgreSQL at this URL instead of SQLite in the directory.
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        /// Also write the record service's own data directory here, holding only what it
+        /// needs (no master secret, no sealing key, no other identity's key), for
+        /// `asclepios serve records --dir DIR`.
+        #[arg(long, value_name = "DIR")]
+        records_dir: Option<std::path::PathBuf>,
     },
     /// Administer the directory of identities and their attributes, through the running key
     /// authority as an identity holding role:admin (--as admin-ada in a new deployment).
@@ -89,7 +94,12 @@ enum Command {
         #[command(subcommand)]
         command: admin::UserCommand,
     },
-    /// Run the key authority and the record service of a deployment (mutual TLS).
+    /// Run the services of a deployment over mutual TLS: `serve authority` and `serve records`
+    /// each run one trust domain from its own directory (production shape); plain `serve`
+    /// runs both in one process on one store, for development only.
+    ///
+    /// Example: asclepios init --dir a --records-dir r
+    ///          asclepios serve authority --dir a &  asclepios serve records --dir r &
     Serve {
         #[command(flatten)]
         dir: admin::DirArg,
@@ -97,6 +107,8 @@ enum Command {
         /// directory: make such a deployment with `asclepios init --postgres URL`.
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        #[command(subcommand)]
+        only: Option<platform::ServeOnly>,
     },
     /// Seal a FHIR R4 resource (JSON file) on this machine and store it.
     ///
@@ -316,13 +328,26 @@ fn main() -> ExitCode {
             identity,
             port,
         } => platform::portal(&dir.path(), identity, port),
-        Command::Init { dir, postgres } => admin::run_init(&dir.path(), postgres),
+        Command::Init {
+            dir,
+            postgres,
+            records_dir,
+        } => admin::run_init(&dir.path(), postgres, records_dir.as_deref()),
         Command::User {
             dir,
             admin,
             command,
         } => admin::run_user(&dir.path(), admin, command),
-        Command::Serve { dir, postgres } => platform::serve(&dir.path(), postgres),
+        Command::Serve {
+            dir,
+            postgres,
+            only: None,
+        } => platform::serve(&dir.path(), postgres),
+        Command::Serve {
+            dir,
+            only: Some(only),
+            ..
+        } => platform::serve_one(&dir.path(), only),
         Command::Put {
             dir,
             who,

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use asclepios_client::Client;
-use asclepios_deploy::serve::{start, Listen};
+use asclepios_deploy::serve::{local_url, start, start_authority, start_records, Listen};
 use asclepios_deploy::Config;
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -35,6 +35,13 @@ pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
     }
     runtime()?.block_on(async {
         let services = start(dir, &Listen::default()).await?;
+        eprintln!(
+            "WARNING: development only: the key authority and the record service run in ONE \
+             process on ONE store, so whoever runs this host holds both trust domains. Run them \
+             apart with `asclepios init --records-dir R`, `asclepios serve authority --dir {}` \
+             and `asclepios serve records --dir R`.",
+            dir.display()
+        );
         println!("key authority   https://{}", services.authority);
         println!(
             "record service  https://{} (OpenAPI at /openapi.json)",
@@ -53,6 +60,62 @@ pub fn serve(dir: &Path, postgres: Option<String>) -> anyhow::Result<()> {
             .context("waiting for Ctrl-C")?;
         println!("stopping");
         drop(services);
+        Ok(())
+    })
+}
+
+/// One trust domain on its own.
+#[derive(clap::Subcommand, Debug)]
+pub enum ServeOnly {
+    /// The key authority alone, from its data directory (what `init --dir` wrote).
+    Authority {
+        /// Where the record service is [default: https://localhost:<its configured port>].
+        #[arg(long, value_name = "URL")]
+        records_url: Option<String>,
+    },
+    /// The record service alone, from its own directory (what `init --records-dir` wrote).
+    Records {
+        /// Where the key authority is [default: https://localhost:<its configured port>].
+        #[arg(long, value_name = "URL")]
+        authority_url: Option<String>,
+    },
+}
+
+/// `asclepios serve authority|records`: one service, in this process only.
+pub fn serve_one(dir: &Path, only: ServeOnly) -> anyhow::Result<()> {
+    let config = Config::load(dir)?;
+    runtime()?.block_on(async {
+        let (name, service) = match only {
+            ServeOnly::Authority { records_url } => {
+                let url = records_url.unwrap_or_else(|| local_url(&config.records.listen));
+                let service = start_authority(dir, None, &url).await?;
+                println!("record service expected at {url}");
+                ("key authority", service)
+            }
+            ServeOnly::Records { authority_url } => {
+                let url = authority_url.unwrap_or_else(|| local_url(&config.authority.listen));
+                let service = start_records(dir, None, &url).await?;
+                println!(
+                    "key authority expected at {url} (directory facts every {} ms)",
+                    asclepios_deploy::serve::FACTS_POLL_MILLIS
+                );
+                ("record service", service)
+            }
+        };
+        println!(
+            "{name:<15} https://{} (OpenAPI at /openapi.json)",
+            service.addr
+        );
+        println!("store           {}", config.store.shown());
+        println!(
+            "mutual TLS 1.3 with the CA in {}/pki/ca.pem; Ctrl-C stops",
+            dir.display()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        println!("stopping");
+        drop(service);
         Ok(())
     })
 }

@@ -86,6 +86,8 @@ struct Service {
     name: &'static str,
     http: SignedClient,
     receipt_key: [u8; 32],
+    /// The key of the log its receipts and audit slices come from.
+    log: NoteVerifier,
 }
 
 /// One identity's connection to a deployment.
@@ -95,7 +97,6 @@ pub struct Client {
     signing: SigningKey,
     authority: Service,
     records: Service,
-    log: NoteVerifier,
     abe_public_key: PublicKey,
     user_key: Option<UserKey>,
     attributes: Vec<String>,
@@ -241,19 +242,33 @@ impl Client {
             None => over(authority_verifier, authority)?,
         };
         let records_http = over(pinned(&config.records.tls_name)?, records)?;
-        let service = |name: &'static str, http: SignedClient| -> Result<Service, ClientError> {
+        let log = asclepios_deploy::keys::log_verifier(dir)?;
+        // With the services apart, the record service keeps a log of its
+        // own, under its own key.
+        let records_log_file = dir.join(asclepios_deploy::split::RECORDS_LOG_VERIFIER);
+        let records_log = if records_log_file.exists() {
+            NoteVerifier::parse(&read(&records_log_file)?).map_err(|e| {
+                ClientError::Protocol(format!("{}: {e}", records_log_file.display()))
+            })?
+        } else {
+            log.clone()
+        };
+        let service = |name: &'static str,
+                       http: SignedClient,
+                       log: NoteVerifier|
+         -> Result<Service, ClientError> {
             Ok(Service {
                 name,
                 http,
                 receipt_key: service_key(&read(&layout.service(name).0)?)?,
+                log,
             })
         };
         Ok(Client {
             id: id.to_string(),
             signing,
-            authority: service("authority", authority_http)?,
-            records: service("records", records_http)?,
-            log: asclepios_deploy::keys::log_verifier(dir)?,
+            authority: service("authority", authority_http, log)?,
+            records: service("records", records_http, records_log)?,
             abe_public_key: asclepios_deploy::keys::abe_public_key(dir)?,
             user_key: None,
             attributes: Vec::new(),
@@ -327,7 +342,7 @@ impl Client {
         let (answer, hash): (WithReceipt<T>, _) = Self::call(service, method, path, body).await?;
         answer
             .receipt
-            .verify(&service.receipt_key, &self.log, &hash)?;
+            .verify(&service.receipt_key, &service.log, &hash)?;
         Ok((answer.result, answer.receipt))
     }
 
@@ -868,12 +883,26 @@ impl Client {
     /// entries against the log's checkpoint.
     pub async fn audit_events(&self) -> Result<Vec<asclepios_audit::AuditEvent>, ClientError> {
         Ok(self
-            .audit_view()
+            .audit_views()
             .await?
-            .events
             .into_iter()
-            .map(|p| p.event)
+            .flat_map(|view| view.events.into_iter().map(|p| p.event))
             .collect())
+    }
+
+    /// The record service's log and, where the key authority keeps a log of
+    /// its own (the services apart), the authority's, each checked as
+    /// [`Client::audit_view`] checks it.
+    pub async fn audit_views(&self) -> Result<Vec<AuditView>, ClientError> {
+        let records = self.audit_view_of(&self.records).await?;
+        let authority = self.audit_view_of(&self.authority).await?;
+        Ok(
+            if authority.checkpoint.origin == records.checkpoint.origin {
+                vec![records]
+            } else {
+                vec![records, authority]
+            },
+        )
     }
 
     /// The audit log's latest signed checkpoint, verified with the log's
@@ -886,7 +915,7 @@ impl Client {
         let note = slice
             .checkpoint
             .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
-        asclepios_audit::Checkpoint::verify(&note, &self.log)
+        asclepios_audit::Checkpoint::verify(&note, &self.records.log)
             .map_err(|e| ClientError::Audit(e.into()))
     }
 
@@ -894,6 +923,10 @@ impl Client {
     /// inclusion proof checked against the signed checkpoint, with the
     /// checkpoint and the tree the entries were read into.
     pub async fn audit_view(&self) -> Result<AuditView, ClientError> {
+        self.audit_view_of(&self.records).await
+    }
+
+    async fn audit_view_of(&self, service: &Service) -> Result<AuditView, ClientError> {
         let key = self.user_key.as_ref().ok_or_else(|| {
             ClientError::Protocol("no ABE key yet: call refresh_key first".into())
         })?;
@@ -904,7 +937,7 @@ impl Client {
         loop {
             let path = format!("/v1/audit/entries?start={}", tree.size());
             let (slice, _): (asclepios_api::records::AuditSlice, _) =
-                Self::call(&self.records, Method::GET, &path, Vec::new()).await?;
+                Self::call(service, Method::GET, &path, Vec::new()).await?;
             if slice.start != tree.size() {
                 return Err(ClientError::Protocol(
                     "the audit slice starts elsewhere".into(),
@@ -952,7 +985,7 @@ impl Client {
         // entries past it are not vouched for and are left out.
         let note = checkpoint
             .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
-        let cp = asclepios_audit::Checkpoint::verify(&note, &self.log)
+        let cp = asclepios_audit::Checkpoint::verify(&note, &service.log)
             .map_err(|e| ClientError::Audit(e.into()))?;
         if cp.size > tree.size() || tree.root_at(cp.size) != cp.root {
             return Err(ClientError::Protocol(

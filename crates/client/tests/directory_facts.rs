@@ -99,6 +99,42 @@ async fn the_record_service_learns_the_directory_over_mutual_tls() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 403);
+    // Nor for the authority's own service identity: only the record
+    // service's, as configured.
+    let answer = connection(&d, asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY)
+        .send(reqwest::Method::GET, "/v1/directory/facts", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+
+    // The services' identities hold nothing: an administrator can neither
+    // give the record service's identity attributes (its host would then
+    // open records), nor make another service identity; and it gets no
+    // attribute key.
+    let admin = client(&d, "admin-ada");
+    match admin
+        .set_identity_attributes(RECORD_SERVICE_IDENTITY, &["care-team:pat-00000".into()])
+        .await
+    {
+        Err(asclepios_client::ClientError::Refused { status: 409, .. }) => {}
+        other => panic!("attributes for the record service's identity: {other:?}"),
+    }
+    let spy = asclepios_api::admin::Registration {
+        id: "spy-svc".into(),
+        kind: "service".into(),
+        display_name: "a second record service".into(),
+        public_key: hex::encode([7u8; 32]),
+        attributes: Vec::new(),
+    };
+    match admin.register_identity(&spy).await {
+        Err(asclepios_client::ClientError::Refused { status: 403, .. }) => {}
+        other => panic!("a new service identity: {other:?}"),
+    }
+    let answer = connection(&d, RECORD_SERVICE_IDENTITY)
+        .send(reqwest::Method::POST, "/v1/keys", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
 
     // Without answers from the authority, the record service refuses to
     // judge anyone.

@@ -102,6 +102,12 @@ impl Directory {
         &self.store
     }
 
+    /// The record service's data as offline administration reaches it: the
+    /// same store (a development deployment, both services on one store).
+    fn records(&self) -> asclepios_authority::record_access::LocalRecords {
+        asclepios_authority::record_access::LocalRecords(self.store.clone())
+    }
+
     /// Adds an identity: a certificate and key under `identities/`, an entry
     /// in the directory, its attributes.
     pub fn add(
@@ -159,13 +165,13 @@ impl Directory {
     /// policy names them is re-wrapped.
     pub fn set_attributes(&self, id: &str, attributes: &[String]) -> Result<Revocation, Error> {
         let master = crate::keys::abe_master_key(&self.layout.dir)?;
-        admin::set_attributes(&self.store, &master, id, attributes).map_err(api)
+        admin::set_attributes(&self.store, &self.records(), &master, id, attributes).map_err(api)
     }
 
     /// Disables an identity: refused everywhere, every attribute revoked
     /// (each bumped to a new version, the records naming them re-wrapped).
     pub fn disable(&self, id: &str) -> Result<Revocation, Error> {
         let master = crate::keys::abe_master_key(&self.layout.dir)?;
-        admin::disable(&self.store, &master, id).map_err(api)
+        admin::disable(&self.store, &self.records(), &master, id).map_err(api)
     }
 }

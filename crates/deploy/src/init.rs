@@ -25,6 +25,9 @@ use crate::{create_private_dir, write_new_file, Config, Error};
 /// The identity the record service speaks to the key authority as.
 pub const RECORD_SERVICE_IDENTITY: &str = "svc-records";
 
+/// The identity the key authority speaks to the record service as.
+pub const AUTHORITY_SERVICE_IDENTITY: &str = "svc-authority";
+
 /// The services that get TLS certificates.
 pub const SERVICES: [&str; 2] = ["authority", "records"];
 
@@ -173,6 +176,14 @@ pub fn init(dir: &Path, config: &Config) -> Result<Vec<Member>, Error> {
         RECORD_SERVICE_IDENTITY,
         asclepios_authority::facts::SERVICE_KIND,
         "asclepios record service",
+        &[],
+    )?;
+    // And the authority's, for what it asks of the record service when the
+    // two run apart (re-wraps, the encrypted index).
+    directory.add(
+        AUTHORITY_SERVICE_IDENTITY,
+        asclepios_authority::facts::SERVICE_KIND,
+        "asclepios key authority",
         &[],
     )?;
     SAMPLE_ORGANISATION
@@ -343,10 +354,10 @@ mod tests {
         let revoked = directory.disable("dr-new").unwrap();
         assert_eq!(revoked.revoked, ["role:doctor"]);
         assert!(directory.set_attributes("dr-new", &[]).is_err());
-        // The organisation, the record service's identity and dr-new.
+        // The organisation, the two services' identities and dr-new.
         assert_eq!(
             directory.list().unwrap().len(),
-            SAMPLE_ORGANISATION.len() + 2
+            SAMPLE_ORGANISATION.len() + 3
         );
     }
 }

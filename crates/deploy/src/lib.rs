@@ -23,6 +23,7 @@ pub mod directory;
 pub mod init;
 pub mod keys;
 pub mod serve;
+pub mod split;
 
 pub use config::Config;
 

@@ -21,8 +21,13 @@ use zeroize::Zeroizing;
 
 use crate::attestation::{self, AttestedCertificate};
 use crate::directory::Layout;
+use crate::init::{AUTHORITY_SERVICE_IDENTITY, RECORD_SERVICE_IDENTITY};
 use crate::{keys, read_file, Config, Error};
+use asclepios_authority::record_access::RecordAccess;
+use asclepios_authority::record_access::RemoteRecords;
 use asclepios_authority::{ComponentGate, EvidenceSource};
+use asclepios_net::client::SignedClient;
+use asclepios_records::directory::PolledFacts;
 
 /// How often expired break-glass grants are ended, in seconds.
 pub const SWEEP_SECONDS: u64 = 2;
@@ -210,9 +215,23 @@ struct Opened {
     certificate: Arc<AttestedCertificate>,
 }
 
-/// Opens the stores, unseals the keys and builds both services. Blocks
-/// (PostgreSQL's client runs its own runtime): call it off async threads.
-fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
+/// The key authority, opened but not yet listening.
+struct AuthorityOpened {
+    authority: Arc<KeyAuthority>,
+    tls: Arc<rustls::ServerConfig>,
+    certificate: Arc<AttestedCertificate>,
+    directory: Store,
+    log: Arc<Log<Store>>,
+}
+
+/// Opens the authority's store, unseals its keys and builds it; it reaches
+/// the record service's data through `records` (its own store if `None`).
+/// Blocks.
+fn open_authority(
+    dir: &Path,
+    cfg: &Config,
+    records: Option<Arc<dyn RecordAccess>>,
+) -> Result<AuthorityOpened, Error> {
     let layout = Layout::new(dir);
     let authority_keys = service_keys(&layout, "authority", false)?;
     let log = audit_log(dir, cfg)?;
@@ -235,37 +254,57 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let source: Option<Arc<dyn EvidenceSource>> = certificate
         .format()
         .map(|_| certificate.clone() as Arc<dyn EvidenceSource>);
-    let authority = Arc::new(
-        KeyAuthority::new(
-            directory.clone(),
-            trail(
-                dir,
-                &directory,
-                log.clone(),
-                "authority",
-                authority_keys.receipt,
-            )?,
-            keys::abe_master_key(dir)?,
-            &keys::sse_key(dir)?,
-            &*keys::stats_key(dir)?,
-            cfg.emergency.grant_seconds,
-            cfg.search.roles.clone(),
-        )
-        .with_attestation(source, gate),
-    );
-    let records_keys = service_keys(&layout, "records", true)?;
+    let authority = KeyAuthority::new(
+        directory.clone(),
+        trail(
+            dir,
+            &directory,
+            log.clone(),
+            "authority",
+            authority_keys.receipt,
+        )?,
+        keys::abe_master_key(dir)?,
+        &keys::sse_key(dir)?,
+        &*keys::stats_key(dir)?,
+        cfg.emergency.grant_seconds,
+        cfg.search.roles.clone(),
+    )
+    .with_attestation(source, gate)
+    .serving_facts_to(RECORD_SERVICE_IDENTITY);
+    let authority = match records {
+        Some(records) => authority.with_records(records),
+        None => authority,
+    };
+    Ok(AuthorityOpened {
+        authority: Arc::new(authority),
+        tls: authority_tls,
+        certificate,
+        directory,
+        log,
+    })
+}
+
+/// Builds the record service over `store` and `log`, judging callers by
+/// the facts `source` brings, signed with `authority_key`. Blocks.
+fn open_records(
+    dir: &Path,
+    cfg: &Config,
+    store: Store,
+    log: Arc<Log<Store>>,
+    authority_key: ed25519_dalek::VerifyingKey,
+    source: Arc<dyn asclepios_api::FactsSource>,
+) -> Result<(Arc<RecordService>, Arc<rustls::ServerConfig>), Error> {
+    let records_keys = service_keys(&Layout::new(dir), "records", true)?;
     // The record service judges callers by the facts the authority signs,
     // verified with the authority's key, never by the store's rows.
-    let view = Arc::new(DirectoryView::new(
-        authority.verifying_key(),
-        asclepios_authority::facts::in_process(&authority),
-    ));
+    let view = Arc::new(DirectoryView::new(authority_key, source));
     let records = Arc::new(
         RecordService::new(
-            open_store(dir, cfg)?.sharing_integrity_of(&directory),
+            store,
             records_trail(dir, &view, log, records_keys.receipt)?,
             view,
         )
+        .serving_authority(AUTHORITY_SERVICE_IDENTITY)
         .requiring_attested(if cfg.attestation.require_components {
             cfg.attestation.component_kinds.clone()
         } else {
@@ -275,12 +314,28 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     let records_tls = records_keys
         .tls
         .ok_or_else(|| Error::Invalid("the record service has no TLS configuration".into()))?;
+    Ok((records, records_tls))
+}
+
+/// Opens the stores, unseals the keys and builds both services, in one
+/// process on one store (development). Blocks (PostgreSQL's client runs its
+/// own runtime): call it off async threads.
+fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
+    let a = open_authority(dir, cfg, None)?;
+    let (records, records_tls) = open_records(
+        dir,
+        cfg,
+        open_store(dir, cfg)?.sharing_integrity_of(&a.directory),
+        a.log.clone(),
+        a.authority.verifying_key(),
+        asclepios_authority::facts::in_process(&a.authority),
+    )?;
     Ok(Opened {
-        authority,
-        authority_tls,
+        authority: a.authority,
+        authority_tls: a.tls,
         records,
         records_tls,
-        certificate,
+        certificate: a.certificate,
     })
 }
 
@@ -370,9 +425,37 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
         .local_addr()
         .map_err(|e| Error::Io(e.to_string()))?;
 
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    spawn_authority_tasks(authority, certificate, stopped.clone());
+    tokio::spawn(server::serve(
+        authority_listener,
+        authority_tls,
+        routers.authority,
+        until_stopped(stopped.clone()),
+    ));
+    tokio::spawn(server::serve(
+        records_listener,
+        records_tls,
+        routers.records,
+        until_stopped(stopped),
+    ));
+    Ok(Services {
+        authority: authority_addr,
+        records: records_addr,
+        stop: Some(stop),
+    })
+}
+
+async fn until_stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The authority's background work: renewing its attested certificate,
+/// ending expired grants and consents, re-wrapping, verifying its state.
+fn spawn_authority_tasks(
+    authority: Arc<KeyAuthority>,
+    certificate: Arc<AttestedCertificate>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
     // Renew the authority's attested certificate (fresh key, fresh evidence).
     let mut renew_stop = stopped.clone();
     tokio::spawn(async move {
@@ -411,7 +494,12 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
                 let result = s
                     .expire_emergency_grants(now)
                     .and_then(|_| s.expire_consents(now))
-                    .and_then(|_| s.reconcile_rewraps().map(|_| ()));
+                    .map(|_| ());
+                // Re-wraps wait for the record service when it is away: the
+                // revocations stand meanwhile, and the next sweep retries.
+                if let Err(e) = s.reconcile_rewraps() {
+                    eprintln!("asclepios authority: re-wrapping deferred: {e}");
+                }
                 s.integrity_alarm();
                 result
             })
@@ -426,9 +514,7 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
                     );
                     if failed_sweeps >= SWEEPS_BEFORE_ALARM {
                         let s = sweeper.clone();
-                        let reason = format!(
-                            "expired grants or consents cannot be ended, or records re-wrapped: {e}"
-                        );
+                        let reason = format!("expired grants or consents cannot be ended: {e}");
                         let _ = tokio::task::spawn_blocking(move || s.raise_alarm(&reason)).await;
                     }
                 }
@@ -440,21 +526,142 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
             }
         }
     });
-    tokio::spawn(server::serve(
-        authority_listener,
-        authority_tls,
-        routers.authority,
-        until_stopped(stopped.clone()),
+}
+
+/// How often the record service asks the authority for newer directory
+/// facts: revocations reach it within this.
+pub const FACTS_POLL_MILLIS: u64 = 500;
+
+/// How long the record service acts on facts without an answer from the
+/// authority; after that it refuses every request until one comes.
+pub const FACTS_MAX_AGE_SECONDS: u64 = 10;
+
+/// One service running on its own; dropping this stops it.
+#[derive(Debug)]
+pub struct Service {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// `https://localhost:<port>` for a listening address: how a service on the
+/// same host reaches another (every certificate carries `localhost`).
+pub fn local_url(listen: &str) -> String {
+    let port = listen.rsplit(':').next().unwrap_or(listen);
+    format!("https://localhost:{port}")
+}
+
+/// A service identity's mutual-TLS connection to the service at `url`.
+fn service_client(dir: &Path, id: &str, url: &str) -> Result<SignedClient, Error> {
+    let layout = Layout::new(dir);
+    let (cert, key) = layout.identity(id);
+    Ok(SignedClient::new(
+        url,
+        id,
+        &read_file(&layout.ca_cert())?,
+        &read_file(&cert)?,
+        &Zeroizing::new(read_file(&key)?),
+    )?)
+}
+
+/// Starts the key authority alone, from its data directory `dir`; it
+/// reaches the record service at `records_url` (as `svc-authority`) for
+/// re-wraps and the index. Listens on `listen` (else the configuration's).
+pub async fn start_authority(
+    dir: &Path,
+    listen: Option<&str>,
+    records_url: &str,
+) -> Result<Service, Error> {
+    let config = Config::load(dir)?;
+    let records: Arc<dyn RecordAccess> = Arc::new(RemoteRecords::new(
+        service_client(dir, AUTHORITY_SERVICE_IDENTITY, records_url)?,
+        tokio::runtime::Handle::current(),
     ));
+    let (owned, cfg) = (dir.to_path_buf(), config.clone());
+    let opened = tokio::task::spawn_blocking(move || open_authority(&owned, &cfg, Some(records)))
+        .await
+        .map_err(|e| Error::Invalid(format!("starting the authority: {e}")))??;
+    let router = opened
+        .authority
+        .clone()
+        .router(signature_check(config.authority.max_body_bytes));
+    let addr = listen.map_or(config.authority.listen.clone(), str::to_string);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    spawn_authority_tasks(opened.authority, opened.certificate, stopped.clone());
     tokio::spawn(server::serve(
-        records_listener,
-        records_tls,
-        routers.records,
+        listener,
+        opened.tls,
+        router,
         until_stopped(stopped),
     ));
-    Ok(Services {
-        authority: authority_addr,
-        records: records_addr,
+    Ok(Service {
+        addr,
+        stop: Some(stop),
+    })
+}
+
+/// Starts the record service alone, from its own data directory `dir` (see
+/// [`crate::split`]); it learns the directory from the authority at
+/// `authority_url` (as `svc-records`). Listens on `listen` (else the
+/// configuration's). Until the authority answers, requests are refused.
+pub async fn start_records(
+    dir: &Path,
+    listen: Option<&str>,
+    authority_url: &str,
+) -> Result<Service, Error> {
+    let config = Config::load(dir)?;
+    let source = PolledFacts::spawn(
+        service_client(dir, RECORD_SERVICE_IDENTITY, authority_url)?,
+        std::time::Duration::from_millis(FACTS_POLL_MILLIS),
+        std::time::Duration::from_secs(FACTS_MAX_AGE_SECONDS),
+    );
+    let authority_key = {
+        let layout = Layout::new(dir);
+        let pem = read_file(&layout.service("authority").0)?;
+        let der = tls::certs_from_pem(&pem)?;
+        let key = asclepios_net::pki::public_key(&der[0])?;
+        ed25519_dalek::VerifyingKey::from_bytes(&key)
+            .map_err(|e| Error::Invalid(format!("the authority's certificate key: {e}")))?
+    };
+    let (owned, cfg) = (dir.to_path_buf(), config.clone());
+    let (records, records_tls) = tokio::task::spawn_blocking(move || {
+        let store = open_store(&owned, &cfg)?;
+        let log = audit_log(&owned, &cfg)?;
+        open_records(&owned, &cfg, store, log, authority_key, source)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("starting the record service: {e}")))??;
+    let router = records.router(signature_check(config.records.max_body_bytes));
+    let addr = listen.map_or(config.records.listen.clone(), str::to_string);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(
+        listener,
+        records_tls,
+        router,
+        until_stopped(stopped),
+    ));
+    Ok(Service {
+        addr,
         stop: Some(stop),
     })
 }

@@ -107,12 +107,6 @@ pub fn log_event(
 /// Most entries per audit slice.
 pub const MAX_AUDIT_SLICE: u64 = 512;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SliceQuery {
-    start: Option<u64>,
-}
-
 pub(crate) async fn audit_entries(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -120,44 +114,56 @@ pub(crate) async fn audit_entries(
 ) -> Result<Json<AuditSlice>, ApiError> {
     let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
     blocking(move || {
-        s.check_caller(&caller.id)?;
-        // The entries are sealed, but their policies name patients: they are
-        // for patients (who read their own) and auditors.
-        let is_patient = s
-            .directory
-            .facts()?
-            .member(&caller.id)
-            .is_some_and(|m| m.kind == "patient");
-        if !is_patient
-            && !s
-                .current_attributes(&caller.id)?
-                .iter()
-                .any(|a| attribute_name(a) == AUDITOR_ROLE)
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "the audit log is for patients and auditors",
-            ));
-        }
-        let log = s.trail.log();
-        let (size, _) = log
-            .sync()
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        let start = q.start.unwrap_or(0).min(size);
-        let end = (start + MAX_AUDIT_SLICE).min(size);
-        let entries = log
-            .entries(start..end)
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        Ok(AuditSlice {
-            start,
-            entries: entries.iter().map(|e| B64.encode(e)).collect(),
-            checkpoint: log
-                .latest_checkpoint()
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
-        })
+        let facts = s.directory.facts()?;
+        audit_slice(s.trail.log(), facts.member(&caller.id), &caller.id, q.start)
     })
     .await
     .map(Json)
+}
+
+/// Entries of `log` from `start` (at most [`MAX_AUDIT_SLICE`]) and its
+/// latest checkpoint, for `member` (the caller, as the directory knows it).
+/// The entries are sealed, but their policies name patients: they are for
+/// patients (who read their own) and auditors. Both services answer with it
+/// for their own log.
+pub fn audit_slice(
+    log: &asclepios_audit::Log<asclepios_store::Store>,
+    member: Option<&asclepios_api::directory::Member>,
+    caller: &str,
+    start: Option<u64>,
+) -> Result<AuditSlice, ApiError> {
+    crate::require_active(member, caller)?;
+    let may_read = member.is_some_and(|m| {
+        m.kind == "patient"
+            || m.attributes
+                .iter()
+                .any(|a| attribute_name(a) == AUDITOR_ROLE)
+    });
+    if !may_read {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the audit log is for patients and auditors",
+        ));
+    }
+    let unavailable =
+        |e: asclepios_audit::Error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let (size, _) = log.sync().map_err(unavailable)?;
+    let start = start.unwrap_or(0).min(size);
+    let end = (start + MAX_AUDIT_SLICE).min(size);
+    let entries = log.entries(start..end).map_err(unavailable)?;
+    Ok(AuditSlice {
+        start,
+        entries: entries.iter().map(|e| B64.encode(e)).collect(),
+        checkpoint: log.latest_checkpoint().map_err(unavailable)?,
+    })
+}
+
+/// Which entries of the log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceQuery {
+    /// The first entry wanted.
+    pub start: Option<u64>,
 }
 
 /// Logs an export (what profile, how many resources, to whom).

@@ -55,8 +55,21 @@ impl DirectoryView {
 
     /// The current facts: newer ones from the source if there are any,
     /// verified and not older than those held (503 otherwise). Blocks.
+    ///
+    /// One request at a time asks the source; a request that comes while
+    /// another is asking acts on the facts held (at most that one fetch
+    /// behind) instead of queueing behind it, so a burst of directory
+    /// changes (each makes the authority rebuild its facts) cannot stall
+    /// the service.
     pub fn facts(&self) -> Result<Arc<DirectoryFacts>, ApiError> {
-        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => match self.last() {
+                Some(held) => return Ok(held),
+                None => self.refreshing.lock().unwrap_or_else(|p| p.into_inner()),
+            },
+        };
         let held = self.last();
         let known = held.as_ref().map(|f| f.change);
         match self.source.fetch(known).map_err(unavailable)? {
@@ -71,6 +84,11 @@ impl DirectoryView {
                 Ok(facts)
             }
         }
+    }
+
+    /// Asks the source to fetch newer facts soon.
+    pub fn wake(&self) {
+        self.source.wake();
     }
 
     /// The facts last verified, without asking the source: what the audit
@@ -94,6 +112,7 @@ impl DirectoryView {
 pub struct PolledFacts {
     polled: RwLock<Polled>,
     max_age: Duration,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -115,9 +134,11 @@ impl PolledFacts {
     /// connection) on the current Tokio runtime; the task ends when the
     /// returned source is dropped.
     pub fn spawn(client: SignedClient, every: Duration, max_age: Duration) -> Arc<Self> {
+        let wake = Arc::new(tokio::sync::Notify::new());
         let source = Arc::new(PolledFacts {
             polled: RwLock::new(Polled::default()),
             max_age,
+            wake: wake.clone(),
         });
         let weak = Arc::downgrade(&source);
         tokio::spawn(async move {
@@ -132,7 +153,10 @@ impl PolledFacts {
                 let answer = poll(&client, known).await;
                 source.record(answer);
                 drop(source);
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = wake.notified() => {}
+                }
             }
         });
         source
@@ -208,6 +232,10 @@ async fn poll(
 }
 
 impl FactsSource for PolledFacts {
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     fn fetch(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String> {
         let polled = self.polled.read().unwrap_or_else(|p| p.into_inner());
         let fresh = polled
@@ -357,6 +385,7 @@ mod tests {
         let polled = |max_age| PolledFacts {
             polled: RwLock::new(Polled::default()),
             max_age,
+            wake: Default::default(),
         };
         let fresh = polled(Duration::from_secs(60));
         assert!(fresh.fetch(None).is_err(), "nothing polled yet");

@@ -38,12 +38,13 @@ use serde::Deserialize;
 mod audit;
 pub mod directory;
 mod guards;
+pub mod internal;
 mod openapi;
 mod search;
 mod stats;
 mod stored;
 
-pub use audit::{audit_outcome, log_event, log_outcome, MAX_AUDIT_SLICE};
+pub use audit::{audit_outcome, audit_slice, log_event, log_outcome, SliceQuery, MAX_AUDIT_SLICE};
 pub use directory::DirectoryView;
 pub use guards::{
     check_attested, identity_key_sha256, registered_key_guard, require_active,
@@ -67,6 +68,9 @@ pub struct RecordService {
     /// Who is who and holds what: the authority's signed facts, never the
     /// store's rows.
     directory: Arc<DirectoryView>,
+    /// The key authority's service identity, which alone may use the
+    /// internal routes (none: nobody may).
+    authority_identity: Option<String>,
     /// Directory kinds that must hold a current attestation to write
     /// (empty: attestation of components is not required).
     attested_kinds: Vec<String>,
@@ -121,8 +125,16 @@ impl RecordService {
             store,
             trail,
             directory,
+            authority_identity: None,
             attested_kinds: Vec::new(),
         }
+    }
+
+    /// Lets the key authority's service identity `identity` use the
+    /// internal routes (the services in processes of their own).
+    pub fn serving_authority(mut self, identity: &str) -> Self {
+        self.authority_identity = Some(identity.to_string());
+        self
     }
 
     /// Requires identities of these directory kinds (e.g. `device`) to hold
@@ -153,6 +165,26 @@ impl RecordService {
                 axum::routing::post(stats::publish_stats).get(stats::stats_values),
             )
             .route("/v1/audit/entries", get(audit::audit_entries))
+            .route(
+                "/v1/internal/wrappers/scan",
+                axum::routing::post(internal::scan_wrappers),
+            )
+            .route(
+                "/v1/internal/wrappers/replace",
+                axum::routing::post(internal::replace_wrapper),
+            )
+            .route(
+                "/v1/internal/records/version",
+                axum::routing::post(internal::record_version),
+            )
+            .route(
+                "/v1/internal/index/get",
+                axum::routing::post(internal::index_get),
+            )
+            .route(
+                "/v1/internal/index/write",
+                axum::routing::post(internal::index_write),
+            )
             .route(
                 "/v1/attestation/verdicts",
                 axum::routing::post(audit::attestation_verdict),
@@ -193,7 +225,36 @@ impl RecordService {
     /// The caller's attributes, each at its current version (as keys and
     /// policies carry them).
     fn current_attributes(&self, caller: &str) -> Result<Vec<String>, ApiError> {
-        Ok(self.directory.facts()?.current_attributes(caller).to_vec())
+        Ok(self
+            .directory
+            .facts()?
+            .live_attributes(caller, now() as i64))
+    }
+
+    /// 503 if `policy` names an attribute at a newer version than the facts
+    /// know: the authority has moved on (a revocation and its re-wrap) and
+    /// the facts will follow within a poll. Asks for them at once.
+    fn check_facts_current(
+        &self,
+        facts: &asclepios_api::DirectoryFacts,
+        policy: &asclepios_crypto::Policy,
+    ) -> Result<(), ApiError> {
+        let ahead = policy.leaves().into_iter().any(|leaf| {
+            let version = leaf
+                .rsplit_once("@v")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            version > facts.attribute_version(attribute_name(leaf))
+        });
+        if ahead {
+            self.directory.wake();
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the record service's copy of the directory is behind this record's policy (a \
+                 revocation just happened); retry in a moment",
+            ));
+        }
+        Ok(())
     }
 
     /// Who may write a patient's records, and under what: the writer holds
@@ -213,6 +274,7 @@ impl RecordService {
             ));
         }
         let facts = self.directory.facts()?;
+        self.check_facts_current(&facts, policy)?;
         let leaves = policy.leaves();
         for required in [format!("patient:{patient}"), format!("emergency:{patient}")] {
             if !leaves.iter().any(|l| attribute_name(l) == required) {
@@ -397,6 +459,7 @@ impl RecordService {
                 let held: std::collections::HashSet<String> =
                     self.current_attributes(&caller.id)?.into_iter().collect();
                 if !policy.is_satisfied_by(&|a| held.contains(a)) {
+                    self.check_facts_current(&*self.directory.facts()?, &policy)?;
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         format!(

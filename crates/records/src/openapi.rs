@@ -14,6 +14,15 @@ pub fn openapi_document() -> serde_json::Value {
         answer, array, base64, document, object, operation, string, uint, In,
     };
     let record = [("patient", In::Path, true), ("record_id", In::Path, true)];
+    let wrapper_key = object(
+        &[
+            ("patient", string()),
+            ("record_id", string()),
+            ("version", uint()),
+            ("slot", string()),
+        ],
+        &[],
+    );
     document(
         "asclepios record service",
         env!("CARGO_PKG_VERSION"),
@@ -98,6 +107,41 @@ pub fn openapi_document() -> serde_json::Value {
                 "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
                 &[],
                 Some(object(&[("subject", string()), ("trust", string()), ("summary", string())], &[])),
+                answer(),
+            )},
+            "/v1/internal/wrappers/scan": {"post": operation(
+                "Key wrappers after a given one (the key authority's service identity only).",
+                &[],
+                Some(object(&[("limit", uint())], &[("after", wrapper_key.clone())])),
+                answer(),
+            )},
+            "/v1/internal/wrappers/replace": {"post": operation(
+                "Replace a key wrapper still at an epoch with its re-wrap (the key authority only).",
+                &[],
+                Some(object(&[
+                    ("key", wrapper_key.clone()), ("expected_epoch", uint()),
+                    ("wrapper", base64()), ("new_epoch", uint()),
+                ], &[])),
+                answer(),
+            )},
+            "/v1/internal/records/version": {"post": operation(
+                "A stored record version as held, the latest without `version` (the key authority only).",
+                &[],
+                Some(object(&[("patient", string()), ("record_id", string())], &[("version", uint())])),
+                answer(),
+            )},
+            "/v1/internal/index/get": {"post": operation(
+                "Index values at addresses (the key authority only).",
+                &[],
+                Some(object(&[("addrs", array(base64(), 65_536))], &[])),
+                answer(),
+            )},
+            "/v1/internal/index/write": {"post": operation(
+                "Write index entries over what addresses held and delete addresses (the key authority only).",
+                &[],
+                Some(object(&[
+                    ("put", array(array(base64(), 2), 65_536)), ("delete", array(base64(), 65_536)),
+                ], &[])),
                 answer(),
             )},
         }),

@@ -117,6 +117,54 @@ impl Store {
         })
     }
 
+    /// Writes index entries (replacing what an address held) and deletes
+    /// addresses, in one transaction: the record service's half of an index
+    /// update, whose other half (the keyword states' compare-and-swap) the
+    /// key authority makes in its own store. Writing first and swapping
+    /// second makes a crash in between harmless: entries at addresses no
+    /// state reaches are never read, and the next update writes over them.
+    pub fn sse_index_write(
+        &self,
+        put: &[(Vec<u8>, Vec<u8>)],
+        delete: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let too_big = |b: &[u8]| b.is_empty() || b.len() > MAX_SSE_BYTES;
+        if put
+            .iter()
+            .any(|(a, v)| too_big(a) || v.len() > MAX_SSE_BYTES)
+            || delete.iter().any(|a| too_big(a))
+        {
+            return Err(StoreError::Invalid(format!(
+                "index addresses must be 1 to {MAX_SSE_BYTES} bytes, values at most {MAX_SSE_BYTES}"
+            )));
+        }
+        let replaced: Vec<Vec<u8>> = put.iter().map(|(a, _)| a.clone()).collect();
+        let rows: Vec<Vec<Value>> = put
+            .iter()
+            .map(|(a, v)| vec![a.as_slice().into(), v.as_slice().into()])
+            .collect();
+        self.transaction(|tx| {
+            for addrs in [delete, replaced.as_slice()] {
+                for chunk in addrs.chunks(ADDRS_PER_QUERY) {
+                    let placeholders: Vec<String> =
+                        (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
+                    tx.exec(
+                        &format!(
+                            "DELETE FROM sse_index WHERE addr IN ({})",
+                            placeholders.join(", ")
+                        ),
+                        &params,
+                    )?;
+                }
+            }
+            for chunk in rows.chunks(ADDRS_PER_QUERY) {
+                tx.insert_many("sse_index", &["addr", "value"], chunk)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Reads index entries; `None` where an address holds nothing.
     pub fn sse_get(&self, addrs: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         self.select_by_key("sse_index", "addr", "value", addrs)

@@ -1,0 +1,310 @@
+//! What the key authority needs of the record service's store, and nothing
+//! more: scanning and replacing key wrappers (re-wraps after a revocation),
+//! reading a record version (who authored it), and reading and writing the
+//! encrypted index (search updates and compactions).
+//!
+//! In one process this is the record service's store itself
+//! ([`LocalRecords`]); with the services apart it is the record service's
+//! API over mutual TLS. Either way the authority never reads another table
+//! of the record service, and the record service never reads one of the
+//! authority's.
+
+use asclepios_store::{RecordVersion, Store, WrapperRow};
+
+/// The record service's data, as the authority reaches it.
+pub trait RecordAccess: Send + Sync {
+    /// Up to `limit` wrappers after `after`, in a stable order.
+    fn scan_wrappers(
+        &self,
+        after: Option<&WrapperRow>,
+        limit: usize,
+    ) -> Result<Vec<WrapperRow>, String>;
+
+    /// A record version (the latest if `version` is `None`).
+    fn record_version(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<RecordVersion>, String>;
+
+    /// Replaces a wrapper if it is still at `expected_epoch`; whether it was.
+    #[allow(clippy::too_many_arguments)]
+    fn replace_wrapper(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        slot: &str,
+        expected_epoch: u64,
+        bytes: &[u8],
+        new_epoch: u64,
+    ) -> Result<bool, String>;
+
+    /// The index values at `addrs` (`None` where there is nothing).
+    fn index_get(&self, addrs: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String>;
+
+    /// Writes index entries (over what an address held) and deletes
+    /// addresses.
+    fn index_write(&self, put: &[(Vec<u8>, Vec<u8>)], delete: &[Vec<u8>]) -> Result<(), String>;
+}
+
+/// The record service's store, in the same process.
+#[derive(Clone, Debug)]
+pub struct LocalRecords(pub Store);
+
+impl RecordAccess for LocalRecords {
+    fn scan_wrappers(
+        &self,
+        after: Option<&WrapperRow>,
+        limit: usize,
+    ) -> Result<Vec<WrapperRow>, String> {
+        self.0
+            .scan_wrappers(after, limit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn record_version(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<RecordVersion>, String> {
+        self.0
+            .record_version(patient, record_id, version)
+            .map_err(|e| e.to_string())
+    }
+
+    fn replace_wrapper(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        slot: &str,
+        expected_epoch: u64,
+        bytes: &[u8],
+        new_epoch: u64,
+    ) -> Result<bool, String> {
+        self.0
+            .replace_wrapper(
+                patient,
+                record_id,
+                version,
+                slot,
+                expected_epoch,
+                bytes,
+                new_epoch,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    fn index_get(&self, addrs: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        self.0.sse_get(addrs).map_err(|e| e.to_string())
+    }
+
+    fn index_write(&self, put: &[(Vec<u8>, Vec<u8>)], delete: &[Vec<u8>]) -> Result<(), String> {
+        self.0
+            .sse_index_write(put, delete)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The record service's API over mutual TLS, as the authority's service
+/// identity (the services in processes of their own). Calls block the
+/// calling thread (a blocking one: handlers and the sweeper run there).
+#[derive(Debug)]
+pub struct RemoteRecords {
+    client: asclepios_net::client::SignedClient,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Entries per index write request: large imports go in several.
+const INDEX_CHUNK: usize = 4096;
+
+impl RemoteRecords {
+    /// Calls through `client` on `runtime`.
+    pub fn new(
+        client: asclepios_net::client::SignedClient,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        RemoteRecords { client, runtime }
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, String> {
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.runtime.block_on(async {
+            let response = self
+                .client
+                .send(reqwest::Method::POST, path, body)
+                .await
+                .map_err(|e| format!("the record service: {e}"))?;
+            let status = response.status();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| format!("the record service: {e}"))?;
+            if !status.is_success() {
+                return Err(format!(
+                    "the record service answered {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+                ));
+            }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("the record service's answer is malformed: {e}"))
+        })
+    }
+}
+
+fn decoded(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| "the record service sent bytes that are not base64".to_string())
+}
+
+fn encoded(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+impl RecordAccess for RemoteRecords {
+    fn scan_wrappers(
+        &self,
+        after: Option<&WrapperRow>,
+        limit: usize,
+    ) -> Result<Vec<WrapperRow>, String> {
+        use asclepios_api::internal::{WrapperKey, WrapperOut, WrapperScan, MAX_SCAN};
+        let page: Vec<WrapperOut> = self.call(
+            "/v1/internal/wrappers/scan",
+            &WrapperScan {
+                after: after.map(|w| WrapperKey {
+                    patient: w.patient.clone(),
+                    record_id: w.record_id.clone(),
+                    version: w.version,
+                    slot: w.wrapper.slot.clone(),
+                }),
+                limit: limit.clamp(1, MAX_SCAN),
+            },
+        )?;
+        page.into_iter()
+            .map(|w| {
+                Ok(WrapperRow {
+                    patient: w.key.patient,
+                    record_id: w.key.record_id,
+                    version: w.key.version,
+                    wrapper: asclepios_store::Wrapper {
+                        slot: w.key.slot,
+                        bytes: decoded(&w.wrapper)?,
+                        epoch: w.epoch,
+                        updated_at: w.updated_at,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn record_version(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<RecordVersion>, String> {
+        use asclepios_api::internal::{StoredVersion, VersionQuery};
+        let found: Option<StoredVersion> = self.call(
+            "/v1/internal/records/version",
+            &VersionQuery {
+                patient: patient.into(),
+                record_id: record_id.into(),
+                version,
+            },
+        )?;
+        found
+            .map(|v| {
+                Ok(RecordVersion {
+                    patient: v.patient,
+                    record_id: v.record_id,
+                    version: v.version,
+                    body: decoded(&v.body)?,
+                    created_at: v.created_at,
+                })
+            })
+            .transpose()
+    }
+
+    fn replace_wrapper(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        slot: &str,
+        expected_epoch: u64,
+        bytes: &[u8],
+        new_epoch: u64,
+    ) -> Result<bool, String> {
+        use asclepios_api::internal::{WrapperKey, WrapperReplacement};
+        self.call(
+            "/v1/internal/wrappers/replace",
+            &WrapperReplacement {
+                key: WrapperKey {
+                    patient: patient.into(),
+                    record_id: record_id.into(),
+                    version,
+                    slot: slot.into(),
+                },
+                expected_epoch,
+                wrapper: encoded(bytes),
+                new_epoch,
+            },
+        )
+    }
+
+    fn index_get(&self, addrs: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        use asclepios_api::internal::IndexGet;
+        let mut out = Vec::with_capacity(addrs.len());
+        for chunk in addrs.chunks(INDEX_CHUNK) {
+            let values: Vec<Option<String>> = self.call(
+                "/v1/internal/index/get",
+                &IndexGet {
+                    addrs: chunk.iter().map(|a| encoded(a)).collect(),
+                },
+            )?;
+            if values.len() != chunk.len() {
+                return Err("the record service answered another number of index values".into());
+            }
+            for v in values {
+                out.push(v.as_deref().map(decoded).transpose()?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn index_write(&self, put: &[(Vec<u8>, Vec<u8>)], delete: &[Vec<u8>]) -> Result<(), String> {
+        use asclepios_api::internal::IndexWrite;
+        for chunk in put.chunks(INDEX_CHUNK) {
+            let () = self.call(
+                "/v1/internal/index/write",
+                &IndexWrite {
+                    put: chunk
+                        .iter()
+                        .map(|(a, v)| (encoded(a), encoded(v)))
+                        .collect(),
+                    delete: Vec::new(),
+                },
+            )?;
+        }
+        for chunk in delete.chunks(INDEX_CHUNK) {
+            let () = self.call(
+                "/v1/internal/index/write",
+                &IndexWrite {
+                    put: Vec::new(),
+                    delete: chunk.iter().map(|a| encoded(a)).collect(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+}

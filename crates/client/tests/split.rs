@@ -1,0 +1,276 @@
+//! The two trust domains apart: the key authority serves from its data
+//! directory, the record service from a directory of its own, each on its
+//! own store, talking over mutual TLS as their service identities. Records
+//! are written, read, searched and revoked; the patient reads both logs;
+//! and the record service's directory holds no secret of the authority's.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use asclepios_client::{Client, ClientError};
+use asclepios_deploy::init::init;
+use asclepios_deploy::serve::{start_authority, start_records};
+use asclepios_deploy::split::write_records_dir;
+use asclepios_deploy::{keys, Config};
+use asclepios_fhir::synth::Generator;
+use common::contains;
+
+struct Split {
+    _tmp: tempfile::TempDir,
+    authority_dir: PathBuf,
+    records_dir: PathBuf,
+    authority_url: String,
+    records_url: String,
+    _services: (
+        asclepios_deploy::serve::Service,
+        asclepios_deploy::serve::Service,
+    ),
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn split() -> Split {
+    let tmp = tempfile::tempdir().unwrap();
+    let authority_dir = tmp.path().join("authority");
+    let records_dir = tmp.path().join("records");
+    let (a, r) = (authority_dir.clone(), records_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut config = Config::development();
+        config.emergency.grant_seconds = 3;
+        init(&a, &config)?;
+        write_records_dir(&a, &r)
+    })
+    .await
+    .unwrap()
+    .expect("init writes both directories");
+    let (ap, rp) = (free_port(), free_port());
+    let authority_url = format!("https://localhost:{ap}");
+    let records_url = format!("https://localhost:{rp}");
+    let records = start_records(
+        &records_dir,
+        Some(&format!("127.0.0.1:{rp}")),
+        &authority_url,
+    )
+    .await
+    .unwrap();
+    let authority = start_authority(
+        &authority_dir,
+        Some(&format!("127.0.0.1:{ap}")),
+        &records_url,
+    )
+    .await
+    .unwrap();
+    Split {
+        _tmp: tmp,
+        authority_dir,
+        records_dir,
+        authority_url,
+        records_url,
+        _services: (authority, records),
+    }
+}
+
+fn client(s: &Split, id: &str) -> Client {
+    Client::connect(&s.authority_dir, id, &s.authority_url, &s.records_url).unwrap()
+}
+
+/// Retries `f` while the record service still waits for the authority's
+/// first facts (503), for at most a few seconds.
+async fn once_up<T, F: std::future::Future<Output = Result<T, ClientError>>>(
+    mut f: impl FnMut() -> F,
+) -> Result<T, ClientError> {
+    for _ in 0..100 {
+        match f().await {
+            Err(ClientError::Refused { status: 503, .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => return other,
+        }
+    }
+    f().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_services_apart_play_every_part() {
+    let s = split().await;
+    let mut generator = Generator::new(7);
+    let bundle = generator.patient(1);
+    let pid = bundle.patient_id().to_string();
+    let observation = generator.blood_pressure(&pid);
+    let record_id = observation["id"].as_str().unwrap().to_string();
+    let policy = Config::load(&s.authority_dir).unwrap().default_policy(&pid);
+
+    let mut heart = client(&s, "dr-heart");
+    heart.refresh_key().await.unwrap();
+    once_up(|| heart.put_record(&pid, &record_id, 1, &observation, &policy))
+        .await
+        .expect("the record service takes a record once it has the facts");
+
+    let mut patient = client(&s, &pid);
+    patient.refresh_key().await.unwrap();
+    let (read, _) = patient.get_record(&pid, &record_id).await.unwrap();
+    assert_eq!(read, observation);
+
+    // Search: the authority wrote the index into the record service's store.
+    let found = heart.search("type:Observation").await.unwrap();
+    assert!(found.iter().any(|m| m.record_id == record_id), "{found:?}");
+
+    // The nurse reads, then is taken off the care team: the authority
+    // re-wraps through the record service, whose view of the directory
+    // follows within a poll.
+    let mut nurse = client(&s, "nurse-ward");
+    nurse.refresh_key().await.unwrap();
+    nurse.get_record(&pid, &record_id).await.unwrap();
+    let (stale_wrapper, _) = nurse.get_sealed(&pid, &record_id).await.unwrap();
+    let admin = client(&s, "admin-ada");
+    let change = admin
+        .set_identity_attributes(
+            "nurse-ward",
+            &["role:nurse".into(), "dept:cardiology".into()],
+        )
+        .await
+        .unwrap();
+    assert!(change.revocation.rewrapped >= 1, "{change:?}");
+    let mut refused = false;
+    for _ in 0..50 {
+        match nurse.get_record(&pid, &record_id).await {
+            Err(ClientError::Refused { status: 403, .. }) => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(refused, "the record service still serves the revoked nurse");
+    // Until its facts catch up with the re-wrapped policy, the record
+    // service answers 503 rather than refuse the care team.
+    let (rewrapped, _) = once_up(|| heart.get_sealed(&pid, &record_id))
+        .await
+        .unwrap();
+    assert_ne!(
+        rewrapped.wrapper, stale_wrapper.wrapper,
+        "the wrapper was re-wrapped"
+    );
+    assert!(
+        nurse.open(&rewrapped).is_err(),
+        "the nurse's old key opens the re-wrapped record"
+    );
+
+    // Break-glass is logged by the authority, in its own log, and the
+    // patient reads it there as well as the reads in the record service's.
+    let mut er = client(&s, "dr-er");
+    er.refresh_key().await.unwrap();
+    er.break_glass(&pid, "unconscious").await.unwrap();
+    let views = patient.audit_views().await.unwrap();
+    assert_eq!(views.len(), 2, "two logs, each under its own key");
+    assert_ne!(views[0].checkpoint.origin, views[1].checkpoint.origin);
+    let events = patient.audit_events().await.unwrap();
+    assert!(events.iter().any(|e| e.emergency), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.actor == "dr-heart" && e.resource.contains(&record_id)),
+        "{events:?}"
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A secret, as raw bytes and as the text encodings it could be written in.
+fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    vec![
+        secret.to_vec(),
+        hex::encode(secret).into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(secret)
+            .into_bytes(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_record_service_directory_holds_no_authority_secret() {
+    let s = split().await;
+    // Exercise it first: whatever the record service writes while working
+    // is scanned too (its store, its log).
+    let mut generator = Generator::new(3);
+    let bundle = generator.patient(1);
+    let pid = bundle.patient_id().to_string();
+    let policy = Config::load(&s.authority_dir).unwrap().default_policy(&pid);
+    let mut heart = client(&s, "dr-heart");
+    heart.refresh_key().await.unwrap();
+    once_up(|| heart.put_record(&pid, &pid, 1, &bundle.patient, &policy))
+        .await
+        .unwrap();
+
+    let a = s.authority_dir.clone();
+    let mut secrets: Vec<(String, Vec<u8>)> = vec![
+        (
+            "the ABE master secret".into(),
+            keys::abe_master_key(&a).unwrap().to_bytes().to_vec(),
+        ),
+        (
+            "the search key".into(),
+            keys::sse_key(&a).unwrap().to_bytes().to_vec(),
+        ),
+        (
+            "the statistics key".into(),
+            keys::stats_key(&a).unwrap().to_vec(),
+        ),
+        (
+            "the sealing key".into(),
+            std::fs::read(Config::load(&a).unwrap().seal_key_file(&a).unwrap()).unwrap(),
+        ),
+    ];
+    // Every private key file the authority's directory holds: the CA, the
+    // authority's issuer, its log's signer, every identity's.
+    for path in files(&a) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        // (The record service's own TLS key is its own, not the authority's.)
+        if name.ends_with(".key") && name != "abe-public.key" && name != "records.key" {
+            secrets.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+        if name.ends_with(".sealed") {
+            secrets.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(secrets.len() > 12, "the scan found the authority's keys");
+    let scanned = files(&s.records_dir);
+    assert!(
+        scanned
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "db")),
+        "the record service's own store is in its directory: {scanned:?}"
+    );
+    for file in &scanned {
+        let bytes = std::fs::read(file).unwrap();
+        for (what, secret) in &secrets {
+            for form in forms(secret) {
+                assert!(!contains(&bytes, &form), "{} holds {what}", file.display());
+            }
+        }
+    }
+    // Nor does it hold the record service's identity key twice: it left the
+    // authority's directory.
+    assert!(!a.join("identities/svc-records.key").exists());
+}
