@@ -241,6 +241,12 @@ pub trait FactsSource: Send + Sync {
     /// The caller has seen signs of newer facts (a wrapper under newer
     /// attribute versions): fetch soon rather than at the next poll.
     fn wake(&self) {}
+
+    /// Like [`FactsSource::fetch`], but asks the authority now rather than
+    /// answering from the last poll (before refusing someone). Blocks.
+    fn fetch_now(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String> {
+        self.fetch(known)
+    }
 }
 
 /// Whether `hex_key` is the 32-byte key `key` (for comparing a certificate's

@@ -1,11 +1,11 @@
-//! The demo's second part: the whole platform, in-process, over real mutual
-//! TLS on localhost with a temporary SQLite store.
+//! The demo's second part: the whole platform over real mutual TLS on
+//! localhost, the key authority and the record service as two processes,
+//! each with its own directory and SQLite store.
 
 use anyhow::Context;
 use asclepios_audit::{Action, Checkpoint};
 use asclepios_client::{Client, ClientError};
-use asclepios_deploy::directory::Directory;
-use asclepios_deploy::serve::{start, Listen, AUDIT_LOG_ID};
+use asclepios_deploy::serve::AUDIT_LOG_ID;
 use asclepios_deploy::{init::init, keys, Config};
 use asclepios_fhir::synth::Generator;
 
@@ -33,30 +33,46 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
     story.section("8. A deployment: CA, certificates, a sample hospital, services on localhost");
     let tmp = std::env::temp_dir().join(format!("asclepios-demo-platform-{}", std::process::id()));
     let _cleanup = Remove(tmp.clone());
-    let dir = tmp.join("deployment");
-    let d = dir.clone();
-    let members = tokio::task::spawn_blocking(move || init(&d, &Config::development())).await??;
+    let dir = tmp.join("authority");
+    let records_dir = tmp.join("records");
+    let mut config = Config::development();
+    config.authority.listen = format!("127.0.0.1:{}", free_port()?);
+    config.records.listen = format!("127.0.0.1:{}", free_port()?);
+    let (d, r, c) = (dir.clone(), records_dir.clone(), config.clone());
+    let members = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let members = init(&d, &c)?;
+        asclepios_deploy::split::write_records_dir(&d, &r)?;
+        Ok(members)
+    })
+    .await??;
     for m in &members {
         let attrs: Vec<&str> = m.attributes.iter().map(|(a, _)| a.as_str()).collect();
         story.note(&format!("{:<16} {}", m.identity.id, attrs.join(", ")));
     }
-    let listen = Listen {
-        authority: Some("127.0.0.1:0".into()),
-        records: Some("127.0.0.1:0".into()),
-    };
-    let services = start(&dir, &listen).await?;
+    // Two processes, two directories: the record service's holds no secret
+    // of the authority's.
+    let services = Children(vec![
+        serve("authority", &dir)?,
+        serve("records", &records_dir)?,
+    ]);
+    for listen in [&config.authority.listen, &config.records.listen] {
+        wait_for(listen).await?;
+    }
+    // The record service serves once it holds the authority's first facts.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
+    ))
+    .await;
+    let authority_url = asclepios_deploy::serve::local_url(&config.authority.listen);
+    let records_url = asclepios_deploy::serve::local_url(&config.records.listen);
     story.note(&format!(
-        "key authority https://{} and record service https://{}: TLS 1.3, client certificates required",
-        services.authority, services.records
+        "key authority {authority_url} (process {}) and record service {records_url} (process {}): \
+         TLS 1.3, client certificates required, each on its own store",
+        services.0[0].id(),
+        services.0[1].id()
     ));
-    let connect = |id: &str| {
-        Client::connect(
-            &dir,
-            id,
-            &format!("https://localhost:{}", services.authority.port()),
-            &format!("https://localhost:{}", services.records.port()),
-        )
-    };
+    let connect = |id: &str| Client::connect(&dir, id, &authority_url, &records_url);
+    let admin = connect("admin-ada")?;
 
     story.section("9. The lab imports synthetic records, sealed on its side");
     let mut generator = Generator::new(seed);
@@ -168,16 +184,19 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         nurse.get_record(&pid, &record).await.is_ok(),
         "before: the nurse reads it",
     );
-    let d = dir.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        Directory::open(&d)?.set_attributes("nurse-ward", &["role:nurse".to_string()])
-    })
-    .await??;
+    let done = admin
+        .set_identity_attributes("nurse-ward", &["role:nurse".to_string()])
+        .await?;
     story.note(&format!(
-        "revoked {}; {} record keys re-wrapped",
-        done.revoked.join(", "),
-        done.rewrapped
+        "an administrator revokes {}; the authority re-wraps {} record keys at the record service",
+        done.revocation.revoked.join(", "),
+        done.revocation.rewrapped
     ));
+    // The record service learns of it within a poll of the directory.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
+    ))
+    .await;
     nurse.refresh_key().await?;
     story.expect(
         nurse.get_record(&pid, &record).await.is_err(),
@@ -237,14 +256,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         ),
         Ok(_) => story.expect(false, "the glass broke for the wrong person"),
     }
-    let d = dir.clone();
-    let queue = tokio::task::spawn_blocking(move || {
-        Directory::open(&d)?
-            .store()
-            .unreviewed_emergency_grants()
-            .map_err(anyhow::Error::from)
-    })
-    .await??;
+    let queue = connect("auditor-ann")?.emergency_reviews().await?;
     story.expect(
         queue.len() == 1,
         "the grant waits in the auditors' review queue",
@@ -341,8 +353,11 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         heart.get_record(&pid, &record).await.is_err(),
         &format!("{pid} erases it: {n} key wrapper destroyed, nobody can open it"),
     );
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || Directory::open(&d)?.disable("researcher-rita")).await??;
+    admin.disable_identity("researcher-rita").await?;
+    tokio::time::sleep(std::time::Duration::from_millis(
+        2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
+    ))
+    .await;
     match rita.list_records(&pid).await {
         Err(e) => story.expect(
             true,
@@ -386,33 +401,81 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
          `asclepios attest verify https://...` prints the same appraisal",
     );
 
-    story.section("19. An auditor verifies the whole audit log");
-    let d = dir.clone();
-    let (size, verified) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
-        let config = Config::load(&d)?;
-        let store = config.open_store(&d)?;
-        let verifier = keys::log_verifier(&d)?;
-        let note = asclepios_audit::LogStore::log_latest_checkpoint(&store, AUDIT_LOG_ID)?
-            .context("a checkpoint")?
-            .1;
-        let cp = Checkpoint::verify(&note, &verifier)?;
-        let ok = asclepios_audit::log::audit_entries(
-            &store,
-            AUDIT_LOG_ID,
-            &config.audit.origin,
-            &note,
-            &verifier,
-        )
-        .is_ok();
-        Ok((cp.size, ok))
-    })
-    .await??;
-    story.expect(
-        verified,
-        &format!("{size} entries re-hashed: they match the signed checkpoint"),
-    );
+    story.section("19. An auditor verifies both audit logs, each under its own key");
+    for (name, d) in [
+        ("key authority", dir.clone()),
+        ("record service", records_dir.clone()),
+    ] {
+        let (size, verified) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
+                let config = Config::load(&d)?;
+                let store = config.open_store(&d)?;
+                let verifier = keys::log_verifier(&d)?;
+                let note = asclepios_audit::LogStore::log_latest_checkpoint(&store, AUDIT_LOG_ID)?
+                    .context("a checkpoint")?
+                    .1;
+                let cp = Checkpoint::verify(&note, &verifier)?;
+                let ok = asclepios_audit::log::audit_entries(
+                    &store,
+                    AUDIT_LOG_ID,
+                    &config.audit.origin,
+                    &note,
+                    &verifier,
+                )
+                .is_ok();
+                Ok((cp.size, ok))
+            })
+            .await??;
+        story.expect(
+            verified,
+            &format!(
+                "the {name}'s log: {size} entries re-hashed, they match its signed checkpoint"
+            ),
+        );
+    }
     drop(services);
     Ok(())
+}
+
+/// A port free now on localhost.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `asclepios serve <which> --dir <dir>` as a child process.
+fn serve(which: &str, dir: &std::path::Path) -> anyhow::Result<std::process::Child> {
+    std::process::Command::new(std::env::current_exe().context("finding this program")?)
+        .args(["serve", which, "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting `asclepios serve {which}`"))
+}
+
+/// Waits until something listens on `addr`.
+async fn wait_for(addr: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("nothing listens on {addr} after 10 s")
+}
+
+/// Child processes, killed when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 struct Remove(std::path::PathBuf);

@@ -22,11 +22,16 @@ fn demo_runs_and_every_expectation_holds() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("is refused"), "{stdout}");
     assert!(stdout.contains("Emergency Override Started"), "{stdout}");
-    // Part 2 runs the platform over mutual TLS and ends with the log verified.
-    assert!(
-        stdout.contains("entries re-hashed: they match the signed checkpoint"),
-        "{stdout}"
-    );
+    // Part 2 runs the platform over mutual TLS, the two services as two
+    // processes, and ends with both logs verified.
+    assert!(stdout.contains("(process "), "{stdout}");
+    for log in ["the key authority's log", "the record service's log"] {
+        assert!(
+            stdout.contains(&format!("{log}: "))
+                && stdout.contains("they match its signed checkpoint"),
+            "{log}: {stdout}"
+        );
+    }
     assert!(stdout.contains("re-wrapped"), "{stdout}");
 }
 

@@ -86,6 +86,24 @@ impl DirectoryView {
         }
     }
 
+    /// Asks the authority for newer facts now; whether there were any (then
+    /// they are held). Blocks.
+    pub fn refresh_now(&self) -> Result<bool, ApiError> {
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.last().map(|f| f.change);
+        match self.source.fetch_now(known).map_err(unavailable)? {
+            None => Ok(false),
+            Some(signed) => {
+                let facts = signed
+                    .verify_after(&self.authority, known.unwrap_or(0))
+                    .map_err(unavailable)?;
+                let newer = Some(facts.change) != known;
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(facts));
+                Ok(newer)
+            }
+        }
+    }
+
     /// Asks the source to fetch newer facts soon.
     pub fn wake(&self) {
         self.source.wake();
@@ -113,6 +131,7 @@ pub struct PolledFacts {
     polled: RwLock<Polled>,
     max_age: Duration,
     wake: Arc<tokio::sync::Notify>,
+    client: Option<Arc<SignedClient>>,
 }
 
 #[derive(Debug, Default)]
@@ -135,10 +154,12 @@ impl PolledFacts {
     /// returned source is dropped.
     pub fn spawn(client: SignedClient, every: Duration, max_age: Duration) -> Arc<Self> {
         let wake = Arc::new(tokio::sync::Notify::new());
+        let client = Arc::new(client);
         let source = Arc::new(PolledFacts {
             polled: RwLock::new(Polled::default()),
             max_age,
             wake: wake.clone(),
+            client: Some(client.clone()),
         });
         let weak = Arc::downgrade(&source);
         tokio::spawn(async move {
@@ -234,6 +255,17 @@ async fn poll(
 impl FactsSource for PolledFacts {
     fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    fn fetch_now(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String> {
+        let (Some(client), Ok(runtime)) = (&self.client, tokio::runtime::Handle::try_current())
+        else {
+            return self.fetch(known);
+        };
+        let answer = runtime.block_on(poll(client, known));
+        let newer = answer.clone();
+        self.record(answer);
+        newer.map(|n| n.map(|(_, signed)| signed))
     }
 
     fn fetch(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String> {
@@ -386,6 +418,7 @@ mod tests {
             polled: RwLock::new(Polled::default()),
             max_age,
             wake: Default::default(),
+            client: None,
         };
         let fresh = polled(Duration::from_secs(60));
         assert!(fresh.fetch(None).is_err(), "nothing polled yet");

@@ -333,11 +333,19 @@ impl RecordService {
         resource: String,
         patient: &str,
         v: &Verified,
-        work: impl FnOnce() -> Result<T, ApiError>,
+        work: impl Fn() -> Result<T, ApiError>,
     ) -> Result<WithReceipt<T>, ApiError> {
         // A name that cannot go into an event is refused before anything.
         check_name("patient", patient)?;
-        let result = self.check_caller(caller).and_then(|()| work());
+        let mut result = self.check_caller(caller).and_then(|()| work());
+        // A refusal is decided on the authority's current facts, not on a
+        // copy up to a poll old (a consent just granted, an identity just
+        // registered): refused work has changed nothing, so it runs again.
+        if matches!(&result, Err(e) if e.status == StatusCode::FORBIDDEN)
+            && self.directory.refresh_now()?
+        {
+            result = self.check_caller(caller).and_then(|()| work());
+        }
         // Under an active break-glass grant, the access is logged as emergency
         // treatment: loudly, for the patient and the auditors.
         let now = now() as i64;

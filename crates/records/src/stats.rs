@@ -61,7 +61,17 @@ pub(crate) async fn publish_stats(
                     "publish 1 to {MAX_STATS_VALUES} values at a time"
                 )));
             }
-            let facts = s.directory.facts()?;
+            let mut facts = s.directory.facts()?;
+            let owns_all = |f: &asclepios_api::DirectoryFacts| {
+                req.values
+                    .iter()
+                    .all(|(slot, _)| f.slot_owner(&req.study, *slot) == Some(caller.id.as_str()))
+            };
+            // Slots just allocated may be newer than the facts held: refuse
+            // only on the authority's current ones.
+            if !owns_all(&facts) && s.directory.refresh_now()? {
+                facts = s.directory.facts()?;
+            }
             let mut rows = Vec::with_capacity(req.values.len());
             for (slot, ct) in &req.values {
                 if facts.slot_owner(&req.study, *slot) != Some(caller.id.as_str()) {
