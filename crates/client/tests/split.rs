@@ -37,7 +37,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn split() -> Split {
+async fn split(postgres: bool) -> Split {
     let tmp = tempfile::tempdir().unwrap();
     let authority_dir = tmp.path().join("authority");
     let records_dir = tmp.path().join("records");
@@ -45,6 +45,16 @@ async fn split() -> Split {
     tokio::task::spawn_blocking(move || {
         let mut config = Config::development();
         config.emergency.grant_seconds = 3;
+        if postgres {
+            // Each service on a schema of its own (the record service's is
+            // `<schema>_records`).
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            config.store.url = common::pg_url();
+            config.store.schema = Some(format!("asclepios_split_{}_{nanos}", std::process::id()));
+        }
         init(&a, &config)?;
         write_records_dir(&a, &r)
     })
@@ -99,8 +109,17 @@ async fn once_up<T, F: std::future::Future<Output = Result<T, ClientError>>>(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_services_apart_play_every_part() {
-    let s = split().await;
+async fn the_services_apart_play_every_part_on_sqlite() {
+    the_services_apart_play_every_part(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_services_apart_play_every_part_on_postgres() {
+    the_services_apart_play_every_part(true).await;
+}
+
+async fn the_services_apart_play_every_part(postgres: bool) {
+    let s = split(postgres).await;
     let mut generator = Generator::new(7);
     let bundle = generator.patient(1);
     let pid = bundle.patient_id().to_string();
@@ -210,7 +229,7 @@ fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_record_service_directory_holds_no_authority_secret() {
-    let s = split().await;
+    let s = split(false).await;
     // Exercise it first: whatever the record service writes while working
     // is scanned too (its store, its log).
     let mut generator = Generator::new(3);
