@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use asclepios_client::Client;
 use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
-use asclepios_deploy::serve::{start, Listen, Services};
+use asclepios_deploy::serve::{start_authority, start_records, Service};
 use asclepios_deploy::{init::init, Config};
 use asclepios_fhir::synth::Generator;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -20,10 +20,13 @@ use crate::timing::{self, Budget};
 
 const PATIENT: &str = "pat-00000";
 
+/// The two services apart, each on its own directory and store, talking
+/// over mutual TLS as in production.
 struct Bench {
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
-    services: Services,
+    _services: (Service, Service),
+    ports: [u16; 2],
 }
 
 impl Bench {
@@ -31,10 +34,16 @@ impl Bench {
         Ok(Client::connect(
             &self.dir,
             id,
-            &format!("https://localhost:{}", self.services.authority.port()),
-            &format!("https://localhost:{}", self.services.records.port()),
+            &format!("https://localhost:{}", self.ports[0]),
+            &format!("https://localhost:{}", self.ports[1]),
         )?)
     }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Runs `op` on `clients` concurrent tasks for the budget's time; returns
@@ -83,18 +92,38 @@ pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
 
 async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("deployment");
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &Config::development())).await??;
-    let listen = Listen {
-        authority: Some("127.0.0.1:0".into()),
-        records: Some("127.0.0.1:0".into()),
-    };
-    let services = start(&dir, &listen).await?;
+    let dir = tmp.path().join("authority");
+    let records_dir = tmp.path().join("records");
+    let (d, r) = (dir.clone(), records_dir.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        init(&d, &Config::development())?;
+        asclepios_deploy::split::write_records_dir(&d, &r)?;
+        Ok(())
+    })
+    .await??;
+    let ports = [free_port()?, free_port()?];
+    let records = start_records(
+        &records_dir,
+        Some(&format!("127.0.0.1:{}", ports[1])),
+        &format!("https://localhost:{}", ports[0]),
+    )
+    .await?;
+    let authority = start_authority(
+        &dir,
+        Some(&format!("127.0.0.1:{}", ports[0])),
+        &format!("https://localhost:{}", ports[1]),
+    )
+    .await?;
+    // The record service serves once it holds the authority's first facts.
+    tokio::time::sleep(Duration::from_millis(
+        2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
+    ))
+    .await;
     let bench = Bench {
         _tmp: tmp,
         dir,
-        services,
+        _services: (authority, records),
+        ports,
     };
     let config = Config::load(&bench.dir)?;
     let mut generator = Generator::new(11);

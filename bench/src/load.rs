@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use asclepios_client::Client;
-use asclepios_deploy::serve::{start, Listen};
+use asclepios_deploy::serve::{start_authority, start_records};
 use asclepios_deploy::{init::init, Config};
 use asclepios_fhir::synth::Generator;
 use rand_core::RngCore;
@@ -90,64 +90,94 @@ impl Op {
 }
 
 /// The hidden `__serve DIR` mode: the deployment's services until killed.
-pub fn serve_child(dir: &Path) -> anyhow::Result<()> {
+/// `__serve-authority DIR` or `__serve-records DIR`: one service in this
+/// process, reaching the other at its configured port.
+pub fn serve_child(which: &str, dir: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let _services = start(dir, &Listen::default()).await?;
+        use asclepios_deploy::serve::local_url;
+        let config = Config::load(dir)?;
+        let _service = if which == "authority" {
+            start_authority(dir, None, &local_url(&config.records.listen)).await?
+        } else {
+            start_records(dir, None, &local_url(&config.authority.listen)).await?
+        };
         std::future::pending::<()>().await;
         Ok(())
     })
 }
 
+/// The two services as two processes, each from its own directory.
 struct Served {
-    child: Child,
+    children: Vec<Child>,
 }
 
 impl Served {
-    fn start(dir: &Path, ports: [u16; 2]) -> anyhow::Result<Served> {
-        let child = Command::new(std::env::current_exe()?)
-            .arg("__serve")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the services' process")?;
-        let mut served = Served { child };
+    fn start(authority_dir: &Path, records_dir: &Path, ports: [u16; 2]) -> anyhow::Result<Served> {
+        let mut served = Served {
+            children: Vec::new(),
+        };
+        for (mode, dir) in [
+            ("__serve-authority", authority_dir),
+            ("__serve-records", records_dir),
+        ] {
+            served.children.push(
+                Command::new(std::env::current_exe()?)
+                    .arg(mode)
+                    .arg(dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .with_context(|| format!("starting {mode}"))?,
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ports
             .iter()
             .all(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())
         {
-            if let Some(status) = served.child.try_wait()? {
-                bail!("the services' process exited with {status}");
+            for child in &mut served.children {
+                if let Some(status) = child.try_wait()? {
+                    bail!("a service's process exited with {status}");
+                }
             }
             if Instant::now() > deadline {
                 bail!("the services did not listen within 60 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The record service serves once it holds the authority's facts.
+        std::thread::sleep(Duration::from_millis(
+            2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
+        ));
         Ok(served)
     }
 
-    /// The process's peak resident set (`VmHWM`), in MiB.
+    /// The processes' peak resident sets (`VmHWM`) added up, in MiB.
     fn peak_rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmHWM in /proc/PID/status")?;
-        Ok(kib / 1024.0)
+        let mut total = 0.0;
+        for child in &self.children {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .context("no VmHWM in /proc/PID/status")?;
+            total += kib / 1024.0;
+        }
+        Ok(total)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -299,14 +329,20 @@ async fn run_async(
     duration: Duration,
 ) -> anyhow::Result<Vec<Value>> {
     let tmp = tempfile::tempdir()?;
-    let dir: PathBuf = tmp.path().join("deployment");
+    let dir: PathBuf = tmp.path().join("authority");
+    let records_dir: PathBuf = tmp.path().join("records");
     let ports = [free_port()?, free_port()?];
     let mut config = Config::development();
     config.authority.listen = format!("127.0.0.1:{}", ports[0]);
     config.records.listen = format!("127.0.0.1:{}", ports[1]);
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &config)).await??;
-    let served = Served::start(&dir, ports)?;
+    let (d, r) = (dir.clone(), records_dir.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        init(&d, &config)?;
+        asclepios_deploy::split::write_records_dir(&d, &r)?;
+        Ok(())
+    })
+    .await??;
+    let served = Served::start(&dir, &records_dir, ports)?;
     let config = Config::load(&dir)?;
 
     eprintln!("load: storing {preload} records to read and search");

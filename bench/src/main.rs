@@ -71,8 +71,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The load suite's services run in a child process: this binary again.
     if let [mode, dir] = args.as_slice() {
-        if mode == "__serve" {
-            return load::serve_child(std::path::Path::new(dir));
+        if let Some(which) = mode.strip_prefix("__serve-") {
+            return load::serve_child(which, std::path::Path::new(dir));
         }
     }
     if args.iter().any(|a| a == "-h" || a == "--help") {
