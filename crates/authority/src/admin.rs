@@ -192,15 +192,24 @@ pub fn set_attributes(
     id: &str,
     attributes: &[String],
 ) -> Result<Revocation, ApiError> {
+    let removed = change_attributes(store, id, attributes)?;
+    rewrap(store, records, master, removed)
+}
+
+/// [`set_attributes`] without the re-wrap: the attributes taken away.
+fn change_attributes(
+    store: &Store,
+    id: &str,
+    attributes: &[String],
+) -> Result<Vec<String>, ApiError> {
     for a in attributes {
         check_attribute(a)?;
     }
     member(store, id)?;
     // Taken away and granted in one transaction: never half of it.
-    let removed = store
+    store
         .set_identity_attributes(id, attributes, false)
-        .map_err(store_error)?;
-    rewrap(store, records, master, removed)
+        .map_err(store_error)
 }
 
 /// Disables an identity: refused everywhere, every attribute revoked.
@@ -210,13 +219,17 @@ pub fn disable(
     master: &MasterSecretKey,
     id: &str,
 ) -> Result<Revocation, ApiError> {
-    member(store, id)?;
-    // Refused everywhere and every attribute revoked, in one transaction;
-    // then the re-wrap.
-    let revoked = store
-        .set_identity_attributes(id, &[], true)
-        .map_err(store_error)?;
+    let revoked = disable_rows(store, id)?;
     rewrap(store, records, master, revoked)
+}
+
+/// [`disable`] without the re-wrap: the attributes revoked.
+fn disable_rows(store: &Store, id: &str) -> Result<Vec<String>, ApiError> {
+    member(store, id)?;
+    // Refused everywhere and every attribute revoked, in one transaction.
+    store
+        .set_identity_attributes(id, &[], true)
+        .map_err(store_error)
 }
 
 /// What an administrator asks of the directory.
@@ -359,29 +372,26 @@ impl KeyAuthority {
                     ));
                 }
             }
-            let revocation = match change {
+            let revoked = match change {
                 Change::Register(r) => {
                     register(&self.store, &r)?;
-                    Revocation::default()
+                    Vec::new()
                 }
-                // A re-wrap that fails (the record service unreachable) is
-                // retried by the sweeper until nothing names an old version.
-                Change::SetAttributes(id, s) => set_attributes(
-                    &self.store,
-                    &*self.records,
-                    &self.master,
-                    &id,
-                    &s.attributes,
-                )
-                .inspect_err(|_| self.rewrap_may_be_pending())?,
-                Change::Disable(id) => disable(&self.store, &*self.records, &self.master, &id)
-                    .inspect_err(|_| self.rewrap_may_be_pending())?,
+                Change::SetAttributes(id, s) => change_attributes(&self.store, &id, &s.attributes)?,
+                Change::Disable(id) => disable_rows(&self.store, &id)?,
                 Change::AuditorKey(id, k) => {
                     let key = hex::decode(&k.public_key).map_err(|_| invalid("public_key: hex"))?;
                     set_auditor_key(&self.store, &id, &key)?;
-                    Revocation::default()
+                    Vec::new()
                 }
             };
+            drop(_one_at_a_time);
+            // The re-wrap runs outside the lock: a slow or hostile record
+            // service holds up this change only. One that fails (the record
+            // service unreachable) is retried by the sweeper until nothing
+            // names an old version.
+            let revocation = rewrap(&self.store, &*self.records, &self.master, revoked)
+                .inspect_err(|_| self.rewrap_may_be_pending())?;
             Ok(ChangeOut {
                 member: MemberOut::from(&member(&self.store, &target)?),
                 revocation,

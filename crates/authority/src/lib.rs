@@ -445,6 +445,15 @@ async fn identity_key(
             s.store.identity(&id).map_err(store_error)?.ok_or_else(|| {
                 ApiError::new(StatusCode::NOT_FOUND, format!("no identity `{id}`"))
             })?;
+        // The entry vouches for an author's key: the services' identities
+        // author nothing (a record "by" the record service's identity is
+        // its operator's forgery), so none is vouched for.
+        if identity.kind == facts::SERVICE_KIND {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("`{id}` is a service identity: it authors no record"),
+            ));
+        }
         let key = identity.public_key.ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -121,6 +121,10 @@ pub struct RemoteRecords {
 /// Entries per index write request: large imports go in several.
 const INDEX_CHUNK: usize = 4096;
 
+/// Largest answer read from the record service: it is not trusted to be
+/// reasonable.
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 impl RemoteRecords {
     /// Calls through `client` on `runtime`.
     pub fn new(
@@ -143,10 +147,21 @@ impl RemoteRecords {
                 .await
                 .map_err(|e| format!("the record service: {e}"))?;
             let status = response.status();
-            let bytes = response
-                .bytes()
+            let mut response = response;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
                 .await
-                .map_err(|e| format!("the record service: {e}"))?;
+                .map_err(|e| format!("the record service: {e}"))?
+            {
+                if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(format!(
+                        "the record service answered more than {} MiB",
+                        MAX_ANSWER_BYTES >> 20
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
             if !status.is_success() {
                 return Err(format!(
                     "the record service answered {status}: {}",
@@ -190,6 +205,7 @@ impl RecordAccess for RemoteRecords {
                 limit: limit.clamp(1, MAX_SCAN),
             },
         )?;
+        check_scan_page(after, &page, limit)?;
         page.into_iter()
             .map(|w| {
                 Ok(WrapperRow {
@@ -306,5 +322,86 @@ impl RecordAccess for RemoteRecords {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Each page of a wrapper scan must move on, in order, within the limit: a
+/// record service that answers the same page again, or pages out of order,
+/// must not keep the authority re-wrapping forever.
+fn check_scan_page(
+    after: Option<&WrapperRow>,
+    page: &[asclepios_api::internal::WrapperOut],
+    limit: usize,
+) -> Result<(), String> {
+    if page.len() > limit.clamp(1, asclepios_api::internal::MAX_SCAN) {
+        return Err("the record service answered more wrappers than asked for".into());
+    }
+    let mut previous = after.map(|w| {
+        (
+            w.patient.as_str(),
+            w.record_id.as_str(),
+            w.version,
+            w.wrapper.slot.as_str(),
+        )
+    });
+    for w in page {
+        let k = (
+            w.key.patient.as_str(),
+            w.key.record_id.as_str(),
+            w.key.version,
+            w.key.slot.as_str(),
+        );
+        if previous.is_some_and(|p| p >= k) {
+            return Err("the record service answered a wrapper scan out of order".into());
+        }
+        previous = Some(k);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use asclepios_api::internal::{WrapperKey, WrapperOut};
+
+    fn out(record: &str, version: u64) -> WrapperOut {
+        WrapperOut {
+            key: WrapperKey {
+                patient: "pat-1".into(),
+                record_id: record.into(),
+                version,
+                slot: "main".into(),
+            },
+            wrapper: String::new(),
+            epoch: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn row(record: &str, version: u64) -> WrapperRow {
+        WrapperRow {
+            patient: "pat-1".into(),
+            record_id: record.into(),
+            version,
+            wrapper: asclepios_store::Wrapper {
+                slot: "main".into(),
+                bytes: Vec::new(),
+                epoch: 0,
+                updated_at: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_hostile_record_service_cannot_keep_a_scan_going() {
+        let page = [out("a", 1), out("a", 2), out("b", 1)];
+        assert!(check_scan_page(None, &page, 10).is_ok());
+        // The same page again, after its own last row: no progress.
+        assert!(check_scan_page(Some(&row("b", 1)), &page, 10).is_err());
+        // Out of order, repeated, or more than asked for.
+        assert!(check_scan_page(None, &[out("b", 1), out("a", 1)], 10).is_err());
+        assert!(check_scan_page(None, &[out("a", 1), out("a", 1)], 10).is_err());
+        assert!(check_scan_page(None, &page, 2).is_err());
+        assert!(check_scan_page(Some(&row("a", 1)), &page[1..], 10).is_ok());
     }
 }

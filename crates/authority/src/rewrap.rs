@@ -195,6 +195,9 @@ pub(crate) fn rewrap_row(
         &row.wrapper.slot,
         row.wrapper.epoch,
         &rewrapped.to_bytes(),
-        row.wrapper.epoch + 1,
+        row.wrapper
+            .epoch
+            .checked_add(1)
+            .ok_or("a wrapper at the last epoch")?,
     )
 }

@@ -486,10 +486,13 @@ impl KeyAuthority {
             // evidence.
             let claimed = asclepios_records::stored_author(&latest.body)
                 .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            // A service identity authors nothing: a version "by" one is the
+            // record service operator's plant.
             let key = self
                 .store
                 .identity(&claimed)
                 .map_err(store_error)?
+                .filter(|i| i.kind != crate::facts::SERVICE_KIND)
                 .and_then(|i| i.public_key)
                 .unwrap_or_default();
             let author = asclepios_records::verified_author(

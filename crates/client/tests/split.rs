@@ -23,10 +23,9 @@ struct Split {
     records_dir: PathBuf,
     authority_url: String,
     records_url: String,
-    _services: (
-        asclepios_deploy::serve::Service,
-        asclepios_deploy::serve::Service,
-    ),
+    _authority: asclepios_deploy::serve::Service,
+    records: Option<asclepios_deploy::serve::Service>,
+    records_port: u16,
 }
 
 fn free_port() -> u16 {
@@ -84,7 +83,9 @@ async fn split(postgres: bool) -> Split {
         records_dir,
         authority_url,
         records_url,
-        _services: (authority, records),
+        _authority: authority,
+        records: Some(records),
+        records_port: rp,
     }
 }
 
@@ -292,4 +293,108 @@ async fn the_record_service_directory_holds_no_authority_secret() {
     // Nor does it hold the record service's identity key twice: it left the
     // authority's directory.
     assert!(!a.join("identities/svc-records.key").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_identity_authors_nothing() {
+    let s = split(false).await;
+    let mut patient = client(&s, "pat-00000");
+    patient.refresh_key().await.unwrap();
+    // A version "by" the record service's identity is its operator's plant:
+    // the authority vouches for no service key as an author's, so the
+    // client refuses it whatever its signature.
+    let planted = asclepios_api::records::RecordOut {
+        patient: "pat-00000".into(),
+        record_id: "planted".into(),
+        version: 1,
+        author: "svc-records".into(),
+        body: String::new(),
+        wrapper: None,
+        author_signature: String::new(),
+    };
+    let refused = patient.check_author(&planted).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("service identity"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
+    let mut s = split(false).await;
+    let mut generator = Generator::new(5);
+    let bundle = generator.patient(1);
+    let pid = bundle.patient_id().to_string();
+    let policy = Config::load(&s.authority_dir).unwrap().default_policy(&pid);
+    let mut heart = client(&s, "dr-heart");
+    heart.refresh_key().await.unwrap();
+    once_up(|| heart.put_record(&pid, &pid, 1, &bundle.patient, &policy))
+        .await
+        .unwrap();
+    let mut patient = client(&s, &pid);
+    patient.refresh_key().await.unwrap();
+    assert_eq!(patient.audit_views().await.unwrap().len(), 2);
+
+    // The operator restarts the record service with the authority's log
+    // origin and fresh checkpoints under its own key: the client, which
+    // tells the two logs apart by key, refuses a checkpoint whose origin
+    // is not its key's log.
+    drop(s.records.take());
+    let config_file = s.records_dir.join("asclepios.toml");
+    let authority_origin = Config::load(&s.authority_dir).unwrap().audit.origin;
+    let text = std::fs::read_to_string(&config_file).unwrap();
+    let forged = text.replace(&format!("{authority_origin}/records"), &authority_origin);
+    assert_ne!(forged, text);
+    std::fs::write(&config_file, forged).unwrap();
+    rusqlite::Connection::open(s.records_dir.join("asclepios.db"))
+        .unwrap()
+        .execute("DELETE FROM audit_checkpoints", [])
+        .unwrap();
+    let mut restarted = None;
+    for _ in 0..50 {
+        match start_records(
+            &s.records_dir,
+            Some(&format!("127.0.0.1:{}", s.records_port)),
+            &s.authority_url,
+        )
+        .await
+        {
+            Ok(service) => {
+                restarted = Some(service);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    s.records = Some(restarted.expect("the record service restarts"));
+    // Something to log, so the restarted service signs a checkpoint.
+    for _ in 0..50 {
+        match heart.list_records(&pid).await {
+            Err(ClientError::Refused { status: 503, .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
+        }
+    }
+    let mut refused = None;
+    for _ in 0..50 {
+        match patient.audit_views().await {
+            Err(ClientError::Refused { status: 503, .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+            Ok(views) => panic!(
+                "accepted {:?}",
+                views
+                    .iter()
+                    .map(|v| (v.checkpoint.origin.clone(), v.checkpoint.size))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    let refused = refused.expect("the client refuses the forged log");
+    assert!(refused.contains("names the log"), "{refused}");
 }

@@ -114,6 +114,9 @@ pub async fn serve(
     // At most this many connections at once; further ones wait in the
     // kernel's backlog instead of exhausting descriptors.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Told to every open connection when the service stops: a stopped
+    // service must not go on answering over connections kept alive.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -129,10 +132,14 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                let _ = closing.send(true);
+                return Ok(());
+            }
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let Ok(Ok(stream)) =
@@ -150,9 +157,20 @@ pub async fn serve(
                 return; // a CA-issued certificate that names no identity
             };
             let service = TowerToHyperService::new(app.layer(Extension(Caller(identity))));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                // Stopping (or the server gone): finish what is in flight,
+                // take nothing new, close.
+                () = async {
+                    let _ = closed.wait_for(|c| *c).await;
+                } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
         });
     }
 }

@@ -215,6 +215,10 @@ pub(crate) async fn index_write(
             .iter()
             .map(|a| decoded("an address", a))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = std::collections::HashSet::new();
+        if !put.iter().all(|(a, _)| seen.insert(a.as_slice())) {
+            return Err(bad_request("an address appears twice in one write"));
+        }
         s.store.sse_index_write(&put, &delete).map_err(store_error)
     })
     .await
