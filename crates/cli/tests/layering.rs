@@ -50,11 +50,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "the client's files are read by the client itself",
     ),
     (
-        "asclepios-client",
-        "asclepios-store",
-        "the client needs no store type",
-    ),
-    (
         "asclepios-authority",
         "asclepios-records",
         "handler machinery moves to a service crate",
