@@ -25,8 +25,18 @@ const PATIENT: &str = "pat-00000";
 struct Bench {
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
-    _services: (Service, Service),
+    _services: Running,
     ports: [u16; 2],
+}
+
+/// The services as the run starts them.
+#[allow(dead_code)] // held only to keep them running
+enum Running {
+    /// Apart, each on its own directory and store (the default).
+    Apart(Service, Service),
+    /// Both in one process on one store (`ASCLEPIOS_E2E_COMBINED=1`: the
+    /// development shape, for comparison in the same session).
+    Combined(asclepios_deploy::serve::Services),
 }
 
 impl Bench {
@@ -94,35 +104,53 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("authority");
     let records_dir = tmp.path().join("records");
+    let combined = std::env::var_os("ASCLEPIOS_E2E_COMBINED").is_some_and(|v| v == "1");
     let (d, r) = (dir.clone(), records_dir.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         init(&d, &Config::development())?;
-        asclepios_deploy::split::write_records_dir(&d, &r)?;
+        if !combined {
+            asclepios_deploy::split::write_records_dir(&d, &r)?;
+        }
         Ok(())
     })
     .await??;
     let ports = [free_port()?, free_port()?];
-    let records = start_records(
-        &records_dir,
-        Some(&format!("127.0.0.1:{}", ports[1])),
-        &format!("https://localhost:{}", ports[0]),
-    )
-    .await?;
-    let authority = start_authority(
-        &dir,
-        Some(&format!("127.0.0.1:{}", ports[0])),
-        &format!("https://localhost:{}", ports[1]),
-    )
-    .await?;
-    // The record service serves once it holds the authority's first facts.
-    tokio::time::sleep(Duration::from_millis(
-        2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
-    ))
-    .await;
+    let running = if combined {
+        eprintln!("e2e: both services in one process (ASCLEPIOS_E2E_COMBINED=1)");
+        Running::Combined(
+            asclepios_deploy::serve::start(
+                &dir,
+                &asclepios_deploy::serve::Listen {
+                    authority: Some(format!("127.0.0.1:{}", ports[0])),
+                    records: Some(format!("127.0.0.1:{}", ports[1])),
+                },
+            )
+            .await?,
+        )
+    } else {
+        let records = start_records(
+            &records_dir,
+            Some(&format!("127.0.0.1:{}", ports[1])),
+            &format!("https://localhost:{}", ports[0]),
+        )
+        .await?;
+        let authority = start_authority(
+            &dir,
+            Some(&format!("127.0.0.1:{}", ports[0])),
+            &format!("https://localhost:{}", ports[1]),
+        )
+        .await?;
+        // The record service serves once it holds the authority's first facts.
+        tokio::time::sleep(Duration::from_millis(
+            2 * asclepios_deploy::serve::FACTS_POLL_MILLIS,
+        ))
+        .await;
+        Running::Apart(authority, records)
+    };
     let bench = Bench {
         _tmp: tmp,
         dir,
-        _services: (authority, records),
+        _services: running,
         ports,
     };
     let config = Config::load(&bench.dir)?;

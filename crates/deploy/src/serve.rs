@@ -383,6 +383,15 @@ pub fn routers(dir: &Path) -> Result<Routers, Error> {
 /// Starts both services of the deployment in `dir`.
 pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     let config = Config::load(dir)?;
+    if dir.join(crate::split::RECORDS_LOG_VERIFIER).exists() {
+        return Err(Error::Invalid(format!(
+            "{} is the key authority's directory of a deployment whose record service has a \
+             directory of its own (`init --records-dir`): run `asclepios serve authority --dir {}` \
+             and `asclepios serve records --dir <its directory>`",
+            dir.display(),
+            dir.display()
+        )));
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
     let owned = dir.to_path_buf();
