@@ -293,6 +293,13 @@ async fn the_record_service_directory_holds_no_authority_secret() {
     // Nor does it hold the record service's identity key twice: it left the
     // authority's directory.
     assert!(!a.join("identities/svc-records.key").exists());
+    // Once split, the authority's directory no longer serves both in one
+    // process (clients would check the record service's log under the
+    // wrong key): `serve` says what to run instead.
+    let refused = asclepios_deploy::serve::start(&a, &Default::default())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("serve authority"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
