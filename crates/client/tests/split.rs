@@ -375,33 +375,17 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
     }
     s.records = Some(restarted.expect("the record service restarts"));
     // Something to log, so the restarted service signs a checkpoint.
-    for _ in 0..50 {
-        match heart.list_records(&pid).await {
-            Err(ClientError::Refused { status: 503, .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            _ => break,
-        }
-    }
-    let mut refused = None;
-    for _ in 0..50 {
-        match patient.audit_views().await {
-            Err(ClientError::Refused { status: 503, .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => {
-                refused = Some(e.to_string());
-                break;
-            }
-            Ok(views) => panic!(
-                "accepted {:?}",
-                views
-                    .iter()
-                    .map(|v| (v.checkpoint.origin.clone(), v.checkpoint.size))
-                    .collect::<Vec<_>>()
-            ),
-        }
-    }
+    let _ = once_up(|| heart.list_records(&pid)).await;
+    let refused = match once_up(|| patient.audit_views()).await {
+        Err(e) => Some(e.to_string()),
+        Ok(views) => panic!(
+            "accepted {:?}",
+            views
+                .iter()
+                .map(|v| (v.checkpoint.origin.clone(), v.checkpoint.size))
+                .collect::<Vec<_>>()
+        ),
+    };
     let refused = refused.expect("the client refuses the forged log");
     assert!(refused.contains("names the log"), "{refused}");
 }

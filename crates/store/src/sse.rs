@@ -38,6 +38,22 @@ pub struct SseBatch {
 pub const MAX_SSE_BYTES: usize = 4096;
 const ADDRS_PER_QUERY: usize = 256;
 
+/// Deletes the index entries at `addrs`, a batch of addresses a statement.
+fn delete_entries(tx: &mut dyn Tx, addrs: &[Vec<u8>]) -> Result<(), StoreError> {
+    for chunk in addrs.chunks(ADDRS_PER_QUERY) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
+        tx.exec(
+            &format!(
+                "DELETE FROM sse_index WHERE addr IN ({})",
+                placeholders.join(", ")
+            ),
+            &params,
+        )?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Writes index entries in one transaction. An address written before is a
     /// conflict (and nothing of the batch is written).
@@ -81,18 +97,7 @@ impl Store {
             for w in &batch.state {
                 swap_state(tx, w)?;
             }
-            for chunk in batch.delete.chunks(ADDRS_PER_QUERY) {
-                let placeholders: Vec<String> =
-                    (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
-                tx.exec(
-                    &format!(
-                        "DELETE FROM sse_index WHERE addr IN ({})",
-                        placeholders.join(", ")
-                    ),
-                    &params,
-                )?;
-            }
+            delete_entries(tx, &batch.delete)?;
             for chunk in rows.chunks(ADDRS_PER_QUERY) {
                 tx.insert_many("sse_index", &["addr", "value"], chunk)?;
             }
@@ -144,20 +149,8 @@ impl Store {
             .map(|(a, v)| vec![a.as_slice().into(), v.as_slice().into()])
             .collect();
         self.transaction(|tx| {
-            for addrs in [delete, replaced.as_slice()] {
-                for chunk in addrs.chunks(ADDRS_PER_QUERY) {
-                    let placeholders: Vec<String> =
-                        (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                    let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
-                    tx.exec(
-                        &format!(
-                            "DELETE FROM sse_index WHERE addr IN ({})",
-                            placeholders.join(", ")
-                        ),
-                        &params,
-                    )?;
-                }
-            }
+            delete_entries(tx, delete)?;
+            delete_entries(tx, &replaced)?;
             for chunk in rows.chunks(ADDRS_PER_QUERY) {
                 tx.insert_many("sse_index", &["addr", "value"], chunk)?;
             }
