@@ -15,6 +15,7 @@ pub mod consent;
 pub mod directory;
 pub mod internal;
 pub mod keys;
+pub mod layout;
 pub mod records;
 pub mod review;
 pub mod search;

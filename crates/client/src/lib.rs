@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod files;
 pub mod search;
 
 pub use asclepios_api::records::ExportNotice;
@@ -64,9 +65,9 @@ pub enum ClientError {
     /// A receipt or the audit log did not check out.
     #[error(transparent)]
     Audit(#[from] asclepios_audit::Error),
-    /// The deployment's files.
-    #[error(transparent)]
-    Deploy(#[from] asclepios_deploy::Error),
+    /// The deployment's files (missing, unreadable or malformed).
+    #[error("{0}")]
+    Files(String),
     /// An answer that is not what the protocol says.
     #[error("unexpected answer: {0}")]
     Protocol(String),
@@ -118,14 +119,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn read(path: &Path) -> Result<String, ClientError> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ClientError::Deploy(asclepios_deploy::Error::Io(format!(
-            "cannot read {}: {e}",
-            path.display()
-        )))
-    })
-}
+use files::read;
 
 /// A request body as JSON.
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ClientError> {
@@ -203,14 +197,14 @@ impl Client {
         authority: &str,
         records: &str,
     ) -> Result<Self, ClientError> {
-        let layout = asclepios_deploy::directory::Layout::new(dir);
+        let layout = asclepios_api::layout::Layout::new(dir);
         let ca = read(&layout.ca_cert())?;
         let (cert_path, key_path) = layout.identity(id);
         let cert = read(&cert_path)?;
         let key_pem = Zeroizing::new(read(&key_path)?);
         let signing = SigningKey::from_pkcs8_pem(&key_pem)
             .map_err(|e| ClientError::Protocol(format!("{}: {e}", key_path.display())))?;
-        let config = asclepios_deploy::Config::load(dir)?;
+        let config = files::ClientConfig::load(dir)?;
         let require_attestation = config.attestation.require;
         // The authority's certificate is appraised at every handshake
         // against the deployment's reference values; with `require`, a
@@ -220,13 +214,13 @@ impl Client {
         // certificate (same CA) cannot stand in for the authority.
         let pinned = |name: &str| asclepios_net::tls::pinned_server_verifier(&ca, name);
         let authority_verifier = pinned(&config.authority.tls_name)?;
-        let attestation = match asclepios_deploy::attestation::authority_policy(dir, &config) {
+        let attestation = match config.authority_policy(dir) {
             Ok(policy) => Some(Arc::new(AttestingVerifier::new(
                 authority_verifier.clone(),
                 policy,
                 require_attestation,
             ))),
-            Err(e) if require_attestation => return Err(e.into()),
+            Err(e) if require_attestation => return Err(e),
             Err(_) => None,
         };
         let over = |verifier: Arc<dyn asclepios_net::tls::ServerVerifier>, base: &str| {
@@ -242,14 +236,12 @@ impl Client {
             None => over(authority_verifier, authority)?,
         };
         let records_http = over(pinned(&config.records.tls_name)?, records)?;
-        let log = asclepios_deploy::keys::log_verifier(dir)?;
+        let log = files::log_verifier(&layout.log_verifier())?;
         // With the services apart, the record service keeps a log of its
         // own, under its own key.
-        let records_log_file = dir.join(asclepios_deploy::split::RECORDS_LOG_VERIFIER);
+        let records_log_file = layout.records_log_verifier();
         let records_log = if records_log_file.exists() {
-            NoteVerifier::parse(&read(&records_log_file)?).map_err(|e| {
-                ClientError::Protocol(format!("{}: {e}", records_log_file.display()))
-            })?
+            files::log_verifier(&records_log_file)?
         } else {
             log.clone()
         };
@@ -269,7 +261,7 @@ impl Client {
             signing,
             authority: service("authority", authority_http, log)?,
             records: service("records", records_http, records_log)?,
-            abe_public_key: asclepios_deploy::keys::abe_public_key(dir)?,
+            abe_public_key: files::abe_public_key(dir)?,
             user_key: None,
             attributes: Vec::new(),
             authors: Default::default(),

@@ -6,7 +6,7 @@
 //! deployment (and in tests), over the authority's API (`asclepios user`,
 //! as an identity with `role:admin`) once it runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use asclepios_authority::admin;
 pub use asclepios_authority::admin::{Member, Revocation};
@@ -15,43 +15,7 @@ use asclepios_store::Store;
 
 use crate::{read_file, Config, Error};
 
-/// Where the deployment's files are.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    /// The data directory.
-    pub dir: PathBuf,
-}
-
-impl Layout {
-    /// The layout of `dir`.
-    pub fn new(dir: &Path) -> Self {
-        Layout {
-            dir: dir.to_path_buf(),
-        }
-    }
-    /// The CA certificate.
-    pub fn ca_cert(&self) -> PathBuf {
-        self.dir.join("pki/ca.pem")
-    }
-    /// The CA key (a secret).
-    pub fn ca_key(&self) -> PathBuf {
-        self.dir.join("pki/ca.key")
-    }
-    /// A service's certificate and key.
-    pub fn service(&self, name: &str) -> (PathBuf, PathBuf) {
-        (
-            self.dir.join(format!("pki/{name}.pem")),
-            self.dir.join(format!("pki/{name}.key")),
-        )
-    }
-    /// An identity's certificate and key.
-    pub fn identity(&self, id: &str) -> (PathBuf, PathBuf) {
-        (
-            self.dir.join(format!("identities/{id}.pem")),
-            self.dir.join(format!("identities/{id}.key")),
-        )
-    }
-}
+pub use asclepios_api::layout::Layout;
 
 /// The directory of a deployment, administered in-process with the
 /// authority's key (bootstrap and tests; a running deployment is

@@ -29,9 +29,7 @@ use crate::directory::Layout;
 use crate::init::RECORD_SERVICE_IDENTITY;
 use crate::{create_private_dir, read_file, write_new_file, Config, Error};
 
-/// Where clients find the record service's log verifier in the
-/// authority's directory.
-pub const RECORDS_LOG_VERIFIER: &str = "pki/records-log.pub";
+pub use asclepios_api::layout::RECORDS_LOG_VERIFIER;
 
 /// Writes the record service's own data directory `records_dir` from the
 /// deployment `authority_dir` that `init` wrote. The record service's
