@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::record_access::RecordAccess;
 use crate::{rewrap::rewrap_after_revocation, KeyAuthority, WithReceipt};
-use asclepios_records::store_error;
+use asclepios_service::store_error;
 
 /// The role that administers the directory.
 pub const ADMIN_ROLE: &str = "role:admin";
@@ -104,7 +104,7 @@ pub fn members(store: &Store) -> Result<Vec<Member>, ApiError> {
 /// Adds an identity with its key and attributes.
 pub fn register(store: &Store, r: &Registration) -> Result<Member, ApiError> {
     asclepios_net::pki::check_identity_id(&r.id).map_err(|e| invalid(e.to_string()))?;
-    asclepios_records::check_name("kind", &r.kind)?;
+    asclepios_service::check_name("kind", &r.kind)?;
     if r.display_name.is_empty()
         || r.display_name.len() > 200
         || r.display_name.chars().any(char::is_control)
@@ -250,7 +250,7 @@ impl KeyAuthority {
     ) -> Result<WithReceipt<Vec<MemberOut>>, ApiError> {
         let checks = || {
             self.active(caller)?;
-            if !self.holds_role(caller, &[ADMIN_ROLE, asclepios_records::AUDITOR_ROLE])? {
+            if !self.holds_role(caller, &[ADMIN_ROLE, asclepios_service::AUDITOR_ROLE])? {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     format!("`{caller}` holds neither {ADMIN_ROLE} nor role:auditor"),
@@ -258,7 +258,7 @@ impl KeyAuthority {
             }
             Ok(members(&self.store)?.iter().map(MemberOut::from).collect())
         };
-        asclepios_records::log_outcome(&self.trail, v, checks(), |outcome| {
+        asclepios_service::log_outcome(&self.trail, v, checks(), |outcome| {
             AuditEvent::new(
                 caller,
                 Action::Read,
@@ -284,7 +284,7 @@ impl KeyAuthority {
             .filter(|c| !c.is_control())
             .take(128)
             .collect();
-        asclepios_records::log_outcome(&self.trail, v, Err::<(), _>(refused), |outcome| {
+        asclepios_service::log_outcome(&self.trail, v, Err::<(), _>(refused), |outcome| {
             AuditEvent::new(
                 caller,
                 Action::DirectoryChange,
@@ -316,7 +316,7 @@ impl KeyAuthority {
             Change::Disable(id) => (id.clone(), "disabled".into()),
             Change::AuditorKey(id, _) => (id.clone(), "audit-log key set".into()),
         };
-        asclepios_records::check_name("identity", &target)?;
+        asclepios_service::check_name("identity", &target)?;
         let apply = || -> Result<ChangeOut, ApiError> {
             let _one_at_a_time = self.admin_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.active(caller)?;
@@ -402,7 +402,7 @@ impl KeyAuthority {
             // A change refused half-way may have revoked without re-wrapping.
             self.rewrap_may_be_pending();
         }
-        asclepios_records::log_outcome(&self.trail, v, result, |outcome| {
+        asclepios_service::log_outcome(&self.trail, v, result, |outcome| {
             AuditEvent::new(
                 caller,
                 Action::DirectoryChange,

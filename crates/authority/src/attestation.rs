@@ -75,7 +75,7 @@ pub(crate) struct Attestation {
 }
 
 /// SHA-256 of an identity certificate's SubjectPublicKeyInfo.
-pub use asclepios_records::identity_key_sha256;
+pub use asclepios_service::identity_key_sha256;
 
 fn now() -> u64 {
     asclepios_attest::unix_now()
@@ -232,7 +232,7 @@ impl KeyAuthority {
             .chars()
             .take(512)
             .collect();
-        asclepios_records::audit_outcome(
+        asclepios_service::audit_outcome(
             &self.trail,
             v,
             &caller.id,
@@ -252,8 +252,8 @@ impl KeyAuthority {
         let component = self
             .store
             .component(&caller.id)
-            .map_err(asclepios_records::store_error)?;
-        asclepios_records::check_attested(
+            .map_err(asclepios_service::store_error)?;
+        asclepios_service::check_attested(
             crate::facts::member(&self.store, &caller.id)?.as_ref(),
             component
                 .as_ref()

@@ -167,7 +167,7 @@ impl KeyAuthority {
             Some(v.signature.clone()),
         );
         event.purpose = "PATADMIN".into();
-        asclepios_records::log_event(&self.trail, &event, v, status)
+        asclepios_service::log_event(&self.trail, &event, v, status)
     }
 
     /// The caller must be an active patient identity.
@@ -313,7 +313,7 @@ impl KeyAuthority {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 if self.store.integrity_alarm().is_some() {
-                    asclepios_records::INTEGRITY_ALARM
+                    asclepios_service::INTEGRITY_ALARM
                 } else {
                     "the consent could not be withdrawn; try again"
                 },

@@ -184,7 +184,7 @@ impl KeyAuthority {
         event.id = event_id.to_string();
         event.purpose = "ETREAT".into();
         event.emergency = true;
-        asclepios_records::log_event(&self.trail, &event, v, status)
+        asclepios_service::log_event(&self.trail, &event, v, status)
     }
 }
 

@@ -3,7 +3,7 @@
 //! ([`asclepios_api::SignedFacts`]), rebuilt only when a directory table
 //! changed. The authority's own checks read the same rows, as
 //! [`Member`]s and [`ComponentFact`]s, so both services judge a caller by one
-//! set of rules (`asclepios_records::{require_active, check_attested, …}`).
+//! set of rules (`asclepios_service::{require_active, check_attested, …}`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use asclepios_api::directory::{ComponentFact, GrantFact, Member, SlotRange};
 use asclepios_api::{DirectoryFacts, FactsSource, SignedFacts};
 use asclepios_net::server::ApiError;
-use asclepios_records::{blocking, store_error, AUDITOR_ROLE};
+use asclepios_service::{blocking, store_error, AUDITOR_ROLE};
 use asclepios_store::{versioned_attribute, Component, IdentityStatus, Store, StoreError};
 use axum::extract::State;
 use axum::Extension;
@@ -153,7 +153,7 @@ impl KeyAuthority {
 impl FactsSource for KeyAuthority {
     fn fetch(&self, known: Option<u64>) -> Result<Option<SignedFacts>, String> {
         if self.store.integrity_alarm().is_some() {
-            return Err(asclepios_records::INTEGRITY_ALARM.to_string());
+            return Err(asclepios_service::INTEGRITY_ALARM.to_string());
         }
         if known.is_some() && known == self.store.directory_change() {
             return Ok(None);
@@ -173,7 +173,7 @@ pub(crate) async fn registered_key_guard(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let checked = blocking(move || {
-        asclepios_records::require_registered_key(member(&store, &caller.id)?.as_ref(), &caller)
+        asclepios_service::require_registered_key(member(&store, &caller.id)?.as_ref(), &caller)
     });
     match checked.await {
         Ok(()) => next.run(request).await,
@@ -203,7 +203,7 @@ pub(crate) async fn directory_facts_answer(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
     blocking(move || {
         let me = member(&s.store, &caller.id)?;
-        asclepios_records::require_active(me.as_ref(), &caller.id)?;
+        asclepios_service::require_active(me.as_ref(), &caller.id)?;
         if me.is_none_or(|m| m.kind != SERVICE_KIND)
             || s.facts_reader.as_deref() != Some(caller.id.as_str())
         {

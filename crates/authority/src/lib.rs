@@ -66,7 +66,7 @@ pub fn emergency_attribute(patient: &str) -> String {
 /// The role allowed to break the glass.
 pub const EMERGENCY_ROLE: &str = "role:emergency";
 
-pub use asclepios_records::WithReceipt;
+pub use asclepios_api::records::WithReceipt;
 pub use attestation::{ComponentGate, EvidenceSource};
 
 /// The authority's state.
@@ -112,7 +112,7 @@ impl std::fmt::Debug for KeyAuthority {
     }
 }
 
-use asclepios_records::{blocking, store_error};
+use asclepios_service::{blocking, store_error};
 
 impl KeyAuthority {
     /// An authority over `store` with the master secrets, logging through
@@ -287,7 +287,7 @@ impl KeyAuthority {
     }
 
     fn active(&self, caller: &str) -> Result<(), ApiError> {
-        asclepios_records::require_active(facts::member(&self.store, caller)?.as_ref(), caller)
+        asclepios_service::require_active(facts::member(&self.store, caller)?.as_ref(), caller)
     }
 
     /// The caller's current attributes, each at its current version.
@@ -327,7 +327,7 @@ impl KeyAuthority {
                 key: sealed,
             })
         };
-        asclepios_records::audit_outcome(
+        asclepios_service::audit_outcome(
             &self.trail,
             v,
             &caller.id,
@@ -363,7 +363,7 @@ async fn integrity_guard(
     if raised.is_some() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            asclepios_records::INTEGRITY_ALARM,
+            asclepios_service::INTEGRITY_ALARM,
         )
         .into_response();
     }
@@ -488,15 +488,15 @@ async fn audit_entries(
     State(s): State<Arc<KeyAuthority>>,
     Extension(Caller(caller)): Extension<Caller>,
     q: Result<
-        axum::extract::Query<asclepios_records::SliceQuery>,
+        axum::extract::Query<asclepios_service::SliceQuery>,
         axum::extract::rejection::QueryRejection,
     >,
-) -> Result<Json<asclepios_records::AuditSlice>, ApiError> {
+) -> Result<Json<asclepios_api::records::AuditSlice>, ApiError> {
     let axum::extract::Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
     blocking(move || {
         let member = facts::member(&s.store, &caller.id)?;
-        asclepios_records::audit_slice(s.trail.log(), member.as_ref(), &caller.id, q.start)
+        asclepios_service::audit_slice(s.trail.log(), member.as_ref(), &caller.id, q.start)
     })
     .await
     .map(Json)

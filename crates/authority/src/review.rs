@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::{store_error, KeyAuthority, WithReceipt};
 
 /// The role that reviews break-glass grants.
-pub use asclepios_records::AUDITOR_ROLE;
+pub use asclepios_service::AUDITOR_ROLE;
 
 impl KeyAuthority {
     fn require_auditor(&self, caller: &PeerIdentity) -> Result<(), ApiError> {
@@ -96,7 +96,7 @@ impl KeyAuthority {
                 decision: req.decision.clone(),
             })
         };
-        asclepios_records::log_outcome(&self.trail, v, work(), |outcome| {
+        asclepios_service::log_outcome(&self.trail, v, work(), |outcome| {
             let mut event = AuditEvent::new(
                 &caller.id,
                 Action::EmergencyAccess,

@@ -176,7 +176,7 @@ pub(crate) fn rewrap_row(
     let stored = records
         .record_version(&row.patient, &row.record_id, Some(row.version))?
         .ok_or("a wrapper without its record")?;
-    let body = asclepios_records::stored_sealed_body(&stored.body)?;
+    let body = asclepios_service::stored_sealed_body(&stored.body)?;
     // A key for exactly the policy's attributes, made and dropped here.
     let mut unique = attributes.clone();
     unique.sort();

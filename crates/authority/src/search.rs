@@ -88,7 +88,7 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Failure::Raced,
-            e => Failure::Api(asclepios_records::store_error(e)),
+            e => Failure::Api(asclepios_service::store_error(e)),
         }
     }
 }
@@ -448,7 +448,7 @@ impl KeyAuthority {
             search::check_keywords(&req.keywords, search::MAX_TOKEN_KEYWORDS)?;
             search::token_lists(&self.index(), &req.keywords)
         };
-        asclepios_records::log_outcome(&self.trail, v, checks(), event)
+        asclepios_service::log_outcome(&self.trail, v, checks(), event)
     }
 
     /// Indexes a record under the keywords its writer derived. Only the
@@ -459,8 +459,8 @@ impl KeyAuthority {
         v: &Verified,
         req: search::IndexRequest,
     ) -> Result<WithReceipt<search::IndexOutcome>, ApiError> {
-        asclepios_records::check_name("patient", &req.patient)?;
-        asclepios_records::check_name("record_id", &req.record_id)?;
+        asclepios_service::check_name("patient", &req.patient)?;
+        asclepios_service::check_name("record_id", &req.record_id)?;
         let checks = || -> Result<(), ApiError> {
             self.active(&caller.id)?;
             // An unattested device writes nothing into the index (M6).
@@ -484,7 +484,7 @@ impl KeyAuthority {
             // The author as the record's signature proves it, with the key
             // the directory vouches for: the record store's field is not
             // evidence.
-            let claimed = asclepios_records::stored_author(&latest.body)
+            let claimed = asclepios_service::stored_author(&latest.body)
                 .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
             // A service identity authors nothing: a version "by" one is the
             // record service operator's plant.
@@ -495,7 +495,7 @@ impl KeyAuthority {
                 .filter(|i| i.kind != crate::facts::SERVICE_KIND)
                 .and_then(|i| i.public_key)
                 .unwrap_or_default();
-            let author = asclepios_records::verified_author(
+            let author = asclepios_service::verified_author(
                 &latest.body,
                 &req.patient,
                 &req.record_id,
@@ -511,12 +511,12 @@ impl KeyAuthority {
             }
             Ok(())
         };
-        let id = asclepios_records::search_ref(&req.patient, &req.record_id);
+        let id = asclepios_api::records::search_ref(&req.patient, &req.record_id);
         let result = checks().and_then(|()| self.index().set_keywords(&id, &req.keywords));
         let detail = result.as_ref().map_or(String::new(), |o| {
             format!(": +{} -{} keywords", o.added, o.removed)
         });
-        asclepios_records::log_outcome(&self.trail, v, result, |outcome| {
+        asclepios_service::log_outcome(&self.trail, v, result, |outcome| {
             AuditEvent::new(
                 &caller.id,
                 Action::Update,

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use asclepios_crypto::ipfe::{Mcfe, SlotKey};
 use asclepios_net::server::ApiError;
-use asclepios_records::store_error;
+use asclepios_service::store_error;
 use asclepios_store::Store;
 use axum::http::StatusCode;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -109,7 +109,7 @@ pub const RESEARCHER_ROLE: &str = "role:researcher";
 /// Most slots one request allocates.
 pub const MAX_SLOTS: u32 = 100_000;
 
-pub use asclepios_records::check_stats_name as check_study_name;
+pub use asclepios_service::check_stats_name as check_study_name;
 
 /// The encoding of a cohort's slots (for the store and its id).
 pub fn encode_slots(slots: &BTreeSet<u64>) -> Vec<u8> {
@@ -320,7 +320,7 @@ impl KeyAuthority {
                 keys: sealed,
             })
         };
-        asclepios_records::audit_outcome(
+        asclepios_service::audit_outcome(
             &self.trail,
             v,
             &caller.id,
@@ -374,7 +374,7 @@ impl KeyAuthority {
         if let Ok(key) = &result {
             resource.push_str(&format!(" ({} slots)", key.slots.len()));
         }
-        asclepios_records::audit_outcome(
+        asclepios_service::audit_outcome(
             &self.trail,
             v,
             &caller.id,

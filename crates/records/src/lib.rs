@@ -11,13 +11,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use crate::guards::PeerCaller;
-use crate::stored::Stored;
 pub use asclepios_api::records::{
     author_message, parse_search_ref, search_ref, AttestationVerdict, AuditSlice, ExportNotice,
     IndexLookup, IndexValues, PutRecord, RecordOut, StatsValues, StatsValuesOut, VerdictLogged,
     WithReceipt, MAX_LOOKUP,
 };
+use asclepios_service::{PeerCaller, Stored};
 use std::sync::Arc;
 
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome};
@@ -25,7 +24,7 @@ use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
 use asclepios_crypto::policy::attribute_name;
 use asclepios_net::server::{json_body, require_signature, ApiError, Caller, SignatureCheck};
 use asclepios_net::signature::Verified;
-use asclepios_store::{Store, StoreError};
+use asclepios_store::Store;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -42,21 +41,18 @@ pub mod internal;
 mod openapi;
 mod search;
 mod stats;
-mod stored;
 
-pub use audit::{audit_outcome, audit_slice, log_event, log_outcome, SliceQuery, MAX_AUDIT_SLICE};
 pub use directory::DirectoryView;
-pub use guards::{
-    check_attested, identity_key_sha256, registered_key_guard, require_active,
-    require_registered_key,
-};
+pub use guards::registered_key_guard;
 pub use openapi::openapi_document;
-pub use stats::{check_stats_name, StatsQuery, MAX_STATS_VALUES, STATS_READERS};
-pub use stored::{stored_author, stored_sealed_body, verified_author};
-
-/// The role that reads the whole audit log: compared as a whole attribute
-/// (any version), never as a prefix (`role:auditor-trainee` is another role).
-pub const AUDITOR_ROLE: &str = "role:auditor";
+pub use stats::{StatsQuery, MAX_STATS_VALUES, STATS_READERS};
+// The machinery both services share, under the names it always had here.
+pub use asclepios_service::{
+    audit_outcome, audit_slice, bad_request, blocking, check_attested, check_name,
+    check_stats_name, identity_key_sha256, log_event, log_outcome, require_active,
+    require_registered_key, shown, store_error, stored_author, stored_sealed_body, verified_author,
+    SliceQuery, AUDITOR_ROLE, INTEGRITY_ALARM, MAX_AUDIT_SLICE,
+};
 
 /// The slot of a record's main key wrapper.
 pub const MAIN_SLOT: &str = "main";
@@ -79,32 +75,6 @@ pub struct RecordService {
 impl std::fmt::Debug for RecordService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RecordService")
-    }
-}
-
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
-}
-
-/// What callers are told while the key authority's state fails verification.
-pub const INTEGRITY_ALARM: &str = "integrity alarm: the key authority's state failed verification \
-     (changed, deleted or rolled back outside the authority); nothing is issued until an operator \
-     has checked the store and restarted the authority";
-
-/// A store error as the caller sees it: 4xx for what the request got
-/// wrong, a bare 503 otherwise (backend details stay on the server).
-pub fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
-        StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
-        StoreError::Invalid(m) => bad_request(m),
-        // The reason (which rows) goes to the audit log and the operator.
-        StoreError::Integrity(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, INTEGRITY_ALARM),
-        // Backend details stay on the server.
-        _ => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage unavailable; retry later",
-        ),
     }
 }
 
@@ -489,27 +459,6 @@ impl RecordService {
             })
         })
     }
-}
-
-/// Patient pseudonyms and record ids: 1 to 128 letters, digits, `-`, `_`, `.`.
-pub fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
-    asclepios_net::pki::check_identity_id(s).map_err(|_| {
-        bad_request(format!(
-            "`{what}` must be 1 to 128 letters, digits, '-', '_' or '.'"
-        ))
-    })
-}
-
-/// Runs store and crypto work off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the request was interrupted",
-        )
-    })?
 }
 
 async fn put_record(

@@ -1,10 +1,11 @@
 //! Statistics values: data providers publish encrypted values into the
 //! slots the authority allocated to them; labs and researchers read them.
 
-use crate::audit::shown;
 use crate::audit_outcome;
 use crate::bad_request;
 use crate::blocking;
+use crate::check_stats_name;
+use crate::shown;
 use crate::store_error;
 use crate::RecordService;
 use crate::StatsValues;
@@ -174,18 +175,4 @@ pub(crate) async fn stats_values(
     })
     .await
     .map(Json)
-}
-
-/// A study name or label: 1 to 128 of letters, digits, `-_.:/`.
-pub fn check_stats_name(what: &str, s: &str) -> Result<(), ApiError> {
-    let ok = (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(bad_request(format!(
-            "`{what}` must be 1 to 128 letters, digits or -_.:/"
-        )))
-    }
 }

@@ -1,7 +1,7 @@
 //! What the record service stores for a version: the author, the author's
 //! signature and the sealed body, and how the author is proven from them.
 
-use crate::author_message;
+use asclepios_api::records::author_message;
 use asclepios_crypto::envelope::SealedBody;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -67,9 +67,12 @@ pub fn verified_author(
 }
 
 /// What the store keeps as a version's body: the sealed body and its author.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Stored {
-    pub(crate) author: String,
-    pub(crate) author_signature: String,
-    pub(crate) body: String,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stored {
+    /// Who stored it, as the record service saw the caller.
+    pub author: String,
+    /// The author's Ed25519 signature over the version (base64).
+    pub author_signature: String,
+    /// The sealed body (base64).
+    pub body: String,
 }

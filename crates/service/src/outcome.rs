@@ -1,0 +1,139 @@
+//! Audited outcomes: every audited request of both services ends in
+//! [`log_outcome`] or [`audit_outcome`]; both serve their log's entries to
+//! patients and auditors through [`audit_slice`].
+
+use crate::AUDITOR_ROLE;
+use asclepios_api::records::AuditSlice;
+use asclepios_api::records::WithReceipt;
+use asclepios_audit::Action;
+use asclepios_audit::AuditEvent;
+use asclepios_audit::AuditTrail;
+use asclepios_audit::Outcome;
+use asclepios_audit::Receipt;
+use asclepios_crypto::policy::attribute_name;
+use asclepios_net::server::ApiError;
+use asclepios_net::signature::Verified;
+use asclepios_store::Store;
+use axum::http::StatusCode;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::Deserialize;
+
+/// Logs the outcome of `result` as the event `event` makes for it (success;
+/// refused for a 4xx; failed otherwise) and attaches the receipt: every
+/// audited request of both services ends here.
+pub fn log_outcome<T>(
+    trail: &AuditTrail<Store>,
+    v: &Verified,
+    result: Result<T, ApiError>,
+    event: impl FnOnce(Outcome) -> AuditEvent,
+) -> Result<WithReceipt<T>, ApiError> {
+    let (outcome, status) = match &result {
+        Ok(_) => (Outcome::Success, StatusCode::OK),
+        Err(e) if e.status.is_client_error() => (Outcome::Denied, e.status),
+        Err(e) => (Outcome::Failed, e.status),
+    };
+    let receipt = log_event(trail, &event(outcome), v, status)?;
+    Ok(WithReceipt {
+        result: result?,
+        receipt,
+    })
+}
+
+/// [`log_outcome`] for an event about no patient, with an optional purpose
+/// of use.
+pub fn audit_outcome<T>(
+    trail: &AuditTrail<Store>,
+    v: &Verified,
+    caller: &str,
+    (action, purpose): (Action, Option<&str>),
+    resource: String,
+    result: Result<T, ApiError>,
+) -> Result<WithReceipt<T>, ApiError> {
+    log_outcome(trail, v, result, |outcome| {
+        let mut event = AuditEvent::new(
+            caller,
+            action,
+            resource,
+            None,
+            outcome,
+            Some(v.signature.clone()),
+        );
+        if let Some(purpose) = purpose {
+            event.purpose = purpose.into();
+        }
+        event
+    })
+}
+
+/// The first 128 characters of a name, for an audit event.
+pub fn shown(s: &str) -> String {
+    s.chars().take(128).collect()
+}
+
+/// Logs `event` for the request `v` answered with `status`; its receipt.
+/// Shared by the services: an audit log that cannot be written is a 503.
+pub fn log_event(
+    trail: &AuditTrail<Store>,
+    event: &AuditEvent,
+    v: &Verified,
+    status: StatusCode,
+) -> Result<Receipt, ApiError> {
+    // Backend details stay on the server; the caller learns it may retry.
+    trail
+        .record(event, &v.request_hash, status.as_u16())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit log unavailable; retry later",
+            )
+        })
+}
+
+/// Most entries per audit slice.
+pub const MAX_AUDIT_SLICE: u64 = 512;
+
+/// Entries of `log` from `start` (at most [`MAX_AUDIT_SLICE`]) and its
+/// latest checkpoint, for `member` (the caller, as the directory knows it).
+/// The entries are sealed, but their policies name patients: they are for
+/// patients (who read their own) and auditors. Both services answer with it
+/// for their own log.
+pub fn audit_slice(
+    log: &asclepios_audit::Log<asclepios_store::Store>,
+    member: Option<&asclepios_api::directory::Member>,
+    caller: &str,
+    start: Option<u64>,
+) -> Result<AuditSlice, ApiError> {
+    crate::require_active(member, caller)?;
+    let may_read = member.is_some_and(|m| {
+        m.kind == "patient"
+            || m.attributes
+                .iter()
+                .any(|a| attribute_name(a) == AUDITOR_ROLE)
+    });
+    if !may_read {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the audit log is for patients and auditors",
+        ));
+    }
+    let unavailable =
+        |e: asclepios_audit::Error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let (size, _) = log.sync().map_err(unavailable)?;
+    let start = start.unwrap_or(0).min(size);
+    let end = (start + MAX_AUDIT_SLICE).min(size);
+    let entries = log.entries(start..end).map_err(unavailable)?;
+    Ok(AuditSlice {
+        start,
+        entries: entries.iter().map(|e| B64.encode(e)).collect(),
+        checkpoint: log.latest_checkpoint().map_err(unavailable)?,
+    })
+}
+
+/// Which entries of the log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceQuery {
+    /// The first entry wanted.
+    pub start: Option<u64>,
+}
