@@ -389,3 +389,77 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
     let refused = refused.expect("the client refuses the forged log");
     assert!(refused.contains("names the log"), "{refused}");
 }
+
+/// A signed connection to the record service as `id` (its files in the
+/// authority's directory).
+fn to_records(s: &Split, id: &str) -> asclepios_net::client::SignedClient {
+    let layout = asclepios_deploy::directory::Layout::new(&s.authority_dir);
+    let (cert, key) = layout.identity(id);
+    asclepios_net::client::SignedClient::new(
+        &s.records_url,
+        id,
+        &std::fs::read_to_string(layout.ca_cert()).unwrap(),
+        &std::fs::read_to_string(cert).unwrap(),
+        &std::fs::read_to_string(key).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_internal_routes_are_the_authoritys_alone() {
+    let s = split(false).await;
+    let write = |put: Vec<(&str, &str)>| {
+        serde_json::to_vec(&serde_json::json!({
+            "put": put.iter().map(|(a, v)| [a, v]).collect::<Vec<_>>(),
+            "delete": [],
+        }))
+        .unwrap()
+    };
+    let entry = ("AAAA", "AQID");
+    // A clinician, an administrator and the record service's own identity
+    // are refused every internal route.
+    for id in ["dr-heart", "admin-ada"] {
+        for path in [
+            "/v1/internal/index/write",
+            "/v1/internal/index/get",
+            "/v1/internal/wrappers/scan",
+            "/v1/internal/wrappers/replace",
+            "/v1/internal/records/version",
+        ] {
+            let mut status = 503;
+            for _ in 0..50 {
+                status = to_records(&s, id)
+                    .send(reqwest::Method::POST, path, write(vec![entry]))
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                if status != 503 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(status, 403, "{id} on {path}");
+        }
+    }
+    // The authority itself: one write whose address appears twice is the
+    // caller's mistake (400), not a storage failure.
+    let answer = to_records(&s, asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY)
+        .send(
+            reqwest::Method::POST,
+            "/v1/internal/index/write",
+            write(vec![entry, entry]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let answer = to_records(&s, asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY)
+        .send(
+            reqwest::Method::POST,
+            "/v1/internal/index/write",
+            write(vec![entry]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}

@@ -1,4 +1,5 @@
-//! Routes for the key authority alone, when the services run apart: the
+//! Routes for the key authority alone, when the services run apart (the
+//! caller is checked before its body is read): the
 //! wrappers it re-wraps after a revocation, the record versions whose
 //! authors it checks, the encrypted index it updates and compacts. The
 //! caller must be the authority's service identity as the directory facts
@@ -75,8 +76,8 @@ pub(crate) async fn scan_wrappers(
     Extension(Caller(caller)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<Vec<WrapperOut>>, ApiError> {
-    let req: WrapperScan = json_body(&body)?;
     for_authority(s, caller.id, move |s| {
+        let req: WrapperScan = json_body(&body)?;
         if !(1..=MAX_SCAN).contains(&req.limit) {
             return Err(bad_request(format!("limit: 1 to {MAX_SCAN}")));
         }
@@ -122,8 +123,8 @@ pub(crate) async fn record_version(
     Extension(Caller(caller)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<Option<StoredVersion>>, ApiError> {
-    let req: VersionQuery = json_body(&body)?;
     for_authority(s, caller.id, move |s| {
+        let req: VersionQuery = json_body(&body)?;
         check_name("patient", &req.patient)?;
         check_name("record_id", &req.record_id)?;
         Ok(s.store
@@ -145,8 +146,8 @@ pub(crate) async fn replace_wrapper(
     Extension(Caller(caller)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<bool>, ApiError> {
-    let req: WrapperReplacement = json_body(&body)?;
     for_authority(s, caller.id, move |s| {
+        let req: WrapperReplacement = json_body(&body)?;
         check_key(&req.key)?;
         let wrapper = decoded("wrapper", &req.wrapper)?;
         asclepios_crypto::envelope::KeyWrapper::from_bytes(&wrapper)
@@ -173,8 +174,8 @@ pub(crate) async fn index_get(
     Extension(Caller(caller)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<Vec<Option<String>>>, ApiError> {
-    let req: IndexGet = json_body(&body)?;
     for_authority(s, caller.id, move |s| {
+        let req: IndexGet = json_body(&body)?;
         if req.addrs.len() > MAX_INDEX_BATCH {
             return Err(bad_request(format!("at most {MAX_INDEX_BATCH} addresses")));
         }
@@ -198,8 +199,8 @@ pub(crate) async fn index_write(
     Extension(Caller(caller)): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<Json<()>, ApiError> {
-    let req: IndexWrite = json_body(&body)?;
     for_authority(s, caller.id, move |s| {
+        let req: IndexWrite = json_body(&body)?;
         if req.put.len() > MAX_INDEX_BATCH || req.delete.len() > MAX_INDEX_BATCH {
             return Err(bad_request(format!(
                 "at most {MAX_INDEX_BATCH} entries and addresses"
