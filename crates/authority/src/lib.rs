@@ -301,17 +301,18 @@ impl KeyAuthority {
         v: &Verified,
     ) -> Result<WithReceipt<IssuedKey>, ApiError> {
         let work = || -> Result<IssuedKey, ApiError> {
-            self.active(&caller.id)?;
-            if facts::member(&self.store, &caller.id)?
-                .is_some_and(|m| m.kind == facts::SERVICE_KIND)
-            {
+            // One read of the caller's directory entry serves every check
+            // and the attributes the key is made for.
+            let me = facts::member(&self.store, &caller.id)?;
+            asclepios_service::require_active(me.as_ref(), &caller.id)?;
+            if me.as_ref().is_some_and(|m| m.kind == facts::SERVICE_KIND) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "a service identity gets no attribute key",
                 ));
             }
             self.require_attested(caller)?;
-            let attributes = self.current_attributes(&caller.id)?;
+            let attributes = me.map(|m| m.attributes).unwrap_or_default();
             let key = self
                 .master
                 .keygen(&attributes, &mut rand_core::OsRng)

@@ -49,14 +49,16 @@ pub struct Services {
     pub authority: SocketAddr,
     /// Where the record service listens.
     pub records: SocketAddr,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
+    _stop: Stop,
 }
 
-impl Drop for Services {
+/// Tells the services started with it to stop when dropped.
+#[derive(Debug)]
+struct Stop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for Stop {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
+        let _ = self.0.send(true);
     }
 }
 
@@ -450,7 +452,7 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
     Ok(Services {
         authority: authority_addr,
         records: records_addr,
-        stop: Some(stop),
+        _stop: Stop(stop),
     })
 }
 
@@ -550,15 +552,7 @@ pub const FACTS_MAX_AGE_SECONDS: u64 = 10;
 pub struct Service {
     /// Where it listens.
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-    }
+    _stop: Stop,
 }
 
 /// `https://localhost:<port>` for a listening address: how a service on the
@@ -619,7 +613,7 @@ pub async fn start_authority(
     ));
     Ok(Service {
         addr,
-        stop: Some(stop),
+        _stop: Stop(stop),
     })
 }
 
@@ -671,6 +665,6 @@ pub async fn start_records(
     ));
     Ok(Service {
         addr,
-        stop: Some(stop),
+        _stop: Stop(stop),
     })
 }
