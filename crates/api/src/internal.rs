@@ -108,3 +108,13 @@ pub struct IndexWrite {
 
 /// Most addresses or entries in one index request.
 pub const MAX_INDEX_BATCH: usize = 65_536;
+
+/// The authority's directory moved to `change`: the record service fetches
+/// the facts at once and answers which change it now holds, so that a
+/// revocation binds both services before the administrator's call returns.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsChanged {
+    /// The authority's directory change.
+    pub change: u64,
+}

@@ -94,6 +94,8 @@ pub struct KeyAuthority {
     rewrap_pending: std::sync::atomic::AtomicBool,
     /// The signed directory facts last built, and the change they are at.
     facts_cache: std::sync::Mutex<Option<(u64, asclepios_api::SignedFacts)>>,
+    /// The directory change the record service last confirmed it holds.
+    facts_pushed: std::sync::atomic::AtomicU64,
     /// The record service's data: wrappers to re-wrap, record versions, the
     /// encrypted index.
     records: Arc<dyn record_access::RecordAccess>,
@@ -142,6 +144,7 @@ impl KeyAuthority {
             admin_lock: Default::default(),
             rewrap_pending: std::sync::atomic::AtomicBool::new(true),
             facts_cache: Default::default(),
+            facts_pushed: Default::default(),
             records: Arc::new(record_access::LocalRecords(store.clone())),
             store,
             index_lock: Default::default(),
@@ -259,6 +262,10 @@ impl KeyAuthority {
                 axum::routing::put(admin::put_auditor_key),
             )
             .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                push_directory_changes,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
                 self.store.clone(),
                 facts::registered_key_guard,
             ))
@@ -373,6 +380,57 @@ async fn integrity_guard(
     let check = s.clone();
     let _ = blocking(move || Ok(check.integrity_alarm())).await;
     response
+}
+
+/// After a request that changed the directory (an administrator's change,
+/// a consent given or withdrawn, a break-glass grant, a component
+/// registered, slots allocated), tells the record service before answering:
+/// when the caller hears "done", both services judge by the change (a
+/// disabled auditor is sealed to by neither; a withdrawn consent opens
+/// nothing at either). If the record service cannot be told, the change
+/// stands and reaches it with its next poll; the failure is reported.
+async fn push_directory_changes(
+    State(s): State<Arc<KeyAuthority>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let reads_only = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let response = next.run(request).await;
+    if reads_only || !response.status().is_success() {
+        return response;
+    }
+    let _ = blocking(move || {
+        s.push_directory_change();
+        Ok(())
+    })
+    .await;
+    response
+}
+
+impl KeyAuthority {
+    /// Tells the record service of a directory change it has not yet
+    /// confirmed (see [`push_directory_changes`]). Blocks.
+    pub fn push_directory_change(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(change) = self.store.directory_change() else {
+            return;
+        };
+        if change <= self.facts_pushed.load(Ordering::Acquire) {
+            return;
+        }
+        match self.records.directory_changed(change) {
+            Ok(()) => {
+                self.facts_pushed.fetch_max(change, Ordering::AcqRel);
+            }
+            Err(e) => eprintln!(
+                "asclepios authority: the record service has not taken directory change \
+                 {change} yet (it will within a poll): {e}"
+            ),
+        }
+    }
 }
 
 async fn attestation_evidence(

@@ -47,6 +47,14 @@ pub trait RecordAccess: Send + Sync {
     /// Writes index entries (over what an address held) and deletes
     /// addresses.
     fn index_write(&self, put: &[(Vec<u8>, Vec<u8>)], delete: &[Vec<u8>]) -> Result<(), String>;
+
+    /// Tells the record service that the directory moved to `change`, and
+    /// returns once it judges by facts at least that recent. In one process
+    /// it reads the authority's state itself, so there is nothing to tell.
+    fn directory_changed(&self, change: u64) -> Result<(), String> {
+        let _ = change;
+        Ok(())
+    }
 }
 
 /// The record service's store, in the same process.
@@ -320,6 +328,19 @@ impl RecordAccess for RemoteRecords {
                     delete: chunk.iter().map(|a| encoded(a)).collect(),
                 },
             )?;
+        }
+        Ok(())
+    }
+
+    fn directory_changed(&self, change: u64) -> Result<(), String> {
+        let held: u64 = self.call(
+            "/v1/internal/facts/changed",
+            &asclepios_api::internal::FactsChanged { change },
+        )?;
+        if held < change {
+            return Err(format!(
+                "the record service holds the directory at change {held}, not yet {change}"
+            ));
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! Crash safety of the whole service: `asclepios serve` runs as a child
-//! process on SQLite or PostgreSQL while clients write records concurrently;
-//! it is killed with SIGKILL at random moments and restarted. Afterwards:
+//! Crash safety of the whole platform: the key authority and the record
+//! service run as two child processes (`asclepios serve authority` and
+//! `asclepios serve records`), each on its own SQLite file or PostgreSQL
+//! schema, while clients write records concurrently; one or both are killed
+//! with SIGKILL at random moments and restarted. Afterwards:
 //!
 //! - every write acknowledged with a receipt is readable and opens to what
 //!   was written (and, when indexing was acknowledged too, search finds it);
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use asclepios_audit::Checkpoint;
 use asclepios_client::{Client, ClientError};
 use asclepios_crypto::sse::Mitra;
+use asclepios_deploy::split::write_records_dir;
 use asclepios_deploy::{init::init, Config};
 use common::free_port;
 use rand_core::RngCore;
@@ -58,41 +61,54 @@ struct Write {
     indexed: bool,
 }
 
-struct Service {
+/// Which of the two services a kill takes down.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Authority,
+    Records,
+    Both,
+}
+
+/// One trust domain's `asclepios serve <domain>` child process.
+struct Process {
+    domain: &'static str,
     dir: PathBuf,
     log: PathBuf,
-    authority: u16,
-    records: u16,
+    port: u16,
     child: Option<Child>,
 }
 
-impl Service {
-    fn start(&mut self) {
+impl Process {
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_asclepios"))
-            .args(["serve", "--dir"])
+            .args(["serve", self.domain, "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("start `asclepios serve`");
+            .unwrap_or_else(|e| panic!("start `asclepios serve {}`: {e}", self.domain));
         self.child = Some(child);
+    }
+
+    fn until_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let up = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        while !(up(self.authority) && up(self.records)) {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
-                    "`asclepios serve` exited with {status}:\n{}",
+                    "`asclepios serve {}` exited with {status}:\n{}",
+                    self.domain,
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "`asclepios serve` did not listen within 60 s"
+                "`asclepios serve {}` did not listen within 60 s",
+                self.domain
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -105,21 +121,52 @@ impl Service {
             child.wait().unwrap();
         }
     }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The two trust domains, each in a process of its own.
+struct Service {
+    /// The authority's directory (the users' identity files are there).
+    dir: PathBuf,
+    authority: Process,
+    records: Process,
+}
+
+impl Service {
+    fn start(&mut self) {
+        for p in [&mut self.authority, &mut self.records] {
+            if p.child.is_none() {
+                p.spawn();
+            }
+        }
+        self.authority.until_listening();
+        self.records.until_listening();
+    }
+
+    fn kill(&mut self, victim: Victim) {
+        match victim {
+            Victim::Authority => self.authority.kill(),
+            Victim::Records => self.records.kill(),
+            Victim::Both => {
+                self.authority.kill();
+                self.records.kill();
+            }
+        }
+    }
 
     fn client(&self, id: &str) -> Client {
         Client::connect(
             &self.dir,
             id,
-            &format!("https://localhost:{}", self.authority),
-            &format!("https://localhost:{}", self.records),
+            &format!("https://localhost:{}", self.authority.port),
+            &format!("https://localhost:{}", self.records.port),
         )
         .unwrap()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -176,7 +223,8 @@ async fn latest_checkpoint(auditor: &Client) -> Checkpoint {
 
 async fn crash_and_check(postgres: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("deployment");
+    let dir = tmp.path().join("authority");
+    let records_dir = tmp.path().join("records");
     let mut config = Config::development();
     let (authority, records) = (free_port(), free_port());
     config.authority.listen = format!("127.0.0.1:{authority}");
@@ -186,23 +234,36 @@ async fn crash_and_check(postgres: bool) {
         config.store.url = pg_url();
         config.store.schema = Some(schema.clone());
     }
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &config))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "init failed: {e}\n(the PostgreSQL case needs a server at {}; start it with \
+    let (a, r) = (dir.clone(), records_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        init(&a, &config)?;
+        write_records_dir(&a, &r)
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| {
+        panic!(
+            "init failed: {e}\n(the PostgreSQL case needs a server at {}; start it with \
                  `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
-                pg_url()
-            )
-        });
+            pg_url()
+        )
+    });
     let mut service = Service {
         dir: dir.clone(),
-        log: tmp.path().join("serve.log"),
-        authority,
-        records,
-        child: None,
+        authority: Process {
+            domain: "authority",
+            dir: dir.clone(),
+            log: tmp.path().join("authority.log"),
+            port: authority,
+            child: None,
+        },
+        records: Process {
+            domain: "records",
+            dir: records_dir.clone(),
+            log: tmp.path().join("records.log"),
+            port: records,
+            child: None,
+        },
     };
     service.start();
 
@@ -224,13 +285,16 @@ async fn crash_and_check(postgres: bool) {
     let mut auditor = service.client("auditor-ann");
     auditor.refresh_key().await.unwrap();
 
-    // Kill at random moments; keep the last checkpoint signed before each.
+    // Kill at random moments, the authority, the record service or both;
+    // keep the last checkpoint signed before each.
     let mut checkpoints = Vec::new();
     for _ in 0..kills() {
         let pause = 300 + u64::from(rand_core::OsRng.next_u32() % 1200);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         checkpoints.push(latest_checkpoint(&auditor).await);
-        service.kill();
+        let victim = [Victim::Authority, Victim::Records, Victim::Both]
+            [rand_core::OsRng.next_u32() as usize % 3];
+        service.kill(victim);
         service.start();
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -303,7 +367,7 @@ async fn crash_and_check(postgres: bool) {
     }
     drop(reader);
     drop(auditor);
-    service.kill();
+    service.kill(Victim::Both);
 
     // The store itself: no orphaned wrapper, no version without its wrapper,
     // and the index entries are exactly those the keyword states describe.
@@ -311,15 +375,23 @@ async fn crash_and_check(postgres: bool) {
         .iter()
         .flat_map(|w| asclepios_client::search::record_keywords(&w.patient, &w.resource))
         .collect();
-    let d = dir.clone();
-    let pg_schema = postgres.then_some(schema.clone());
-    tokio::task::spawn_blocking(move || check_store(&d, pg_schema.as_deref(), &keywords))
+    let stores = Stores {
+        authority: (dir.clone(), postgres.then(|| schema.clone())),
+        records: (
+            records_dir.clone(),
+            postgres.then(|| format!("{schema}_records")),
+        ),
+    };
+    tokio::task::spawn_blocking(move || check_store(&stores, &keywords))
         .await
         .unwrap();
     if postgres {
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                let _ = c.batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; \
+                     DROP SCHEMA IF EXISTS {schema}_records CASCADE"
+                ));
             }
         })
         .await;
@@ -370,7 +442,17 @@ fn query(dir: &Path, pg_schema: Option<&str>, sql: &str) -> Vec<Vec<Vec<u8>>> {
     }
 }
 
-fn check_store(dir: &Path, pg_schema: Option<&str>, keywords: &BTreeSet<String>) {
+/// Each domain's directory and PostgreSQL schema (`None` on SQLite).
+struct Stores {
+    authority: (PathBuf, Option<String>),
+    records: (PathBuf, Option<String>),
+}
+
+fn check_store(stores: &Stores, keywords: &BTreeSet<String>) {
+    // Wrappers, versions and index entries are the record service's; the
+    // keyword states and the search key the authority's.
+    let (dir, pg_schema) = (&stores.records.0, stores.records.1.as_deref());
+    let (authority_dir, authority_schema) = (&stores.authority.0, stores.authority.1.as_deref());
     let orphans = query(
         dir,
         pg_schema,
@@ -396,12 +478,15 @@ fn check_store(dir: &Path, pg_schema: Option<&str>, keywords: &BTreeSet<String>)
         unwrapped.len()
     );
 
-    let mitra = Mitra::new(&asclepios_deploy::keys::sse_key(dir).unwrap());
-    let states: BTreeMap<Vec<u8>, Vec<u8>> =
-        query(dir, pg_schema, "SELECT row_id, sealed FROM sse_state")
-            .into_iter()
-            .map(|mut r| (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])))
-            .collect();
+    let mitra = Mitra::new(&asclepios_deploy::keys::sse_key(authority_dir).unwrap());
+    let states: BTreeMap<Vec<u8>, Vec<u8>> = query(
+        authority_dir,
+        authority_schema,
+        "SELECT row_id, sealed FROM sse_state",
+    )
+    .into_iter()
+    .map(|mut r| (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])))
+    .collect();
     let mut expected = BTreeSet::new();
     // Entries are written before the keyword states that reach them are
     // swapped: a kill in between leaves entries just past a state's

@@ -9,48 +9,66 @@
 mod common;
 
 use asclepios_audit::{LogStore, SealedEvent};
-use asclepios_deploy::directory::Directory;
-use asclepios_deploy::keys::auditor_secret;
+use asclepios_deploy::keys::{auditor_secret, create_auditor_key};
 use asclepios_deploy::serve::AUDIT_LOG_ID;
 use asclepios_deploy::Config;
 use common::*;
 
-/// How many of the log's entries from `from` on `auditor` opens, and how
-/// many there are (off the async threads: PostgreSQL's client blocks).
-async fn opened_by(d: &Deployment, auditor: &str, from: u64) -> (usize, usize) {
+/// How many of both logs' entries from `from` on `auditor` opens, and
+/// how many there are (off the async threads: PostgreSQL's client blocks).
+async fn opened_by(d: &Deployment, auditor: &str, from: [u64; 2]) -> (usize, usize) {
+    let stores = [d.store_of(Domain::Authority), d.store_of(Domain::Records)];
     let (dir, auditor) = (d.dir.clone(), auditor.to_string());
     tokio::task::spawn_blocking(move || {
-        let store = Config::load(&dir).unwrap().open_store(&dir).unwrap();
-        let size = store.log_size(AUDIT_LOG_ID).unwrap();
         let key = auditor_secret(&dir, &auditor).unwrap();
-        let entries = store.log_entries(AUDIT_LOG_ID, from..size).unwrap();
-        let opened = entries
-            .iter()
-            .filter(|e| {
-                SealedEvent::from_bytes(e)
-                    .ok()
-                    .is_some_and(|s| s.open_as_auditor(&key).is_ok())
-            })
-            .count();
-        (opened, entries.len())
+        let (mut opened, mut total) = (0, 0);
+        for ((store_dir, _), from) in stores.iter().zip(from) {
+            let store = Config::load(store_dir)
+                .unwrap()
+                .open_store(store_dir)
+                .unwrap();
+            let size = store.log_size(AUDIT_LOG_ID).unwrap();
+            let entries = store.log_entries(AUDIT_LOG_ID, from..size).unwrap();
+            total += entries.len();
+            opened += entries
+                .iter()
+                .filter(|e| {
+                    SealedEvent::from_bytes(e)
+                        .ok()
+                        .is_some_and(|s| s.open_as_auditor(&key).is_ok())
+                })
+                .count();
+        }
+        (opened, total)
     })
     .await
     .unwrap()
 }
 
-async fn log_size(d: &Deployment) -> u64 {
-    let dir = d.dir.clone();
+/// The sizes of the authority's and the record service's logs.
+async fn log_sizes(d: &Deployment) -> [u64; 2] {
+    let stores = [d.store_of(Domain::Authority), d.store_of(Domain::Records)];
     tokio::task::spawn_blocking(move || {
-        let store = Config::load(&dir).unwrap().open_store(&dir).unwrap();
-        store.log_size(AUDIT_LOG_ID).unwrap()
+        stores.map(|(dir, _)| {
+            let store = Config::load(&dir).unwrap().open_store(&dir).unwrap();
+            store.log_size(AUDIT_LOG_ID).unwrap()
+        })
     })
     .await
     .unwrap()
 }
 
-async fn admin(d: &Deployment, work: impl FnOnce(&Directory) + Send + 'static) {
-    let dir = d.dir.clone();
-    tokio::task::spawn_blocking(move || work(&Directory::open(&dir).unwrap()))
+/// Adds an auditor as `asclepios user add --auditor` does: the identity,
+/// then its HPKE key, set through the authority's API.
+async fn add_auditor(d: &Deployment, id: &str) {
+    add_identity(d, id, "auditor", &["role:auditor"]).await;
+    let (dir, owned) = (d.dir.clone(), id.to_string());
+    let public = tokio::task::spawn_blocking(move || create_auditor_key(&dir, &owned))
+        .await
+        .unwrap()
+        .unwrap();
+    client(d, "admin-ada")
+        .set_auditor_key(id, &public.to_bytes())
         .await
         .unwrap();
 }
@@ -63,17 +81,10 @@ async fn some_events(d: &Deployment) {
 
 async fn auditors_follow_the_directory(postgres: bool) {
     let d = deploy(postgres).await;
-    admin(&d, |dir| {
-        dir.add("auditor-bo", "auditor", "Bo", &["role:auditor".into()])
-            .unwrap();
-        dir.make_auditor("auditor-bo").unwrap();
-        dir.add("auditor-cy", "auditor", "Cy", &["role:auditor".into()])
-            .unwrap();
-        dir.make_auditor("auditor-cy").unwrap();
-    })
-    .await;
+    add_auditor(&d, "auditor-bo").await;
+    add_auditor(&d, "auditor-cy").await;
 
-    let start = log_size(&d).await;
+    let start = log_sizes(&d).await;
     some_events(&d).await;
     for who in ["auditor-ann", "auditor-bo", "auditor-cy"] {
         let (opened, total) = opened_by(&d, who, start).await;
@@ -84,13 +95,13 @@ async fn auditors_follow_the_directory(postgres: bool) {
     }
 
     // Disabled (ann) and demoted (bo): neither opens anything written later.
-    admin(&d, |dir| {
-        dir.disable("auditor-ann").unwrap();
-        dir.set_attributes("auditor-bo", &["role:researcher".into()])
-            .unwrap();
-    })
-    .await;
-    let later = log_size(&d).await;
+    let admin = client(&d, "admin-ada");
+    admin.disable_identity("auditor-ann").await.unwrap();
+    admin
+        .set_identity_attributes("auditor-bo", &["role:researcher".into()])
+        .await
+        .unwrap();
+    let later = log_sizes(&d).await;
     some_events(&d).await;
     let mut doctor = client(&d, "dr-er");
     doctor.refresh_key().await.unwrap();

@@ -1,8 +1,9 @@
 //! What bad input gets from the services: a 4xx with a JSON error naming the
 //! problem, never a 5xx, nothing written; refused accesses are audited.
 
-use asclepios_deploy::serve::{start, Listen};
-use asclepios_deploy::{init::init, Config};
+mod common;
+
+use asclepios_deploy::Config;
 use asclepios_net::client::SignedClient;
 use reqwest::Method;
 
@@ -11,21 +12,11 @@ type Case<'a> = (&'a SignedClient, Method, &'a str, Vec<u8>, u16, &'a str);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_4xx_json_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("d");
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || init(&d, &Config::development()))
-        .await
-        .unwrap()
-        .unwrap();
-    let listen = Listen {
-        authority: Some("127.0.0.1:0".into()),
-        records: Some("127.0.0.1:0".into()),
-    };
-    let services = start(&dir, &listen).await.unwrap();
+    let d = common::deploy(false).await;
+    let dir = d.dir.clone();
     let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
     let records = SignedClient::new(
-        &format!("https://localhost:{}", services.records.port()),
+        &d.records_url,
         "dr-heart",
         &read("pki/ca.pem"),
         &read("identities/dr-heart.pem"),
@@ -33,7 +24,7 @@ async fn malformed_requests_get_4xx_json_errors() {
     )
     .unwrap();
     let authority = SignedClient::new(
-        &format!("https://localhost:{}", services.authority.port()),
+        &d.authority_url,
         "dr-heart",
         &read("pki/ca.pem"),
         &read("identities/dr-heart.pem"),
@@ -155,10 +146,11 @@ async fn malformed_requests_get_4xx_json_errors() {
             assert!(v["error"].is_string(), "{text}");
         }
     }
-    // Nothing was written, and the refusals are in the audit log.
-    let d = dir.clone();
+    // Nothing was written, and the refusals are in the record service's
+    // audit log.
+    let r = d.records_dir.clone();
     let (records_count, log_size) = tokio::task::spawn_blocking(move || {
-        let store = Config::load(&d).unwrap().open_store(&d).unwrap();
+        let store = Config::load(&r).unwrap().open_store(&r).unwrap();
         let n = store.patient_records("pat-00000").unwrap().len();
         let size = asclepios_audit::LogStore::log_size(&store, "audit").unwrap();
         (n, size)
@@ -170,12 +162,14 @@ async fn malformed_requests_get_4xx_json_errors() {
         log_size >= 2,
         "refused accesses are audited ({log_size} entries)"
     );
-    // Malformed directory changes too, for the auditors.
-    let d = dir.clone();
+    // Malformed directory changes too, in the authority's log, for the
+    // auditors.
+    let a = dir.clone();
     let refused = tokio::task::spawn_blocking(move || {
-        let store = Config::load(&d).unwrap().open_store(&d).unwrap();
-        let key = asclepios_deploy::keys::auditor_secret(&d, "auditor-ann").unwrap();
-        asclepios_audit::LogStore::log_entries(&store, "audit", 0..log_size)
+        let store = Config::load(&a).unwrap().open_store(&a).unwrap();
+        let key = asclepios_deploy::keys::auditor_secret(&a, "auditor-ann").unwrap();
+        let size = asclepios_audit::LogStore::log_size(&store, "audit").unwrap();
+        asclepios_audit::LogStore::log_entries(&store, "audit", 0..size)
             .unwrap()
             .iter()
             .filter_map(|e| {

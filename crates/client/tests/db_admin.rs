@@ -15,23 +15,6 @@ use asclepios_deploy::serve::AUDIT_LOG_ID;
 use asclepios_deploy::Config;
 use common::*;
 
-/// Raw SQL on the deployment's store, behind the services' backs.
-async fn as_db_admin(d: &Deployment, sql: &str) {
-    let (dir, schema, sql) = (d.dir.clone(), d.pg_schema.clone(), sql.to_string());
-    tokio::task::spawn_blocking(move || match schema {
-        None => rusqlite::Connection::open(dir.join("asclepios.db"))
-            .unwrap()
-            .execute_batch(&sql)
-            .unwrap(),
-        Some(schema) => postgres::Client::connect(&pg_url(), postgres::NoTls)
-            .unwrap()
-            .batch_execute(&format!("SET search_path TO {schema}; {sql}"))
-            .unwrap(),
-    })
-    .await
-    .unwrap();
-}
-
 fn assert_alarm<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
     match r {
         Err(ClientError::Refused {
@@ -85,8 +68,8 @@ async fn a_self_granted_attribute_gets_no_key(postgres: bool) {
     // An honest request first: the authority has read its directory.
     let mut patient = client(&d, "pat-00000");
     patient.refresh_key().await.unwrap();
-    as_db_admin(
-        &d,
+    d.as_db_admin(
+        Domain::Authority,
         "INSERT INTO identity_attributes (identity_id, attribute, granted_version, granted_at, revoked_at) \
          VALUES ('dr-er', 'patient:pat-00000', 0, 1, NULL)",
     )
@@ -121,8 +104,8 @@ async fn a_swapped_author_key_fails_the_read(postgres: bool) {
     let mut patient = client(&d, "pat-00000");
     patient.refresh_key().await.unwrap();
     let mallory_key = hex::encode([7u8; 32]);
-    as_db_admin(
-        &d,
+    d.as_db_admin(
+        Domain::Authority,
         &match postgres {
             false => format!("UPDATE identities SET public_key = X'{mallory_key}' WHERE identity_id = 'dr-heart'"),
             true => format!("UPDATE identities SET public_key = '\\x{mallory_key}'::bytea WHERE identity_id = 'dr-heart'"),
@@ -157,19 +140,14 @@ async fn a_rolled_back_state_is_refused(postgres: bool) {
         .iter()
         .map(|t| format!("CREATE TABLE copy_{t} AS SELECT * FROM {t};"))
         .collect();
-    as_db_admin(&d, &copy).await;
-    let dir = d.dir.clone();
-    tokio::task::spawn_blocking(move || {
-        asclepios_deploy::directory::Directory::open(&dir)
-            .unwrap()
-            .set_attributes(
-                "nurse-ward",
-                &["role:nurse".into(), "dept:cardiology".into()],
-            )
-            .unwrap();
-    })
-    .await
-    .unwrap();
+    d.as_db_admin(Domain::Authority, &copy).await;
+    client(&d, "admin-ada")
+        .set_identity_attributes(
+            "nurse-ward",
+            &["role:nurse".into(), "dept:cardiology".into()],
+        )
+        .await
+        .unwrap();
     let mut nurse = client(&d, "nurse-ward");
     let key = nurse.refresh_key().await.unwrap().to_vec();
     assert!(!key.iter().any(|a| a.starts_with("care-team:")), "{key:?}");
@@ -177,7 +155,7 @@ async fn a_rolled_back_state_is_refused(postgres: bool) {
         .iter()
         .map(|t| format!("DELETE FROM {t}; INSERT INTO {t} SELECT * FROM copy_{t};"))
         .collect();
-    as_db_admin(&d, &restore).await;
+    d.as_db_admin(Domain::Authority, &restore).await;
     assert_alarm(
         nurse.refresh_key().await,
         "a key from the rolled-back state",
@@ -233,8 +211,8 @@ async fn a_refused_rewrap_is_redone(postgres: bool) {
         .put_record("pat-00000", "obs-rw", 1, &record, &policy)
         .await
         .unwrap();
-    as_db_admin(
-        &d,
+    d.as_db_admin(
+        Domain::Records,
         if postgres {
             "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql; \
              CREATE TRIGGER refuse BEFORE UPDATE ON key_wrappers FOR EACH ROW EXECUTE FUNCTION refuse();"
@@ -255,8 +233,8 @@ async fn a_refused_rewrap_is_redone(postgres: bool) {
     let mut nurse = client(&d, "nurse-ward");
     let key = nurse.refresh_key().await.unwrap().to_vec();
     assert!(!key.iter().any(|a| a.starts_with("care-team:")), "{key:?}");
-    as_db_admin(
-        &d,
+    d.as_db_admin(
+        Domain::Records,
         if postgres {
             "DROP TRIGGER refuse ON key_wrappers"
         } else {
@@ -265,7 +243,7 @@ async fn a_refused_rewrap_is_redone(postgres: bool) {
     )
     .await;
     let policies = || {
-        let dir = d.dir.clone();
+        let (dir, _) = d.store_of(Domain::Records);
         async move {
             tokio::task::spawn_blocking(move || {
                 let store = Config::load(&dir).unwrap().open_store(&dir).unwrap();
@@ -326,8 +304,8 @@ async fn a_rewritten_author_field_grants_no_indexing(postgres: bool) {
         .index_record("pat-00000", "obs-ix", vec!["code:x".into()])
         .await
         .unwrap();
-    as_db_admin(
-        &d,
+    d.as_db_admin(
+        Domain::Records,
         if postgres {
             "UPDATE record_versions SET body = convert_to(replace(convert_from(body, 'UTF8'), \
              '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"'), 'UTF8') WHERE record_id = 'obs-ix'"

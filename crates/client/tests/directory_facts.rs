@@ -19,19 +19,6 @@ fn read(path: std::path::PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn connection(d: &Deployment, id: &str) -> SignedClient {
-    let layout = Layout::new(&d.dir);
-    let (cert, key) = layout.identity(id);
-    SignedClient::new(
-        &format!("https://localhost:{}", d.services.authority.port()),
-        id,
-        &read(layout.ca_cert()),
-        &read(cert),
-        &read(key),
-    )
-    .unwrap()
-}
-
 /// The authority's signing key, from its certificate (public).
 fn authority_key(d: &Deployment) -> ed25519_dalek::VerifyingKey {
     let pem = read(Layout::new(&d.dir).service("authority").0);
@@ -53,7 +40,7 @@ async fn facts(
 async fn the_record_service_learns_the_directory_over_mutual_tls() {
     let d = deploy(false).await;
     let source = PolledFacts::spawn(
-        connection(&d, RECORD_SERVICE_IDENTITY),
+        connection(&d, Domain::Authority, RECORD_SERVICE_IDENTITY),
         Duration::from_millis(100),
         Duration::from_secs(2),
     );
@@ -94,17 +81,21 @@ async fn the_record_service_learns_the_directory_over_mutual_tls() {
     assert_eq!(after.attribute_version("care-team:pat-00000"), 1);
 
     // The facts are for the deployment's services, not for its users.
-    let answer = connection(&d, "dr-heart")
+    let answer = connection(&d, Domain::Authority, "dr-heart")
         .send(reqwest::Method::GET, "/v1/directory/facts", Vec::new())
         .await
         .unwrap();
     assert_eq!(answer.status(), 403);
     // Nor for the authority's own service identity: only the record
     // service's, as configured.
-    let answer = connection(&d, asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY)
-        .send(reqwest::Method::GET, "/v1/directory/facts", Vec::new())
-        .await
-        .unwrap();
+    let answer = connection(
+        &d,
+        Domain::Authority,
+        asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY,
+    )
+    .send(reqwest::Method::GET, "/v1/directory/facts", Vec::new())
+    .await
+    .unwrap();
     assert_eq!(answer.status(), 403);
 
     // The services' identities hold nothing: an administrator can neither
@@ -130,7 +121,7 @@ async fn the_record_service_learns_the_directory_over_mutual_tls() {
         Err(asclepios_client::ClientError::Refused { status: 403, .. }) => {}
         other => panic!("a new service identity: {other:?}"),
     }
-    let answer = connection(&d, RECORD_SERVICE_IDENTITY)
+    let answer = connection(&d, Domain::Authority, RECORD_SERVICE_IDENTITY)
         .send(reqwest::Method::POST, "/v1/keys", Vec::new())
         .await
         .unwrap();
@@ -138,7 +129,7 @@ async fn the_record_service_learns_the_directory_over_mutual_tls() {
 
     // Without answers from the authority, the record service refuses to
     // judge anyone.
-    let layout = Layout::new(&d.dir);
+    let layout = Layout::new(&d.records_dir);
     let (cert, key) = layout.identity(RECORD_SERVICE_IDENTITY);
     let unanswered = SignedClient::new(
         "https://localhost:1",

@@ -9,7 +9,7 @@ use asclepios_deploy::Config;
 use asclepios_fhir::synth::Generator;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::{client, contains, deploy, raw_bytes, Deployment};
+use common::{client, contains, deploy, Deployment};
 
 async fn scenario(d: Deployment) {
     let mut generator = Generator::new(7);
@@ -135,15 +135,11 @@ async fn scenario(d: Deployment) {
     assert!(heart.check_author(&passed_off).await.is_err());
 
     // Revocation: the nurse leaves the care team and the cardiology ward.
-    let dir = d.dir.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        asclepios_deploy::directory::Directory::open(&dir)
-            .unwrap()
-            .set_attributes("nurse-ward", &["role:nurse".to_string()])
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let done = client(&d, "admin-ada")
+        .set_identity_attributes("nurse-ward", &["role:nurse".to_string()])
+        .await
+        .unwrap()
+        .revocation;
     assert_eq!(done.revoked, ["care-team:pat-00000", "dept:cardiology"]);
     assert_eq!(done.rewrapped, 2, "both records name the care team");
     // Neither her old key nor a fresh one opens the re-wrapped record.
@@ -324,15 +320,10 @@ async fn scenario(d: Deployment) {
     assert_eq!(listed.len(), 3);
 
     // A disabled identity is refused by both services.
-    let dir = d.dir.clone();
-    tokio::task::spawn_blocking(move || {
-        asclepios_deploy::directory::Directory::open(&dir)
-            .unwrap()
-            .disable("researcher-rita")
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    client(&d, "admin-ada")
+        .disable_identity("researcher-rita")
+        .await
+        .unwrap();
     let err = researcher.get_sealed(&pid, &record_id).await.unwrap_err();
     assert!(
         matches!(err, ClientError::Refused { status: 403, .. }),
@@ -361,10 +352,7 @@ async fn scenario(d: Deployment) {
     }
 
     // The store holds no name, code, unit or value of the patient in clear.
-    let (dir, schema) = (d.dir.clone(), d.pg_schema.clone());
-    let raw = tokio::task::spawn_blocking(move || raw_bytes(&dir, schema.as_deref()))
-        .await
-        .unwrap();
+    let raw = d.raw_bytes().await;
     let systolic = observation["valueQuantity"]["value"].to_string();
     assert!(systolic.parse::<f64>().is_ok(), "{systolic}");
     for needle in [

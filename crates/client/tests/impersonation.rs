@@ -84,13 +84,7 @@ async fn fake_authority(
 }
 
 fn victim(d: &Deployment, authority: &str) -> Client {
-    Client::connect(
-        &d.dir,
-        "dr-heart",
-        authority,
-        &format!("https://localhost:{}", d.services.records.port()),
-    )
-    .unwrap()
+    Client::connect(&d.dir, "dr-heart", authority, &d.records_url).unwrap()
 }
 
 async fn try_put(client: &Client) -> Result<(), String> {
@@ -125,7 +119,7 @@ async fn no_party_but_the_authority_resolves_a_policy() {
 
     // 1. The record service's own certificate and key, on the authority's
     //    address: refused at the handshake.
-    let (records_cert, records_key) = layout.service("records");
+    let (records_cert, records_key) = Layout::new(&d.records_dir).service("records");
     let (records_key_pem, records_signer) = key(&records_key);
     let url = fake_authority(
         &d.dir,

@@ -8,20 +8,7 @@ use common::*;
 
 async fn a_prefix_is_not_the_role(postgres: bool) {
     let d = deploy(postgres).await;
-    let dir = d.dir.clone();
-    tokio::task::spawn_blocking(move || {
-        asclepios_deploy::directory::Directory::open(&dir)
-            .unwrap()
-            .add(
-                "trainee-tom",
-                "auditor",
-                "Tom, auditor in training",
-                &["role:auditor-trainee".into()],
-            )
-            .unwrap();
-    })
-    .await
-    .unwrap();
+    add_identity(&d, "trainee-tom", "auditor", &["role:auditor-trainee"]).await;
     let mut trainee = client(&d, "trainee-tom");
     trainee.refresh_key().await.unwrap();
     match trainee.audit_events().await {

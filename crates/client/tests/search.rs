@@ -11,7 +11,7 @@ use asclepios_client::search::{record_keywords, Match};
 use asclepios_client::ClientError;
 use asclepios_deploy::Config;
 use asclepios_fhir::synth::Generator;
-use common::{client, contains, deploy, raw_bytes, table_bytes, Deployment};
+use common::{client, contains, deploy, Deployment};
 
 /// What a plaintext index of the same records answers.
 fn plain_search(
@@ -183,15 +183,8 @@ async fn scenario(d: Deployment) {
 
     // The index holds no keyword and no record reference in the clear; the
     // store as a whole holds no keyword.
-    let (dir, schema) = (d.dir.clone(), d.pg_schema.clone());
-    let (index, whole) = tokio::task::spawn_blocking(move || {
-        (
-            table_bytes(&dir, schema.as_deref(), &["sse_index", "sse_state"]),
-            raw_bytes(&dir, schema.as_deref()),
-        )
-    })
-    .await
-    .unwrap();
+    let index = d.table_bytes(&["sse_index", "sse_state"]).await;
+    let whole = d.raw_bytes().await;
     assert!(index.len() > 10_000, "{} index bytes", index.len());
     let record_ids: BTreeSet<&str> = plain.keys().map(|(_, r)| r.as_str()).collect();
     for needle in record_ids.iter().copied().chain([

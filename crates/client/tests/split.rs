@@ -9,89 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use asclepios_client::{Client, ClientError};
-use asclepios_deploy::init::init;
-use asclepios_deploy::serve::{start_authority, start_records};
-use asclepios_deploy::split::write_records_dir;
+use asclepios_client::ClientError;
 use asclepios_deploy::{keys, Config};
 use asclepios_fhir::synth::Generator;
-use common::contains;
-
-struct Split {
-    _tmp: tempfile::TempDir,
-    authority_dir: PathBuf,
-    records_dir: PathBuf,
-    authority_url: String,
-    records_url: String,
-    _authority: asclepios_deploy::serve::Service,
-    records: Option<asclepios_deploy::serve::Service>,
-    records_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn split(postgres: bool) -> Split {
-    let tmp = tempfile::tempdir().unwrap();
-    let authority_dir = tmp.path().join("authority");
-    let records_dir = tmp.path().join("records");
-    let (a, r) = (authority_dir.clone(), records_dir.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut config = Config::development();
-        config.emergency.grant_seconds = 3;
-        if postgres {
-            // Each service on a schema of its own (the record service's is
-            // `<schema>_records`).
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos();
-            config.store.url = common::pg_url();
-            config.store.schema = Some(format!("asclepios_split_{}_{nanos}", std::process::id()));
-        }
-        init(&a, &config)?;
-        write_records_dir(&a, &r)
-    })
-    .await
-    .unwrap()
-    .expect("init writes both directories");
-    let (ap, rp) = (free_port(), free_port());
-    let authority_url = format!("https://localhost:{ap}");
-    let records_url = format!("https://localhost:{rp}");
-    let records = start_records(
-        &records_dir,
-        Some(&format!("127.0.0.1:{rp}")),
-        &authority_url,
-    )
-    .await
-    .unwrap();
-    let authority = start_authority(
-        &authority_dir,
-        Some(&format!("127.0.0.1:{ap}")),
-        &records_url,
-    )
-    .await
-    .unwrap();
-    Split {
-        _tmp: tmp,
-        authority_dir,
-        records_dir,
-        authority_url,
-        records_url,
-        _authority: authority,
-        records: Some(records),
-        records_port: rp,
-    }
-}
-
-fn client(s: &Split, id: &str) -> Client {
-    Client::connect(&s.authority_dir, id, &s.authority_url, &s.records_url).unwrap()
-}
+use common::{client, connection, contains, deploy, Domain};
 
 /// Retries `f` while the record service still waits for the authority's
 /// first facts (503), for at most a few seconds.
@@ -120,13 +41,13 @@ async fn the_services_apart_play_every_part_on_postgres() {
 }
 
 async fn the_services_apart_play_every_part(postgres: bool) {
-    let s = split(postgres).await;
+    let s = deploy(postgres).await;
     let mut generator = Generator::new(7);
     let bundle = generator.patient(1);
     let pid = bundle.patient_id().to_string();
     let observation = generator.blood_pressure(&pid);
     let record_id = observation["id"].as_str().unwrap().to_string();
-    let policy = Config::load(&s.authority_dir).unwrap().default_policy(&pid);
+    let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
 
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
@@ -230,20 +151,20 @@ fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_record_service_directory_holds_no_authority_secret() {
-    let s = split(false).await;
+    let s = deploy(false).await;
     // Exercise it first: whatever the record service writes while working
     // is scanned too (its store, its log).
     let mut generator = Generator::new(3);
     let bundle = generator.patient(1);
     let pid = bundle.patient_id().to_string();
-    let policy = Config::load(&s.authority_dir).unwrap().default_policy(&pid);
+    let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
     once_up(|| heart.put_record(&pid, &pid, 1, &bundle.patient, &policy))
         .await
         .unwrap();
 
-    let a = s.authority_dir.clone();
+    let a = s.dir.clone();
     let mut secrets: Vec<(String, Vec<u8>)> = vec![
         (
             "the ABE master secret".into(),
@@ -304,7 +225,7 @@ async fn the_record_service_directory_holds_no_authority_secret() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_identity_authors_nothing() {
-    let s = split(false).await;
+    let s = deploy(false).await;
     let mut patient = client(&s, "pat-00000");
     patient.refresh_key().await.unwrap();
     // A version "by" the record service's identity is its operator's plant:
@@ -328,11 +249,11 @@ async fn a_service_identity_authors_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
-    let mut s = split(false).await;
+    let mut s = deploy(false).await;
     let mut generator = Generator::new(5);
     let bundle = generator.patient(1);
     let pid = bundle.patient_id().to_string();
-    let policy = Config::load(&s.authority_dir).unwrap().default_policy(&pid);
+    let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
     once_up(|| heart.put_record(&pid, &pid, 1, &bundle.patient, &policy))
@@ -348,7 +269,7 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
     // is not its key's log.
     drop(s.records.take());
     let config_file = s.records_dir.join("asclepios.toml");
-    let authority_origin = Config::load(&s.authority_dir).unwrap().audit.origin;
+    let authority_origin = Config::load(&s.dir).unwrap().audit.origin;
     let text = std::fs::read_to_string(&config_file).unwrap();
     let forged = text.replace(&format!("{authority_origin}/records"), &authority_origin);
     assert_ne!(forged, text);
@@ -357,23 +278,17 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
         .unwrap()
         .execute("DELETE FROM audit_checkpoints", [])
         .unwrap();
-    let mut restarted = None;
+    let mut restarted = false;
     for _ in 0..50 {
-        match start_records(
-            &s.records_dir,
-            Some(&format!("127.0.0.1:{}", s.records_port)),
-            &s.authority_url,
-        )
-        .await
-        {
-            Ok(service) => {
-                restarted = Some(service);
+        match s.start_records().await {
+            Ok(()) => {
+                restarted = true;
                 break;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    s.records = Some(restarted.expect("the record service restarts"));
+    assert!(restarted, "the record service restarts");
     // Something to log, so the restarted service signs a checkpoint.
     let _ = once_up(|| heart.list_records(&pid)).await;
     let refused = match once_up(|| patient.audit_views()).await {
@@ -390,24 +305,9 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
     assert!(refused.contains("names the log"), "{refused}");
 }
 
-/// A signed connection to the record service as `id` (its files in the
-/// authority's directory).
-fn to_records(s: &Split, id: &str) -> asclepios_net::client::SignedClient {
-    let layout = asclepios_deploy::directory::Layout::new(&s.authority_dir);
-    let (cert, key) = layout.identity(id);
-    asclepios_net::client::SignedClient::new(
-        &s.records_url,
-        id,
-        &std::fs::read_to_string(layout.ca_cert()).unwrap(),
-        &std::fs::read_to_string(cert).unwrap(),
-        &std::fs::read_to_string(key).unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_internal_routes_are_the_authoritys_alone() {
-    let s = split(false).await;
+    let s = deploy(false).await;
     let write = |put: Vec<(&str, &str)>| {
         serde_json::to_vec(&serde_json::json!({
             "put": put.iter().map(|(a, v)| [a, v]).collect::<Vec<_>>(),
@@ -428,7 +328,7 @@ async fn the_internal_routes_are_the_authoritys_alone() {
         ] {
             let mut status = 503;
             for _ in 0..50 {
-                status = to_records(&s, id)
+                status = connection(&s, Domain::Records, id)
                     .send(reqwest::Method::POST, path, write(vec![entry]))
                     .await
                     .unwrap()
@@ -444,22 +344,30 @@ async fn the_internal_routes_are_the_authoritys_alone() {
     }
     // The authority itself: one write whose address appears twice is the
     // caller's mistake (400), not a storage failure.
-    let answer = to_records(&s, asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY)
-        .send(
-            reqwest::Method::POST,
-            "/v1/internal/index/write",
-            write(vec![entry, entry]),
-        )
-        .await
-        .unwrap();
+    let answer = connection(
+        &s,
+        Domain::Records,
+        asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY,
+    )
+    .send(
+        reqwest::Method::POST,
+        "/v1/internal/index/write",
+        write(vec![entry, entry]),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status(), 400);
-    let answer = to_records(&s, asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY)
-        .send(
-            reqwest::Method::POST,
-            "/v1/internal/index/write",
-            write(vec![entry]),
-        )
-        .await
-        .unwrap();
+    let answer = connection(
+        &s,
+        Domain::Records,
+        asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY,
+    )
+    .send(
+        reqwest::Method::POST,
+        "/v1/internal/index/write",
+        write(vec![entry]),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status(), 200);
 }

@@ -8,19 +8,11 @@ mod common;
 
 use asclepios_client::ClientError;
 use asclepios_crypto::ipfe::SlotKey;
-use common::{client, contains, deploy, raw_bytes, Deployment};
+use common::{add_identity, client, contains, deploy, Deployment};
 
 async fn scenario(d: Deployment) {
     // A second provider, with its own certificate.
-    let dir = d.dir.clone();
-    tokio::task::spawn_blocking(move || {
-        asclepios_deploy::directory::Directory::open(&dir)
-            .unwrap()
-            .add("lab-north", "device", "North lab", &["role:lab".into()])
-            .unwrap();
-    })
-    .await
-    .unwrap();
+    add_identity(&d, "lab-north", "device", &["role:lab"]).await;
     let study = "bp-2026";
     let period = "2026-11";
     let buckets = [120.0, 140.0];
@@ -135,10 +127,7 @@ async fn scenario(d: Deployment) {
 
     // No value appears in the store. (The scaled integers are not looked
     // for: four digits turn up by chance in timestamps and random bytes.)
-    let (dir, schema) = (d.dir.clone(), d.pg_schema.clone());
-    let raw = tokio::task::spawn_blocking(move || raw_bytes(&dir, schema.as_deref()))
-        .await
-        .unwrap();
+    let raw = d.raw_bytes().await;
     for v in &all {
         let needle = format!("{v:.1}");
         assert!(

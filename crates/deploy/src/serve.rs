@@ -112,6 +112,15 @@ fn audit_log(dir: &Path, config: &Config) -> Result<Arc<Log<Store>>, Error> {
         keys::log_signer(dir)?,
     )
     .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    // A new log signs its empty tree at once, so that clients can verify
+    // "nothing here yet" as they verify every later view.
+    let signed = log
+        .latest_checkpoint()
+        .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    if signed.is_none() {
+        log.checkpoint()
+            .map_err(|e| Error::Invalid(format!("audit log: the first checkpoint: {e}")))?;
+    }
     Ok(Arc::new(log))
 }
 

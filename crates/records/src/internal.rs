@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use asclepios_api::internal::{
-    IndexGet, IndexWrite, StoredVersion, VersionQuery, WrapperKey, WrapperOut, WrapperReplacement,
-    WrapperScan, MAX_INDEX_BATCH, MAX_SCAN,
+    FactsChanged, IndexGet, IndexWrite, StoredVersion, VersionQuery, WrapperKey, WrapperOut,
+    WrapperReplacement, WrapperScan, MAX_INDEX_BATCH, MAX_SCAN,
 };
 use asclepios_net::server::{json_body, ApiError, Caller};
 use asclepios_store::{Wrapper, WrapperRow};
@@ -221,6 +221,22 @@ pub(crate) async fn index_write(
             return Err(bad_request("an address appears twice in one write"));
         }
         s.store.sse_index_write(&put, &delete).map_err(store_error)
+    })
+    .await
+}
+
+/// The authority's directory moved: fetch its facts now, and answer the
+/// change held, so that the authority's caller returns only once this
+/// service judges by them.
+pub(crate) async fn facts_changed(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Json<u64>, ApiError> {
+    for_authority(s, caller.id, move |s| {
+        let _: FactsChanged = json_body(&body)?;
+        s.directory.refresh_now()?;
+        Ok(s.directory.last().map_or(0, |f| f.change))
     })
     .await
 }

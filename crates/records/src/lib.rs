@@ -156,6 +156,10 @@ impl RecordService {
                 axum::routing::post(internal::index_write),
             )
             .route(
+                "/v1/internal/facts/changed",
+                axum::routing::post(internal::facts_changed),
+            )
+            .route(
                 "/v1/attestation/verdicts",
                 axum::routing::post(audit::attestation_verdict),
             )

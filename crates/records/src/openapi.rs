@@ -144,6 +144,12 @@ pub fn openapi_document() -> serde_json::Value {
                 ], &[])),
                 answer(),
             )},
+            "/v1/internal/facts/changed": {"post": operation(
+                "The directory moved: fetch the key authority's facts now; answers the change held (the key authority only).",
+                &[],
+                Some(object(&[("change", uint())], &[])),
+                answer(),
+            )},
         }),
     )
 }
