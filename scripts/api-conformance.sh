@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# API conformance: starts a development deployment (`asclepios init` and
-# `serve`, SQLite) on free ports and runs schemathesis against both
+# API conformance: starts a development deployment on free ports, the two
+# trust domains apart (`asclepios init --records-dir`, then `serve authority`
+# and `serve records`, each on its own SQLite file), and runs schemathesis against both
 # services' /openapi.json, over mutual TLS with signed requests, as several
 # identities (scripts/api_conformance/test_api.py). Fails on any 5xx, any
 # undeclared status or content type, any body that breaks its schema.
@@ -22,9 +23,9 @@ if ! python3 -c 'import schemathesis, cryptography, pytest' 2>/dev/null; then
 fi
 
 work="$(mktemp -d)"
-serve_pid=""
+pids=()
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,17 +33,30 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 authority_port="$(free_port)"
 records_port="$(free_port)"
-"$bin" init --dir "$work/d" >/dev/null
-sed -i "s/127.0.0.1:7443/127.0.0.1:$authority_port/; s/127.0.0.1:7444/127.0.0.1:$records_port/" "$work/d/asclepios.toml"
-"$bin" serve --dir "$work/d" >"$work/serve.log" 2>&1 &
-serve_pid=$!
-for _ in $(seq 1 300); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$authority_port") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$records_port") 2>/dev/null; then
-    break
-  fi
-  kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
-  sleep 0.1
+"$bin" init --dir "$work/d" --records-dir "$work/r" >/dev/null
+for config in "$work/d/asclepios.toml" "$work/r/asclepios.toml"; do
+  sed -i "s/127.0.0.1:7443/127.0.0.1:$authority_port/; s/127.0.0.1:7444/127.0.0.1:$records_port/" "$config"
 done
+
+# Starts `asclepios serve <domain>` and waits until it listens on <port>.
+serve() {
+  local domain="$1" dir="$2" port="$3"
+  "$bin" serve "$domain" --dir "$dir" >"$work/$domain.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { cat "$work/$domain.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "asclepios serve $domain did not listen on $port" >&2
+  exit 1
+}
+# The authority first: the record service fetches its directory facts at
+# start, and serves once it holds them.
+serve authority "$work/d" "$authority_port"
+serve records "$work/r" "$records_port"
+sleep 1
 
 ASCLEPIOS_DIR="$work/d" \
 ASCLEPIOS_AUTHORITY="https://localhost:$authority_port" \

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use asclepios_client::Client;
 use asclepios_deploy::directory::Directory;
-use asclepios_deploy::serve::{start, Listen, Services};
+use asclepios_deploy::serve::{start_authority, start_records, Service};
+use asclepios_deploy::split::write_records_dir;
 use asclepios_deploy::{init::init, Config};
 use asclepios_fhir::synth::Generator;
 use asclepios_portal::Portal;
@@ -270,30 +271,30 @@ fn check_accessibility(page: &str, html: &str) {
     }
 }
 
+/// The two trust domains apart, each from its own directory and store.
 struct Deployment {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
-    services: Services,
+    authority_url: String,
+    records_url: String,
+    _services: [Service; 2],
 }
 
 impl Deployment {
     fn client(&self, id: &str) -> Client {
-        Client::connect(
-            &self.dir,
-            id,
-            &format!("https://localhost:{}", self.services.authority.port()),
-            &format!("https://localhost:{}", self.services.records.port()),
-        )
-        .unwrap()
+        Client::connect(&self.dir, id, &self.authority_url, &self.records_url).unwrap()
     }
 }
 
 async fn deployment() -> Deployment {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("deployment");
-    let d = dir.clone();
+    let dir = tmp.path().join("authority");
+    let records_dir = tmp.path().join("records");
+    let (d, r) = (dir.clone(), records_dir.clone());
     tokio::task::spawn_blocking(move || {
         init(&d, &Config::development()).unwrap();
+        write_records_dir(&d, &r).unwrap();
+        // Set up before the authority serves: offline, on its own store.
         Directory::open(&d)
             .unwrap()
             .add(
@@ -306,20 +307,44 @@ async fn deployment() -> Deployment {
     })
     .await
     .unwrap();
-    let services = start(
+    let (authority_port, records_port) = (free_port(), free_port());
+    let authority_url = format!("https://localhost:{authority_port}");
+    let records_url = format!("https://localhost:{records_port}");
+    let authority = start_authority(
         &dir,
-        &Listen {
-            authority: Some("127.0.0.1:0".into()),
-            records: Some("127.0.0.1:0".into()),
-        },
+        Some(&format!("127.0.0.1:{authority_port}")),
+        &records_url,
     )
     .await
     .unwrap();
-    Deployment {
+    let records = start_records(
+        &records_dir,
+        Some(&format!("127.0.0.1:{records_port}")),
+        &authority_url,
+    )
+    .await
+    .unwrap();
+    let d = Deployment {
         _tmp: tmp,
         dir,
-        services,
+        authority_url,
+        records_url,
+        _services: [authority, records],
+    };
+    // The record service serves once it holds the authority's facts.
+    let probe = d.client("pat-00000");
+    for _ in 0..200 {
+        match probe.latest_checkpoint().await {
+            Err(asclepios_client::ClientError::Refused { status: 503, .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => {
+                other.expect("the record service answers");
+                break;
+            }
+        }
     }
+    d
 }
 
 /// Serves a portal for `client`; its base URL and launch URL.
