@@ -171,9 +171,10 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
             .resolve_policy(&config.default_policy(PATIENT))
             .await?,
     );
-    // One record to read.
+    // One record to read, under its opaque id.
+    let read_id = clients[0].record_id_for(PATIENT, &observation).await?;
     clients[0]
-        .put_record_resolved(PATIENT, "bench-read", 1, &observation, &policy)
+        .put_record_resolved(PATIENT, &read_id, 1, &observation, &policy)
         .await?;
     let observation = Arc::new(observation);
     let mut rows = Vec::new();
@@ -186,7 +187,11 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
             let (p, o) = (p.clone(), o.clone());
             let k = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
-                c.put_record_resolved(PATIENT, &format!("bench-{k:x}"), 1, &o, &p)
+                let mut o = (*o).clone();
+                o["id"] = format!("bench-{k:x}").into();
+                // (The naming key is fetched once per client, then kept.)
+                let record_id = c.record_id_for(PATIENT, &o).await?;
+                c.put_record_resolved(PATIENT, &record_id, 1, &o, &p)
                     .await?;
                 Ok(())
             }
@@ -196,16 +201,24 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     }
     for &n in levels {
         eprintln!("e2e: read with {n} client(s)");
-        let (per_s, us) = throughput(&clients[..n], budget, |c, _| async move {
-            c.get_record(PATIENT, "bench-read").await?;
-            Ok(())
+        let id = read_id.clone();
+        let (per_s, us) = throughput(&clients[..n], budget, move |c, _| {
+            let id = id.clone();
+            async move {
+                c.get_record(PATIENT, &id).await?;
+                Ok(())
+            }
         })
         .await?;
         rows.push(json!({"suite": "e2e", "op": "read", "clients": n, "per_s": per_s.round(), "ours_us": us.round()}));
         eprintln!("e2e: read-service with {n} client(s)");
-        let (per_s, us) = throughput(&clients[..n], budget, |c, _| async move {
-            c.get_sealed(PATIENT, "bench-read").await?;
-            Ok(())
+        let id = read_id.clone();
+        let (per_s, us) = throughput(&clients[..n], budget, move |c, _| {
+            let id = id.clone();
+            async move {
+                c.get_sealed(PATIENT, &id).await?;
+                Ok(())
+            }
         })
         .await?;
         rows.push(json!({"suite": "e2e", "op": "read-service", "clients": n, "per_s": per_s.round(), "ours_us": us.round()}));
@@ -214,7 +227,7 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     // One read, split: the same client, measured in turn.
     eprintln!("e2e: read split");
     let c = clients[0].clone();
-    let (sealed, _) = c.get_sealed(PATIENT, "bench-read").await?;
+    let (sealed, _) = c.get_sealed(PATIENT, &read_id).await?;
     let body = SealedBody::from_bytes(&B64.decode(&sealed.body)?)?;
     let wrapper =
         KeyWrapper::from_bytes(&B64.decode(sealed.wrapper.as_deref().context("wrapper")?)?)?;
@@ -241,10 +254,10 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     let deadline = Instant::now() + budget.min_time.max(Duration::from_millis(200));
     while Instant::now() < deadline || service.len() < budget.min_iters {
         let t = Instant::now();
-        c.get_sealed(PATIENT, "bench-read").await?;
+        c.get_sealed(PATIENT, &read_id).await?;
         service.push(t.elapsed().as_secs_f64() * 1e6);
         let t = Instant::now();
-        c.get_record(PATIENT, "bench-read").await?;
+        c.get_record(PATIENT, &read_id).await?;
         whole.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let service_us = timing::median(&mut service);

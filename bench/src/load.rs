@@ -243,17 +243,16 @@ async fn client_loop(
         let outcome: Result<(), asclepios_client::ClientError> = match op {
             Op::Read => client.get_sealed(PATIENT, record_id).await.map(|_| ()),
             Op::Write => {
-                let resource = synth.blood_pressure(PATIENT);
-                client
-                    .put_record_resolved(
-                        PATIENT,
-                        &format!("load-{seed}-{n}"),
-                        1,
-                        &resource,
-                        &policy,
-                    )
-                    .await
-                    .map(|_| ())
+                let mut resource = synth.blood_pressure(PATIENT);
+                resource["id"] = format!("load-{seed}-{n}").into();
+                // (The naming key is fetched once, then kept.)
+                match client.record_id_for(PATIENT, &resource).await {
+                    Ok(record_id) => client
+                        .put_record_resolved(PATIENT, &record_id, 1, &resource, &policy)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                }
             }
             Op::Search => client.search(date).await.map(|_| ()),
             Op::Key => client.refresh_key().await.map(|_| ()),
@@ -356,8 +355,9 @@ async fn run_async(
     let mut synth = Generator::new(7);
     let mut records = Vec::with_capacity(preload);
     for i in 0..preload {
-        let resource = synth.blood_pressure(PATIENT);
-        let record_id = format!("preload-{i}");
+        let mut resource = synth.blood_pressure(PATIENT);
+        resource["id"] = format!("preload-{i}").into();
+        let record_id = author.record_id_for(PATIENT, &resource).await?;
         author
             .put_record_resolved(PATIENT, &record_id, 1, &resource, &policy)
             .await?;

@@ -178,3 +178,28 @@ pub struct IndexValues {
 
 /// Most addresses one lookup may name.
 pub const MAX_LOOKUP: usize = 1 << 16;
+
+/// A request for a patient's record-naming key (`POST /v1/records/naming-key`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamingKeyRequest {
+    /// The patient.
+    pub patient: String,
+}
+
+/// A patient's record-naming key: what turns a FHIR reference into the
+/// opaque id the record is stored under (`asclepios_crypto::naming`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamingKeyOut {
+    /// The patient.
+    pub patient: String,
+    /// The key (hex, 32 bytes).
+    pub key: String,
+}
+
+impl std::fmt::Debug for NamingKeyOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NamingKeyOut({}, <key redacted>)", self.patient)
+    }
+}

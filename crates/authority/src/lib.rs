@@ -25,6 +25,7 @@ pub mod attestation;
 pub mod consent;
 pub mod emergency;
 pub mod facts;
+pub mod naming;
 mod openapi;
 pub mod record_access;
 pub mod review;
@@ -94,6 +95,8 @@ pub struct KeyAuthority {
     rewrap_pending: std::sync::atomic::AtomicBool,
     /// The signed directory facts last built, and the change they are at.
     facts_cache: std::sync::Mutex<Option<(u64, asclepios_api::SignedFacts)>>,
+    /// The secret patients' record-naming keys derive from.
+    naming: Option<asclepios_crypto::naming::NamingSecret>,
     /// The directory change the record service last confirmed it holds.
     facts_pushed: std::sync::atomic::AtomicU64,
     /// The record service's data: wrappers to re-wrap, record versions, the
@@ -145,6 +148,7 @@ impl KeyAuthority {
             rewrap_pending: std::sync::atomic::AtomicBool::new(true),
             facts_cache: Default::default(),
             facts_pushed: Default::default(),
+            naming: None,
             records: Arc::new(record_access::LocalRecords(store.clone())),
             store,
             index_lock: Default::default(),
@@ -221,6 +225,7 @@ impl KeyAuthority {
         Router::new()
             .route("/v1/keys", post(issue_key))
             .route("/v1/policy/resolve", post(resolve_policy))
+            .route("/v1/records/naming-key", post(naming::naming_key))
             .route("/v1/emergency", post(emergency::emergency))
             .route(
                 "/v1/emergency/reviews",

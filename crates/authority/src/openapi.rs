@@ -20,6 +20,10 @@ pub fn openapi_document() -> serde_json::Value {
                 "A policy with each attribute at its current version.",
                 &[], Some(object(&[("policy", string())], &[])), answer(),
             )},
+            "/v1/records/naming-key": {"post": operation(
+                "A patient's record-naming key, for the patient's circle and labs (audited).",
+                &[], Some(object(&[("patient", string())], &[])), answer(),
+            )},
             "/v1/emergency": {"post": operation(
                 "Break the glass: a short emergency grant for a patient (loudly logged, reviewed later).",
                 &[], Some(object(&[("patient", string()), ("reason", string())], &[])), answer(),

@@ -85,10 +85,10 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         let pid = bundle.patient_id();
         let policy = lab.resolve_policy(&config.default_policy(pid)).await?;
         for resource in bundle.all() {
-            let id = resource["id"]
-                .as_str()
-                .context("generated resources have ids")?;
-            lab.put_record_resolved(pid, id, 1, resource, &policy)
+            // Stored under an opaque id: a MAC of the FHIR reference under
+            // the patient's naming key (the store never sees the FHIR id).
+            let record_id = lab.record_id_for(pid, resource).await?;
+            lab.put_record_resolved(pid, &record_id, 1, resource, &policy)
                 .await?;
             imported += 1;
         }
@@ -100,7 +100,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         .find(|r| r["resourceType"] == "Observation")
         .context("an observation")?
         .clone();
-    let record = observation["id"].as_str().unwrap_or_default().to_string();
+    let record = lab.record_id_for(&pid, &observation).await?;
     story.expect(
         imported > 10,
         &format!(
@@ -111,6 +111,11 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
     story.note(&format!(
         "policy of {pid}'s records: {}",
         config.default_policy(&pid)
+    ));
+    story.note(&format!(
+        "Observation/{} is stored as record {record}: the store learns neither the FHIR id \
+         nor the resource type",
+        observation["id"].as_str().unwrap_or_default()
     ));
 
     story.section("10. Who can read what");

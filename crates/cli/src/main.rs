@@ -167,7 +167,8 @@ enum Command {
         /// The patient's pseudonym.
         #[arg(long)]
         patient: String,
-        /// The record id.
+        /// The record: its id as `asclepios records` lists it, or its FHIR reference
+        /// (e.g. Observation/obs-1), which your naming key for the patient turns into the id.
         record: String,
     },
     /// Search the encrypted index, then read what matched (your key decides what opens).
@@ -313,7 +314,8 @@ enum Command {
         /// The patient's pseudonym.
         #[arg(long)]
         patient: String,
-        /// The record id.
+        /// The record: its id as `asclepios records` lists it, or its FHIR reference
+        /// (e.g. Observation/obs-1), which your naming key for the patient turns into the id.
         record: String,
     },
 }

@@ -161,7 +161,7 @@ pub fn put(
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     let view = asclepios_fhir::ResourceView::from_value(resource.clone())
         .with_context(|| format!("{} is not a FHIR resource", file.display()))?;
-    let record_id = view.id().context("the resource has no id")?.to_string();
+    let fhir_id = view.id().context("the resource has no id")?.to_string();
     let policy = policy.unwrap_or_else(|| {
         Config::load(dir)
             .map(|c| c.default_policy(patient))
@@ -169,11 +169,11 @@ pub fn put(
     });
     runtime()?.block_on(async {
         let client = connect(dir, who)?;
-        let receipt = client
-            .put_record(patient, &record_id, version, &resource, &policy)
+        let (record_id, receipt) = client
+            .put_resource(patient, version, &resource, &policy)
             .await?;
         println!(
-            "stored {} {record_id} v{version} for {patient}",
+            "stored {}/{fhir_id} v{version} for {patient} as record {record_id}",
             view.resource_type()
         );
         println!("policy: {policy}");
@@ -185,10 +185,28 @@ pub fn put(
     })
 }
 
+/// The stored id `record` names: an opaque id as `records` and `search
+/// --ids-only` list them, or a FHIR reference (`Observation/obs-1`), which
+/// the patient's naming key turns into one.
+async fn stored_id(client: &Client, patient: &str, record: &str) -> anyhow::Result<String> {
+    if asclepios_crypto::naming::is_opaque_record_id(record) {
+        return Ok(record.to_string());
+    }
+    let Some((resource_type, fhir_id)) = record.split_once('/') else {
+        anyhow::bail!(
+            "`{record}` is neither a record id (`r` and 32 hex digits, as `asclepios records` \
+             lists them) nor a FHIR reference such as Observation/obs-1"
+        );
+    };
+    Ok(client.record_id(patient, resource_type, fhir_id).await?)
+}
+
 /// `asclepios get`: fetch a record and open it with this identity's key.
-pub fn get(dir: &Path, who: &AsArg, patient: &str, record_id: &str) -> anyhow::Result<()> {
+pub fn get(dir: &Path, who: &AsArg, patient: &str, record: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let mut client = connect(dir, who)?;
+        let record_id = stored_id(&client, patient, record).await?;
+        let record_id = record_id.as_str();
         client.refresh_key().await?;
         let (resource, receipt) = client.get_record(patient, record_id).await?;
         let mut out = std::io::stdout().lock();
@@ -255,9 +273,11 @@ pub fn list(dir: &Path, who: &AsArg, patient: &str) -> anyhow::Result<()> {
 }
 
 /// `asclepios erase`: crypto-shred a record (the patient only).
-pub fn erase(dir: &Path, who: &AsArg, patient: &str, record_id: &str) -> anyhow::Result<()> {
+pub fn erase(dir: &Path, who: &AsArg, patient: &str, record: &str) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = connect(dir, who)?;
+        let record_id = stored_id(&client, patient, record).await?;
+        let record_id = record_id.as_str();
         let n = client.erase_record(patient, record_id).await?;
         println!("erased {record_id}: {n} key wrapper(s) destroyed; the ciphertext can no longer be opened");
         Ok(())
@@ -563,8 +583,15 @@ pub fn import(dir: &Path, who: &AsArg, files: &[PathBuf]) -> anyhow::Result<()> 
                     .await?;
                 policies.insert(patient.clone(), policy);
             }
+            let record_id = match client.record_id_for(&patient, &resource).await {
+                Ok(record_id) => record_id,
+                Err(e) => {
+                    skipped.push(format!("{} {id}: {e}", view.resource_type()));
+                    continue;
+                }
+            };
             match client
-                .put_record_resolved(&patient, &id, 1, &resource, &policies[&patient])
+                .put_record_resolved(&patient, &record_id, 1, &resource, &policies[&patient])
                 .await
             {
                 Ok(_) => stored += 1,

@@ -182,11 +182,19 @@ async fn write_until(
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let patient = PATIENT;
-        let record_id = format!("crash-{writer}-{n}");
-        let resource = synth.blood_pressure(patient);
-        let outcome = client
-            .put_record(patient, &record_id, 1, &resource, &policy)
-            .await;
+        let mut resource = synth.blood_pressure(patient);
+        resource["id"] = format!("crash-{writer}-{n}").into();
+        // The naming key is fetched once (then kept): if the authority is
+        // down at that moment, this write is cut short like any other.
+        let (record_id, outcome) = match client.record_id_for(patient, &resource).await {
+            Ok(record_id) => {
+                let outcome = client
+                    .put_record(patient, &record_id, 1, &resource, &policy)
+                    .await;
+                (record_id, outcome)
+            }
+            Err(e) => (String::new(), Err(e)),
+        };
         let (stored, indexed) = match outcome {
             Ok(_) => (true, true),
             Err(ClientError::NotIndexed(_)) => (true, false),

@@ -71,6 +71,9 @@ pub enum ClientError {
     /// An answer that is not what the protocol says.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The caller asked for something this client will not send.
+    #[error("{0}")]
+    Invalid(String),
     /// Search tokens or index values that do not open.
     #[error(transparent)]
     Search(#[from] asclepios_crypto::sse::SseError),
@@ -109,6 +112,9 @@ pub struct Client {
     require_attestation: bool,
     /// The verdict of the challenge made before the first key request.
     authority_verdict: std::sync::Mutex<Option<Appraisal>>,
+    /// Patients' record-naming keys, as the authority gave them.
+    naming_keys:
+        std::sync::Mutex<std::collections::HashMap<String, asclepios_crypto::naming::NamingKey>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -269,6 +275,7 @@ impl Client {
             attestation,
             require_attestation,
             authority_verdict: std::sync::Mutex::new(None),
+            naming_keys: Default::default(),
         })
     }
 
@@ -505,7 +512,102 @@ impl Client {
         Ok(resolved)
     }
 
-    /// Seals a FHIR resource and stores it as `version` of `record_id`.
+    /// Patient `patient`'s record-naming key, from the authority (the
+    /// patient's circle and labs get it; audited), kept for this client's
+    /// lifetime.
+    async fn naming_key(
+        &self,
+        patient: &str,
+    ) -> Result<asclepios_crypto::naming::NamingKey, ClientError> {
+        if let Some(key) = self.naming_keys_held().get(patient) {
+            return Ok(key.clone());
+        }
+        asclepios_net::pki::check_identity_id(patient)?;
+        let body = to_json(&asclepios_api::records::NamingKeyRequest {
+            patient: patient.to_string(),
+        })?;
+        let (out, _receipt): (asclepios_api::records::NamingKeyOut, _) = self
+            .call_with_receipt("authority", Method::POST, "/v1/records/naming-key", body)
+            .await?;
+        let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+            hex::decode(&out.key)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .filter(|_| out.patient == patient)
+                .ok_or_else(|| {
+                    ClientError::Protocol("the authority sent a malformed naming key".into())
+                })?,
+        );
+        let key = asclepios_crypto::naming::NamingKey::from_bytes(*bytes);
+        self.naming_keys_held()
+            .insert(patient.to_string(), key.clone());
+        Ok(key)
+    }
+
+    fn naming_keys_held(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, asclepios_crypto::naming::NamingKey>,
+    > {
+        self.naming_keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The opaque id the record service stores `resource_type/fhir_id` of
+    /// `patient` under: a MAC under the patient's naming key, so the store
+    /// learns neither the FHIR id nor the type (see
+    /// [`asclepios_crypto::naming`]).
+    pub async fn record_id(
+        &self,
+        patient: &str,
+        resource_type: &str,
+        fhir_id: &str,
+    ) -> Result<String, ClientError> {
+        Ok(self
+            .naming_key(patient)
+            .await?
+            .record_id(resource_type, fhir_id))
+    }
+
+    /// [`Client::record_id`] of a FHIR resource (its `resourceType` and
+    /// `id`).
+    pub async fn record_id_for(
+        &self,
+        patient: &str,
+        resource: &serde_json::Value,
+    ) -> Result<String, ClientError> {
+        let field = |name: &str| {
+            resource[name]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    ClientError::Invalid(format!(
+                        "the resource has no `{name}`: it cannot be named"
+                    ))
+                })
+        };
+        self.record_id(patient, field("resourceType")?, field("id")?)
+            .await
+    }
+
+    /// Seals a FHIR resource and stores it as `version` of its record,
+    /// whose opaque id is returned with the receipt.
+    pub async fn put_resource(
+        &self,
+        patient: &str,
+        version: u64,
+        resource: &serde_json::Value,
+        policy: &str,
+    ) -> Result<(String, Receipt), ClientError> {
+        let record_id = self.record_id_for(patient, resource).await?;
+        let receipt = self
+            .put_record(patient, &record_id, version, resource, policy)
+            .await?;
+        Ok((record_id, receipt))
+    }
+
+    /// Seals a FHIR resource and stores it as `version` of `record_id` (an
+    /// opaque id: [`Client::record_id_for`]).
     pub async fn put_record(
         &self,
         patient: &str,
@@ -529,6 +631,12 @@ impl Client {
         resource: &serde_json::Value,
         policy: &Policy,
     ) -> Result<Receipt, ClientError> {
+        if !asclepios_crypto::naming::is_opaque_record_id(record_id) {
+            return Err(ClientError::Invalid(format!(
+                "`{record_id}` is not an opaque record id: derive it with record_id_for (the \
+                 store must not learn FHIR ids)"
+            )));
+        }
         let payload = Zeroizing::new(to_json(resource)?);
         let context = RecordContext {
             record_id: record_id.to_string(),

@@ -83,8 +83,13 @@ async fn clients_check_the_authority_and_devices_attest_before_keys() {
         "subject": {"reference": "Patient/pat-00000"},
         "valueQuantity": {"value": 250, "unit": "mm[Hg]"}
     });
+    // It gets no naming key either, so it cannot tell which id a resource
+    // is stored under.
+    let e = lab.record_id_for("pat-00000", &reading).await.unwrap_err();
+    assert_eq!(refused_status(&e), Some(403), "{e}");
+    let guessed = "r22222222222222222222222222222222";
     let e = lab
-        .put_record_resolved("pat-00000", "obs-unattested-1", 1, &reading, &policy)
+        .put_record_resolved("pat-00000", guessed, 1, &reading, &policy)
         .await
         .unwrap_err();
     assert_eq!(refused_status(&e), Some(403), "{e}");
@@ -97,7 +102,8 @@ async fn clients_check_the_authority_and_devices_attest_before_keys() {
     lab.resolve_policy("patient:pat-00000 or emergency:pat-00000")
         .await
         .unwrap();
-    lab.put_record_resolved("pat-00000", "obs-unattested-1", 1, &reading, &policy)
+    let record_id = lab.record_id_for("pat-00000", &reading).await.unwrap();
+    lab.put_record_resolved("pat-00000", &record_id, 1, &reading, &policy)
         .await
         .unwrap();
 

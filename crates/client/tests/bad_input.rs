@@ -32,9 +32,12 @@ async fn malformed_requests_get_4xx_json_errors() {
     )
     .unwrap();
     let valid_put = serde_json::json!({
-        "patient": "pat-00000", "record_id": "r1", "version": 1,
+        "patient": "pat-00000", "record_id": "r0123456789abcdef0123456789abcdef", "version": 1,
         "body": "AAAA", "wrapper": "AAAA", "author_signature": "AAAA"
     });
+    // A record id that says what the record is (a FHIR id) is refused.
+    let mut clear_id = valid_put.clone();
+    clear_id["record_id"] = serde_json::json!("obs-00000-1-2");
     let mut unknown_field = valid_put.clone();
     unknown_field["extra"] = serde_json::json!(1);
     let cases: Vec<Case> = vec![
@@ -61,6 +64,14 @@ async fn malformed_requests_get_4xx_json_errors() {
             serde_json::to_vec(&valid_put).unwrap(),
             400,
             "body",
+        ),
+        (
+            &records,
+            Method::POST,
+            "/v1/records",
+            serde_json::to_vec(&clear_id).unwrap(),
+            400,
+            "opaque id",
         ),
         (
             &records,

@@ -97,8 +97,8 @@ async fn a_swapped_author_key_fails_the_read(postgres: bool) {
         "valueQuantity": {"value": 72, "unit": "/min"}
     });
     let policy = Config::load(&d.dir).unwrap().default_policy("pat-00000");
-    doctor
-        .put_record("pat-00000", "obs-h1", 1, &record, &policy)
+    let (record_id, _) = doctor
+        .put_resource("pat-00000", 1, &record, &policy)
         .await
         .unwrap();
     let mut patient = client(&d, "pat-00000");
@@ -113,7 +113,7 @@ async fn a_swapped_author_key_fails_the_read(postgres: bool) {
     )
     .await;
     assert_alarm(
-        patient.get_record("pat-00000", "obs-h1").await,
+        patient.get_record("pat-00000", &record_id).await,
         "a read whose author key was swapped",
     );
     assert_alarm_audited(&d, "identities").await;
@@ -208,7 +208,7 @@ async fn a_refused_rewrap_is_redone(postgres: bool) {
     });
     let policy = Config::load(&d.dir).unwrap().default_policy("pat-00000");
     doctor
-        .put_record("pat-00000", "obs-rw", 1, &record, &policy)
+        .put_resource("pat-00000", 1, &record, &policy)
         .await
         .unwrap();
     d.as_db_admin(
@@ -296,28 +296,28 @@ async fn a_rewritten_author_field_grants_no_indexing(postgres: bool) {
         "valueQuantity": {"value": 71, "unit": "/min"}
     });
     let policy = Config::load(&d.dir).unwrap().default_policy("pat-00000");
-    doctor
-        .put_record("pat-00000", "obs-ix", 1, &record, &policy)
+    let (record_id, _) = doctor
+        .put_resource("pat-00000", 1, &record, &policy)
         .await
         .unwrap();
     doctor
-        .index_record("pat-00000", "obs-ix", vec!["code:x".into()])
+        .index_record("pat-00000", &record_id, vec!["code:x".into()])
         .await
         .unwrap();
     d.as_db_admin(
         Domain::Records,
-        if postgres {
-            "UPDATE record_versions SET body = convert_to(replace(convert_from(body, 'UTF8'), \
-             '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"'), 'UTF8') WHERE record_id = 'obs-ix'"
+        &if postgres {
+            format!("UPDATE record_versions SET body = convert_to(replace(convert_from(body, 'UTF8'), \
+             '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"'), 'UTF8') WHERE record_id = '{record_id}'")
         } else {
-            "UPDATE record_versions SET body = CAST(replace(CAST(body AS TEXT), \
-             '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"') AS BLOB) WHERE record_id = 'obs-ix'"
+            format!("UPDATE record_versions SET body = CAST(replace(CAST(body AS TEXT), \
+             '\"author\":\"dr-heart\"', '\"author\":\"nurse-ward\"') AS BLOB) WHERE record_id = '{record_id}'")
         },
     )
     .await;
     let nurse = client(&d, "nurse-ward");
     match nurse
-        .index_record("pat-00000", "obs-ix", vec!["code:planted".into()])
+        .index_record("pat-00000", &record_id, vec!["code:planted".into()])
         .await
     {
         Err(ClientError::Refused {

@@ -9,7 +9,10 @@ use asclepios_deploy::Config;
 use asclepios_fhir::synth::Generator;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::{client, contains, deploy, Deployment};
+use common::{client, contains, deploy, Deployment, Domain};
+
+/// An opaque id no writer derived.
+const PLANTED: &str = "r00000000000000000000000000000000";
 
 async fn scenario(d: Deployment) {
     let mut generator = Generator::new(7);
@@ -21,10 +24,16 @@ async fn scenario(d: Deployment) {
         .unwrap()
         .to_string();
     let observation = generator.blood_pressure(&pid);
-    let record_id = observation["id"].as_str().unwrap().to_string();
+    let fhir_id = observation["id"].as_str().unwrap().to_string();
     let policy = Config::load(&d.dir).unwrap().default_policy(&pid);
 
     let mut heart = client(&d, "dr-heart");
+    // Stored under an opaque id, the same for every writer in the circle.
+    let record_id = heart.record_id_for(&pid, &observation).await.unwrap();
+    assert!(
+        !record_id.contains(&fhir_id) && record_id.len() == 33,
+        "{record_id}"
+    );
     let attrs = heart.refresh_key().await.unwrap().to_vec();
     assert!(attrs.contains(&"role:doctor".to_string()), "{attrs:?}");
     let receipt = heart
@@ -33,7 +42,7 @@ async fn scenario(d: Deployment) {
         .unwrap();
     assert_eq!(receipt.status, 200);
     heart
-        .put_record(&pid, &pid, 1, &bundle.patient, &policy)
+        .put_resource(&pid, 1, &bundle.patient, &policy)
         .await
         .unwrap();
 
@@ -68,10 +77,21 @@ async fn scenario(d: Deployment) {
         "{err}"
     );
 
+    // Outside the circle there is no naming key: a researcher cannot even
+    // tell which id a known resource would be stored under.
+    let err = researcher
+        .record_id_for(&pid, &observation)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 403, .. }),
+        "{err}"
+    );
+
     // Only the patient's circle writes the patient's records, under a policy
     // that names the patient and the emergency clause.
     let err = researcher
-        .put_record(&pid, "planted", 1, &observation, &policy)
+        .put_record(&pid, PLANTED, 1, &observation, &policy)
         .await
         .unwrap_err();
     assert!(
@@ -81,7 +101,7 @@ async fn scenario(d: Deployment) {
     let err = heart
         .put_record(
             &pid,
-            "no-emergency",
+            PLANTED,
             1,
             &observation,
             "patient:pat-00000 or role:doctor",
@@ -161,7 +181,7 @@ async fn scenario(d: Deployment) {
     );
     // Records written afterwards carry the new versions too.
     let later = generator.blood_pressure(&pid);
-    let later_id = later["id"].as_str().unwrap().to_string();
+    let later_id = heart.record_id_for(&pid, &later).await.unwrap();
     heart
         .put_record(&pid, &later_id, 1, &later, &policy)
         .await
@@ -361,6 +381,7 @@ async fn scenario(d: Deployment) {
         "Systolic",
         "mm[Hg]",
         "resourceType",
+        fhir_id.as_str(),
         systolic.as_str(),
     ] {
         assert!(
@@ -368,6 +389,14 @@ async fn scenario(d: Deployment) {
             "`{needle}` found in the raw store"
         );
     }
+    // Nor does the record service's store say what kind of resource a
+    // record is: its ids are opaque. (The authority's keeps a consent's
+    // scope, `Observation` here, in its protected state.)
+    let records_store = d.raw_bytes_of(Domain::Records).await;
+    assert!(
+        !contains(&records_store, b"Observation"),
+        "a resource type in the record service's store"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

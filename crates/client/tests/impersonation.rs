@@ -96,7 +96,8 @@ async fn try_put(client: &Client) -> Result<(), String> {
     client
         .put_record(
             "pat-00000",
-            "cond-secret-1",
+            // (An opaque id fixed here: the attack is on the policy.)
+            "r33333333333333333333333333333333",
             1,
             &resource,
             "patient:pat-00000 or care-team:pat-00000 or emergency:pat-00000",

@@ -43,8 +43,7 @@ async fn scenario(d: Deployment) {
 
     let mut plain: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for r in bundle.all() {
-        let id = r["id"].as_str().unwrap().to_string();
-        heart.put_record(&pid, &id, 1, r, &policy).await.unwrap();
+        let (id, _) = heart.put_resource(&pid, 1, r, &policy).await.unwrap();
         plain.insert((pid.clone(), id), record_keywords(&pid, r));
     }
     assert!(plain.len() >= 8, "{}", plain.len());
@@ -116,12 +115,8 @@ async fn scenario(d: Deployment) {
     // Many updates of one keyword, then searches: compaction keeps answers right.
     for i in 0..40 {
         let mut extra = generator.blood_pressure(&pid);
-        let id = format!("bp-extra-{i}");
-        extra["id"] = id.clone().into();
-        heart
-            .put_record(&pid, &id, 1, &extra, &policy)
-            .await
-            .unwrap();
+        extra["id"] = format!("bp-extra-{i}").into();
+        let (id, _) = heart.put_resource(&pid, 1, &extra, &policy).await.unwrap();
         plain.insert((pid.clone(), id), record_keywords(&pid, &extra));
     }
     for _ in 0..2 {

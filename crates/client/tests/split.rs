@@ -46,11 +46,11 @@ async fn the_services_apart_play_every_part(postgres: bool) {
     let bundle = generator.patient(1);
     let pid = bundle.patient_id().to_string();
     let observation = generator.blood_pressure(&pid);
-    let record_id = observation["id"].as_str().unwrap().to_string();
     let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
 
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
+    let record_id = heart.record_id_for(&pid, &observation).await.unwrap();
     once_up(|| heart.put_record(&pid, &record_id, 1, &observation, &policy))
         .await
         .expect("the record service takes a record once it has the facts");
@@ -160,7 +160,7 @@ async fn the_record_service_directory_holds_no_authority_secret() {
     let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
-    once_up(|| heart.put_record(&pid, &pid, 1, &bundle.patient, &policy))
+    once_up(|| heart.put_resource(&pid, 1, &bundle.patient, &policy))
         .await
         .unwrap();
 
@@ -256,7 +256,7 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
     let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
-    once_up(|| heart.put_record(&pid, &pid, 1, &bundle.patient, &policy))
+    once_up(|| heart.put_resource(&pid, 1, &bundle.patient, &policy))
         .await
         .unwrap();
     let mut patient = client(&s, &pid);

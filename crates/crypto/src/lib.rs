@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod format;
 pub mod ipfe;
 pub mod lsss;
+pub mod naming;
 pub mod policy;
 pub mod sse;
 

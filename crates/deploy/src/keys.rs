@@ -6,6 +6,7 @@
 //! authority/sse-master.sealed  the search index's Mitra key, sealed likewise
 //! authority/stats-master.sealed the key sealing statistics slot keys at rest
 //! authority/integrity.sealed   the key authenticating the authority's rows
+//! authority/naming.sealed      the secret patients' record-naming keys derive from
 //! <seal key file>              the sealing key: outside the data directory
 //!                              (`[seal] key_file`, by default `<dir>.seal.key`
 //!                              beside it), so a copy of the directory or of
@@ -37,6 +38,8 @@ const STATS_SEAL_AAD: &[u8] = b"asclepios stats master secret v1";
 const STATS_SEALED: &str = "authority/stats-master.sealed";
 const INTEGRITY_SEAL_AAD: &[u8] = b"asclepios integrity key v1";
 const INTEGRITY_SEALED: &str = "authority/integrity.sealed";
+const NAMING_SEAL_AAD: &[u8] = b"asclepios record naming secret v1";
+const NAMING_SEALED: &str = "authority/naming.sealed";
 
 fn write_new_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Error> {
     write_new_file(path, &hex::encode(bytes), secret)
@@ -79,6 +82,7 @@ pub fn create(dir: &Path, config: &crate::Config) -> Result<(), Error> {
     sse_key(dir)?;
     stats_key(dir)?;
     integrity_key(dir)?;
+    naming_secret(dir)?;
     let signer = NoteSigner::generate(origin)?;
     write_new_file(
         &dir.join("pki/audit-log.key"),
@@ -202,6 +206,14 @@ pub fn sse_key(dir: &Path) -> Result<SseKey, Error> {
 /// Unseals the key the authority seals statistics slot keys with at rest.
 pub fn stats_key(dir: &Path) -> Result<Zeroizing<[u8; 32]>, Error> {
     secret_32(dir, STATS_SEALED, STATS_SEAL_AAD)
+}
+
+/// Unseals the secret patients' record-naming keys derive from (the
+/// authority only; made on first use in a deployment from before it).
+pub fn naming_secret(dir: &Path) -> Result<asclepios_crypto::naming::NamingSecret, Error> {
+    Ok(asclepios_crypto::naming::NamingSecret::from_bytes(
+        *secret_32(dir, NAMING_SEALED, NAMING_SEAL_AAD)?,
+    ))
 }
 
 /// Unseals the key that authenticates the authority's state in its store.

@@ -281,6 +281,7 @@ fn open_authority(
         cfg.search.roles.clone(),
     )
     .with_attestation(source, gate)
+    .with_naming_secret(keys::naming_secret(dir)?)
     .serving_facts_to(RECORD_SERVICE_IDENTITY);
     let authority = match records {
         Some(records) => authority.with_records(records),

@@ -382,7 +382,7 @@ async fn patients_auditors_and_clinicians_in_a_real_browser() {
         .unwrap();
     let mut first_obs = None;
     for r in bundle.all() {
-        let id = r["id"].as_str().unwrap().to_string();
+        let id = lab.record_id_for(pid, r).await.unwrap();
         lab.put_record_resolved(pid, &id, 1, r, &policy)
             .await
             .unwrap();

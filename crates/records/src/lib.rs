@@ -349,6 +349,13 @@ impl RecordService {
         // refuse anything else before doing or logging anything.
         check_name("patient", &put.patient)?;
         check_name("record_id", &put.record_id)?;
+        // Stored ids say nothing of the record: no FHIR id, no type.
+        if !asclepios_crypto::naming::is_opaque_record_id(&put.record_id) {
+            return Err(bad_request(
+                "`record_id` must be an opaque id (`r` and 32 hex digits), derived with the \
+                 patient's naming key (`POST /v1/records/naming-key` at the key authority)",
+            ));
+        }
         let resource = format!("record/{}/{}", put.patient, put.record_id);
         let patient = put.patient.clone();
         self.audited(&caller.id, if put.version == 1 { Action::Create } else { Action::Update }, resource, &patient, v, || {

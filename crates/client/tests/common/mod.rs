@@ -203,6 +203,14 @@ impl Deployment {
         .unwrap()
     }
 
+    /// Every byte one domain's store holds.
+    pub async fn raw_bytes_of(&self, domain: Domain) -> Vec<u8> {
+        let (dir, schema) = self.store_of(domain);
+        tokio::task::spawn_blocking(move || raw_bytes(&dir, schema.as_deref()))
+            .await
+            .unwrap()
+    }
+
     /// The bytes of every row of `tables` in both stores.
     pub async fn table_bytes(&self, tables: &[&str]) -> Vec<u8> {
         let stores = [
