@@ -160,6 +160,29 @@ fn a_deployment_through_the_command_line() {
         imported.contains("imported") && imported.contains("0 skipped"),
         "{imported}"
     );
+    // Records are stored under opaque ids; a FHIR reference names one
+    // through the patient's naming key.
+    let observation: serde_json::Value = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| {
+            r["resourceType"] == "Observation" && r["subject"]["reference"] == "Patient/pat-00000"
+        })
+        .unwrap();
+    let fhir_id = observation["id"].as_str().unwrap().to_string();
+    let json = ok(&[
+        "get",
+        "--dir",
+        d,
+        "--as",
+        "pat-00000",
+        "--patient",
+        "pat-00000",
+        &format!("Observation/{fhir_id}"),
+    ]);
+    assert!(json.contains("\"resourceType\": \"Observation\""), "{json}");
+    assert!(json.contains(&fhir_id), "{json}");
     let listed = ok(&[
         "records",
         "--dir",
@@ -169,14 +192,40 @@ fn a_deployment_through_the_command_line() {
         "--patient",
         "pat-00000",
     ]);
-    let first = listed
+    assert!(
+        listed.lines().count() > 2
+            && listed
+                .lines()
+                .all(|l| l.starts_with('r') && !l.contains("obs-") && !l.contains("pat-")),
+        "{listed}"
+    );
+
+    // Search: the index was filled by the import; results are read normally.
+    let ids = ok(&[
+        "search",
+        "--dir",
+        d,
+        "--as",
+        "dr-heart",
+        "--ids-only",
+        "type:Observation",
+        "patient:pat-00000",
+    ]);
+    let first = ids
         .lines()
-        .find(|l| l.starts_with("obs-"))
-        .unwrap()
-        .split_whitespace()
         .next()
+        .and_then(|l| l.strip_prefix("pat-00000/"))
         .unwrap()
         .to_string();
+    assert!(
+        listed.lines().any(|l| l.starts_with(&first)),
+        "{first} not in {listed}"
+    );
+    assert!(
+        ids.lines()
+            .all(|l| l.starts_with("pat-00000/r") && l.len() == 43),
+        "{ids}"
+    );
     let json = ok(&[
         "get",
         "--dir",
@@ -200,26 +249,6 @@ fn a_deployment_through_the_command_line() {
     ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("satisfy this record's policy"));
-
-    // Search: the index was filled by the import; results are read normally.
-    let ids = ok(&[
-        "search",
-        "--dir",
-        d,
-        "--as",
-        "dr-heart",
-        "--ids-only",
-        "type:Observation",
-        "patient:pat-00000",
-    ]);
-    assert!(
-        ids.lines().any(|l| l == format!("pat-00000/{first}")),
-        "{ids}"
-    );
-    assert!(
-        ids.lines().all(|l| l.starts_with("pat-00000/obs-")),
-        "{ids}"
-    );
     let opened = ok(&[
         "search",
         "--dir",

@@ -211,17 +211,26 @@ pub(crate) async fn patient(
     let mut rows = Vec::new();
     let mut points = Vec::new();
     for (id, version) in listed.iter().take(MAX_RECORDS) {
-        let erase = format!(
-            "<form class=\"inline\" method=\"post\" action=\"/patient/records/erase\">{}\
-             <input type=\"hidden\" name=\"record\" value=\"{}\">\
-             <button type=\"submit\" aria-label=\"Erase record {}\">Erase</button></form>",
-            csrf_field(p.csrf()),
-            esc(id),
-            esc(id)
-        );
+        // Ids are opaque: the button names the record by what it is, once
+        // opened (its FHIR reference), else by its id.
+        let erase = |label: &str| {
+            format!(
+                "<form class=\"inline\" method=\"post\" action=\"/patient/records/erase\">{}\
+                 <input type=\"hidden\" name=\"record\" value=\"{}\">\
+                 <button type=\"submit\" aria-label=\"Erase record {}\">Erase</button></form>",
+                csrf_field(p.csrf()),
+                esc(id),
+                esc(label)
+            )
+        };
         match client.get_record(&pid, id).await {
             Ok((resource, _)) => {
                 let (kind, what, when, systolic) = summary(&resource);
+                let reference = format!(
+                    "{}/{}",
+                    resource["resourceType"].as_str().unwrap_or("?"),
+                    resource["id"].as_str().unwrap_or("?")
+                );
                 points.extend(systolic);
                 rows.push((
                     None,
@@ -229,8 +238,12 @@ pub(crate) async fn patient(
                         esc(&kind),
                         esc(&what),
                         esc(&when),
-                        format!("{} (v{version})", esc(id)),
-                        erase,
+                        format!(
+                            "{} (v{version})<br><small>stored as {}</small>",
+                            esc(&reference),
+                            esc(id)
+                        ),
+                        erase(&reference),
                     ],
                 ));
             }
@@ -244,7 +257,7 @@ pub(crate) async fn patient(
                     ),
                     String::new(),
                     format!("{} (v{version})", esc(id)),
-                    erase,
+                    erase(id),
                 ],
             )),
         }

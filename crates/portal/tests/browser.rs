@@ -498,13 +498,24 @@ async fn patients_auditors_and_clinicians_in_a_real_browser() {
     );
 
     // The patient erases a record from the page; the erasure is listed.
-    let erased = "obs-00000-0-3";
+    // The button names the record by its FHIR reference; the store knows it
+    // only by its opaque id.
+    let erased = "Observation/obs-00000-0-3";
+    let erased_id = d
+        .client(pid)
+        .record_id(pid, "Observation", "obs-00000-0-3")
+        .await
+        .unwrap();
     browser
         .click(&format!("button[aria-label=\"Erase record {erased}\"]"))
         .await;
     let html = browser.wait_for("Record erased").await;
-    assert!(html.contains(&format!("record/pat-00000/{erased}")));
-    assert!(d.client("dr-heart").get_record(pid, erased).await.is_err());
+    assert!(html.contains(&format!("record/pat-00000/{erased_id}")));
+    assert!(d
+        .client("dr-heart")
+        .get_record(pid, &erased_id)
+        .await
+        .is_err());
 
     // The auditor approves the break-glass grant.
     let (_a, _base, url) = launch(d.client("auditor-ann")).await;
