@@ -398,7 +398,8 @@ async fn crash_and_check(postgres: bool) {
             if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
                 let _ = c.batch_execute(&format!(
                     "DROP SCHEMA IF EXISTS {schema} CASCADE; \
-                     DROP SCHEMA IF EXISTS {schema}_records CASCADE"
+                     DROP SCHEMA IF EXISTS {schema}_records CASCADE; \
+                     DROP ROLE IF EXISTS {schema}_records"
                 ));
             }
         })

@@ -121,6 +121,40 @@ async fn the_services_apart_play_every_part(postgres: bool) {
             .any(|e| e.actor == "dr-heart" && e.resource.contains(&record_id)),
         "{events:?}"
     );
+
+    // On PostgreSQL the record service logs in as a role of its own, which
+    // owns its schema and may read nothing of the authority's.
+    if postgres {
+        let records_url = Config::load(&s.records_dir).unwrap().store.url;
+        let authority_schema = s.pg_schema.clone().unwrap();
+        assert!(
+            !records_url.contains("postgres@"),
+            "the administrator's role"
+        );
+        let (own, theirs) = tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&records_url, postgres::NoTls).unwrap();
+            let own = c
+                .query_one(
+                    &format!("SELECT count(*) FROM {authority_schema}_records.record_versions"),
+                    &[],
+                )
+                .map(|r| r.get::<_, i64>(0));
+            let theirs = c
+                .query_one(
+                    &format!("SELECT count(*) FROM {authority_schema}.identities"),
+                    &[],
+                )
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"));
+            (own, theirs)
+        })
+        .await
+        .unwrap();
+        assert!(own.unwrap() >= 1, "the record service reads its own tables");
+        let refused =
+            theirs.expect_err("the record service's role read the authority's identities");
+        assert!(refused.contains("permission denied"), "{refused}");
+    }
 }
 
 /// Every file under `dir`, recursively.

@@ -60,6 +60,26 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
             (!own.store.url.starts_with("sqlite://")).then(|| "asclepios_records".to_string())
         });
     own.seal = Default::default();
+    if let Some(schema) = own
+        .store
+        .schema
+        .clone()
+        .filter(|_| !own.store.url.starts_with("sqlite://"))
+    {
+        // Its own PostgreSQL role, owning its own schema and granted
+        // nothing else: its credentials open none of the authority's
+        // tables. (The authority keeps the administrator's URL.)
+        let mut secret = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+        let password = zeroize::Zeroizing::new(hex::encode(secret));
+        asclepios_store::create_postgres_service_role(
+            &config.store_location(authority_dir),
+            &schema,
+            &schema,
+            &password,
+        )?;
+        own.store.url = with_credentials(&own.store.url, &schema, &password)?;
+    }
     own.audit.origin = format!("{}/records", config.audit.origin);
     let copy = |src: &Path, dst: &Path, secret: bool| -> Result<(), Error> {
         write_new_file(dst, &read_file(src)?, secret)
@@ -101,4 +121,49 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
     std::fs::remove_file(&id_key)
         .map_err(|e| Error::Io(format!("cannot remove {}: {e}", id_key.display())))?;
     Ok(())
+}
+
+/// `url` logging in as `user` with `password` instead of its own
+/// credentials.
+fn with_credentials(url: &str, user: &str, password: &str) -> Result<String, Error> {
+    let start = url.find("://").map(|i| i + 3).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: not a postgres:// URL",
+            asclepios_store::redact_url(url)
+        ))
+    })?;
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let host = match url[start..end].rfind('@') {
+        Some(at) => start + at + 1,
+        None => start,
+    };
+    Ok(format!(
+        "{}{user}:{password}@{}",
+        &url[..start],
+        &url[host..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_credentials;
+
+    #[test]
+    fn credentials_replace_the_administrators() {
+        assert_eq!(
+            with_credentials("postgres://postgres@127.0.0.1:5432/test", "r", "p").unwrap(),
+            "postgres://r:p@127.0.0.1:5432/test"
+        );
+        assert_eq!(
+            with_credentials("postgresql://a:b@db/x?sslmode=disable", "r", "p").unwrap(),
+            "postgresql://r:p@db/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_credentials("postgres://db:5432/x", "r", "p").unwrap(),
+            "postgres://r:p@db:5432/x"
+        );
+        assert!(with_credentials("db:5432", "r", "p").is_err());
+    }
 }

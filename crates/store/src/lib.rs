@@ -45,6 +45,7 @@ mod integrity;
 pub use integrity::IntegrityKey;
 mod migrations;
 mod postgres;
+pub use postgres::create_service_role as create_postgres_service_role;
 pub use postgres::redact as redact_url;
 mod records;
 mod sqlite;

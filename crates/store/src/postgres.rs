@@ -93,9 +93,15 @@ impl Postgres {
             ))
         })?;
         if let Some(schema) = &self.schema {
-            client.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-            ))?;
+            // Created only when missing: a service's own role may use the
+            // schema made for it without the right to create schemas.
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])?
+                .is_some();
+            if !exists {
+                client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+            }
+            client.batch_execute(&format!("SET search_path TO {schema}"))?;
         }
         Ok(Conn {
             client,
@@ -290,4 +296,34 @@ impl<C: GenericClient> Tx for PgTx<'_, C> {
         }
         Ok(())
     }
+}
+
+/// Makes `role` (logging in with `password`) and the schema `schema` it
+/// owns, connected as the administrator at `admin_url`: a service's own
+/// store, which no other service's role can read (a new schema grants
+/// nothing to others). Names must be letters, digits and underscores.
+pub fn create_service_role(
+    admin_url: &str,
+    schema: &str,
+    role: &str,
+    password: &str,
+) -> Result<(), StoreError> {
+    let plain =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !plain(schema) || !plain(role) || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(StoreError::Invalid(
+            "role, schema and password: letters, digits and underscores".into(),
+        ));
+    }
+    let mut admin = Client::connect(admin_url, NoTls).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot reach PostgreSQL at {}: {e}",
+            redact(admin_url)
+        ))
+    })?;
+    admin.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+         CREATE SCHEMA {schema} AUTHORIZATION {role};"
+    ))?;
+    Ok(())
 }

@@ -56,7 +56,8 @@ impl Drop for Deployment {
                 if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
                     let _ = c.batch_execute(&format!(
                         "DROP SCHEMA IF EXISTS {schema} CASCADE; \
-                         DROP SCHEMA IF EXISTS {schema}_records CASCADE"
+                         DROP SCHEMA IF EXISTS {schema}_records CASCADE; \
+                         DROP ROLE IF EXISTS {schema}_records"
                     ));
                 }
             })
