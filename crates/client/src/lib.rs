@@ -731,7 +731,11 @@ impl Client {
     }
 
     /// Reads and opens the latest version of a record, after checking its
-    /// author's signature with the author's key from the directory.
+    /// author's signature with the author's key from the directory. A
+    /// reader in the patient's circle (who holds the naming key) also checks
+    /// that the resource is the one the id names: a writer cannot pass one
+    /// resource off under another's id. A reader outside it (a policy may
+    /// admit one) cannot tell, and relies on the author's signature alone.
     pub async fn get_record(
         &self,
         patient: &str,
@@ -739,7 +743,23 @@ impl Client {
     ) -> Result<(serde_json::Value, Receipt), ClientError> {
         let (record, receipt) = self.get_sealed(patient, record_id).await?;
         self.check_author(&record).await?;
-        Ok((self.open(&record)?, receipt))
+        let resource = self.open(&record)?;
+        match self.record_id_for(patient, &resource).await {
+            Ok(named) if named == record_id => {}
+            Ok(_) | Err(ClientError::Invalid(_)) => {
+                return Err(ClientError::Protocol(format!(
+                    "record {record_id} holds {}/{}, which is stored under another id: \
+                     its writer ({}) filed it under the wrong id",
+                    resource["resourceType"].as_str().unwrap_or("?"),
+                    resource["id"].as_str().unwrap_or("?"),
+                    record.author
+                )))
+            }
+            // No naming key for this patient: outside the circle.
+            Err(ClientError::Refused { status: 403, .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok((resource, receipt))
     }
 
     /// Checks a record's author signature (body and place, not the

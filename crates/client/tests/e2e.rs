@@ -371,6 +371,20 @@ async fn scenario(d: Deployment) {
         other => panic!("an outsider read an erased record's remains: {other:?}"),
     }
 
+    // A writer in the circle cannot pass one resource off under another's
+    // id: the reader recomputes the id from what it opened.
+    let other = generator.blood_pressure(&pid);
+    let decoy_id = heart
+        .record_id(&pid, "Observation", "decoy-1")
+        .await
+        .unwrap();
+    heart
+        .put_record(&pid, &decoy_id, 1, &other, &policy)
+        .await
+        .unwrap();
+    let err = patient.get_record(&pid, &decoy_id).await.unwrap_err();
+    assert!(err.to_string().contains("under the wrong id"), "{err}");
+
     // The store holds no name, code, unit or value of the patient in clear.
     let raw = d.raw_bytes().await;
     let systolic = observation["valueQuantity"]["value"].to_string();
