@@ -99,6 +99,8 @@ pub struct KeyAuthority {
     naming: Option<asclepios_crypto::naming::NamingSecret>,
     /// The directory change the record service last confirmed it holds.
     facts_pushed: std::sync::atomic::AtomicU64,
+    /// Held while telling the record service of a change.
+    push_lock: std::sync::Mutex<()>,
     /// The record service's data: wrappers to re-wrap, record versions, the
     /// encrypted index.
     records: Arc<dyn record_access::RecordAccess>,
@@ -148,6 +150,7 @@ impl KeyAuthority {
             rewrap_pending: std::sync::atomic::AtomicBool::new(true),
             facts_cache: Default::default(),
             facts_pushed: Default::default(),
+            push_lock: Default::default(),
             naming: None,
             records: Arc::new(record_access::LocalRecords(store.clone())),
             store,
@@ -403,8 +406,11 @@ async fn push_directory_changes(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
+    // Only a request that itself moved the directory waits for the record
+    // service (key issuance, searches and resolutions never do).
+    let before = s.store.directory_change();
     let response = next.run(request).await;
-    if reads_only || !response.status().is_success() {
+    if reads_only || !response.status().is_success() || s.store.directory_change() == before {
         return response;
     }
     let _ = blocking(move || {
@@ -417,9 +423,11 @@ async fn push_directory_changes(
 
 impl KeyAuthority {
     /// Tells the record service of a directory change it has not yet
-    /// confirmed (see [`push_directory_changes`]). Blocks.
+    /// confirmed (see [`push_directory_changes`]). Blocks, one push at a
+    /// time, each at most [`record_access::FACTS_PUSH_LIMIT`].
     pub fn push_directory_change(&self) {
         use std::sync::atomic::Ordering;
+        let _one_at_a_time = self.push_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(change) = self.store.directory_change() else {
             return;
         };

@@ -126,6 +126,10 @@ pub struct RemoteRecords {
     runtime: tokio::runtime::Handle,
 }
 
+/// How long the authority waits for the record service to take a directory
+/// change before answering its caller anyway.
+pub const FACTS_PUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Entries per index write request: large imports go in several.
 const INDEX_CHUNK: usize = 4096;
 
@@ -147,8 +151,19 @@ impl RemoteRecords {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T, String> {
+        self.call_within(path, body, None)
+    }
+
+    /// [`RemoteRecords::call`], given up after `limit` if one is set (the
+    /// client's own timeout applies otherwise).
+    fn call_within<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        limit: Option<std::time::Duration>,
+    ) -> Result<T, String> {
         let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        self.runtime.block_on(async {
+        let call = async {
             let response = self
                 .client
                 .send(reqwest::Method::POST, path, body)
@@ -178,6 +193,16 @@ impl RemoteRecords {
             }
             serde_json::from_slice(&bytes)
                 .map_err(|e| format!("the record service's answer is malformed: {e}"))
+        };
+        self.runtime.block_on(async {
+            match limit {
+                None => call.await,
+                Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                    Err(format!(
+                        "the record service did not answer within {limit:?}"
+                    ))
+                }),
+            }
         })
     }
 }
@@ -333,9 +358,12 @@ impl RecordAccess for RemoteRecords {
     }
 
     fn directory_changed(&self, change: u64) -> Result<(), String> {
-        let held: u64 = self.call(
+        // Bounded: a record service that does not answer must not hold up
+        // the authority's caller for long (the change reaches it by poll).
+        let held: u64 = self.call_within(
             "/v1/internal/facts/changed",
             &asclepios_api::internal::FactsChanged { change },
+            Some(FACTS_PUSH_LIMIT),
         )?;
         if held < change {
             return Err(format!(

@@ -127,6 +127,10 @@ impl std::fmt::Debug for Client {
 
 use files::read;
 
+/// Record payloads are padded to a multiple of this many bytes before
+/// sealing: the store sees sizes in steps of 1 KiB, not each resource's.
+pub const PAYLOAD_BUCKET: usize = 1024;
+
 /// A request body as JSON.
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ClientError> {
     serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))
@@ -637,7 +641,11 @@ impl Client {
                  store must not learn FHIR ids)"
             )));
         }
-        let payload = Zeroizing::new(to_json(resource)?);
+        let mut payload = Zeroizing::new(to_json(resource)?);
+        // Padded with JSON whitespace to a multiple of PAYLOAD_BUCKET, so a
+        // ciphertext's size does not tell a Patient from an Observation.
+        let padded = payload.len().div_ceil(PAYLOAD_BUCKET).max(1) * PAYLOAD_BUCKET;
+        payload.resize(padded, b' ');
         let context = RecordContext {
             record_id: record_id.to_string(),
             version,

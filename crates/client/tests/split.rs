@@ -405,3 +405,66 @@ async fn the_internal_routes_are_the_authoritys_alone() {
     .unwrap();
     assert_eq!(answer.status(), 200);
 }
+
+/// A record service that takes connections and never answers (its
+/// operator stalling on purpose) holds up no one at the authority for
+/// long: a consent and a break-glass grant still answer within the
+/// authority's bounded wait for the record service, and key issuance, which
+/// changes nothing, does not wait at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_record_service_does_not_stall_the_authority() {
+    let mut s = deploy(false).await;
+    drop(s.records.take());
+    let mut stalled = None;
+    for _ in 0..50 {
+        match tokio::net::TcpListener::bind(("127.0.0.1", s.records_port)).await {
+            Ok(l) => {
+                stalled = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let listener = stalled.expect("the record service's port frees");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let limit = Duration::from_secs(10);
+    let mut patient = client(&s, "pat-00000");
+    patient.refresh_key().await.unwrap();
+    let started = std::time::Instant::now();
+    patient
+        .grant_consent(&asclepios_api::consent::ConsentGrant {
+            grantee: "dr-er".into(),
+            purpose: "TREAT".into(),
+            resource_types: vec!["*".into()],
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < limit,
+        "consent: {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    let mut heart = client(&s, "dr-heart");
+    heart.refresh_key().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "key issuance: {:?}",
+        started.elapsed()
+    );
+    let mut er = client(&s, "dr-er");
+    let started = std::time::Instant::now();
+    er.break_glass("pat-00001", "unconscious").await.unwrap();
+    er.refresh_key().await.unwrap();
+    assert!(
+        started.elapsed() < limit,
+        "break-glass: {:?}",
+        started.elapsed()
+    );
+}

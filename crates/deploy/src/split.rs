@@ -45,10 +45,6 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
             records_dir.display()
         )));
     }
-    create_private_dir(records_dir)?;
-    for sub in ["pki", "identities", "authority"] {
-        create_private_dir(&records_dir.join(sub))?;
-    }
     let mut own = config.clone();
     // Its own store: a SQLite file in its directory, or its own schema.
     own.store.schema = own
@@ -57,7 +53,13 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
         .as_ref()
         .map(|s| format!("{s}_records"))
         .or_else(|| {
-            (!own.store.url.starts_with("sqlite://")).then(|| "asclepios_records".to_string())
+            // No schema named: a fresh one, so that deployments sharing a
+            // server never collide on the role's name.
+            (!own.store.url.starts_with("sqlite://")).then(|| {
+                let mut tag = [0u8; 4];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tag);
+                format!("asclepios_records_{}", hex::encode(tag))
+            })
         });
     own.seal = Default::default();
     if let Some(schema) = own
@@ -79,6 +81,12 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
             &password,
         )?;
         own.store.url = with_credentials(&own.store.url, &schema, &password)?;
+    }
+    // Written only once its store exists: a refused role leaves no
+    // half-made directory.
+    create_private_dir(records_dir)?;
+    for sub in ["pki", "identities", "authority"] {
+        create_private_dir(&records_dir.join(sub))?;
     }
     own.audit.origin = format!("{}/records", config.audit.origin);
     let copy = |src: &Path, dst: &Path, secret: bool| -> Result<(), Error> {
