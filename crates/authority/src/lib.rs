@@ -97,10 +97,9 @@ pub struct KeyAuthority {
     facts_cache: std::sync::Mutex<Option<(u64, asclepios_api::SignedFacts)>>,
     /// The secret patients' record-naming keys derive from.
     naming: Option<asclepios_crypto::naming::NamingSecret>,
-    /// The directory change the record service last confirmed it holds.
-    facts_pushed: std::sync::atomic::AtomicU64,
-    /// Held while telling the record service of a change.
-    push_lock: std::sync::Mutex<()>,
+    /// The directory change the record service last confirmed it holds;
+    /// held while telling it of a newer one.
+    facts_pushed: std::sync::Mutex<u64>,
     /// The record service's data: wrappers to re-wrap, record versions, the
     /// encrypted index.
     records: Arc<dyn record_access::RecordAccess>,
@@ -150,7 +149,6 @@ impl KeyAuthority {
             rewrap_pending: std::sync::atomic::AtomicBool::new(true),
             facts_cache: Default::default(),
             facts_pushed: Default::default(),
-            push_lock: Default::default(),
             naming: None,
             records: Arc::new(record_access::LocalRecords(store.clone())),
             store,
@@ -426,18 +424,15 @@ impl KeyAuthority {
     /// confirmed (see [`push_directory_changes`]). Blocks, one push at a
     /// time, each at most [`record_access::FACTS_PUSH_LIMIT`].
     pub fn push_directory_change(&self) {
-        use std::sync::atomic::Ordering;
-        let _one_at_a_time = self.push_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pushed = self.facts_pushed.lock().unwrap_or_else(|p| p.into_inner());
         let Some(change) = self.store.directory_change() else {
             return;
         };
-        if change <= self.facts_pushed.load(Ordering::Acquire) {
+        if change <= *pushed {
             return;
         }
         match self.records.directory_changed(change) {
-            Ok(()) => {
-                self.facts_pushed.fetch_max(change, Ordering::AcqRel);
-            }
+            Ok(()) => *pushed = change,
             Err(e) => eprintln!(
                 "asclepios authority: the record service has not taken directory change \
                  {change} yet (it will within a poll): {e}"

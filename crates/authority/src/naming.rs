@@ -11,7 +11,6 @@ use std::sync::Arc;
 use asclepios_api::records::{NamingKeyOut, NamingKeyRequest};
 use asclepios_audit::{Action, AuditEvent};
 use asclepios_crypto::naming::NamingSecret;
-use asclepios_crypto::policy::attribute_name;
 use asclepios_net::server::{json_body, ApiError, Caller};
 use asclepios_net::signature::Verified;
 use asclepios_service::{blocking, check_name};
@@ -43,14 +42,7 @@ impl KeyAuthority {
             self.active(&caller.id)?;
             self.require_attested(caller)?;
             let held = self.current_attributes(&caller.id)?;
-            let in_circle = held.iter().any(|a| {
-                let a = attribute_name(a);
-                NAMING_ROLES.contains(&a)
-                    || ["patient", "care-team", "consent", "emergency"]
-                        .iter()
-                        .any(|ns| a == format!("{ns}:{patient}"))
-            });
-            if !in_circle {
+            if !asclepios_service::in_circle(&held, patient, &NAMING_ROLES) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     format!(

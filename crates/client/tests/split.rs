@@ -51,9 +51,10 @@ async fn the_services_apart_play_every_part(postgres: bool) {
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
     let record_id = heart.record_id_for(&pid, &observation).await.unwrap();
-    once_up(|| heart.put_record(&pid, &record_id, 1, &observation, &policy))
+    heart
+        .put_record(&pid, &record_id, 1, &observation, &policy)
         .await
-        .expect("the record service takes a record once it has the facts");
+        .expect("the record service takes a record");
 
     let mut patient = client(&s, &pid);
     patient.refresh_key().await.unwrap();
@@ -194,7 +195,8 @@ async fn the_record_service_directory_holds_no_authority_secret() {
     let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
-    once_up(|| heart.put_resource(&pid, 1, &bundle.patient, &policy))
+    heart
+        .put_resource(&pid, 1, &bundle.patient, &policy)
         .await
         .unwrap();
 
@@ -290,7 +292,8 @@ async fn the_record_service_cannot_pass_its_log_off_as_the_authoritys() {
     let policy = Config::load(&s.dir).unwrap().default_policy(&pid);
     let mut heart = client(&s, "dr-heart");
     heart.refresh_key().await.unwrap();
-    once_up(|| heart.put_resource(&pid, 1, &bundle.patient, &policy))
+    heart
+        .put_resource(&pid, 1, &bundle.patient, &policy)
         .await
         .unwrap();
     let mut patient = client(&s, &pid);
@@ -378,31 +381,28 @@ async fn the_internal_routes_are_the_authoritys_alone() {
     }
     // The authority itself: one write whose address appears twice is the
     // caller's mistake (400), not a storage failure.
-    let answer = connection(
+    let authority = connection(
         &s,
         Domain::Records,
         asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY,
-    )
-    .send(
-        reqwest::Method::POST,
-        "/v1/internal/index/write",
-        write(vec![entry, entry]),
-    )
-    .await
-    .unwrap();
+    );
+    let answer = authority
+        .send(
+            reqwest::Method::POST,
+            "/v1/internal/index/write",
+            write(vec![entry, entry]),
+        )
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 400);
-    let answer = connection(
-        &s,
-        Domain::Records,
-        asclepios_deploy::init::AUTHORITY_SERVICE_IDENTITY,
-    )
-    .send(
-        reqwest::Method::POST,
-        "/v1/internal/index/write",
-        write(vec![entry]),
-    )
-    .await
-    .unwrap();
+    let answer = authority
+        .send(
+            reqwest::Method::POST,
+            "/v1/internal/index/write",
+            write(vec![entry]),
+        )
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 200);
 }
 

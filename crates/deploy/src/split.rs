@@ -46,34 +46,22 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
         )));
     }
     let mut own = config.clone();
-    // Its own store: a SQLite file in its directory, or its own schema.
+    let postgres = !own.store.url.starts_with("sqlite://");
+    // Its own store: a SQLite file in its directory, or its own schema (a
+    // fresh one if none is named, so that deployments sharing a server
+    // never collide on the role's name).
     own.store.schema = own
         .store
         .schema
         .as_ref()
         .map(|s| format!("{s}_records"))
-        .or_else(|| {
-            // No schema named: a fresh one, so that deployments sharing a
-            // server never collide on the role's name.
-            (!own.store.url.starts_with("sqlite://")).then(|| {
-                let mut tag = [0u8; 4];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut tag);
-                format!("asclepios_records_{}", hex::encode(tag))
-            })
-        });
+        .or_else(|| postgres.then(|| format!("asclepios_records_{}", *random_hex(4))));
     own.seal = Default::default();
-    if let Some(schema) = own
-        .store
-        .schema
-        .clone()
-        .filter(|_| !own.store.url.starts_with("sqlite://"))
-    {
+    if let Some(schema) = own.store.schema.clone().filter(|_| postgres) {
         // Its own PostgreSQL role, owning its own schema and granted
         // nothing else: its credentials open none of the authority's
         // tables. (The authority keeps the administrator's URL.)
-        let mut secret = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
-        let password = zeroize::Zeroizing::new(hex::encode(secret));
+        let password = random_hex(16);
         asclepios_store::create_postgres_service_role(
             &config.store_location(authority_dir),
             &schema,
@@ -129,6 +117,13 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
     std::fs::remove_file(&id_key)
         .map_err(|e| Error::Io(format!("cannot remove {}: {e}", id_key.display())))?;
     Ok(())
+}
+
+/// `bytes` random bytes, in hex.
+fn random_hex(bytes: usize) -> zeroize::Zeroizing<String> {
+    let mut raw = zeroize::Zeroizing::new(vec![0u8; bytes]);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
+    zeroize::Zeroizing::new(hex::encode(&*raw))
 }
 
 /// `url` logging in as `user` with `password` instead of its own

@@ -271,14 +271,11 @@ impl RecordService {
     /// Whether `caller` is in `patient`'s circle: the patient, the care team,
     /// a consented party, an emergency grant, or one of `also` (e.g. `role:lab`).
     fn in_circle(&self, caller: &str, patient: &str, also: &[&str]) -> Result<bool, ApiError> {
-        let held = self.current_attributes(caller)?;
-        Ok(held.iter().any(|a| {
-            let a = attribute_name(a);
-            also.contains(&a)
-                || ["patient", "care-team", "consent", "emergency"]
-                    .iter()
-                    .any(|ns| a == format!("{ns}:{patient}"))
-        }))
+        Ok(asclepios_service::in_circle(
+            &self.current_attributes(caller)?,
+            patient,
+            also,
+        ))
     }
 
     /// Listing a patient's records or a record's versions is for the

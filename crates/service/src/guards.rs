@@ -9,6 +9,19 @@ use axum::http::StatusCode;
 use sha2::Digest;
 use sha2::Sha256;
 
+/// Whether attributes `held` put their holder in `patient`'s circle: the
+/// patient, the care team, a consented party, an emergency grant, or one of
+/// `also` (e.g. `role:lab`). Versions are ignored; whole attributes compare.
+pub fn in_circle(held: &[String], patient: &str, also: &[&str]) -> bool {
+    held.iter().any(|a| {
+        let a = asclepios_crypto::policy::attribute_name(a);
+        also.contains(&a)
+            || ["patient", "care-team", "consent", "emergency"]
+                .iter()
+                .any(|ns| a == format!("{ns}:{patient}"))
+    })
+}
+
 /// The caller must be in the directory and active (403 otherwise).
 pub fn require_active(member: Option<&Member>, caller: &str) -> Result<(), ApiError> {
     match member {

@@ -16,7 +16,8 @@ use asclepios_net::server::ApiError;
 use asclepios_store::StoreError;
 use axum::http::StatusCode;
 pub use guards::{
-    check_attested, identity_key_sha256, require_active, require_registered_key, PeerCaller,
+    check_attested, identity_key_sha256, in_circle, require_active, require_registered_key,
+    PeerCaller,
 };
 pub use outcome::{
     audit_outcome, audit_slice, log_event, log_outcome, shown, SliceQuery, MAX_AUDIT_SLICE,
