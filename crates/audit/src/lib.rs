@@ -8,23 +8,31 @@
 //!   are never signed for a tree that does not extend the previous one.
 //! * [`event`]: audit events, encrypted to auditors (HPKE) and to the patient
 //!   concerned (CP-ABE) before they become leaves; FHIR `AuditEvent` export.
+//! * [`cosignature`]: C2SP `tlog-cosignature` (Ed25519 `cosignature/v1`)
+//!   keys, lines and the quorum a reader requires.
+//! * [`witness`]: a C2SP `tlog-witness` that cosigns only consistent
+//!   extensions of what it cosigned before, and how logs reach witnesses.
 //! * [`receipt`]: signed receipts naming a request's leaf and a checkpoint
 //!   that includes it, and the trail services write them from.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cosignature;
 pub mod event;
 pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod receipt;
+pub mod witness;
 
+pub use cosignature::{CosignatureVerifier, Cosigner, WitnessPolicy};
 pub use event::{Action, AuditEvent, AuditorPublicKey, AuditorSecretKey, Outcome, SealedEvent};
 pub use log::{Log, LogStore};
 pub use merkle::{Hash, NodeId};
 pub use note::{Checkpoint, NoteError, NoteSigner, NoteVerifier};
 pub use receipt::{AuditTrail, Receipt};
+pub use witness::{Witness, WitnessClient, WitnessError};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,10 @@ pub enum Error {
     /// The stored log contradicts a signed checkpoint: it was tampered with.
     #[error("the log is inconsistent: {0}")]
     Inconsistent(String),
+    /// Too few witnesses cosigned a checkpoint (unreachable, or refusing
+    /// for a reason other than the log's misbehaviour).
+    #[error("witnesses: {0}")]
+    Witness(String),
     /// Other writers kept appending; the append was not made.
     #[error("the log kept changing under this writer; retry the append")]
     Conflict,

@@ -19,8 +19,10 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
+use crate::cosignature::{CosignatureVerifier, WitnessPolicy};
 use crate::merkle::{self, Hash, NodeId, NodeSource};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier, SignedNote};
+use crate::witness::{AddCheckpoint, WitnessClient, WitnessError};
 use crate::Error;
 
 /// Most entries accepted in one append.
@@ -175,6 +177,20 @@ pub struct Log<S> {
     cache: NodeCache,
     /// The largest checkpoint this process signed or was told to trust.
     last_signed: Mutex<Option<Checkpoint>>,
+    /// The witnesses asked to cosign each checkpoint, and how many must.
+    witnesses: Vec<WitnessSlot>,
+    quorum: usize,
+    /// Set once a witness reported that this log forked, rolled back or
+    /// rewrote its history: no checkpoint is signed again by this process.
+    alarm: Mutex<Option<String>>,
+}
+
+/// One witness as the log knows it: how to reach it, its key, and the size
+/// it last cosigned (as far as this process knows).
+struct WitnessSlot {
+    key: CosignatureVerifier,
+    client: Box<dyn WitnessClient>,
+    size: Mutex<u64>,
 }
 
 impl<S> std::fmt::Debug for Log<S> {
@@ -212,6 +228,9 @@ impl<S: LogStore> Log<S> {
             }),
             cache: NodeCache::default(),
             last_signed: Mutex::new(None),
+            witnesses: Vec::new(),
+            quorum: 0,
+            alarm: Mutex::new(None),
         };
         log.reload()?;
         log.warm_cache()?;
@@ -465,7 +484,7 @@ impl<S: LogStore> Log<S> {
             })?;
             if old.size == size {
                 if let Some(note) = old_note {
-                    return Ok(note);
+                    return self.witnessed(note, size, false);
                 }
             }
         }
@@ -483,11 +502,185 @@ impl<S: LogStore> Log<S> {
             extensions: Vec::new(),
         };
         let note = checkpoint.sign(&self.signer)?;
+        // Stored only once cosigned: a checkpoint the witnesses refuse is
+        // never served.
+        let note = self.witnessed(note, size, false)?;
+        *self.last_signed.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint);
+        Ok(note)
+    }
+
+    /// Asks the log's witnesses to cosign checkpoints, `quorum` of which
+    /// must. With none (the default) checkpoints carry the log's signature
+    /// alone.
+    pub fn with_witnesses(
+        mut self,
+        witnesses: Vec<(CosignatureVerifier, Box<dyn WitnessClient>)>,
+        quorum: usize,
+    ) -> Self {
+        self.witnesses = witnesses
+            .into_iter()
+            .map(|(key, client)| WitnessSlot {
+                key,
+                client,
+                size: Mutex::new(0),
+            })
+            .collect();
+        self.quorum = quorum;
+        self
+    }
+
+    /// The witnesses and quorum a reader of this log requires.
+    pub fn witness_policy(&self) -> WitnessPolicy {
+        WitnessPolicy {
+            witnesses: self.witnesses.iter().map(|w| w.key.clone()).collect(),
+            quorum: self.quorum,
+        }
+    }
+
+    /// Why this log stopped signing, if a witness found it misbehaving.
+    pub fn alarm(&self) -> Option<String> {
+        self.alarm.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Submits the current checkpoint to every witness, even those that
+    /// cosigned it already: each checks it against the latest it cosigned.
+    /// Run at start, this finds a store that was rolled back or rewritten
+    /// while the log was down. Returns the cosigned checkpoint; an error
+    /// if a witness found the log misbehaving or the quorum was not met.
+    pub fn check_witnesses(&self) -> Result<String, Error> {
+        let note = self.checkpoint()?;
+        let size = peek_checkpoint(&note)?.size;
+        self.witnessed(note, size, true)
+    }
+
+    /// `note` (the log's checkpoint of `size`) with the cosignatures of at
+    /// least `quorum` witnesses, stored. Witnesses whose cosignature it
+    /// carries already are asked again only if `again`.
+    fn witnessed(&self, note: String, size: u64, again: bool) -> Result<String, Error> {
+        if let Some(alarm) = self.alarm() {
+            return Err(Error::Inconsistent(alarm));
+        }
+        if self.witnesses.is_empty() {
+            self.store
+                .log_put_checkpoint(&self.log_id, size, &note)
+                .map_err(storage)?;
+            return Ok(note);
+        }
+        let signed = SignedNote::parse(&note)?;
+        let mut lines = String::new();
+        let mut cosigned = 0;
+        let mut refusals = Vec::new();
+        for witness in &self.witnesses {
+            if !again && witness.key.verify(&signed).is_ok() {
+                cosigned += 1;
+                continue;
+            }
+            match self.ask_witness(witness, &note, size) {
+                Ok(line) => {
+                    lines.push_str(&line);
+                    cosigned += 1;
+                }
+                Err(e) if e.is_misbehaviour() => {
+                    let alarm = format!(
+                        "witness `{}` refused the log's checkpoint of size {size}: {e}; the \
+                         stored log is not the one the witness saw (rolled back, rewritten or \
+                         forked)",
+                        witness.key.name()
+                    );
+                    *self.alarm.lock().unwrap_or_else(|p| p.into_inner()) = Some(alarm.clone());
+                    return Err(Error::Inconsistent(alarm));
+                }
+                Err(e) => refusals.push(format!("`{}`: {e}", witness.key.name())),
+            }
+        }
+        if cosigned < self.quorum {
+            return Err(Error::Witness(format!(
+                "{cosigned} of the {} witnesses required cosigned the checkpoint of size {size} \
+                 ({})",
+                self.quorum,
+                refusals.join("; ")
+            )));
+        }
+        // Without cosignatures, the note signed again with the old ones.
+        let note = if again {
+            let keep: Vec<&str> = note
+                .lines()
+                .skip_while(|l| !l.is_empty())
+                .filter(|l| {
+                    let fresh = self.witnesses.iter().any(|w| {
+                        l.strip_prefix(crate::note::SIG_PREFIX)
+                            .is_some_and(|r| r.starts_with(&format!("{} ", w.key.name())))
+                    });
+                    !l.is_empty() && !fresh
+                })
+                .collect();
+            format!("{}\n{}\n", signed.text, keep.join("\n"))
+        } else {
+            note
+        };
+        let note = format!("{note}{lines}");
         self.store
             .log_put_checkpoint(&self.log_id, size, &note)
             .map_err(storage)?;
-        *self.last_signed.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint);
         Ok(note)
+    }
+
+    /// One `add-checkpoint` exchange with a witness, proving consistency
+    /// from the size it last cosigned (learnt from its 409 if unknown).
+    fn ask_witness(
+        &self,
+        witness: &WitnessSlot,
+        note: &str,
+        size: u64,
+    ) -> Result<String, WitnessError> {
+        let mut old = *witness.size.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..3 {
+            if old > size {
+                return Err(WitnessError::Conflict {
+                    latest: old,
+                    fork: true,
+                });
+            }
+            let proof = if old == 0 || old == size {
+                Vec::new()
+            } else {
+                merkle::prove_consistency(&self.nodes(), old, size)
+                    .map_err(|e| WitnessError::Storage(format!("consistency proof: {e}")))?
+            };
+            let request = AddCheckpoint {
+                old_size: old,
+                proof,
+                checkpoint: note.to_string(),
+            };
+            match witness.client.add_checkpoint(&request.to_body()) {
+                Ok(lines) => {
+                    // Keep only this witness's valid cosignature: whatever
+                    // else came back is not trusted.
+                    let with = SignedNote::parse(&format!("{note}{lines}"))
+                        .map_err(|e| WitnessError::Malformed(e.to_string()))?;
+                    witness
+                        .key
+                        .verify(&with)
+                        .map_err(|e| WitnessError::Storage(format!("the witness's answer: {e}")))?;
+                    let own = format!("{}{} ", crate::note::SIG_PREFIX, witness.key.name());
+                    let line: String = lines
+                        .lines()
+                        .filter(|l| l.starts_with(&own))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    *witness.size.lock().unwrap_or_else(|p| p.into_inner()) = size;
+                    return Ok(line);
+                }
+                Err(WitnessError::Conflict {
+                    latest,
+                    fork: false,
+                }) if latest != old => old = latest,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(WitnessError::Storage(
+            "the witness's size kept changing".into(),
+        ))
     }
 
     fn nodes(&self) -> Nodes<'_, S> {

@@ -27,7 +27,7 @@ const ALG_ED25519: u8 = 0x01;
 const MAX_SIGNATURES: usize = 100;
 /// Longest note accepted, in bytes.
 pub const MAX_NOTE_BYTES: usize = 1 << 20;
-const SIG_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIG_PREFIX: &str = "\u{2014} ";
 
 /// Why a note, key or checkpoint was refused.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
@@ -43,16 +43,24 @@ pub enum NoteError {
     /// No signature by the given key verifies.
     #[error("no valid signature by key `{0}`")]
     NotSigned(String),
+    /// Fewer witnesses than required cosigned the checkpoint.
+    #[error("the checkpoint is cosigned by {} of the {quorum} witnesses required ({})", have.len(), if have.is_empty() { "none".to_string() } else { have.join(", ") })]
+    NotCosigned {
+        /// The witnesses that did.
+        have: Vec<String>,
+        /// How many are required.
+        quorum: usize,
+    },
 }
 
-fn malformed(what: &'static str, why: impl Into<String>) -> NoteError {
+pub(crate) fn malformed(what: &'static str, why: impl Into<String>) -> NoteError {
     NoteError::Malformed {
         what,
         why: why.into(),
     }
 }
 
-fn check_key_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_key_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty()
         || name.contains('+')
         || name.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -66,10 +74,16 @@ fn check_key_name(name: &str) -> Result<(), NoteError> {
 }
 
 fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    key_id_of(ALG_ED25519, name, public)
+}
+
+/// `SHA-256(name ‖ "\n" ‖ alg ‖ public key)[..4]`: the key id of a note key
+/// (`alg` 0x01) or of a cosigner key (`alg` 0x04).
+pub(crate) fn key_id_of(alg: u8, name: &str, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
-    h.update([ALG_ED25519]);
+    h.update([alg]);
     h.update(public);
     let d = h.finalize();
     [d[0], d[1], d[2], d[3]]
@@ -274,7 +288,7 @@ impl NoteSigner {
     }
 }
 
-fn check_text(text: &str) -> Result<(), NoteError> {
+pub(crate) fn check_text(text: &str) -> Result<(), NoteError> {
     if text.len() > MAX_NOTE_BYTES {
         return Err(malformed("note", "too long"));
     }

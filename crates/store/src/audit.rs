@@ -166,11 +166,12 @@ impl LogStore for Store {
         })
     }
 
-    /// Two writers of one log (the key authority and the record service)
-    /// may checkpoint the same size: both sign the same text with the same
-    /// key, and Ed25519 signatures are deterministic, so the notes are
-    /// equal and the second insert is a no-op. A different note for a size
-    /// already checkpointed is a fork of the log and is refused.
+    /// Two writers of one log may checkpoint the same size: both sign the
+    /// same text with the same key, and Ed25519 signatures are
+    /// deterministic, so the log's signature lines are equal. The witnesses'
+    /// cosignatures after them differ in their timestamps: the note put last
+    /// is kept. A note whose log-signed part differs for a size already
+    /// checkpointed is a fork of the log and is refused.
     fn log_put_checkpoint(&self, log: &str, size: u64, note: &str) -> Result<(), StoreError> {
         self.transaction(|tx| {
             tx.exec(
@@ -187,6 +188,12 @@ impl LogStore for Store {
                 .transpose()?;
             match stored {
                 Some(s) if s == note => Ok(()),
+                Some(s) if log_signed_part(&s) == log_signed_part(note) => tx
+                    .exec(
+                        "UPDATE audit_checkpoints SET note = $3 WHERE log_id = $1 AND size = $2",
+                        &[log.into(), int(size)?, note.into()],
+                    )
+                    .map(drop),
                 _ => Err(StoreError::Conflict(format!(
                     "another checkpoint of size {size} is stored for log `{log}`"
                 ))),
@@ -203,5 +210,17 @@ impl LogStore for Store {
             .map(|r| Ok((r.uint(0)?, r.text(1)?)))
             .transpose()
         })
+    }
+}
+
+/// A signed note up to and including its first signature line (the log's
+/// own): what two writers of one log sign identically.
+fn log_signed_part(note: &str) -> &str {
+    let Some(blank) = note.find("\n\n") else {
+        return note;
+    };
+    match note[blank + 2..].find('\n') {
+        Some(end) => &note[..blank + 2 + end + 1],
+        None => note,
     }
 }

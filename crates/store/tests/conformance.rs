@@ -4,7 +4,7 @@ mod common;
 
 use asclepios_audit::log::audit_entries;
 use asclepios_audit::merkle::{self, MemoryTree};
-use asclepios_audit::{Checkpoint, Log, LogStore, NoteSigner};
+use asclepios_audit::{Checkpoint, Cosigner, Log, LogStore, NoteSigner, Witness};
 use asclepios_store::{
     Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus, SseBatch, StateWrite,
     StoreError,
@@ -36,6 +36,8 @@ conformance!(
     a_stale_writer_catches_up_before_signing,
     tampered_upper_hashes_are_refused_at_open,
     wrapper_scans_page_through_everything_once,
+    witnessed_checkpoints_carry_cosignatures,
+    a_rewritten_history_is_refused_by_the_witness_after_a_restart,
 );
 
 fn migrations_are_idempotent(h: &Harness) {
@@ -818,4 +820,108 @@ fn wrapper_scans_page_through_everything_once(h: &Harness) {
             "p3/a/1/main"
         ]
     );
+}
+
+fn cosigner() -> Cosigner {
+    Cosigner::from_seed("witness.asclepios.test/w1", &[43; 32]).unwrap()
+}
+
+/// The log with one in-process witness whose state lives in `dir`.
+fn open_witnessed_log(h: &Harness, dir: &std::path::Path) -> Log<asclepios_store::Store> {
+    let witness =
+        Witness::open(dir, cosigner(), [(ORIGIN.to_string(), signer().verifier())]).unwrap();
+    Log::open(h.open(), "main", ORIGIN, signer())
+        .unwrap()
+        .with_witnesses(vec![(cosigner().verifier(), Box::new(witness))], 1)
+}
+
+fn witnessed_checkpoints_carry_cosignatures(h: &Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_witnessed_log(h, dir.path());
+    append_range(&log, 0..5, 5);
+    let note = log.checkpoint().unwrap();
+    let (cp, names) = log.witness_policy().verify(&note, &log.verifier()).unwrap();
+    assert_eq!((cp.size, names.len()), (5, 1));
+    // The stored checkpoint is the cosigned one; asking again at the same
+    // size returns it without a second signature.
+    assert_eq!(
+        log.latest_checkpoint().unwrap().as_deref(),
+        Some(note.as_str())
+    );
+    assert_eq!(log.checkpoint().unwrap(), note);
+    append_range(&log, 5..40, 7);
+    let later = log.checkpoint().unwrap();
+    assert_eq!(
+        log.witness_policy()
+            .verify(&later, &log.verifier())
+            .unwrap()
+            .0
+            .size,
+        40
+    );
+    // After a restart the witness is asked again from where it stands.
+    drop(log);
+    let log = open_witnessed_log(h, dir.path());
+    let again = log.check_witnesses().unwrap();
+    assert_eq!(peek(&again), 40);
+    append_range(&log, 40..41, 1);
+    assert_eq!(peek(&log.checkpoint().unwrap()), 41);
+}
+
+fn peek(note: &str) -> u64 {
+    asclepios_audit::log::peek_checkpoint(note).unwrap().size
+}
+
+/// H3 of the review, played literally: the database's administrator
+/// deletes the log (entries, hashes and checkpoints), writes a history of
+/// the same size without an event, and restarts the service.
+fn a_rewritten_history_is_refused_by_the_witness_after_a_restart(h: &Harness) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_witnessed_log(h, dir.path());
+    append_range(&log, 0..20, 20);
+    let published = log.checkpoint().unwrap();
+    drop(log);
+    h.raw("DELETE FROM audit_checkpoints; DELETE FROM audit_entries; DELETE FROM audit_logs;");
+    {
+        // The rewritten history, appended without witnesses (as a tool of
+        // the administrator's would).
+        let forger = open_log(h);
+        let mut forged: Vec<Vec<u8>> = (0..20).map(entry).collect();
+        forged[7] = b"the break-glass event is gone".to_vec();
+        let refs: Vec<&[u8]> = forged.iter().map(Vec::as_slice).collect();
+        forger.append(&refs).unwrap();
+    }
+    h.raw("DELETE FROM audit_checkpoints;");
+    let log = open_witnessed_log(h, dir.path());
+    let e = log.check_witnesses().unwrap_err();
+    assert!(e.to_string().contains("witness"), "{e}");
+    assert!(log.alarm().is_some());
+    // No fork was stored, and nothing is signed from now on.
+    assert_eq!(log.latest_checkpoint().unwrap(), None);
+    append_range(&log, 20..21, 1);
+    assert!(log.checkpoint().is_err());
+    let witness = Witness::open(
+        dir.path(),
+        cosigner(),
+        [(ORIGIN.to_string(), signer().verifier())],
+    )
+    .unwrap();
+    assert_eq!(witness.latest(ORIGIN).map(|(s, _)| s), Some(20));
+    assert!(!witness.evidence().is_empty());
+    // Truncation (entries deleted, a shorter log) is refused as well.
+    drop(log);
+    let h2 = Harness::new(h.kind());
+    let dir2 = tempfile::tempdir().unwrap();
+    let log = open_witnessed_log(&h2, dir2.path());
+    append_range(&log, 0..20, 20);
+    log.checkpoint().unwrap();
+    drop(log);
+    h2.raw("DELETE FROM audit_checkpoints; DELETE FROM audit_entries; DELETE FROM audit_logs;");
+    let shorter = open_log(&h2);
+    append_range(&shorter, 0..12, 12);
+    drop(shorter);
+    let log = open_witnessed_log(&h2, dir2.path());
+    assert!(log.check_witnesses().is_err());
+    assert!(log.alarm().is_some());
+    let _ = published;
 }
