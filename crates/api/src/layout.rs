@@ -73,3 +73,7 @@ impl Layout {
 /// Where clients find the record service's log verifier in the key
 /// authority's directory (relative to it).
 pub const RECORDS_LOG_VERIFIER: &str = "pki/records-log.pub";
+
+/// The key authority's witness's public key (C2SP `cosignature/v1` vkey):
+/// every checkpoint a client accepts carries its cosignature.
+pub const WITNESS_VERIFIER: &str = "pki/witness.pub";

@@ -33,6 +33,20 @@ pub struct AuditSlice {
     pub checkpoint: Option<String>,
 }
 
+/// A consistency proof between two sizes of a service's audit log
+/// (RFC 9162 §2.1.4), for a client to check that a checkpoint it holds and
+/// a newer (or older) one it is shown belong to one history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyProof {
+    /// The smaller size.
+    pub old: u64,
+    /// The larger size.
+    pub new: u64,
+    /// The proof's hashes (base64).
+    pub proof: Vec<String>,
+}
+
 /// The record of a reported verdict.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

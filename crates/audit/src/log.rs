@@ -675,6 +675,12 @@ impl<S: LogStore> Log<S> {
                     latest,
                     fork: false,
                 }) if latest != old => old = latest,
+                // A 409 for the very size proved from: the witness holds
+                // another root for it (over HTTP the body carries only the
+                // size).
+                Err(WitnessError::Conflict { latest, .. }) => {
+                    return Err(WitnessError::Conflict { latest, fork: true })
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -48,9 +48,10 @@ pub enum WitnessError {
     NotSigned,
     /// The old size is not the size the witness last cosigned (409); the
     /// submitter should prove consistency from `latest` instead. Also the
-    /// answer to a checkpoint of the same size with another root (then
-    /// `fork` is set: that is evidence of a forked log).
-    #[error("{}", if *fork { format!("the witness cosigned a different tree of size {latest}: the log forked") } else { format!("the witness's latest cosigned size is {latest}") })]
+    /// answer to a checkpoint of the same size with another root, or of a
+    /// smaller size than cosigned (then `fork` is set: evidence of a forked
+    /// or rolled-back log).
+    #[error("{}", if *fork { format!("the witness cosigned a tree of size {latest} that this checkpoint contradicts: the log forked or was rolled back") } else { format!("the witness's latest cosigned size is {latest}") })]
     Conflict {
         /// The size of the latest checkpoint the witness cosigned.
         latest: u64,
@@ -303,13 +304,14 @@ impl Witness {
             .copied()
             .unwrap_or((0, merkle::empty_root()));
         if request.old_size != latest {
-            if latest > checkpoint.size {
-                // A smaller tree than one already cosigned: a rollback.
+            // A smaller tree than one already cosigned is a rollback.
+            let rollback = latest > checkpoint.size;
+            if rollback {
                 self.keep_evidence(&checkpoint, latest, &request, "rollback");
             }
             return Err(WitnessError::Conflict {
                 latest,
-                fork: false,
+                fork: rollback,
             });
         }
         if latest == checkpoint.size && latest_root != checkpoint.root {

@@ -98,8 +98,10 @@ fn refuses_stale_inconsistent_and_second_roots() {
         }
     );
     assert_eq!(e.status(), 409);
-    // A smaller tree than cosigned: refused, and kept as evidence.
-    assert_eq!(submit(&w, &t, 0, 5).unwrap_err().status(), 409);
+    // A smaller tree than cosigned: refused as a rollback, and kept as evidence.
+    let e = submit(&w, &t, 0, 5).unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.is_misbehaviour());
     // A rewritten history of a larger size: the proof fails (422).
     let mut rewritten = entries(30, "e");
     rewritten[3] = b"edited".to_vec();

@@ -32,6 +32,7 @@ pub mod review;
 pub mod rewrap;
 pub mod search;
 pub mod stats;
+pub mod witness;
 
 pub use openapi::openapi_document;
 pub use rewrap::{rewrap_after_revocation, rewrap_stale};
@@ -110,6 +111,8 @@ pub struct KeyAuthority {
     /// states to swapping them: the index entries are written before the
     /// states move, so two updates must never compute the same addresses.
     index_lock: std::sync::Mutex<()>,
+    /// The witness of the audit logs, if this authority runs one.
+    witness: Option<Arc<asclepios_audit::Witness>>,
 }
 
 impl std::fmt::Debug for KeyAuthority {
@@ -154,6 +157,7 @@ impl KeyAuthority {
             store,
             index_lock: Default::default(),
             facts_reader: None,
+            witness: None,
         }
     }
 
@@ -244,6 +248,8 @@ impl KeyAuthority {
             .route("/v1/identities/{id}", get(identity_key))
             .route("/v1/directory/facts", get(facts::directory_facts_answer))
             .route("/v1/audit/entries", get(audit_entries))
+            .route("/v1/audit/consistency", get(audit_consistency))
+            .route("/v1/witness/add-checkpoint", post(witness::add_checkpoint))
             .route("/v1/search/tokens", post(search::search_tokens))
             .route("/v1/search/index", post(search::index_record))
             .route("/v1/stats/slots", post(stats::stats_slots))
@@ -551,6 +557,30 @@ async fn identity_key(
 /// The authority's own audit log, for patients and auditors (with the
 /// services apart, what the authority logs is in its log, not the record
 /// service's).
+async fn audit_consistency(
+    State(s): State<Arc<KeyAuthority>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    q: Result<
+        axum::extract::Query<asclepios_service::ConsistencyQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<asclepios_api::records::ConsistencyProof>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
+    blocking(move || {
+        let member = facts::member(&s.store, &caller.id)?;
+        asclepios_service::audit_consistency(
+            s.trail.log(),
+            member.as_ref(),
+            &caller.id,
+            q.old,
+            q.new,
+        )
+    })
+    .await
+    .map(Json)
+}
+
 async fn audit_entries(
     State(s): State<Arc<KeyAuthority>>,
     Extension(Caller(caller)): Extension<Caller>,

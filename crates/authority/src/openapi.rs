@@ -5,7 +5,7 @@ use crate::search;
 /// The key authority's OpenAPI 3.1 document (served at `/openapi.json`).
 pub fn openapi_document() -> serde_json::Value {
     use asclepios_net::openapi::{
-        answer, array, base64, document, object, operation, string, uint, In,
+        answer, array, base64, document, object, operation, string, text_operation, uint, In,
     };
     let strings = |max| array(string(), max);
     document(
@@ -100,6 +100,14 @@ pub fn openapi_document() -> serde_json::Value {
                 "The authority's own audit log: encrypted entries from ?start= (at most 512) and the latest checkpoint (patients and auditors).",
                 &[("start", In::Query, false)], None, answer(),
             )},
+            "/v1/audit/consistency": {"get": operation(
+                "RFC 9162 consistency proof between sizes ?old= and ?new= of the authority's audit log (any active identity).",
+                &[("old", In::Query, true), ("new", In::Query, true)], None, answer(),
+            )},
+            "/v1/witness/add-checkpoint": {"post": text_operation(operation(
+                "C2SP tlog-witness add-checkpoint: `old <size>`, consistency proof lines, a blank line, the signed checkpoint; answers the cosignature line (409 with the latest size as text/x.tlog.size).",
+                &[], None, answer(),
+            ), &[400, 403, 404, 409, 422, 500])},
             "/v1/directory/facts": {"get": operation(
                 "The directory as the authority vouches for it, signed (the record service; unchanged since `known`: 204).",
                 &[("known", In::Query, false)], None, answer(),

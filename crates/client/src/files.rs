@@ -71,6 +71,18 @@ pub(crate) fn log_verifier(path: &Path) -> Result<asclepios_audit::NoteVerifier,
         .map_err(|e| ClientError::Files(format!("{}: {e}", path.display())))
 }
 
+/// A witness's cosigning key.
+pub(crate) fn witness_verifier(
+    path: &Path,
+) -> Result<asclepios_audit::CosignatureVerifier, ClientError> {
+    asclepios_audit::CosignatureVerifier::parse(read(path)?.trim_end()).map_err(|e| {
+        ClientError::Files(format!(
+            "{}: {e} (the key authority writes its witness's key there at init and at start)",
+            path.display()
+        ))
+    })
+}
+
 /// The ABE public key.
 pub(crate) fn abe_public_key(dir: &Path) -> Result<asclepios_crypto::abe::PublicKey, ClientError> {
     let path = Layout::new(dir).abe_public_key();

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod checkpoints;
 mod files;
 pub mod search;
 
@@ -80,6 +81,22 @@ pub enum ClientError {
     /// The key authority's attestation was refused (with the reasons).
     #[error("the key authority's attestation is refused: {0}")]
     Attestation(String),
+    /// A service showed a view of its audit log that contradicts one this
+    /// client verified before: a fork (two histories) or a rollback. Both
+    /// signed checkpoints are in the evidence file.
+    #[error(
+        "the {log} audit log forked or rolled back: {why}; refusing. Evidence (both signed \
+         checkpoints): {}",
+        evidence.display()
+    )]
+    LogFork {
+        /// Which log.
+        log: String,
+        /// What contradicted what.
+        why: String,
+        /// Where the evidence was written.
+        evidence: std::path::PathBuf,
+    },
     /// The record was stored (and its receipt checked) but the index was
     /// not updated: index it again with [`Client::index_record`].
     #[error("the record was stored, but indexing it for search failed: {0}")]
@@ -115,6 +132,10 @@ pub struct Client {
     /// Patients' record-naming keys, as the authority gave them.
     naming_keys:
         std::sync::Mutex<std::collections::HashMap<String, asclepios_crypto::naming::NamingKey>>,
+    /// The witnesses whose cosignatures every accepted checkpoint carries.
+    witnesses: asclepios_audit::WitnessPolicy,
+    /// The last checkpoint verified per log (see [`checkpoints`]).
+    held: checkpoints::HeldCheckpoints,
 }
 
 impl std::fmt::Debug for Client {
@@ -280,7 +301,97 @@ impl Client {
             require_attestation,
             authority_verdict: std::sync::Mutex::new(None),
             naming_keys: Default::default(),
+            witnesses: asclepios_audit::WitnessPolicy {
+                witnesses: vec![files::witness_verifier(
+                    &dir.join(asclepios_api::layout::WITNESS_VERIFIER),
+                )?],
+                quorum: 1,
+            },
+            held: checkpoints::HeldCheckpoints::new(
+                dir.join("identities").join(format!("{id}.logs")),
+            ),
         })
+    }
+
+    /// Accepts a service's signed checkpoint only if it carries the log's
+    /// signature and the witnesses' cosignatures, and is consistent with
+    /// the checkpoint of that log this identity verified last (proved by
+    /// the service, either way round). Holds it if it is newer. A fork or
+    /// a rollback is refused with [`ClientError::LogFork`] and evidence.
+    async fn accept_checkpoint(
+        &self,
+        service: &Service,
+        note: &str,
+    ) -> Result<asclepios_audit::Checkpoint, ClientError> {
+        let (cp, _) = self
+            .witnesses
+            .verify(note, &service.log)
+            .map_err(|e| ClientError::Audit(e.into()))?;
+        // The log's key is named after its origin: a checkpoint naming
+        // another log is not this one's.
+        if cp.origin != service.log.name() {
+            return Err(ClientError::Protocol(format!(
+                "the {} log's checkpoint names the log `{}`, not `{}`",
+                service.name,
+                cp.origin,
+                service.log.name()
+            )));
+        }
+        let Some((held, held_note)) = self.held.get(&service.log) else {
+            self.held.advance(&cp, note).map_err(ClientError::Files)?;
+            return Ok(cp);
+        };
+        let fork = |why: String| ClientError::LogFork {
+            log: service.name.to_string(),
+            evidence: self.held.evidence(&held_note, note, &why),
+            why,
+        };
+        if held.size == cp.size {
+            if held.root != cp.root {
+                return Err(fork(format!(
+                    "two different trees of size {} are both signed and cosigned",
+                    cp.size
+                )));
+            }
+            return Ok(cp);
+        }
+        let (old, new) = if held.size < cp.size {
+            (&held, &cp)
+        } else {
+            (&cp, &held)
+        };
+        let path = format!("/v1/audit/consistency?old={}&new={}", old.size, new.size);
+        let proof: Result<(asclepios_api::records::ConsistencyProof, _), _> =
+            Self::call(service, Method::GET, &path, Vec::new()).await;
+        let proof = match proof {
+            Ok((p, _)) => p,
+            // The log no longer holds what it checkpointed for us.
+            Err(ClientError::Refused { status: 404, .. }) if cp.size < held.size => {
+                return Err(fork(format!(
+                    "the log shows size {} but cosigned size {} before, and cannot prove the two \
+                     consistent: it was rolled back",
+                    cp.size, held.size
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let hashes: Option<Vec<asclepios_audit::Hash>> = proof
+            .proof
+            .iter()
+            .map(|h| B64.decode(h).ok().and_then(|b| b.try_into().ok()))
+            .collect();
+        let hashes = hashes
+            .ok_or_else(|| ClientError::Protocol("a consistency proof is malformed".into()))?;
+        if let Err(e) = asclepios_audit::merkle::verify_consistency(
+            old.size, new.size, &old.root, &new.root, &hashes,
+        ) {
+            return Err(fork(format!(
+                "the checkpoints of sizes {} and {} are not one history: {e}",
+                old.size, new.size
+            )));
+        }
+        self.held.advance(&cp, note).map_err(ClientError::Files)?;
+        Ok(cp)
     }
 
     /// The identity.
@@ -346,6 +457,8 @@ impl Client {
         answer
             .receipt
             .verify(&service.receipt_key, &service.log, &hash)?;
+        self.accept_checkpoint(service, &answer.receipt.checkpoint)
+            .await?;
         Ok((answer.result, answer.receipt))
     }
 
@@ -1043,8 +1156,7 @@ impl Client {
         let note = slice
             .checkpoint
             .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
-        asclepios_audit::Checkpoint::verify(&note, &self.records.log)
-            .map_err(|e| ClientError::Audit(e.into()))
+        self.accept_checkpoint(&self.records, &note).await
     }
 
     /// [`Client::audit_events`], each with its place in the log and its
@@ -1113,18 +1225,7 @@ impl Client {
         // entries past it are not vouched for and are left out.
         let note = checkpoint
             .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
-        let cp = asclepios_audit::Checkpoint::verify(&note, &service.log)
-            .map_err(|e| ClientError::Audit(e.into()))?;
-        // The log's key is named after its origin: a checkpoint naming
-        // another log is not this one's.
-        if cp.origin != service.log.name() {
-            return Err(ClientError::Protocol(format!(
-                "the {} log's checkpoint names the log `{}`, not `{}`",
-                service.name,
-                cp.origin,
-                service.log.name()
-            )));
-        }
+        let cp = self.accept_checkpoint(service, &note).await?;
         if cp.size > tree.size() || tree.root_at(cp.size) != cp.root {
             return Err(ClientError::Protocol(
                 "the audit entries do not match the signed checkpoint".into(),

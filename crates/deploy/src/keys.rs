@@ -15,13 +15,17 @@
 //! <seal key file>.anchor       beside it: the latest change of the authority's
 //!                              state seen (`.anchor` instead of `.key`)
 //! pki/audit-log.key, .pub      the audit log's checkpoint signer (C2SP note key)
+//! pki/witness.key, .pub        the authority's witness's cosigning key (C2SP
+//!                              cosignature/v1); its state in witness/
 //! identities/<id>.audit.key    an auditor's HPKE secret key (the public key is in
 //!                              the directory: `user add --auditor`)
 //! ```
 
 use std::path::Path;
 
-use asclepios_audit::{AuditorPublicKey, AuditorSecretKey, NoteSigner, NoteVerifier};
+use asclepios_audit::{
+    AuditorPublicKey, AuditorSecretKey, CosignatureVerifier, Cosigner, NoteSigner, NoteVerifier,
+};
 use asclepios_crypto::abe::{self, MasterSecretKey, PublicKey};
 use asclepios_crypto::sse::SseKey;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -94,7 +98,39 @@ pub fn create(dir: &Path, config: &crate::Config) -> Result<(), Error> {
         &format!("{}\n", signer.verifier()),
         false,
     )?;
+    witness_cosigner(dir, origin)?;
     Ok(())
+}
+
+/// The authority's witness's secret key file.
+pub const WITNESS_KEY: &str = "pki/witness.key";
+/// The authority's witness's public key (C2SP vkey, type 0x04), for clients
+/// and for the record service.
+pub use asclepios_api::layout::WITNESS_VERIFIER;
+
+/// The authority's witness's cosigning key, made on first use (directories
+/// made before witnessing existed get one at their first start) and named
+/// `<origin>/witness`.
+pub fn witness_cosigner(dir: &Path, origin: &str) -> Result<Cosigner, Error> {
+    let path = dir.join(WITNESS_KEY);
+    if !path.exists() {
+        let cosigner = Cosigner::generate(&format!("{origin}/witness"))?;
+        write_new_file(&path, &cosigner.to_secret_string(), true)?;
+        write_new_file(
+            &dir.join(WITNESS_VERIFIER),
+            &format!("{}\n", cosigner.verifier()),
+            false,
+        )?;
+    }
+    let text = Zeroizing::new(read_file(&path)?);
+    Ok(Cosigner::parse(&text)?)
+}
+
+/// The authority's witness's public key.
+pub fn witness_verifier(dir: &Path) -> Result<CosignatureVerifier, Error> {
+    Ok(CosignatureVerifier::parse(&read_file(
+        &dir.join(WITNESS_VERIFIER),
+    )?)?)
 }
 
 /// Makes an auditor's HPKE key pair: the secret goes to

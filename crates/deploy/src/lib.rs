@@ -24,6 +24,7 @@ pub mod init;
 pub mod keys;
 pub mod serve;
 pub mod split;
+pub mod witnesses;
 
 pub use config::Config;
 

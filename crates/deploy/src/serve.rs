@@ -102,26 +102,65 @@ fn service_keys(
     })
 }
 
+/// The witnesses a log asks to cosign its checkpoints.
+type Witnesses = Vec<(
+    asclepios_audit::CosignatureVerifier,
+    Box<dyn asclepios_audit::WitnessClient>,
+)>;
+
 /// The deployment's audit log, opened once per process and shared by the
-/// services' trails.
-fn audit_log(dir: &Path, config: &Config) -> Result<Arc<Log<Store>>, Error> {
+/// services' trails; every checkpoint cosigned by `witnesses` (all of
+/// them: today the key authority's).
+///
+/// At start the stored log is submitted to every witness: one that saw a
+/// longer log, or another history, refuses, and the service does not start
+/// (a rewritten or rolled-back store). A witness that cannot be reached
+/// is only reported: no checkpoint is served until it cosigns.
+fn audit_log(dir: &Path, config: &Config, witnesses: Witnesses) -> Result<Arc<Log<Store>>, Error> {
+    let quorum = witnesses.len();
     let log = Log::open(
         open_store(dir, config)?,
         AUDIT_LOG_ID,
         &config.audit.origin,
         keys::log_signer(dir)?,
     )
-    .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    .map_err(|e| Error::Invalid(format!("audit log: {e}")))?
+    .with_witnesses(witnesses, quorum);
     // A new log signs its empty tree at once, so that clients can verify
-    // "nothing here yet" as they verify every later view.
-    let signed = log
-        .latest_checkpoint()
-        .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
-    if signed.is_none() {
-        log.checkpoint()
-            .map_err(|e| Error::Invalid(format!("audit log: the first checkpoint: {e}")))?;
+    // "nothing here yet" as they verify every later view; a log that
+    // exists is checked against its witnesses.
+    match log.check_witnesses() {
+        Ok(_) => {}
+        Err(asclepios_audit::Error::Witness(e)) => {
+            eprintln!(
+                "asclepios: audit log `{}`: not cosigned yet: {e}",
+                config.audit.origin
+            );
+        }
+        Err(e) => {
+            return Err(Error::Invalid(format!(
+                "AUDIT LOG ALARM: refusing to serve: {e}"
+            )))
+        }
     }
     Ok(Arc::new(log))
+}
+
+/// The key authority's witness, over the authority's own log and, in a
+/// split deployment, the record service's.
+fn authority_witness(dir: &Path, config: &Config) -> Result<Arc<asclepios_audit::Witness>, Error> {
+    let mut logs = vec![keys::log_verifier(dir)?];
+    let records = dir.join(crate::split::RECORDS_LOG_VERIFIER);
+    if records.exists() {
+        logs.push(asclepios_audit::NoteVerifier::parse(&read_file(&records)?)?);
+    }
+    let witness = asclepios_audit::Witness::open(
+        &dir.join("witness"),
+        keys::witness_cosigner(dir, &config.audit.origin)?,
+        logs.into_iter().map(|v| (v.name().to_string(), v)),
+    )
+    .map_err(|e| Error::Invalid(format!("the authority's witness: {e}")))?;
+    Ok(Arc::new(witness))
 }
 
 /// The store as the key authority uses it: its state authenticated and
@@ -245,7 +284,12 @@ fn open_authority(
 ) -> Result<AuthorityOpened, Error> {
     let layout = Layout::new(dir);
     let authority_keys = service_keys(&layout, "authority", false)?;
-    let log = audit_log(dir, cfg)?;
+    let witness = authority_witness(dir, cfg)?;
+    let log = audit_log(
+        dir,
+        cfg,
+        vec![(witness.verifier(), Box::new(witness.clone()))],
+    )?;
     // One authenticated view of the authority's state for the process:
     // every reader checks against the same memory of what was written.
     let directory = authority_store(dir, cfg)?;
@@ -282,6 +326,7 @@ fn open_authority(
     )
     .with_attestation(source, gate)
     .with_naming_secret(keys::naming_secret(dir)?)
+    .with_witness(witness)
     .serving_facts_to(RECORD_SERVICE_IDENTITY);
     let authority = match records {
         Some(records) => authority.with_records(records),
@@ -650,10 +695,15 @@ pub async fn start_records(
         ed25519_dalek::VerifyingKey::from_bytes(&key)
             .map_err(|e| Error::Invalid(format!("the authority's certificate key: {e}")))?
     };
+    let witness = crate::witnesses::RemoteWitness::new(
+        service_client(dir, RECORD_SERVICE_IDENTITY, authority_url)?,
+        tokio::runtime::Handle::current(),
+    );
+    let witness_key = keys::witness_verifier(dir)?;
     let (owned, cfg) = (dir.to_path_buf(), config.clone());
     let (records, records_tls) = tokio::task::spawn_blocking(move || {
         let store = open_store(&owned, &cfg)?;
-        let log = audit_log(&owned, &cfg)?;
+        let log = audit_log(&owned, &cfg, vec![(witness_key, Box::new(witness))])?;
         open_records(&owned, &cfg, store, log, authority_key, source)
     })
     .await

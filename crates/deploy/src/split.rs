@@ -12,6 +12,7 @@
 //! pki/audit-log.key, .pub      the signing key of its own audit log
 //! identities/svc-records.*     its client identity towards the authority
 //! authority/abe-public.key     the ABE public key audit events are sealed under
+//! pki/witness.pub              the authority's witness, which cosigns its log
 //! ```
 //!
 //! No master secret, search or statistics key, sealing key, issuer key,
@@ -88,6 +89,11 @@ pub fn write_records_dir(authority_dir: &Path, records_dir: &Path) -> Result<(),
     copy(
         &from.service("authority").0,
         &to.service("authority").0,
+        false,
+    )?;
+    copy(
+        &authority_dir.join(crate::keys::WITNESS_VERIFIER),
+        &records_dir.join(crate::keys::WITNESS_VERIFIER),
         false,
     )?;
     copy(

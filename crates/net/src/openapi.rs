@@ -47,6 +47,29 @@ fn error_body() -> Value {
     json!({"application/json": {"schema": object(&[("error", string())], &[])}})
 }
 
+/// A route that speaks plain text (a C2SP protocol) rather than JSON: `op`
+/// with its 200 and its `statuses` answering `text/plain` (or
+/// `text/x.tlog.size` for 409) besides the JSON errors of the shared
+/// layers.
+pub fn text_operation(mut op: Value, statuses: &[u16]) -> Value {
+    let text = json!({"schema": {"type": "string"}});
+    op["responses"]["200"]["content"] = json!({"text/plain": text.clone()});
+    op["requestBody"] = json!({"required": true, "content": {"text/plain": text.clone()}});
+    for status in statuses {
+        let key = status.to_string();
+        if op["responses"].get(&key).is_none() {
+            op["responses"][&key] = json!({"description": "refused", "content": error_body()});
+        }
+        let kind = if *status == 409 {
+            "text/x.tlog.size"
+        } else {
+            "text/plain"
+        };
+        op["responses"][&key]["content"][kind] = text.clone();
+    }
+    op
+}
+
 /// The statuses every signed route may answer besides its own.
 const SHARED: &[(u16, &str)] = &[
     (400, "malformed request: the error says what is wrong"),

@@ -40,6 +40,27 @@ pub(crate) async fn audit_entries(
     .map(Json)
 }
 
+/// A consistency proof between two sizes of the log.
+pub(crate) async fn audit_consistency(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    q: Result<Query<asclepios_service::ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<asclepios_api::records::ConsistencyProof>, ApiError> {
+    let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
+    blocking(move || {
+        let facts = s.directory.facts()?;
+        asclepios_service::audit_consistency(
+            s.trail.log(),
+            facts.member(&caller.id),
+            &caller.id,
+            q.old,
+            q.new,
+        )
+    })
+    .await
+    .map(Json)
+}
+
 /// Logs an export (what profile, how many resources, to whom).
 pub(crate) async fn record_export(
     State(s): State<Arc<RecordService>>,

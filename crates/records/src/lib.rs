@@ -135,6 +135,7 @@ impl RecordService {
                 axum::routing::post(stats::publish_stats).get(stats::stats_values),
             )
             .route("/v1/audit/entries", get(audit::audit_entries))
+            .route("/v1/audit/consistency", get(audit::audit_consistency))
             .route(
                 "/v1/internal/wrappers/scan",
                 axum::routing::post(internal::scan_wrappers),

@@ -103,6 +103,12 @@ pub fn openapi_document() -> serde_json::Value {
                 None,
                 answer(),
             )},
+            "/v1/audit/consistency": {"get": operation(
+                "RFC 9162 consistency proof between sizes ?old= and ?new= of the audit log (any active identity).",
+                &[("old", In::Query, true), ("new", In::Query, true)],
+                None,
+                answer(),
+            )},
             "/v1/attestation/verdicts": {"post": operation(
                 "Log a client's verdict on the key authority's attestation (audited; a refusal is logged as denied), with receipt.",
                 &[],

@@ -20,7 +20,8 @@ pub use guards::{
     PeerCaller,
 };
 pub use outcome::{
-    audit_outcome, audit_slice, log_event, log_outcome, shown, SliceQuery, MAX_AUDIT_SLICE,
+    audit_consistency, audit_outcome, audit_slice, log_event, log_outcome, shown, ConsistencyQuery,
+    SliceQuery, MAX_AUDIT_SLICE,
 };
 pub use stored::{stored_author, stored_sealed_body, verified_author, Stored};
 
