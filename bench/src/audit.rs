@@ -145,6 +145,125 @@ fn append_cases(
     Ok(())
 }
 
+/// `append-witnessed`: durable appends of a batch with a checkpoint per
+/// batch, cosigned by an in-process witness (its state synced to disk before
+/// it answers), against raw inserts of the same rows.
+fn witnessed_append_cases(
+    kind: BackendKind,
+    batches: &[usize],
+    budget: Budget,
+    rows: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    let mut scratch = Scratch::new(kind, "witnessed")?;
+    scratch.store().bench_reset()?;
+    let state = tempfile::tempdir()?;
+    let cosigner = || asclepios_audit::Cosigner::from_seed("bench.asclepios/witness", &[4; 32]);
+    let witness = asclepios_audit::Witness::open(
+        state.path(),
+        cosigner()?,
+        [("bench.asclepios/log".to_string(), signer().verifier())],
+    )?;
+    let log = Log::open(scratch.take(), "bench", "bench.asclepios/log", signer())?
+        .with_witnesses(vec![(cosigner()?.verifier(), Box::new(witness))], 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let key = AtomicU64::new(0);
+    for &batch in batches {
+        eprintln!("audit: append-witnessed {} batch {batch}", kind.name());
+        let data = entries(&mut rng, batch, ENTRY_BYTES);
+        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut failure = None;
+        let mut ours = || {
+            if let Err(e) = log.append(&refs).and_then(|_| log.checkpoint()) {
+                failure.get_or_insert(e.to_string());
+            }
+        };
+        let mut raw_failure = None;
+        let mut floor = || {
+            let first = key.fetch_add(batch as u64, Ordering::Relaxed);
+            let raw: Vec<(u64, &[u8])> = refs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (first + i as u64, *e))
+                .collect();
+            if let Err(e) = log.store().bench_raw_insert(&raw) {
+                raw_failure.get_or_insert(e.to_string());
+            }
+        };
+        let us = timing::interleaved(budget, &mut [&mut ours, &mut floor]);
+        if let Some(e) = failure.or(raw_failure) {
+            anyhow::bail!("append-witnessed {} batch {batch}: {e}", kind.name());
+        }
+        let per_s = batch as f64 / (us[0] / 1e6);
+        let floor_per_s = batch as f64 / (us[1] / 1e6);
+        rows.push(json!({
+            "suite": "audit", "op": "append-witnessed", "backend": kind.name(), "batch": batch,
+            "per_s": per_s.round(), "floor_per_s": floor_per_s.round(),
+            "ratio": (per_s / floor_per_s * 1000.0).round() / 1000.0,
+        }));
+    }
+    Ok(())
+}
+
+/// `cosign`: one witness step (parse, the log's signature, the consistency
+/// proof, the cosignature, the state synced to disk), per checkpoint, each
+/// one leaf larger than the last.
+fn cosign_cases(budget: Budget, rows: &mut Vec<Value>) -> anyhow::Result<()> {
+    const LEAVES: u64 = 1 << 16;
+    let state = tempfile::tempdir()?;
+    let witness = asclepios_audit::Witness::open(
+        state.path(),
+        asclepios_audit::Cosigner::from_seed("bench.asclepios/witness", &[4; 32])?,
+        [("bench.asclepios/log".to_string(), signer().verifier())],
+    )?;
+    let mut tree = MemoryTree::new();
+    for i in 0..LEAVES {
+        tree.push_leaf_hash(merkle::leaf_hash(&i.to_be_bytes()));
+    }
+    let body = |old: u64, size: u64| -> anyhow::Result<String> {
+        let note = asclepios_audit::Checkpoint {
+            origin: "bench.asclepios/log".into(),
+            size,
+            root: tree.root_at(size),
+            extensions: Vec::new(),
+        }
+        .sign(&signer())?;
+        Ok(asclepios_audit::witness::AddCheckpoint {
+            old_size: old,
+            proof: if old == 0 {
+                Vec::new()
+            } else {
+                tree.prove_consistency(old, size)
+            },
+            checkpoint: note,
+        }
+        .to_body())
+    };
+    // Bodies made ahead, so only the witness's work is timed.
+    let start = LEAVES / 2;
+    witness.add_checkpoint(body(0, start)?.as_bytes())?;
+    let bodies: Vec<String> = (start..LEAVES - 1)
+        .take(4096)
+        .map(|s| body(s, s + 1))
+        .collect::<anyhow::Result<_>>()?;
+    let mut next = bodies.iter();
+    let mut failure = None;
+    let us = timing::single(budget, || {
+        if let Some(b) = next.next() {
+            if let Err(e) = witness.add_checkpoint(b.as_bytes()) {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+    });
+    if let Some(e) = failure {
+        anyhow::bail!("cosign: {e}");
+    }
+    rows.push(json!({
+        "suite": "audit", "op": "cosign", "leaves": start,
+        "ours_us": (us * 1000.0).round() / 1000.0,
+    }));
+    Ok(())
+}
+
 fn proof_cases(
     kind: BackendKind,
     leaves: u64,
@@ -304,7 +423,7 @@ fn memory_cases(leaves: usize, budget: Budget, rows: &mut Vec<Value>) -> anyhow:
     Ok(())
 }
 
-/// `ASCLEPIOS_BENCH_AUDIT_CASES=append,proofs,memory` runs only those groups.
+/// `ASCLEPIOS_BENCH_AUDIT_CASES=append,witnessed,proofs,memory` runs only those groups.
 fn selected(group: &str) -> bool {
     std::env::var("ASCLEPIOS_BENCH_AUDIT_CASES")
         .map_or(true, |v| v.split(',').any(|g| g.trim() == group))
@@ -318,6 +437,12 @@ pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     for kind in [BackendKind::Sqlite, BackendKind::Postgres] {
         if selected("append") {
             append_cases(kind, batches, budget, &mut rows)?;
+        }
+    }
+    if selected("witnessed") {
+        cosign_cases(budget, &mut rows)?;
+        for kind in [BackendKind::Sqlite, BackendKind::Postgres] {
+            witnessed_append_cases(kind, batches, budget, &mut rows)?;
         }
     }
     for kind in [BackendKind::Sqlite, BackendKind::Postgres] {

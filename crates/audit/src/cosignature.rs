@@ -67,11 +67,11 @@ impl fmt::Display for CosignatureVerifier {
     }
 }
 
+/// A key's name, key id and key bytes, as written.
+type KeyParts<'a> = (&'a str, [u8; 4], Zeroizing<Vec<u8>>);
+
 /// Splits `name+hexid+base64` and checks the type byte and key id.
-fn parse_key<'a>(
-    what: &'static str,
-    text: &'a str,
-) -> Result<(&'a str, [u8; 4], Zeroizing<Vec<u8>>), NoteError> {
+fn parse_key<'a>(what: &'static str, text: &'a str) -> Result<KeyParts<'a>, NoteError> {
     let mut parts = text.splitn(3, '+');
     let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
     else {

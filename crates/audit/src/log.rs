@@ -183,6 +183,10 @@ pub struct Log<S> {
     /// Set once a witness reported that this log forked, rolled back or
     /// rewrote its history: no checkpoint is signed again by this process.
     alarm: Mutex<Option<String>>,
+    /// Held from choosing a checkpoint's size to storing it cosigned: two
+    /// trails of one log must not show the witness a size smaller than one
+    /// it has just cosigned (which is what a rollback looks like).
+    signing: Mutex<()>,
 }
 
 /// One witness as the log knows it: how to reach it, its key, and the size
@@ -231,6 +235,7 @@ impl<S: LogStore> Log<S> {
             witnesses: Vec::new(),
             quorum: 0,
             alarm: Mutex::new(None),
+            signing: Mutex::new(()),
         };
         log.reload()?;
         log.warm_cache()?;
@@ -311,7 +316,12 @@ impl<S: LogStore> Log<S> {
                 "the store's right border is incomplete".into(),
             ));
         }
-        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = Head { size, frontier };
+        // Never backwards: an append of this process may have committed
+        // (and moved the head) after the size above was read.
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if size >= head.size {
+            *head = Head { size, frontier };
+        }
         Ok(())
     }
 
@@ -460,6 +470,11 @@ impl<S: LogStore> Log<S> {
     /// Signs a checkpoint of the current tree, after proving from the store
     /// that it extends the last checkpoint signed. Returns the signed note.
     pub fn checkpoint(&self) -> Result<String, Error> {
+        let _turn = self.signing.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_in_turn()
+    }
+
+    fn checkpoint_in_turn(&self) -> Result<String, Error> {
         let previous = self.previous_checkpoint()?;
         if let Some((old, _)) = &previous {
             if self.head().0 < old.size {
@@ -548,7 +563,8 @@ impl<S: LogStore> Log<S> {
     /// while the log was down. Returns the cosigned checkpoint; an error
     /// if a witness found the log misbehaving or the quorum was not met.
     pub fn check_witnesses(&self) -> Result<String, Error> {
-        let note = self.checkpoint()?;
+        let _turn = self.signing.lock().unwrap_or_else(|p| p.into_inner());
+        let note = self.checkpoint_in_turn()?;
         let size = peek_checkpoint(&note)?.size;
         self.witnessed(note, size, true)
     }

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use asclepios_audit::merkle::{self, Hash};
 use asclepios_audit::note::{NoteError, NoteVerifier};
-use asclepios_audit::Checkpoint;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::Subcommand;
@@ -67,6 +66,13 @@ pub enum LogCommand {
         /// File holding the verifier key.
         #[arg(long)]
         key: std::path::PathBuf,
+        /// File holding a witness's cosigner key (C2SP `cosignature/v1`,
+        /// `name+keyid+base64key` with type 0x04); repeat for several.
+        #[arg(long = "witness")]
+        witnesses: Vec<std::path::PathBuf>,
+        /// How many of the witnesses must have cosigned (default: all given).
+        #[arg(long)]
+        quorum: Option<usize>,
     },
 }
 
@@ -92,7 +98,12 @@ pub fn run(command: LogCommand) -> ExitCode {
             new_root,
             proof,
         } => consistency(&old_size, &old_root, &new_size, &new_root, &proof),
-        LogCommand::VerifyCheckpoint { checkpoint, key } => verify_checkpoint(&checkpoint, &key),
+        LogCommand::VerifyCheckpoint {
+            checkpoint,
+            key,
+            witnesses,
+            quorum,
+        } => verify_checkpoint(&checkpoint, &key, &witnesses, quorum),
     };
     let verdict = verdict.unwrap_or_else(|v| v);
     match verdict {
@@ -196,22 +207,40 @@ fn read_text(what: &str, path: &std::path::Path) -> Result<String, Verdict> {
 fn verify_checkpoint(
     checkpoint: &std::path::Path,
     key: &std::path::Path,
+    witnesses: &[std::path::PathBuf],
+    quorum: Option<usize>,
 ) -> Result<Verdict, Verdict> {
     let note = read_text("checkpoint", checkpoint)?;
     let key_text = read_text("key file", key)?;
     let verifier =
         NoteVerifier::parse(key_text.trim()).map_err(|e| Verdict::Malformed(e.to_string()))?;
-    Ok(match Checkpoint::verify(&note, &verifier) {
-        Ok(cp) => Verdict::Holds(format!(
-            "checkpoint of `{}` at size {} is signed by {}+{}",
+    let policy = asclepios_audit::WitnessPolicy {
+        witnesses: witnesses
+            .iter()
+            .map(|w| {
+                asclepios_audit::CosignatureVerifier::parse(read_text("witness key", w)?.trim())
+                    .map_err(|e| Verdict::Malformed(format!("{}: {e}", w.display())))
+            })
+            .collect::<Result<_, _>>()?,
+        quorum: quorum.unwrap_or(witnesses.len()),
+    };
+    Ok(match policy.verify(&note, &verifier) {
+        Ok((cp, cosigned)) => Verdict::Holds(format!(
+            "checkpoint of `{}` at size {} is signed by {}+{}{}",
             cp.origin,
             cp.size,
             verifier.name(),
-            hex::encode(verifier.key_id())
+            hex::encode(verifier.key_id()),
+            if cosigned.is_empty() {
+                String::new()
+            } else {
+                format!(" and cosigned by {}", cosigned.join(", "))
+            }
         )),
         Err(NoteError::NotSigned(name)) => Verdict::Fails(format!(
             "the checkpoint carries no valid signature by `{name}`"
         )),
+        Err(e @ NoteError::NotCosigned { .. }) => Verdict::Fails(e.to_string()),
         Err(e) => Verdict::Malformed(e.to_string()),
     })
 }

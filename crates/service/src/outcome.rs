@@ -82,7 +82,9 @@ pub fn log_event(
     // Backend details stay on the server; the caller learns it may retry.
     trail
         .record(event, &v.request_hash, status.as_u16())
-        .map_err(|_| {
+        .map_err(|e| {
+            // The operator sees why (no event content is in the error).
+            eprintln!("asclepios: the audit log refused an event: {e}");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit log unavailable; retry later",
@@ -151,9 +153,13 @@ pub fn audit_consistency(
             format!("old size {old} exceeds new size {new}"),
         ));
     }
-    let (size, _) = log
-        .sync()
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let (mut size, _) = log.head();
+    if new > size {
+        size = log
+            .sync()
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+            .0;
+    }
     if new > size {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
