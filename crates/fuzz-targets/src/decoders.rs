@@ -202,6 +202,27 @@ pub fn audit_decoders(data: &[u8]) {
     if let Ok(key) = NoteVerifier::parse(text) {
         assert_eq!(key.to_string(), text.trim_end_matches(['\n', '\r']));
     }
+    if let Ok(key) = asclepios_audit::CosignatureVerifier::parse(text) {
+        assert_eq!(key.to_string(), text.trim_end_matches(['\n', '\r']));
+    }
+    // A witness's add-checkpoint body: what parses re-encodes the same, and
+    // the witness answers it with a typed refusal, never a panic.
+    if let Ok(request) = asclepios_audit::witness::AddCheckpoint::parse(data) {
+        assert_eq!(request.to_body().as_bytes(), data);
+        if let Ok(note) = SignedNote::parse(&request.checkpoint) {
+            let _ = fuzz_cosigner().verify(&note);
+        }
+    }
+}
+
+/// A fixed witness key, to check cosignature lines of fuzzed notes against.
+fn fuzz_cosigner() -> &'static asclepios_audit::CosignatureVerifier {
+    static K: OnceLock<asclepios_audit::CosignatureVerifier> = OnceLock::new();
+    K.get_or_init(|| {
+        asclepios_audit::Cosigner::from_seed("fuzz.example/witness", &[7; 32])
+            .expect("a valid name")
+            .verifier()
+    })
 }
 
 /// Inside the sample collateral's validity window.
