@@ -10,6 +10,7 @@ mod demo_platform;
 mod log_cmd;
 mod platform;
 mod stats_cmd;
+mod witness_cmd;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,12 @@ enum Command {
     /// Exit status: 0 when the claim holds, 1 when it does not, 2 on malformed input.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
+    /// Run an independent witness of the audit logs: it cosigns a log's checkpoints only as
+    /// consistent extensions of what it cosigned before, from its own directory and state.
+    ///
+    /// Example: asclepios witness init --dir w --name witness.example.org/w1
+    #[command(subcommand)]
+    Witness(witness_cmd::WitnessCommand),
     /// Write a working development deployment into a data directory: a CA, service and
     /// identity certificates, a sample organisation (cardiologist, nurse, emergency
     /// physician, lab, auditor, researcher, two patients) and asclepios.toml.
@@ -324,6 +331,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(command) => return log_cmd::run(command),
+        Command::Witness(command) => witness_cmd::run(command),
         Command::Attest { dir, command } => return attest_cmd::run(&dir.path(), command),
         Command::Portal {
             dir,

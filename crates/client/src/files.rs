@@ -19,6 +19,22 @@ pub(crate) struct ClientConfig {
     pub(crate) authority: ServiceNames,
     pub(crate) records: ServiceNames,
     pub(crate) attestation: AttestationSettings,
+    #[serde(default)]
+    pub(crate) audit: AuditSettings,
+}
+
+/// The independent witnesses every checkpoint must carry, besides the key
+/// authority's.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AuditSettings {
+    #[serde(default)]
+    pub(crate) witnesses: Vec<WitnessSetting>,
+}
+
+/// One independent witness: its cosigning key (its URL is the services').
+#[derive(Debug, Deserialize)]
+pub(crate) struct WitnessSetting {
+    pub(crate) key: String,
 }
 
 /// A service's TLS name: its certificate must carry it.

@@ -301,11 +301,20 @@ impl Client {
             require_attestation,
             authority_verdict: std::sync::Mutex::new(None),
             naming_keys: Default::default(),
-            witnesses: asclepios_audit::WitnessPolicy {
-                witnesses: vec![files::witness_verifier(
+            witnesses: {
+                // The authority's witness and every independent one the
+                // deployment names: all must have cosigned.
+                let mut witnesses = vec![files::witness_verifier(
                     &dir.join(asclepios_api::layout::WITNESS_VERIFIER),
-                )?],
-                quorum: 1,
+                )?];
+                for w in &config.audit.witnesses {
+                    witnesses.push(
+                        asclepios_audit::CosignatureVerifier::parse(&w.key)
+                            .map_err(|e| ClientError::Files(format!("[audit] witnesses: {e}")))?,
+                    );
+                }
+                let quorum = witnesses.len();
+                asclepios_audit::WitnessPolicy { witnesses, quorum }
             },
             held: checkpoints::HeldCheckpoints::new(
                 dir.join("identities").join(format!("{id}.logs")),

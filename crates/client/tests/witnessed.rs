@@ -84,3 +84,47 @@ async fn a_rewritten_log_is_refused_on_sqlite() {
 async fn a_rewritten_log_is_refused_on_postgres() {
     a_rewritten_log_is_refused(true).await;
 }
+
+/// An independent witness (`asclepios witness`), named in both services'
+/// configuration: every checkpoint carries its cosignature, clients require
+/// it, and without it no checkpoint is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_witness_cosigns_and_is_required() {
+    use asclepios_deploy::config::WitnessRef;
+    use asclepios_deploy::{standalone_witness, Config};
+    let mut d = deploy(false).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("witness");
+    let public = standalone_witness::init(&w, "witness.test/w1", "127.0.0.1:0").unwrap();
+    for key in ["pki/audit-log.pub", "pki/records-log.pub"] {
+        standalone_witness::add_log(&w, &std::fs::read_to_string(d.dir.join(key)).unwrap())
+            .unwrap();
+    }
+    let (addr, task) = standalone_witness::serve(&w, None).await.unwrap();
+    drop(d.records.take());
+    drop(d.authority.take());
+    for dir in [d.dir.clone(), d.records_dir.clone()] {
+        let mut config = Config::load(&dir).unwrap();
+        config.audit.witnesses.push(WitnessRef {
+            url: format!("http://{addr}"),
+            key: public.trim().to_string(),
+        });
+        std::fs::write(dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
+    }
+    d.start_authority().await.unwrap();
+    d.start_records().await.unwrap();
+    d.until_ready().await;
+    let mut patient = client(&d, "pat-00000");
+    patient.refresh_key().await.unwrap();
+    patient.list_records("pat-00000").await.unwrap();
+    // The client requires both witnesses' cosignatures on both logs.
+    assert_eq!(patient.audit_views().await.unwrap().len(), 2);
+    assert_eq!(std::fs::read_dir(w.join("state")).unwrap().count(), 2);
+    // The witness goes away: nothing more can be logged, so nothing is done.
+    task.abort();
+    let _ = task.await;
+    match patient.list_records("pat-00000").await {
+        Err(ClientError::Refused { status: 503, .. }) => {}
+        other => panic!("served without the witness: {other:?}"),
+    }
+}

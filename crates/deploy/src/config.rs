@@ -213,6 +213,19 @@ fn local_names() -> Vec<String> {
 pub struct AuditConfig {
     /// The checkpoint origin line (a unique name for the log).
     pub origin: String,
+    /// Independent witnesses, besides the key authority's, whose
+    /// cosignatures every checkpoint must carry (`asclepios witness`).
+    pub witnesses: Vec<WitnessRef>,
+}
+
+/// An independent witness of the audit logs.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRef {
+    /// Its `tlog-witness` submission prefix, e.g. `http://witness.example:7380`.
+    pub url: String,
+    /// Its cosigning key (C2SP vkey, type 0x04: its `witness.pub`).
+    pub key: String,
 }
 
 /// Break-glass.
@@ -279,6 +292,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             origin: "asclepios-dev/audit".into(),
+            witnesses: Vec::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod init;
 pub mod keys;
 pub mod serve;
 pub mod split;
+pub mod standalone_witness;
 pub mod witnesses;
 
 pub use config::Config;

@@ -146,6 +146,26 @@ fn audit_log(dir: &Path, config: &Config, witnesses: Witnesses) -> Result<Arc<Lo
     Ok(Arc::new(log))
 }
 
+/// The independent witnesses the configuration names, reached over HTTP.
+fn configured_witnesses(config: &Config) -> Result<Witnesses, Error> {
+    config
+        .audit
+        .witnesses
+        .iter()
+        .map(|w| {
+            let key = asclepios_audit::CosignatureVerifier::parse(&w.key)?;
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::Invalid("independent witnesses need the services' runtime".into())
+            })?;
+            let client = crate::witnesses::HttpWitness::new(&w.url, runtime)?;
+            Ok((
+                key,
+                Box::new(client) as Box<dyn asclepios_audit::WitnessClient>,
+            ))
+        })
+        .collect()
+}
+
 /// The key authority's witness, over the authority's own log and, in a
 /// split deployment, the record service's.
 fn authority_witness(dir: &Path, config: &Config) -> Result<Arc<asclepios_audit::Witness>, Error> {
@@ -285,11 +305,9 @@ fn open_authority(
     let layout = Layout::new(dir);
     let authority_keys = service_keys(&layout, "authority", false)?;
     let witness = authority_witness(dir, cfg)?;
-    let log = audit_log(
-        dir,
-        cfg,
-        vec![(witness.verifier(), Box::new(witness.clone()))],
-    )?;
+    let mut witnesses: Witnesses = vec![(witness.verifier(), Box::new(witness.clone()))];
+    witnesses.extend(configured_witnesses(cfg)?);
+    let log = audit_log(dir, cfg, witnesses)?;
     // One authenticated view of the authority's state for the process:
     // every reader checks against the same memory of what was written.
     let directory = authority_store(dir, cfg)?;
@@ -703,7 +721,9 @@ pub async fn start_records(
     let (owned, cfg) = (dir.to_path_buf(), config.clone());
     let (records, records_tls) = tokio::task::spawn_blocking(move || {
         let store = open_store(&owned, &cfg)?;
-        let log = audit_log(&owned, &cfg, vec![(witness_key, Box::new(witness))])?;
+        let mut witnesses: Witnesses = vec![(witness_key, Box::new(witness))];
+        witnesses.extend(configured_witnesses(&cfg)?);
+        let log = audit_log(&owned, &cfg, witnesses)?;
         open_records(&owned, &cfg, store, log, authority_key, source)
     })
     .await

@@ -95,3 +95,59 @@ fn answer(status: u16, text: String) -> Result<String, WitnessError> {
         ))),
     }
 }
+
+/// An independent witness, reached over `tlog-witness` HTTP at its
+/// submission prefix (`<url>/add-checkpoint`). Calls block.
+pub struct HttpWitness {
+    url: String,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for HttpWitness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpWitness")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpWitness {
+    /// The witness at `url`, driven on `runtime`.
+    pub fn new(url: &str, runtime: tokio::runtime::Handle) -> Result<Self, crate::Error> {
+        // reqwest's TLS needs a process-wide provider even for plain HTTP:
+        // the one the rest of the deployment uses (a no-op if one is set).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(WITNESS_TIMEOUT)
+            .build()
+            .map_err(|e| crate::Error::Invalid(format!("the witness at {url}: {e}")))?;
+        Ok(HttpWitness {
+            url: url.trim_end_matches('/').to_string(),
+            http,
+            runtime,
+        })
+    }
+}
+
+impl asclepios_audit::WitnessClient for HttpWitness {
+    fn add_checkpoint(&self, body: &str) -> Result<String, WitnessError> {
+        let unreachable = |e: String| WitnessError::Storage(format!("the witness: {e}"));
+        let (status, text) = self.runtime.block_on(async {
+            let response = self
+                .http
+                .post(format!("{}/add-checkpoint", self.url))
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            Ok::<_, WitnessError>((status, text))
+        })?;
+        answer(status, text)
+    }
+}
