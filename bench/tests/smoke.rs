@@ -61,12 +61,13 @@ fn audit_suite_quick_prints_every_case_on_both_backends() {
             .unwrap_or_else(|| panic!("{field} missing in {row}"));
         assert!(v > 0.0, "{field} = {v} in {row}");
     };
-    // append: 2 backends × 2 quick batches; proofs: 2 backends × 4 ops; memory: 2.
-    assert_eq!(rows.len(), 14, "{stdout}");
+    // append and append-witnessed: 2 backends × 2 quick batches each; cosign: 1;
+    // proofs: 2 backends × 4 ops; memory: 2.
+    assert_eq!(rows.len(), 19, "{stdout}");
     for row in &rows {
         assert_eq!(row["suite"], "audit");
         match row["op"].as_str().unwrap() {
-            "append" => {
+            "append" | "append-witnessed" => {
                 assert!(["sqlite", "postgres"].contains(&row["backend"].as_str().unwrap()));
                 ["batch", "per_s", "floor_per_s", "ratio"]
                     .iter()
@@ -74,6 +75,9 @@ fn audit_suite_quick_prints_every_case_on_both_backends() {
             }
             "prove-inclusion" | "prove-consistency" | "verify-inclusion" | "verify-consistency" => {
                 assert!(row["backend"].is_string());
+                ["leaves", "ours_us"].iter().for_each(|f| positive(row, f));
+            }
+            "cosign" => {
                 ["leaves", "ours_us"].iter().for_each(|f| positive(row, f));
             }
             "memory-root" | "memory-prove" => {
