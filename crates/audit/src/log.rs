@@ -308,6 +308,10 @@ impl<S: LogStore> Log<S> {
 
     /// Re-reads the size and right border from the store.
     fn reload(&self) -> Result<(), Error> {
+        // Held across the reads: an append of this process (which holds it
+        // across its write) cannot commit between the size read here and
+        // the head set, so a reload never moves the head back over it.
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let size = self.store.log_size(&self.log_id).map_err(storage)?;
         let ids = merkle::frontier(size);
         let frontier = self.store.log_nodes(&self.log_id, &ids).map_err(storage)?;
@@ -316,12 +320,7 @@ impl<S: LogStore> Log<S> {
                 "the store's right border is incomplete".into(),
             ));
         }
-        // Never backwards: an append of this process may have committed
-        // (and moved the head) after the size above was read.
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        if size >= head.size {
-            *head = Head { size, frontier };
-        }
+        *head = Head { size, frontier };
         Ok(())
     }
 
