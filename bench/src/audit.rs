@@ -94,86 +94,58 @@ fn entries(rng: &mut ChaCha20Rng, n: usize, len: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The witness of `append-witnessed` (its state synced to disk before it
+/// answers), whose state lives in `dir`.
+fn bench_witness(dir: &std::path::Path) -> anyhow::Result<asclepios_audit::Witness> {
+    Ok(asclepios_audit::Witness::open(
+        dir,
+        asclepios_audit::Cosigner::from_seed("bench.asclepios/witness", &[4; 32])?,
+        [("bench.asclepios/log".to_string(), signer().verifier())],
+    )?)
+}
+
+/// `append` (durable appends of a batch) or, if `witnessed`,
+/// `append-witnessed` (the same with a checkpoint per batch, cosigned by an
+/// in-process witness), against raw inserts of the same rows.
 fn append_cases(
     kind: BackendKind,
     batches: &[usize],
     budget: Budget,
     rows: &mut Vec<Value>,
+    witnessed: bool,
 ) -> anyhow::Result<()> {
+    let op = if witnessed {
+        "append-witnessed"
+    } else {
+        "append"
+    };
     // One database for both sides: the log's rows and the raw rows share its
     // write-ahead log, checkpoints and fsyncs, so the floor is the same backend
     // doing the same I/O without the log.
-    let mut scratch = Scratch::new(kind, "append")?;
-    scratch.store().bench_reset()?;
-    let log = Log::open(scratch.take(), "bench", "bench.asclepios/log", signer())?;
-    let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let key = AtomicU64::new(0);
-    for &batch in batches {
-        eprintln!("audit: append {} batch {batch}", kind.name());
-        let data = entries(&mut rng, batch, ENTRY_BYTES);
-        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-        let mut failure = None;
-        let mut ours = || {
-            if let Err(e) = log.append(&refs) {
-                failure.get_or_insert(e.to_string());
-            }
-        };
-        let mut raw_failure = None;
-        let mut floor = || {
-            let first = key.fetch_add(batch as u64, Ordering::Relaxed);
-            let raw: Vec<(u64, &[u8])> = refs
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (first + i as u64, *e))
-                .collect();
-            if let Err(e) = log.store().bench_raw_insert(&raw) {
-                raw_failure.get_or_insert(e.to_string());
-            }
-        };
-        let us = timing::interleaved(budget, &mut [&mut ours, &mut floor]);
-        if let Some(e) = failure.or(raw_failure) {
-            anyhow::bail!("append {} batch {batch}: {e}", kind.name());
-        }
-        let per_s = batch as f64 / (us[0] / 1e6);
-        let floor_per_s = batch as f64 / (us[1] / 1e6);
-        rows.push(json!({
-            "suite": "audit", "op": "append", "backend": kind.name(), "batch": batch,
-            "per_s": per_s.round(), "floor_per_s": floor_per_s.round(),
-            "ratio": (per_s / floor_per_s * 1000.0).round() / 1000.0,
-        }));
-    }
-    Ok(())
-}
-
-/// `append-witnessed`: durable appends of a batch with a checkpoint per
-/// batch, cosigned by an in-process witness (its state synced to disk before
-/// it answers), against raw inserts of the same rows.
-fn witnessed_append_cases(
-    kind: BackendKind,
-    batches: &[usize],
-    budget: Budget,
-    rows: &mut Vec<Value>,
-) -> anyhow::Result<()> {
-    let mut scratch = Scratch::new(kind, "witnessed")?;
+    let mut scratch = Scratch::new(kind, if witnessed { "witnessed" } else { "append" })?;
     scratch.store().bench_reset()?;
     let state = tempfile::tempdir()?;
-    let cosigner = || asclepios_audit::Cosigner::from_seed("bench.asclepios/witness", &[4; 32]);
-    let witness = asclepios_audit::Witness::open(
-        state.path(),
-        cosigner()?,
-        [("bench.asclepios/log".to_string(), signer().verifier())],
-    )?;
-    let log = Log::open(scratch.take(), "bench", "bench.asclepios/log", signer())?
-        .with_witnesses(vec![(cosigner()?.verifier(), Box::new(witness))], 1);
-    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut log = Log::open(scratch.take(), "bench", "bench.asclepios/log", signer())?;
+    if witnessed {
+        let witness = bench_witness(state.path())?;
+        log = log.with_witnesses(vec![(witness.verifier(), Box::new(witness))], 1);
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(if witnessed { 3 } else { 1 });
     let key = AtomicU64::new(0);
     for &batch in batches {
-        eprintln!("audit: append-witnessed {} batch {batch}", kind.name());
+        eprintln!("audit: {op} {} batch {batch}", kind.name());
         let data = entries(&mut rng, batch, ENTRY_BYTES);
         let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
         let mut failure = None;
         let mut ours = || {
-            if let Err(e) = log.append(&refs).and_then(|_| log.checkpoint()) {
+            let done = log.append(&refs).and_then(|_| {
+                if witnessed {
+                    log.checkpoint().map(drop)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = done {
                 failure.get_or_insert(e.to_string());
             }
         };
@@ -191,12 +163,12 @@ fn witnessed_append_cases(
         };
         let us = timing::interleaved(budget, &mut [&mut ours, &mut floor]);
         if let Some(e) = failure.or(raw_failure) {
-            anyhow::bail!("append-witnessed {} batch {batch}: {e}", kind.name());
+            anyhow::bail!("{op} {} batch {batch}: {e}", kind.name());
         }
         let per_s = batch as f64 / (us[0] / 1e6);
         let floor_per_s = batch as f64 / (us[1] / 1e6);
         rows.push(json!({
-            "suite": "audit", "op": "append-witnessed", "backend": kind.name(), "batch": batch,
+            "suite": "audit", "op": op, "backend": kind.name(), "batch": batch,
             "per_s": per_s.round(), "floor_per_s": floor_per_s.round(),
             "ratio": (per_s / floor_per_s * 1000.0).round() / 1000.0,
         }));
@@ -210,11 +182,7 @@ fn witnessed_append_cases(
 fn cosign_cases(budget: Budget, rows: &mut Vec<Value>) -> anyhow::Result<()> {
     const LEAVES: u64 = 1 << 16;
     let state = tempfile::tempdir()?;
-    let witness = asclepios_audit::Witness::open(
-        state.path(),
-        asclepios_audit::Cosigner::from_seed("bench.asclepios/witness", &[4; 32])?,
-        [("bench.asclepios/log".to_string(), signer().verifier())],
-    )?;
+    let witness = bench_witness(state.path())?;
     let mut tree = MemoryTree::new();
     for i in 0..LEAVES {
         tree.push_leaf_hash(merkle::leaf_hash(&i.to_be_bytes()));
@@ -436,13 +404,13 @@ pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     let memory_leaves: usize = if quick { 4096 } else { 100_000 };
     for kind in [BackendKind::Sqlite, BackendKind::Postgres] {
         if selected("append") {
-            append_cases(kind, batches, budget, &mut rows)?;
+            append_cases(kind, batches, budget, &mut rows, false)?;
         }
     }
     if selected("witnessed") {
         cosign_cases(budget, &mut rows)?;
         for kind in [BackendKind::Sqlite, BackendKind::Postgres] {
-            witnessed_append_cases(kind, batches, budget, &mut rows)?;
+            append_cases(kind, batches, budget, &mut rows, true)?;
         }
     }
     for kind in [BackendKind::Sqlite, BackendKind::Postgres] {

@@ -616,17 +616,13 @@ impl<S: LogStore> Log<S> {
                 refusals.join("; ")
             )));
         }
-        // Without cosignatures, the note signed again with the old ones.
+        // Asked again: the witnesses' earlier lines give way to the fresh ones.
         let note = if again {
             let keep: Vec<&str> = note
                 .lines()
                 .skip_while(|l| !l.is_empty())
                 .filter(|l| {
-                    let fresh = self.witnesses.iter().any(|w| {
-                        l.strip_prefix(crate::note::SIG_PREFIX)
-                            .is_some_and(|r| r.starts_with(&format!("{} ", w.key.name())))
-                    });
-                    !l.is_empty() && !fresh
+                    !l.is_empty() && !self.witnesses.iter().any(|w| signed_by(l, w.key.name()))
                 })
                 .collect();
             format!("{}\n{}\n", signed.text, keep.join("\n"))
@@ -677,10 +673,9 @@ impl<S: LogStore> Log<S> {
                         .key
                         .verify(&with)
                         .map_err(|e| WitnessError::Storage(format!("the witness's answer: {e}")))?;
-                    let own = format!("{}{} ", crate::note::SIG_PREFIX, witness.key.name());
                     let line: String = lines
                         .lines()
-                        .filter(|l| l.starts_with(&own))
+                        .filter(|l| signed_by(l, witness.key.name()))
                         .map(|l| format!("{l}\n"))
                         .collect();
                     *witness.size.lock().unwrap_or_else(|p| p.into_inner()) = size;
@@ -795,6 +790,13 @@ impl<S: LogStore> Log<S> {
             .map_err(storage)?
             .map(|(_, note)| note))
     }
+}
+
+/// Whether `line` is a note signature line under the key name `name`.
+fn signed_by(line: &str, name: &str) -> bool {
+    line.strip_prefix(crate::note::SIG_PREFIX)
+        .and_then(|rest| rest.strip_prefix(name))
+        .is_some_and(|rest| rest.starts_with(' '))
 }
 
 /// Re-reads every stored entry up to a checkpoint's size, and every stored

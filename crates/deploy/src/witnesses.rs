@@ -31,30 +31,37 @@ impl RemoteWitness {
 
 impl asclepios_audit::WitnessClient for RemoteWitness {
     fn add_checkpoint(&self, body: &str) -> Result<String, WitnessError> {
-        let unreachable = |e: String| WitnessError::Storage(format!("the witness: {e}"));
-        let call = async {
-            let response = self
-                .client
-                .send(
-                    axum::http::Method::POST,
-                    "/v1/witness/add-checkpoint",
-                    body.as_bytes().to_vec(),
-                )
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let status = response.status().as_u16();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            Ok::<_, WitnessError>((status, text))
-        };
-        let (status, text) = self
-            .runtime
-            .block_on(async { tokio::time::timeout(WITNESS_TIMEOUT, call).await })
-            .map_err(|_| unreachable("no answer in time".into()))??;
-        answer(status, text)
+        exchange(
+            &self.runtime,
+            self.client.send(
+                axum::http::Method::POST,
+                "/v1/witness/add-checkpoint",
+                body.as_bytes().to_vec(),
+            ),
+        )
     }
+}
+
+/// Sends one `add-checkpoint` request (`send`) on `runtime`, waiting at most
+/// [`WITNESS_TIMEOUT`], and reads the witness's answer.
+fn exchange<E: std::fmt::Display>(
+    runtime: &tokio::runtime::Handle,
+    send: impl std::future::Future<Output = Result<reqwest::Response, E>>,
+) -> Result<String, WitnessError> {
+    let unreachable = |e: String| WitnessError::Storage(format!("the witness: {e}"));
+    let call = async {
+        let response = send.await.map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok::<_, WitnessError>((status, text))
+    };
+    let (status, text) = runtime
+        .block_on(async { tokio::time::timeout(WITNESS_TIMEOUT, call).await })
+        .map_err(|_| unreachable("no answer in time".into()))??;
+    answer(status, text)
 }
 
 /// A `tlog-witness` answer as the error the witness would have returned.
@@ -132,22 +139,12 @@ impl HttpWitness {
 
 impl asclepios_audit::WitnessClient for HttpWitness {
     fn add_checkpoint(&self, body: &str) -> Result<String, WitnessError> {
-        let unreachable = |e: String| WitnessError::Storage(format!("the witness: {e}"));
-        let (status, text) = self.runtime.block_on(async {
-            let response = self
-                .http
+        exchange(
+            &self.runtime,
+            self.http
                 .post(format!("{}/add-checkpoint", self.url))
                 .body(body.to_string())
-                .send()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let status = response.status().as_u16();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            Ok::<_, WitnessError>((status, text))
-        })?;
-        answer(status, text)
+                .send(),
+        )
     }
 }
