@@ -22,15 +22,38 @@ pub struct ExportNotice {
 
 /// A slice of the audit log: encrypted entries, readable only by those the
 /// events concern (patients) and auditors.
+///
+/// An auditor is given every entry from `start` on, in order, and re-hashes
+/// the whole tree. A patient is given only the entries about them, each with
+/// its index and inclusion proof in the tree of `size` leaves: the hashes
+/// prove each entry without showing any other.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSlice {
-    /// Index of the first entry.
+    /// Where the slice starts (an index of the log).
     pub start: u64,
     /// The entries (base64).
     pub entries: Vec<String>,
     /// The latest signed checkpoint.
     pub checkpoint: Option<String>,
+    /// For a patient's slice: what proves each entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proved: Option<ProvedEntries>,
+}
+
+/// Where a patient's entries are in the log, and their inclusion proofs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvedEntries {
+    /// The tree size the proofs are for (a checkpoint's).
+    pub size: u64,
+    /// Each entry's index in the log.
+    pub indices: Vec<u64>,
+    /// Each entry's RFC 9162 inclusion proof (base64 hashes).
+    pub proofs: Vec<Vec<String>>,
+    /// Where the next slice starts, if entries about this patient may remain
+    /// below `size`.
+    pub next: Option<u64>,
 }
 
 /// A consistency proof between two sizes of a service's audit log

@@ -20,6 +20,9 @@
 //! AuditEntry = header(0x08) | u32 n | n × (recipient id(8) | enc(32) | bytes16(HPKE(key)))
 //!              | bytes32(KeyWrapper) | bytes32(SealedBody)
 //! ```
+//!
+//! An entry about a patient is stored inside a `LinkedLeaf` (see
+//! [`crate::log::LinkedLeaf`]) that chains it to the patient's previous one.
 
 use std::fmt;
 
@@ -116,6 +119,33 @@ pub struct AuditEvent {
     pub emergency: bool,
     /// The signature of the request that caused it (base64), for non-repudiation.
     pub request_signature: Option<String>,
+    /// For a write: what it stored, so a reader of the log can tell a
+    /// served version older than the latest written (a rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<Written>,
+}
+
+/// What a record write stored.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Written {
+    /// The record's (opaque) id.
+    pub record_id: String,
+    /// The version written.
+    pub version: u64,
+    /// SHA-256 of the sealed body (hex).
+    pub body_sha256: String,
+}
+
+impl Written {
+    /// What writing `body` as `version` of `record_id` commits to.
+    pub fn new(record_id: &str, version: u64, body: &[u8]) -> Self {
+        Written {
+            record_id: record_id.to_string(),
+            version,
+            body_sha256: hex::encode(Sha256::digest(body)),
+        }
+    }
 }
 
 impl AuditEvent {
@@ -144,6 +174,7 @@ impl AuditEvent {
             purpose: "TREAT".into(),
             emergency: false,
             request_signature,
+            written: None,
         }
     }
 
@@ -406,6 +437,11 @@ impl SealedEvent {
         })
     }
 
+    /// The ABE policy the entry is sealed under (in clear in the entry).
+    pub fn reader_policy(&self) -> &Policy {
+        self.wrapper.policy()
+    }
+
     /// Decrypts as an auditor.
     pub fn open_as_auditor(&self, key: &AuditorSecretKey) -> Result<AuditEvent, Error> {
         let id = AuditorPublicKey(Kem::sk_to_pk(&key.0)).id();
@@ -467,8 +503,18 @@ impl SealedEvent {
         w.finish()
     }
 
-    /// Parses an entry.
+    /// Parses an entry, or a log leaf holding one (a [`LinkedLeaf`] of an
+    /// event about a patient).
+    ///
+    /// [`LinkedLeaf`]: crate::log::LinkedLeaf
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if let Some(linked) = crate::log::LinkedLeaf::from_bytes(bytes)? {
+            return Self::from_entry_bytes(&linked.entry);
+        }
+        Self::from_entry_bytes(bytes)
+    }
+
+    fn from_entry_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes, Kind::AuditEntry)?;
         let n = r.count("recipient count", MAX_RECIPIENTS, 8 + 32 + 2)?;
         let mut recipients = Vec::with_capacity(n);

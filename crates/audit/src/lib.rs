@@ -27,8 +27,10 @@ pub mod receipt;
 pub mod witness;
 
 pub use cosignature::{CosignatureVerifier, Cosigner, WitnessPolicy};
-pub use event::{Action, AuditEvent, AuditorPublicKey, AuditorSecretKey, Outcome, SealedEvent};
-pub use log::{Log, LogStore};
+pub use event::{
+    Action, AuditEvent, AuditorPublicKey, AuditorSecretKey, Outcome, SealedEvent, Written,
+};
+pub use log::{LinkedLeaf, Log, LogStore, Subject};
 pub use merkle::{Hash, NodeId};
 pub use note::{Checkpoint, NoteError, NoteSigner, NoteVerifier};
 pub use receipt::{AuditTrail, Receipt};

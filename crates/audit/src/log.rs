@@ -24,6 +24,10 @@ use crate::merkle::{self, Hash, NodeId, NodeSource};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier, SignedNote};
 use crate::witness::{AddCheckpoint, WitnessClient, WitnessError};
 use crate::Error;
+use asclepios_crypto::format::{Kind, Reader, Writer};
+use asclepios_crypto::DecodeError;
+use sha2::Sha256;
+use zeroize::Zeroizing;
 
 /// Most entries accepted in one append.
 pub const MAX_BATCH: usize = 65_536;
@@ -44,15 +48,35 @@ pub trait LogStore {
     fn log_size(&self, log: &str) -> Result<u64, Self::Error>;
 
     /// Appends `entries` at `first_index..` with the complete subtree hashes
-    /// they create, atomically. Returns `Ok(false)` without writing anything
+    /// they create and each entry's subject tag (`subjects` is as long as
+    /// `entries`), atomically. Returns `Ok(false)` without writing anything
     /// when the log's size is no longer `first_index`.
     fn log_append(
         &self,
         log: &str,
         first_index: u64,
         entries: &[&[u8]],
+        subjects: &[Option<Subject>],
         nodes: &[(NodeId, Hash)],
     ) -> Result<bool, Self::Error>;
+
+    /// The index of the last entry below `before` tagged with `subject`.
+    fn log_entries_about_last(
+        &self,
+        log: &str,
+        subject: &Subject,
+        before: u64,
+    ) -> Result<Option<u64>, Self::Error>;
+
+    /// Up to `limit` entries in `range` tagged with `subject`, with their
+    /// indices, in order.
+    fn log_entries_about(
+        &self,
+        log: &str,
+        subject: &Subject,
+        range: Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, Self::Error>;
 
     /// The hashes of complete subtrees (an error if one is missing).
     fn log_nodes(&self, log: &str, ids: &[NodeId]) -> Result<Vec<Hash>, Self::Error>;
@@ -66,6 +90,54 @@ pub trait LogStore {
     /// The signed checkpoint of the largest size, if any.
     fn log_latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, Self::Error>;
 }
+
+/// An entry's subject tag: who the entry is about (a patient), keyed with
+/// a secret of the log's operator (see [`Log::subject`]), so the store can
+/// hand a patient their entries alone without a column that names them.
+pub type Subject = [u8; 16];
+
+/// A leaf about a subject: the entry, after the index of the previous leaf
+/// about the same subject in this log (none for the first). The links make
+/// each subject's leaves one chain inside the Merkle tree, so whoever serves
+/// a patient their entries cannot leave one out unseen: the next entry names
+/// it.
+///
+/// ```text
+/// LinkedLeaf = header(0x0d) | u64 (previous index + 1, or 0) | bytes32(entry)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedLeaf {
+    /// The index of the previous leaf about the same subject.
+    pub previous: Option<u64>,
+    /// The entry itself.
+    pub entry: Vec<u8>,
+}
+
+impl LinkedLeaf {
+    /// The leaf's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(Kind::LinkedLeaf, 12 + self.entry.len());
+        w.u64(self.previous.map_or(0, |i| i.saturating_add(1)));
+        w.bytes32(&self.entry);
+        w.finish()
+    }
+
+    /// Parses a linked leaf; `Ok(None)` for a leaf of another kind (an entry
+    /// about no subject, stored as it is).
+    pub fn from_bytes(leaf: &[u8]) -> Result<Option<Self>, DecodeError> {
+        if leaf.get(..5) != Some(&[b'A', b'S', b'C', b'L', Kind::LinkedLeaf as u8][..]) {
+            return Ok(None);
+        }
+        let mut r = Reader::new(leaf, Kind::LinkedLeaf)?;
+        let previous = r.u64("previous leaf")?.checked_sub(1);
+        let entry = r.bytes32("linked entry", MAX_ENTRY_BYTES)?.to_vec();
+        r.finish()?;
+        Ok(Some(LinkedLeaf { previous, entry }))
+    }
+}
+
+/// HKDF info for the key of subject tags.
+const SUBJECT_KEY_INFO: &[u8] = b"asclepios audit subject tag v1";
 
 fn storage<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
     Error::Storage(Box::new(e))
@@ -183,6 +255,8 @@ pub struct Log<S> {
     /// Set once a witness reported that this log forked, rolled back or
     /// rewrote its history: no checkpoint is signed again by this process.
     alarm: Mutex<Option<String>>,
+    /// Keys [`Log::subject`].
+    subject_key: Zeroizing<[u8; 32]>,
     /// Held from choosing a checkpoint's size to storing it cosigned: two
     /// trails of one log must not show the witness a size smaller than one
     /// it has just cosigned (which is what a rollback looks like).
@@ -221,11 +295,13 @@ impl<S: LogStore> Log<S> {
                 "the origin must be one non-empty line without control characters".into(),
             ));
         }
+        let subject_key = signer.derive_key(SUBJECT_KEY_INFO);
         let log = Log {
             store,
             log_id: log_id.to_string(),
             origin: origin.to_string(),
             signer,
+            subject_key,
             head: Mutex::new(Head {
                 size: 0,
                 frontier: Vec::new(),
@@ -372,6 +448,21 @@ impl<S: LogStore> Log<S> {
     /// Appends entries durably; returns their indices. One transaction for the
     /// batch. If another writer appended meanwhile, reloads and retries.
     pub fn append(&self, entries: &[&[u8]]) -> Result<Range<u64>, Error> {
+        Ok(self.append_about(entries, &vec![None; entries.len()])?.0)
+    }
+
+    /// [`Log::append`] with each entry's subject tag (`subjects[i]` for
+    /// `entries[i]`; `None` for entries about no patient); also returns the
+    /// leaf hashes, which for an entry about a subject are of its
+    /// [`LinkedLeaf`].
+    pub fn append_about(
+        &self,
+        entries: &[&[u8]],
+        subjects: &[Option<Subject>],
+    ) -> Result<(Range<u64>, Vec<Hash>), Error> {
+        if subjects.len() != entries.len() {
+            return Err(Error::Invalid("one subject per entry".into()));
+        }
         if entries.len() > MAX_BATCH {
             return Err(Error::Invalid(format!(
                 "at most {MAX_BATCH} entries per append"
@@ -383,7 +474,6 @@ impl<S: LogStore> Log<S> {
                 e.len()
             )));
         }
-        let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
         let started = std::time::Instant::now();
         for attempt in 0u64.. {
             if attempt > 0 {
@@ -401,22 +491,65 @@ impl<S: LogStore> Log<S> {
                 }
             }
             let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-            let (nodes, frontier) = merkle::append_nodes(head.size, &head.frontier, &leaves);
             let first = head.size;
+            // Links are taken under the head lock, for this first index: a
+            // store that moved meanwhile refuses the append, and the retry
+            // links again.
+            let linked = self.link(first, entries, subjects)?;
+            let leaves: Vec<Hash> = linked.iter().map(|e| merkle::leaf_hash(e)).collect();
+            let (nodes, frontier) = merkle::append_nodes(head.size, &head.frontier, &leaves);
+            let stored: Vec<&[u8]> = linked.iter().map(|e| e.as_ref()).collect();
             if self
                 .store
-                .log_append(&self.log_id, first, entries, &nodes)
+                .log_append(&self.log_id, first, &stored, subjects, &nodes)
                 .map_err(storage)?
             {
                 head.size += entries.len() as u64;
                 head.frontier = frontier;
                 self.cache.insert(nodes);
-                return Ok(first..head.size);
+                return Ok((first..head.size, leaves));
             }
             drop(head);
             self.reload()?;
         }
         Err(Error::Conflict)
+    }
+
+    /// The leaves of `entries` appended at `first`: an entry about a
+    /// subject becomes a [`LinkedLeaf`] naming the previous leaf about the
+    /// same subject (earlier in this batch, or the last in the store); the
+    /// others are stored as they are.
+    fn link<'a>(
+        &self,
+        first: u64,
+        entries: &[&'a [u8]],
+        subjects: &[Option<Subject>],
+    ) -> Result<Vec<std::borrow::Cow<'a, [u8]>>, Error> {
+        let mut last: HashMap<Subject, Option<u64>> = HashMap::new();
+        let mut leaves = Vec::with_capacity(entries.len());
+        for (i, (entry, subject)) in entries.iter().zip(subjects).enumerate() {
+            let Some(subject) = subject else {
+                leaves.push(std::borrow::Cow::Borrowed(*entry));
+                continue;
+            };
+            let previous = match last.get(subject) {
+                Some(previous) => *previous,
+                None => self
+                    .store
+                    .log_entries_about_last(&self.log_id, subject, first)
+                    .map_err(storage)?,
+            };
+            let index = first + i as u64;
+            last.insert(*subject, Some(index));
+            leaves.push(std::borrow::Cow::Owned(
+                LinkedLeaf {
+                    previous,
+                    entry: entry.to_vec(),
+                }
+                .to_bytes(),
+            ));
+        }
+        Ok(leaves)
     }
 
     /// The previous checkpoint: the larger of the store's latest and the one
@@ -780,6 +913,36 @@ impl<S: LogStore> Log<S> {
     pub fn entries(&self, range: Range<u64>) -> Result<Vec<Vec<u8>>, Error> {
         self.check_size(range.end)?;
         self.store.log_entries(&self.log_id, range).map_err(storage)
+    }
+
+    /// The subject tag of `name` (a patient pseudonym) in this log:
+    /// HMAC-SHA256 under a key derived (HKDF-SHA256, its own label) from the
+    /// log's signing key, truncated to 16 bytes. Every writer of one log
+    /// holds that key, so they tag alike; a store dump alone cannot be
+    /// searched for a pseudonym through it.
+    pub fn subject(&self, name: &str) -> Subject {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(self.subject_key.as_slice())
+            .expect("HMAC takes keys of any length");
+        mac.update(name.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut subject = [0u8; 16];
+        subject.copy_from_slice(&tag[..16]);
+        subject
+    }
+
+    /// Up to `limit` entries about `subject` among entries `range`, with
+    /// their indices.
+    pub fn entries_about(
+        &self,
+        subject: &Subject,
+        range: Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        self.check_size(range.end)?;
+        self.store
+            .log_entries_about(&self.log_id, subject, range, limit)
+            .map_err(storage)
     }
 
     /// The latest signed checkpoint, if any.

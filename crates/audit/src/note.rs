@@ -209,6 +209,18 @@ impl NoteSigner {
         })
     }
 
+    /// A 32-byte key for another use of the signer's owner, derived from
+    /// its seed with HKDF-SHA256 under the label `info`: independent of the
+    /// signatures and of keys derived under other labels.
+    pub(crate) fn derive_key(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
+        let seed = Zeroizing::new(self.key.to_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<sha2::Sha256>::new(None, seed.as_slice())
+            .expand(info, out.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
+
     /// Generates a fresh signer from the operating system's randomness.
     pub fn generate(name: &str) -> Result<Self, NoteError> {
         let mut seed = Zeroizing::new([0u8; 32]);

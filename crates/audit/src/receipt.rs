@@ -133,6 +133,8 @@ const KEM_CACHE_POLICIES: usize = 4096;
 /// An event waiting to be committed, and where its receipt goes.
 struct Pending {
     entry: Vec<u8>,
+    /// The tag of the patient the event is about, if any.
+    subject: Option<crate::log::Subject>,
     request: Hash,
     status: u16,
     reply: std::sync::mpsc::Sender<Result<Receipt, Error>>,
@@ -240,6 +242,7 @@ impl<S: LogStore> AuditTrail<S> {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             queue.pending.push(Pending {
                 entry: sealed,
+                subject: event.patient.as_deref().map(|p| self.log.subject(p)),
                 request: *request_hash,
                 status,
                 reply: tx,
@@ -325,20 +328,21 @@ impl<S: LogStore> AuditTrail<S> {
 
     fn commit(&self, batch: &[Pending]) -> Result<Vec<Receipt>, Error> {
         let entries: Vec<&[u8]> = batch.iter().map(|p| p.entry.as_slice()).collect();
-        let range = self.log.append(&entries)?;
+        let subjects: Vec<_> = batch.iter().map(|p| p.subject).collect();
+        let (range, leaves) = self.log.append_about(&entries, &subjects)?;
         let checkpoint = self.log.checkpoint()?;
         let size = crate::log::peek_checkpoint(&checkpoint)?.size;
         batch
             .iter()
-            .zip(range)
-            .map(|(p, index)| {
+            .zip(range.zip(leaves))
+            .map(|(p, (index, leaf))| {
                 let proof = self.log.prove_inclusion(index, size)?;
                 let mut receipt = Receipt {
                     service: self.service.clone(),
                     request: B64.encode(p.request),
                     status: p.status,
                     leaf_index: index,
-                    leaf_hash: B64.encode(merkle::leaf_hash(&p.entry)),
+                    leaf_hash: B64.encode(leaf),
                     checkpoint: checkpoint.clone(),
                     inclusion_proof: proof.iter().map(|h| B64.encode(h)).collect(),
                     signature: String::new(),

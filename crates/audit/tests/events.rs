@@ -25,6 +25,7 @@ fn event(emergency: bool) -> AuditEvent {
         },
         emergency,
         request_signature: Some("c2lnbmF0dXJl".into()),
+        written: None,
     }
 }
 

@@ -593,7 +593,7 @@ async fn audit_entries(
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())))?;
     blocking(move || {
         let member = facts::member(&s.store, &caller.id)?;
-        asclepios_service::audit_slice(s.trail.log(), member.as_ref(), &caller.id, q.start)
+        asclepios_service::audit_slice(s.trail.log(), member.as_ref(), &caller.id, &q)
     })
     .await
     .map(Json)

@@ -97,8 +97,8 @@ pub fn openapi_document() -> serde_json::Value {
                 &[], Some(object(&[("evidence", base64())], &[])), answer(),
             )},
             "/v1/audit/entries": {"get": operation(
-                "The authority's own audit log: encrypted entries from ?start= (at most 512) and the latest checkpoint (patients and auditors).",
-                &[("start", In::Query, false)], None, answer(),
+                "The authority's own audit log: encrypted entries from ?start= (at most 512) and the latest checkpoint; a patient gets only their own entries, each with its inclusion proof in the tree of ?size= leaves (default: the latest checkpoint) (patients and auditors).",
+                &[("start", In::Query, false), ("size", In::Query, false)], None, answer(),
             )},
             "/v1/audit/consistency": {"get": operation(
                 "RFC 9162 consistency proof between sizes ?old= and ?new= of the authority's audit log (any active identity).",

@@ -225,6 +225,7 @@ fn audit_section(
         purpose: purpose.into(),
         emergency,
         request_signature: None,
+        written: None,
     };
     let events = [
         event(

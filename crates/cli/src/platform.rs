@@ -208,7 +208,13 @@ pub fn get(dir: &Path, who: &AsArg, patient: &str, record: &str) -> anyhow::Resu
         let record_id = stored_id(&client, patient, record).await?;
         let record_id = record_id.as_str();
         client.refresh_key().await?;
-        let (resource, receipt) = client.get_record(patient, record_id).await?;
+        // The patient also checks the record against the writes the audit
+        // log holds for it: a rolled-back store is refused.
+        let (resource, receipt) = if client.id() == patient {
+            client.get_fresh_record(patient, record_id).await?
+        } else {
+            client.get_record(patient, record_id).await?
+        };
         let mut out = std::io::stdout().lock();
         // A closed pipe (`| head`) is not an error worth a panic.
         match writeln!(out, "{}", serde_json::to_string_pretty(&resource)?) {

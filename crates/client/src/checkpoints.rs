@@ -3,6 +3,9 @@
 //! consistent with every earlier one: a service that forks its log (one
 //! history for this client, another for others) or rolls it back is caught
 //! as soon as the two views meet here, and the evidence is written down.
+//! Beside each checkpoint, the index of the last entry about this identity
+//! read in that log, which every later view of the identity's entries must
+//! still hold.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +61,29 @@ impl HeldCheckpoints {
             held.insert(cp.origin.clone(), (cp.clone(), note.to_string()));
         }
         write_atomically(&self.dir, &self.file(&cp.origin), note.as_bytes())
+    }
+
+    /// The index of the last entry about this identity it has read in the
+    /// log of `origin`: a later view must still hold it (a service that
+    /// drops it from this identity's slice is caught).
+    pub(crate) fn last_own_entry(&self, origin: &str) -> Option<u64> {
+        std::fs::read_to_string(self.file(origin).with_extension("own"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Holds `index` as the last entry about this identity in `origin`'s log.
+    pub(crate) fn hold_own_entry(&self, origin: &str, index: u64) -> Result<(), String> {
+        if self
+            .last_own_entry(origin)
+            .is_some_and(|held| held >= index)
+        {
+            return Ok(());
+        }
+        let path = self.file(origin).with_extension("own");
+        write_atomically(&self.dir, &path, format!("{index}\n").as_bytes())
     }
 
     /// Writes the two contradicting checkpoints (and what was tried) to an

@@ -97,6 +97,20 @@ pub enum ClientError {
         /// Where the evidence was written.
         evidence: std::path::PathBuf,
     },
+    /// The record service served a record older than (or other than) the
+    /// latest write the audit log holds for it: a rollback of the store.
+    #[error(
+        "record {record}: the service served version {served}, but the audit log holds a \
+         write of {logged}; the store was rolled back or altered"
+    )]
+    StaleRecord {
+        /// The record's id.
+        record: String,
+        /// The version (and body) served.
+        served: String,
+        /// The latest write logged.
+        logged: String,
+    },
     /// The record was stored (and its receipt checked) but the index was
     /// not updated: index it again with [`Client::index_record`].
     #[error("the record was stored, but indexing it for search failed: {0}")]
@@ -158,16 +172,17 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ClientErr
 }
 
 /// What a reader of the audit log checked: its events, the signed
-/// checkpoint they were proved against, and the whole tree (to prove an
-/// earlier checkpoint consistent with this one).
+/// checkpoint they were proved against, and, for an auditor, the whole tree
+/// (to prove an earlier checkpoint consistent with this one).
 #[derive(Debug)]
 pub struct AuditView {
     /// The events this identity can open.
     pub events: Vec<ProvedEvent>,
     /// The latest signed checkpoint (verified).
     pub checkpoint: asclepios_audit::Checkpoint,
-    /// Every entry's leaf hash, as read.
-    pub tree: asclepios_audit::merkle::MemoryTree,
+    /// Every entry's leaf hash, as read by an auditor; a patient reads only
+    /// their own entries, with proofs, and has no tree.
+    pub tree: Option<asclepios_audit::merkle::MemoryTree>,
 }
 
 impl AuditView {
@@ -175,8 +190,11 @@ impl AuditView {
     /// a consistency proof from the tree, checked against both roots.
     pub fn consistent_with(&self, earlier: &asclepios_audit::Checkpoint) -> bool {
         let cp = &self.checkpoint;
-        earlier.size <= cp.size && cp.size <= self.tree.size() && {
-            let proof = self.tree.prove_consistency(earlier.size, cp.size);
+        let Some(tree) = &self.tree else {
+            return false;
+        };
+        earlier.size <= cp.size && cp.size <= tree.size() && {
+            let proof = tree.prove_consistency(earlier.size, cp.size);
             asclepios_audit::merkle::verify_consistency(
                 earlier.size,
                 cp.size,
@@ -187,6 +205,26 @@ impl AuditView {
             .is_ok()
         }
     }
+}
+
+/// The record writes `events` show done for `patient` (successful creates
+/// and updates, each with what it stored).
+pub fn logged_writes<'a>(
+    events: &'a [ProvedEvent],
+    patient: &'a str,
+) -> impl Iterator<Item = &'a asclepios_audit::Written> + 'a {
+    events
+        .iter()
+        .map(|p| &p.event)
+        .filter(move |e| {
+            e.outcome == asclepios_audit::Outcome::Success
+                && e.patient.as_deref() == Some(patient)
+                && matches!(
+                    e.action,
+                    asclepios_audit::Action::Create | asclepios_audit::Action::Update
+                )
+        })
+        .filter_map(|e| e.written.as_ref())
 }
 
 /// An audit event as its reader checked it.
@@ -871,6 +909,27 @@ impl Client {
         patient: &str,
         record_id: &str,
     ) -> Result<(serde_json::Value, Receipt), ClientError> {
+        let (resource, receipt, _) = self.read_record(patient, record_id).await?;
+        Ok((resource, receipt))
+    }
+
+    /// [`Client::get_record`], then [`Client::check_fresh`]: for the patient
+    /// (or an auditor), a record the store rolled back is refused.
+    pub async fn get_fresh_record(
+        &self,
+        patient: &str,
+        record_id: &str,
+    ) -> Result<(serde_json::Value, Receipt), ClientError> {
+        let (resource, receipt, record) = self.read_record(patient, record_id).await?;
+        self.check_fresh(&record).await?;
+        Ok((resource, receipt))
+    }
+
+    async fn read_record(
+        &self,
+        patient: &str,
+        record_id: &str,
+    ) -> Result<(serde_json::Value, Receipt, RecordOut), ClientError> {
         let (record, receipt) = self.get_sealed(patient, record_id).await?;
         self.check_author(&record).await?;
         let resource = self.open(&record)?;
@@ -889,7 +948,42 @@ impl Client {
             Err(ClientError::Refused { status: 403, .. }) => {}
             Err(e) => return Err(e),
         }
-        Ok((resource, receipt))
+        Ok((resource, receipt, record))
+    }
+
+    /// Checks that `record` is the latest version the audit log holds a
+    /// write of, with the body that write committed to. For a reader of the
+    /// log's events about the record's patient (the patient, an auditor):
+    /// others cannot open them, and get [`ClientError::Refused`] or an
+    /// empty answer. Returns how many logged writes of the record it saw.
+    pub async fn check_fresh(&self, record: &RecordOut) -> Result<usize, ClientError> {
+        let view = self.audit_view().await?;
+        let writes: Vec<&asclepios_audit::Written> = logged_writes(&view.events, &record.patient)
+            .filter(|w| w.record_id == record.record_id)
+            .collect();
+        let body = B64
+            .decode(&record.body)
+            .map_err(|_| ClientError::Protocol("body is not base64".into()))?;
+        let served = asclepios_audit::Written::new(&record.record_id, record.version, &body);
+        if let Some(latest) = writes.iter().max_by_key(|w| w.version) {
+            if latest.version > served.version {
+                return Err(ClientError::StaleRecord {
+                    record: record.record_id.clone(),
+                    served: served.version.to_string(),
+                    logged: latest.version.to_string(),
+                });
+            }
+        }
+        if let Some(logged) = writes.iter().find(|w| w.version == served.version) {
+            if logged.body_sha256 != served.body_sha256 {
+                return Err(ClientError::StaleRecord {
+                    record: record.record_id.clone(),
+                    served: format!("{} (body {})", served.version, served.body_sha256),
+                    logged: format!("{} (body {})", logged.version, logged.body_sha256),
+                });
+            }
+        }
+        Ok(writes.len())
     }
 
     /// Checks a record's author signature (body and place, not the
@@ -1179,15 +1273,23 @@ impl Client {
         let key = self.user_key.as_ref().ok_or_else(|| {
             ClientError::Protocol("no ABE key yet: call refresh_key first".into())
         })?;
+        let (first, _): (asclepios_api::records::AuditSlice, _) = Self::call(
+            service,
+            Method::GET,
+            "/v1/audit/entries?start=0",
+            Vec::new(),
+        )
+        .await?;
+        if first.proved.is_some() {
+            return self.patient_view_of(service, key, first).await;
+        }
         let mut events = Vec::new();
         let mut tree = asclepios_audit::merkle::MemoryTree::new();
         let mut checkpoint = None;
         let mut retries = 0;
+        let mut slice = first;
         loop {
-            let path = format!("/v1/audit/entries?start={}", tree.size());
-            let (slice, _): (asclepios_api::records::AuditSlice, _) =
-                Self::call(service, Method::GET, &path, Vec::new()).await?;
-            if slice.start != tree.size() {
+            if slice.start != tree.size() || slice.proved.is_some() {
                 return Err(ClientError::Protocol(
                     "the audit slice starts elsewhere".into(),
                 ));
@@ -1214,7 +1316,6 @@ impl Client {
                         "the checkpoint vouches for entries the service does not serve".into(),
                     ));
                 }
-                continue;
             }
             for entry in &slice.entries {
                 let bytes = B64
@@ -1229,6 +1330,8 @@ impl Client {
                     }
                 }
             }
+            let path = format!("/v1/audit/entries?start={}", tree.size());
+            slice = Self::call(service, Method::GET, &path, Vec::new()).await?.0;
         }
         // The entries read must be the log a signed checkpoint vouches for;
         // entries past it are not vouched for and are left out.
@@ -1259,7 +1362,156 @@ impl Client {
         Ok(AuditView {
             events,
             checkpoint: cp,
-            tree,
+            tree: Some(tree),
+        })
+    }
+
+    /// A patient's view: the service sends only the entries about this
+    /// patient, each with its inclusion proof in the tree of one cosigned
+    /// checkpoint (accepted first, and pinned for the following slices). An
+    /// entry whose proof fails is refused; so is one sealed to anyone but this patient: the service was
+    /// to send this patient's entries alone.
+    async fn patient_view_of(
+        &self,
+        service: &Service,
+        key: &UserKey,
+        first: asclepios_api::records::AuditSlice,
+    ) -> Result<AuditView, ClientError> {
+        let note = first
+            .checkpoint
+            .clone()
+            .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
+        let cp = self.accept_checkpoint(service, &note).await?;
+        let mut events = Vec::new();
+        let mut slice = first;
+        let mut expected_start = 0;
+        let mut last_index = None;
+        let held_own = self.held.last_own_entry(&cp.origin);
+        let broken = |why: String| {
+            ClientError::Protocol(format!(
+                "the service left entries about this patient out of their audit slice: {why}"
+            ))
+        };
+        loop {
+            let proved = slice.proved.take().ok_or_else(|| {
+                ClientError::Protocol("a patient's audit slice came without proofs".into())
+            })?;
+            if proved.size != cp.size || slice.start != expected_start {
+                return Err(ClientError::Protocol(format!(
+                    "the audit slice is for entries {}.. of a tree of {}, not {expected_start}.. of {}",
+                    slice.start, proved.size, cp.size
+                )));
+            }
+            if proved.indices.len() != slice.entries.len()
+                || proved.proofs.len() != slice.entries.len()
+            {
+                return Err(ClientError::Protocol(
+                    "the audit slice's entries, indices and proofs do not match".into(),
+                ));
+            }
+            for ((entry, index), proof) in slice
+                .entries
+                .iter()
+                .zip(&proved.indices)
+                .zip(&proved.proofs)
+            {
+                let index = *index;
+                if index < slice.start || last_index.is_some_and(|last| index <= last) {
+                    return Err(ClientError::Protocol(
+                        "the audit slice's indices are out of order".into(),
+                    ));
+                }
+                let bytes = B64
+                    .decode(entry)
+                    .map_err(|_| ClientError::Protocol("an audit entry is not base64".into()))?;
+                let proof = proof
+                    .iter()
+                    .map(|h| {
+                        B64.decode(h)
+                            .ok()
+                            .and_then(|h| asclepios_audit::Hash::try_from(h.as_slice()).ok())
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ClientError::Protocol("an inclusion proof hash is not 32 bytes".into())
+                    })?;
+                let leaf = asclepios_audit::merkle::leaf_hash(&bytes);
+                asclepios_audit::merkle::verify_inclusion(index, cp.size, &leaf, &proof, &cp.root)
+                    .map_err(|e| {
+                        ClientError::Protocol(format!(
+                            "audit entry {index} is not in the signed checkpoint: {e}"
+                        ))
+                    })?;
+                // Each entry about this patient names the one before it:
+                // the chain read must have no gap.
+                let linked = asclepios_audit::LinkedLeaf::from_bytes(&bytes)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        ClientError::Protocol(format!(
+                            "audit entry {index} is not linked to this patient's entries"
+                        ))
+                    })?;
+                if linked.previous != last_index {
+                    return Err(broken(format!(
+                        "entry {index} follows entry {}, but the slice went from {}",
+                        linked.previous.map_or("none".into(), |i| i.to_string()),
+                        last_index.map_or("none".into(), |i| i.to_string()),
+                    )));
+                }
+                let sealed = asclepios_audit::SealedEvent::from_bytes(&bytes)
+                    .map_err(|e| ClientError::Protocol(format!("audit entry {index}: {e}")))?;
+                let mine = format!("patient:{}", self.id);
+                if !sealed
+                    .reader_policy()
+                    .leaves()
+                    .iter()
+                    .any(|l| asclepios_crypto::policy::attribute_name(l) == mine)
+                {
+                    return Err(ClientError::Protocol(format!(
+                        "audit entry {index} is not about this patient: the service sent another's entry"
+                    )));
+                }
+                last_index = Some(index);
+                // Sealed to this patient, but not under a key this client
+                // holds (an attribute version since re-issued): proved, not read.
+                let Ok(event) = sealed.open_with_abe(key) else {
+                    continue;
+                };
+                events.push(ProvedEvent {
+                    event,
+                    index,
+                    checkpoint_size: cp.size,
+                    included: true,
+                });
+            }
+            let Some(next) = proved.next else { break };
+            if next <= slice.start || next > cp.size {
+                return Err(ClientError::Protocol(
+                    "the audit slice points back or past its tree".into(),
+                ));
+            }
+            expected_start = next;
+            let path = format!("/v1/audit/entries?start={next}&size={}", cp.size);
+            slice = Self::call(service, Method::GET, &path, Vec::new()).await?.0;
+        }
+        // The last entry read before must still be here (a tail cut off).
+        if let Some(held) = held_own.filter(|held| *held < cp.size) {
+            if last_index.is_none_or(|last| last < held) {
+                return Err(broken(format!(
+                    "entry {held} was read before and is missing now"
+                )));
+            }
+        }
+        if let Some(last) = last_index {
+            self.held
+                .hold_own_entry(&cp.origin, last)
+                .map_err(ClientError::Files)?;
+        }
+        Ok(AuditView {
+            events,
+            checkpoint: cp,
+            tree: None,
         })
     }
 

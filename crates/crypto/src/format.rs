@@ -39,6 +39,9 @@ pub enum Kind {
     SseTokens = 0x0b,
     /// Remote attestation evidence (a DCAP quote or the insecure software format).
     AttestationEvidence = 0x0c,
+    /// An audit-log leaf about a subject, linked to the previous leaf about
+    /// the same subject.
+    LinkedLeaf = 0x0d,
 }
 
 impl Kind {
@@ -56,6 +59,7 @@ impl Kind {
             0x0a => Kind::SseKeywords,
             0x0b => Kind::SseTokens,
             0x0c => Kind::AttestationEvidence,
+            0x0d => Kind::LinkedLeaf,
             _ => return None,
         })
     }
@@ -75,6 +79,7 @@ impl Kind {
             Kind::SseKeywords => "sealed record keywords",
             Kind::SseTokens => "search tokens",
             Kind::AttestationEvidence => "attestation evidence",
+            Kind::LinkedLeaf => "linked audit leaf",
         }
     }
 }

@@ -121,6 +121,7 @@ fn main() {
         purpose: "TREAT".into(),
         emergency: false,
         request_signature: Some("c2lnbmF0dXJl".into()),
+        written: None,
     };
     let sealed = SealedEvent::seal(&event, &[auditor], &mpk, &mut rng).unwrap();
     write("audit_decoders", "entry", &sealed.to_bytes());

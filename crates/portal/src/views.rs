@@ -208,9 +208,26 @@ pub(crate) async fn patient(
         Ok(l) => l,
         Err(e) => return p.error_page(StatusCode::BAD_GATEWAY, &e.to_string()),
     };
+    // The latest write the audit log holds per record: a listed version
+    // older than it was rolled back by the store.
+    let view = client.audit_view().await;
+    let mut logged: std::collections::HashMap<&str, u64> = Default::default();
+    if let Ok(view) = &view {
+        for w in asclepios_client::logged_writes(&view.events, &pid) {
+            let at = logged.entry(w.record_id.as_str()).or_default();
+            *at = (*at).max(w.version);
+        }
+    }
     let mut rows = Vec::new();
     let mut points = Vec::new();
     for (id, version) in listed.iter().take(MAX_RECORDS) {
+        let stale = match logged.get(id.as_str()) {
+            Some(latest) if latest > version => format!(
+                "<br><span class=\"badge bad\" role=\"alert\">the service served v{version}, \
+                 but the audit log holds a write of v{latest}: rolled back</span>"
+            ),
+            _ => String::new(),
+        };
         // Ids are opaque: the button names the record by what it is, once
         // opened (its FHIR reference), else by its id.
         let erase = |label: &str| {
@@ -239,7 +256,7 @@ pub(crate) async fn patient(
                         esc(&what),
                         esc(&when),
                         format!(
-                            "{} (v{version})<br><small>stored as {}</small>",
+                            "{} (v{version})<br><small>stored as {}</small>{stale}",
                             esc(&reference),
                             esc(id)
                         ),
@@ -256,7 +273,7 @@ pub(crate) async fn patient(
                         esc(&e.to_string())
                     ),
                     String::new(),
-                    format!("{} (v{version})", esc(id)),
+                    format!("{} (v{version}){stale}", esc(id)),
                     erase(id),
                 ],
             )),
@@ -278,7 +295,7 @@ pub(crate) async fn patient(
 
     // Who accessed my records.
     body.push_str("<h2>Who accessed my records</h2>");
-    match client.audit_view().await {
+    match view {
         Ok(view) => {
             let emergencies = view.events.iter().filter(|e| e.event.emergency).count();
             if emergencies > 0 {
@@ -583,7 +600,7 @@ pub(crate) async fn auditor(
                  <dt>Entries re-hashed</dt><dd>{} (every entry read and hashed into the tree)</dd></dl>",
                 cp.size,
                 hex::encode(cp.root),
-                view.tree.size()
+                view.tree.as_ref().map_or(0, |t| t.size())
             ));
 
             body.push_str("<h2>Search audit events</h2>");

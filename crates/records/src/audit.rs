@@ -34,7 +34,7 @@ pub(crate) async fn audit_entries(
     let Query(q) = q.map_err(|e| bad_request(format!("query: {}", e.body_text())))?;
     blocking(move || {
         let facts = s.directory.facts()?;
-        audit_slice(s.trail.log(), facts.member(&caller.id), &caller.id, q.start)
+        audit_slice(s.trail.log(), facts.member(&caller.id), &caller.id, &q)
     })
     .await
     .map(Json)

@@ -307,6 +307,21 @@ impl RecordService {
         v: &Verified,
         work: impl Fn() -> Result<T, ApiError>,
     ) -> Result<WithReceipt<T>, ApiError> {
+        self.audited_write(caller, action, resource, patient, v, None, work)
+    }
+
+    /// [`Self::audited`] for a write, whose event commits to what it stored.
+    #[allow(clippy::too_many_arguments)]
+    fn audited_write<T>(
+        &self,
+        caller: &str,
+        action: Action,
+        resource: String,
+        patient: &str,
+        v: &Verified,
+        written: Option<asclepios_audit::Written>,
+        work: impl Fn() -> Result<T, ApiError>,
+    ) -> Result<WithReceipt<T>, ApiError> {
         // A name that cannot go into an event is refused before anything.
         check_name("patient", patient)?;
         let mut result = self.check_caller(caller).and_then(|()| work());
@@ -333,7 +348,9 @@ impl RecordService {
             e
         };
         log_outcome(&self.trail, v, result, |outcome| {
-            mark(Self::event(caller, action, resource, patient, outcome, v))
+            let mut event = Self::event(caller, action, resource, patient, outcome, v);
+            event.written = written;
+            mark(event)
         })
     }
 
@@ -356,26 +373,58 @@ impl RecordService {
         }
         let resource = format!("record/{}/{}", put.patient, put.record_id);
         let patient = put.patient.clone();
-        self.audited(&caller.id, if put.version == 1 { Action::Create } else { Action::Update }, resource, &patient, v, || {
+        // The event commits to what is stored: a later rollback of this
+        // record shows against it.
+        let written = B64
+            .decode(&put.body)
+            .ok()
+            .map(|body| asclepios_audit::Written::new(&put.record_id, put.version, &body));
+        let action = if put.version == 1 {
+            Action::Create
+        } else {
+            Action::Update
+        };
+        self.audited_write(&caller.id, action, resource, &patient, v, written, || {
             let body = b64("body", &put.body)?;
             let wrapper = b64("wrapper", &put.wrapper)?;
-            let sealed = SealedBody::from_bytes(&body).map_err(|e| bad_request(format!("body: {e}")))?;
-            let parsed = KeyWrapper::from_bytes(&wrapper).map_err(|e| bad_request(format!("wrapper: {e}")))?;
-            if sealed.context().record_id != put.record_id || sealed.context().version != put.version {
-                return Err(bad_request("the sealed body is bound to another record id or version"));
+            let sealed =
+                SealedBody::from_bytes(&body).map_err(|e| bad_request(format!("body: {e}")))?;
+            let parsed = KeyWrapper::from_bytes(&wrapper)
+                .map_err(|e| bad_request(format!("wrapper: {e}")))?;
+            if sealed.context().record_id != put.record_id
+                || sealed.context().version != put.version
+            {
+                return Err(bad_request(
+                    "the sealed body is bound to another record id or version",
+                ));
             }
             if !parsed.binds(&sealed) {
                 return Err(bad_request("the key wrapper belongs to another body"));
             }
             // An unattested device stores nothing (M6).
             let facts = self.directory.facts()?;
-            check_attested(facts.member(&caller.id), facts.components.get(&caller.id), caller, &self.attested_kinds)?;
+            check_attested(
+                facts.member(&caller.id),
+                facts.components.get(&caller.id),
+                caller,
+                &self.attested_kinds,
+            )?;
             self.check_write_policy(&caller.id, &put.patient, parsed.policy())?;
             let sig = b64("author_signature", &put.author_signature)?;
-            let sig = Signature::from_slice(&sig).map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
+            let sig = Signature::from_slice(&sig)
+                .map_err(|_| bad_request("author_signature is not an Ed25519 signature"))?;
             VerifyingKey::from_bytes(&caller.public_key)
-                .and_then(|k| k.verify_strict(&author_message(&put.patient, &put.record_id, put.version, &body), &sig))
-                .map_err(|_| bad_request("the author signature does not verify with the caller's certificate key"))?;
+                .and_then(|k| {
+                    k.verify_strict(
+                        &author_message(&put.patient, &put.record_id, put.version, &body),
+                        &sig,
+                    )
+                })
+                .map_err(|_| {
+                    bad_request(
+                        "the author signature does not verify with the caller's certificate key",
+                    )
+                })?;
             let stored = serde_json::to_vec(&Stored {
                 author: caller.id.clone(),
                 author_signature: put.author_signature.clone(),
@@ -383,7 +432,13 @@ impl RecordService {
             })
             .map_err(|e| bad_request(e.to_string()))?;
             self.store
-                .put_record_version(&put.patient, &put.record_id, put.version, &stored, &[(MAIN_SLOT, &wrapper, 0)])
+                .put_record_version(
+                    &put.patient,
+                    &put.record_id,
+                    put.version,
+                    &stored,
+                    &[(MAIN_SLOT, &wrapper, 0)],
+                )
                 .map_err(store_error)?;
             Ok(put.version)
         })

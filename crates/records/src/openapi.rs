@@ -98,8 +98,8 @@ pub fn openapi_document() -> serde_json::Value {
                 ),
             },
             "/v1/audit/entries": {"get": operation(
-                "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint.",
-                &[("start", In::Query, false)],
+                "Encrypted audit entries from ?start= (at most 512) and the latest checkpoint; a patient gets only their own entries, each with its inclusion proof in the tree of ?size= leaves (default: the latest checkpoint).",
+                &[("start", In::Query, false), ("size", In::Query, false)],
                 None,
                 answer(),
             )},

@@ -95,25 +95,29 @@ pub fn log_event(
 /// Most entries per audit slice.
 pub const MAX_AUDIT_SLICE: u64 = 512;
 
-/// Entries of `log` from `start` (at most [`MAX_AUDIT_SLICE`]) and its
-/// latest checkpoint, for `member` (the caller, as the directory knows it).
-/// The entries are sealed, but their policies name patients: they are for
-/// patients (who read their own) and auditors. Both services answer with it
-/// for their own log.
+/// Entries of `log` for `member` (the caller, as the directory knows it),
+/// from `q.start`, and the log's latest checkpoint. Both services answer
+/// with it for their own log.
+///
+/// An auditor gets every entry (at most [`MAX_AUDIT_SLICE`]), in order. A
+/// patient gets only the entries tagged with their subject tag, each with
+/// its index and inclusion proof in the tree of `q.size` leaves (by default
+/// the latest checkpoint's): other patients' entries, and so their sealed
+/// policies, which name patients, never reach them.
 pub fn audit_slice(
     log: &asclepios_audit::Log<asclepios_store::Store>,
     member: Option<&asclepios_api::directory::Member>,
     caller: &str,
-    start: Option<u64>,
+    q: &SliceQuery,
 ) -> Result<AuditSlice, ApiError> {
     crate::require_active(member, caller)?;
-    let may_read = member.is_some_and(|m| {
-        m.kind == "patient"
-            || m.attributes
-                .iter()
-                .any(|a| attribute_name(a) == AUDITOR_ROLE)
+    let auditor = member.is_some_and(|m| {
+        m.attributes
+            .iter()
+            .any(|a| attribute_name(a) == AUDITOR_ROLE)
     });
-    if !may_read {
+    let patient = member.is_some_and(|m| m.kind == "patient");
+    if !auditor && !patient {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the audit log is for patients and auditors",
@@ -121,19 +125,72 @@ pub fn audit_slice(
     }
     let unavailable =
         |e: asclepios_audit::Error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    let (size, _) = log.sync().map_err(unavailable)?;
-    let start = start.unwrap_or(0).min(size);
-    let end = (start + MAX_AUDIT_SLICE).min(size);
-    let entries = log.entries(start..end).map_err(unavailable)?;
+    // A log not yet cosigned (its witness was away when it started) is
+    // checkpointed now.
+    let checkpoint = match log.latest_checkpoint().map_err(unavailable)? {
+        Some(note) => note,
+        None => log.checkpoint().map_err(unavailable)?,
+    };
+    if auditor {
+        if q.size.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`size` is for a patient's slice; an auditor reads every entry",
+            ));
+        }
+        let (size, _) = log.sync().map_err(unavailable)?;
+        let start = q.start.unwrap_or(0).min(size);
+        let end = (start + MAX_AUDIT_SLICE).min(size);
+        let entries = log.entries(start..end).map_err(unavailable)?;
+        return Ok(AuditSlice {
+            start,
+            entries: entries.iter().map(|e| B64.encode(e)).collect(),
+            checkpoint: Some(checkpoint),
+            proved: None,
+        });
+    }
+    let signed = asclepios_audit::log::peek_checkpoint(&checkpoint)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .size;
+    let size = match q.size {
+        Some(size) if size > signed => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("the latest checkpoint is of {signed} entries, not {size}"),
+            ))
+        }
+        Some(size) => size,
+        None => signed,
+    };
+    let start = q.start.unwrap_or(0).min(size);
+    let about = log
+        .entries_about(
+            &log.subject(caller),
+            start..size,
+            MAX_AUDIT_SLICE as usize + 1,
+        )
+        .map_err(unavailable)?;
+    let more = about.len() > MAX_AUDIT_SLICE as usize;
+    let about = &about[..about.len().min(MAX_AUDIT_SLICE as usize)];
+    let mut proofs = Vec::with_capacity(about.len());
+    for (index, _) in about {
+        let proof = log.prove_inclusion(*index, size).map_err(unavailable)?;
+        proofs.push(proof.iter().map(|h| B64.encode(h)).collect());
+    }
     Ok(AuditSlice {
         start,
-        entries: entries.iter().map(|e| B64.encode(e)).collect(),
-        // A log not yet cosigned (its witness was away when it started)
-        // is checkpointed now.
-        checkpoint: match log.latest_checkpoint().map_err(unavailable)? {
-            Some(note) => Some(note),
-            None => Some(log.checkpoint().map_err(unavailable)?),
-        },
+        entries: about.iter().map(|(_, e)| B64.encode(e)).collect(),
+        checkpoint: Some(checkpoint),
+        proved: Some(asclepios_api::records::ProvedEntries {
+            size,
+            indices: about.iter().map(|(i, _)| *i).collect(),
+            proofs,
+            next: if more {
+                about.last().map(|(i, _)| i + 1)
+            } else {
+                None
+            },
+        }),
     })
 }
 
@@ -192,4 +249,7 @@ pub struct ConsistencyQuery {
 pub struct SliceQuery {
     /// The first entry wanted.
     pub start: Option<u64>,
+    /// For a patient: the tree size to prove entries in (a checkpoint's
+    /// size the client holds); by default the latest checkpoint's.
+    pub size: Option<u64>,
 }

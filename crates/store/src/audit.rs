@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use asclepios_audit::{Hash, LogStore, NodeId};
+use asclepios_audit::{Hash, LogStore, NodeId, Subject};
 
 use crate::db::{int, Value};
 use crate::{now, Store, StoreError};
@@ -47,8 +47,12 @@ impl LogStore for Store {
         log: &str,
         first_index: u64,
         entries: &[&[u8]],
+        subjects: &[Option<Subject>],
         nodes: &[(NodeId, Hash)],
     ) -> Result<bool, StoreError> {
+        if subjects.len() != entries.len() {
+            return Err(StoreError::Invalid("one subject per entry".into()));
+        }
         let new_size = first_index + entries.len() as u64;
         // Gather each leaf's subtree hashes, level by level from 0.
         let mut per_leaf: Vec<Vec<u8>> = vec![Vec::with_capacity(64); entries.len()];
@@ -70,15 +74,23 @@ impl LogStore for Store {
         let rows = entries
             .iter()
             .zip(per_leaf)
+            .zip(subjects)
             .enumerate()
-            .map(|(i, (e, hashes))| {
+            .map(|(i, ((e, hashes), subject))| {
                 let index = first_index + i as u64;
                 if hashes.len() != 32 * (1 + index.trailing_ones() as usize) {
                     return Err(StoreError::Invalid(format!(
                         "entry {index} lacks the subtree hashes it completes"
                     )));
                 }
-                Ok(vec![log.into(), int(index)?, (*e).into(), hashes.into()])
+                let subject = subject.map_or(Value::Null, |s| Value::Bytes(s.to_vec()));
+                Ok(vec![
+                    log.into(),
+                    int(index)?,
+                    (*e).into(),
+                    hashes.into(),
+                    subject,
+                ])
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.transaction(|tx| {
@@ -100,7 +112,7 @@ impl LogStore for Store {
             }
             tx.insert_many(
                 "audit_entries",
-                &["log_id", "idx", "entry", "subtree_hashes"],
+                &["log_id", "idx", "entry", "subtree_hashes", "subject"],
                 &rows,
             )?;
             Ok(true)
@@ -162,6 +174,47 @@ impl LogStore for Store {
             )?
             .iter()
             .map(|r| r.bytes(0))
+            .collect()
+        })
+    }
+
+    fn log_entries_about_last(
+        &self,
+        log: &str,
+        subject: &Subject,
+        before: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(|tx| {
+            tx.query_opt(
+                "SELECT idx FROM audit_entries WHERE log_id = $1 AND subject = $2 AND idx < $3 ORDER BY idx DESC LIMIT 1",
+                &[log.into(), subject.to_vec().into(), int(before)?],
+            )?
+            .map(|r| r.uint(0))
+            .transpose()
+        })
+    }
+
+    fn log_entries_about(
+        &self,
+        log: &str,
+        subject: &Subject,
+        range: Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            tx.query(
+                "SELECT idx, entry FROM audit_entries WHERE log_id = $1 AND subject = $2 AND idx >= $3 AND idx < $4 ORDER BY idx LIMIT $5",
+                &[
+                    log.into(),
+                    subject.to_vec().into(),
+                    int(range.start)?,
+                    int(range.end)?,
+                    Value::Int(limit),
+                ],
+            )?
+            .iter()
+            .map(|r| Ok((r.uint(0)?, r.bytes(1)?)))
             .collect()
         })
     }

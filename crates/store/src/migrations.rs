@@ -189,10 +189,18 @@ CREATE TABLE integrity_head (
 );
 "#,
     },
+    Migration {
+        version: 7,
+        description: "audit entries tagged with their subject (a keyed patient tag)",
+        ddl: r#"
+ALTER TABLE audit_entries ADD COLUMN subject {BYTES};
+CREATE INDEX audit_entries_by_subject ON audit_entries (log_id, subject, idx)
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

@@ -4,7 +4,7 @@ mod common;
 
 use asclepios_audit::log::audit_entries;
 use asclepios_audit::merkle::{self, MemoryTree};
-use asclepios_audit::{Checkpoint, Cosigner, Log, LogStore, NoteSigner, Witness};
+use asclepios_audit::{Checkpoint, Cosigner, LinkedLeaf, Log, LogStore, NoteSigner, Witness};
 use asclepios_store::{
     Consent, ConsentStatus, EmergencyGrant, Identity, IdentityStatus, SseBatch, StateWrite,
     StoreError,
@@ -25,6 +25,7 @@ conformance!(
     emergency_grants_queue_for_review,
     log_proofs_match_an_in_memory_tree,
     log_survives_reopening,
+    entries_about_a_subject_are_chained_and_served_alone,
     two_writers_may_sign_the_same_checkpoint,
     two_trails_record_concurrently,
     tampered_entries_are_caught_against_a_checkpoint,
@@ -615,6 +616,54 @@ fn log_survives_reopening(h: &Harness) {
     let first = Checkpoint::verify(&first, &log.verifier()).unwrap();
     let proof = log.prove_consistency(first.size, second.size).unwrap();
     merkle::verify_consistency(first.size, second.size, &first.root, &second.root, &proof).unwrap();
+}
+
+/// Entries about a subject (a patient) are tagged and linked: each names
+/// the previous one about the same subject, across batches and writers,
+/// and a subject's entries are served without anyone else's.
+fn entries_about_a_subject_are_chained_and_served_alone(h: &Harness) {
+    let log = open_log(h);
+    let (a, b) = (log.subject("pat-a"), log.subject("pat-b"));
+    assert_ne!(a, b);
+    assert_eq!(a, open_log(h).subject("pat-a"), "one log, one tag per name");
+    let batch: Vec<Vec<u8>> = (0..5).map(entry).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    log.append_about(&refs, &[Some(a), Some(b), Some(a), None, Some(a)])
+        .unwrap();
+    // Another writer of the same log links to what the first wrote.
+    let other = open_log(h);
+    let (range, leaves) = other.append_about(&refs[..2], &[Some(b), Some(a)]).unwrap();
+    assert_eq!(range, 5..7);
+    let about_a = log.entries_about(&a, 0..7, 100).unwrap();
+    assert_eq!(
+        about_a.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [0, 2, 4, 6]
+    );
+    let links: Vec<Option<u64>> = about_a
+        .iter()
+        .map(|(_, leaf)| LinkedLeaf::from_bytes(leaf).unwrap().unwrap().previous)
+        .collect();
+    assert_eq!(links, [None, Some(0), Some(2), Some(4)]);
+    assert_eq!(
+        LinkedLeaf::from_bytes(&about_a[3].1)
+            .unwrap()
+            .unwrap()
+            .entry,
+        entry(1)
+    );
+    assert_eq!(merkle::leaf_hash(&about_a[3].1), leaves[1]);
+    let about_b = log.entries_about(&b, 0..7, 100).unwrap();
+    assert_eq!(about_b.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 5]);
+    // The entry about nobody is stored as it is, and served to no subject.
+    assert_eq!(log.entries(3..4).unwrap(), [entry(3)]);
+    assert_eq!(LinkedLeaf::from_bytes(&entry(3)).unwrap(), None);
+    // A limit and a range cut the answer.
+    assert_eq!(log.entries_about(&a, 1..7, 2).unwrap().len(), 2);
+    assert_eq!(log.entries_about(&a, 3..5, 100).unwrap().len(), 1);
+    // And the tree still verifies as a whole.
+    let cp = Checkpoint::verify(&log.checkpoint().unwrap(), &log.verifier()).unwrap();
+    let proof = log.prove_inclusion(6, cp.size).unwrap();
+    merkle::verify_inclusion(6, cp.size, &leaves[1], &proof, &cp.root).unwrap();
 }
 
 fn tampered_entries_are_caught_against_a_checkpoint(h: &Harness) {
