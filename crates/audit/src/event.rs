@@ -81,6 +81,10 @@ pub enum Action {
     /// An administrator changed the directory (an identity added or
     /// disabled, attributes set, an auditor key set).
     DirectoryChange,
+    /// A request refused before any handler logged it (unsigned, badly
+    /// signed, oversized, malformed, to no route), or a count of such
+    /// refusals from one peer in one window.
+    RequestRefused,
 }
 
 /// How it ended.
@@ -194,7 +198,9 @@ impl AuditEvent {
         use serde_json::json;
         let dcm = "http://dicom.nema.org/resources/ontology/DCM";
         let (type_code, type_display) = match self.action {
-            Action::EmergencyAccess | Action::IntegrityAlarm => ("110113", "Security Alert"),
+            Action::EmergencyAccess | Action::IntegrityAlarm | Action::RequestRefused => {
+                ("110113", "Security Alert")
+            }
             Action::KeyIssue | Action::Revoke | Action::ConsentChange => {
                 ("110136", "Security Roles Changed")
             }
@@ -215,7 +221,8 @@ impl AuditEvent {
             Action::KeyIssue
             | Action::EmergencyAccess
             | Action::Attestation
-            | Action::IntegrityAlarm => "E",
+            | Action::IntegrityAlarm
+            | Action::RequestRefused => "E",
         };
         let outcome = match self.outcome {
             Outcome::Success => "0",

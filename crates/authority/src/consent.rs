@@ -229,7 +229,7 @@ impl KeyAuthority {
         let resource = format!("consent for {}", grant.grantee);
         if let Err(e) = checks() {
             self.consent_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
-            return Err(e);
+            return Err(e.logged());
         }
         let mut id = [0u8; 12];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
@@ -296,7 +296,7 @@ impl KeyAuthority {
             Ok(c) => c,
             Err(e) => {
                 self.consent_event(&caller.id, resource, v, Outcome::Denied, e.status)?;
-                return Err(e);
+                return Err(e.logged());
             }
         };
         if let Err(e) = self.end_consent(&c) {

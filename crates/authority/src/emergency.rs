@@ -76,7 +76,7 @@ impl KeyAuthority {
         let event_id = hex::encode(event_id);
         let refuse = |e: ApiError| -> Result<WithReceipt<EmergencyGranted>, ApiError> {
             self.emergency_event(&event_id, &caller.id, &req, v, Outcome::Denied, e.status)?;
-            Err(e)
+            Err(e.logged())
         };
         if let Err(e) = self.active(&caller.id) {
             return refuse(e);

@@ -74,7 +74,7 @@ pub use attestation::{ComponentGate, EvidenceSource};
 /// The authority's state.
 pub struct KeyAuthority {
     store: Store,
-    trail: AuditTrail<Store>,
+    trail: Arc<AuditTrail<Store>>,
     master: MasterSecretKey,
     public_key_hex: String,
     emergency_seconds: i64,
@@ -121,7 +121,7 @@ impl std::fmt::Debug for KeyAuthority {
     }
 }
 
-use asclepios_service::{blocking, store_error};
+use asclepios_service::{blocking, shown, store_error};
 
 impl KeyAuthority {
     /// An authority over `store` with the master secrets, logging through
@@ -139,7 +139,7 @@ impl KeyAuthority {
         let public_key_hex = hex::encode(master.public_key().to_bytes());
         KeyAuthority {
             mitra: asclepios_crypto::sse::Mitra::new(sse_key),
-            trail,
+            trail: Arc::new(trail),
             master,
             public_key_hex,
             emergency_seconds: i64::try_from(emergency_seconds).unwrap_or(3600),
@@ -292,6 +292,13 @@ impl KeyAuthority {
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 integrity_guard,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                asclepios_service::RefusalLog::new(
+                    self.trail.clone(),
+                    asclepios_service::refusals::WINDOW,
+                ),
+                asclepios_service::log_refusals,
             ))
             .layer(axum::middleware::map_response(
                 asclepios_net::server::json_errors,
@@ -491,17 +498,31 @@ async fn resolve_policy(
     let policy = Policy::parse(&req.policy)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     blocking(move || {
-        s.active(&caller.id)?;
-        // An unattested device gets no policy to seal under (M6).
-        s.require_attested(&caller)?;
-        let resolved = s.resolve(&policy)?.to_string();
-        let signature = s
-            .trail
-            .sign(&resolution_message(&v.request_hash, &req.policy, &resolved));
-        Ok(ResolvedPolicy {
-            policy: resolved,
-            signature: B64.encode(signature.to_bytes()),
-        })
+        let result = (|| {
+            s.active(&caller.id)?;
+            // An unattested device gets no policy to seal under (M6).
+            s.require_attested(&caller)?;
+            let resolved = s.resolve(&policy)?.to_string();
+            let signature =
+                s.trail
+                    .sign(&resolution_message(&v.request_hash, &req.policy, &resolved));
+            Ok(ResolvedPolicy {
+                policy: resolved,
+                signature: B64.encode(signature.to_bytes()),
+            })
+        })();
+        // Every resolution is logged (for the auditors): who asked to seal
+        // under which policy.
+        let resource = format!("policy resolution: {}", shown(&req.policy));
+        asclepios_service::audit_outcome(
+            &s.trail,
+            &v,
+            &caller.id,
+            (Action::Read, None),
+            resource,
+            result,
+        )
+        .map(|logged| logged.result)
     })
     .await
     .map(Json)
@@ -510,12 +531,34 @@ async fn resolve_policy(
 async fn identity_key(
     State(s): State<Arc<KeyAuthority>>,
     Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<IdentityKey>, ApiError> {
     blocking(move || {
-        s.active(&caller.id)?;
+        // Every read of a directory entry is logged (for the auditors).
+        let resource = format!("identity/{}", shown(&id));
+        let result = s.identity_entry(&caller.id, &id);
+        asclepios_service::audit_outcome(
+            &s.trail,
+            &v,
+            &caller.id,
+            (Action::Read, None),
+            resource,
+            result,
+        )
+        .map(|logged| logged.result)
+    })
+    .await
+    .map(Json)
+}
+
+impl KeyAuthority {
+    /// The signed directory entry of `id`, for `caller`.
+    fn identity_entry(&self, caller: &str, id: &str) -> Result<IdentityKey, ApiError> {
+        let s = self;
+        s.active(caller)?;
         let identity =
-            s.store.identity(&id).map_err(store_error)?.ok_or_else(|| {
+            s.store.identity(id).map_err(store_error)?.ok_or_else(|| {
                 ApiError::new(StatusCode::NOT_FOUND, format!("no identity `{id}`"))
             })?;
         // The entry vouches for an author's key: the services' identities
@@ -549,9 +592,7 @@ async fn identity_key(
             directory_change,
             signature: B64.encode(signature.to_bytes()),
         })
-    })
-    .await
-    .map(Json)
+    }
 }
 
 /// The authority's own audit log, for patients and auditors (with the

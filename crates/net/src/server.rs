@@ -36,7 +36,15 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What was wrong, for the caller.
     pub message: String,
+    /// Whether the refusal is already in the audit log (its handler logged
+    /// it): the response then carries [`Audited`], and a layer that logs
+    /// the refusals handlers never saw leaves it alone.
+    pub audited: bool,
 }
+
+/// A response extension: this refusal was logged by its handler.
+#[derive(Clone, Copy, Debug)]
+pub struct Audited;
 
 impl ApiError {
     /// An error with a status and message.
@@ -44,17 +52,28 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            audited: false,
         }
+    }
+
+    /// The same error, marked as logged.
+    pub fn logged(mut self) -> Self {
+        self.audited = true;
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if self.audited {
+            response.extensions_mut().insert(Audited);
+        }
+        response
     }
 }
 

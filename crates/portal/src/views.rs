@@ -495,7 +495,7 @@ pub(crate) async fn erase_record(
     )
 }
 
-const ACTIONS: [Action; 11] = [
+const ACTIONS: [Action; 14] = [
     Action::Create,
     Action::Read,
     Action::Update,
@@ -507,6 +507,9 @@ const ACTIONS: [Action; 11] = [
     Action::EmergencyAccess,
     Action::Export,
     Action::Attestation,
+    Action::IntegrityAlarm,
+    Action::DirectoryChange,
+    Action::RequestRefused,
 ];
 
 fn input(id: &str, label: &str, kind: &str, q: &Params) -> String {

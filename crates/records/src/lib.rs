@@ -60,7 +60,7 @@ pub const MAIN_SLOT: &str = "main";
 /// The service's state.
 pub struct RecordService {
     store: Store,
-    trail: AuditTrail<Store>,
+    trail: Arc<AuditTrail<Store>>,
     /// Who is who and holds what: the authority's signed facts, never the
     /// store's rows.
     directory: Arc<DirectoryView>,
@@ -93,7 +93,7 @@ impl RecordService {
     pub fn new(store: Store, trail: AuditTrail<Store>, directory: Arc<DirectoryView>) -> Self {
         RecordService {
             store,
-            trail,
+            trail: Arc::new(trail),
             directory,
             authority_identity: None,
             attested_kinds: Vec::new(),
@@ -173,6 +173,13 @@ impl RecordService {
                 require_signature,
             ))
             .route("/openapi.json", get(openapi::openapi))
+            .layer(axum::middleware::from_fn_with_state(
+                asclepios_service::RefusalLog::new(
+                    self.trail.clone(),
+                    asclepios_service::refusals::WINDOW,
+                ),
+                asclepios_service::log_refusals,
+            ))
             .layer(axum::middleware::map_response(
                 asclepios_net::server::json_errors,
             ))

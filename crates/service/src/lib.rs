@@ -10,6 +10,7 @@
 
 pub mod guards;
 pub mod outcome;
+pub mod refusals;
 pub mod stored;
 
 use asclepios_net::server::ApiError;
@@ -23,6 +24,7 @@ pub use outcome::{
     audit_consistency, audit_outcome, audit_slice, log_event, log_outcome, shown, ConsistencyQuery,
     SliceQuery, MAX_AUDIT_SLICE,
 };
+pub use refusals::{log_refusals, RefusalLog};
 pub use stored::{stored_author, stored_sealed_body, verified_author, Stored};
 
 /// Runs store and crypto work off the async threads.

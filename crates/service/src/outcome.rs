@@ -35,7 +35,7 @@ pub fn log_outcome<T>(
     };
     let receipt = log_event(trail, &event(outcome), v, status)?;
     Ok(WithReceipt {
-        result: result?,
+        result: result.map_err(ApiError::logged)?,
         receipt,
     })
 }
