@@ -94,9 +94,10 @@ fn audit_suite_quick_prints_every_case_on_both_backends() {
 #[test]
 fn e2e_suite_quick_prints_every_case() {
     let (stdout, rows) = quick_json("e2e");
-    // write, read, read-service for 1 and 4 clients, one read split, and
-    // key issuance with and without integrity checks on both backends.
-    assert_eq!(rows.len(), 9, "{stdout}");
+    // write, read, read-service for 1 and 4 clients, one read split, the
+    // patient's audit view, and key issuance with and without integrity
+    // checks on both backends.
+    assert_eq!(rows.len(), 10, "{stdout}");
     for row in &rows {
         assert_eq!(row["suite"], "e2e");
         let op = row["op"].as_str().unwrap();
@@ -109,6 +110,13 @@ fn e2e_suite_quick_prints_every_case() {
                 "ratio",
                 "full_verify_us",
             ] {
+                assert!(row[f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
+            }
+            continue;
+        }
+        if op == "audit-view" {
+            assert!(row["events"].as_u64().unwrap() >= 300, "{row}");
+            for f in ["ours_us", "ratio"] {
                 assert!(row[f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
             }
             continue;

@@ -27,7 +27,9 @@
 use std::fmt;
 
 use asclepios_crypto::abe::{Ciphertext, KemKey, PublicKey, UserKey};
-use asclepios_crypto::envelope::{self, DataKey, KeyWrapper, RecordContext, SealedBody};
+use asclepios_crypto::envelope::{
+    self, DataKey, EncodedWrapper, KeyWrapper, RecordContext, SealedBody,
+};
 use asclepios_crypto::format::{Kind, Reader, Writer};
 use asclepios_crypto::{DecodeError, Policy};
 use hpke::aead::ChaCha20Poly1305;
@@ -281,6 +283,20 @@ impl AuditEvent {
     }
 }
 
+/// Most KEM keys a [`KemCache`] holds.
+const KEM_CACHE_ENTRIES: usize = 4096;
+
+/// Decapsulated KEM keys by encapsulation, for one reader's key (see
+/// [`SealedEvent::open_with_abe_cached`]); the keys are zeroized on drop.
+#[derive(Default)]
+pub struct KemCache(std::collections::HashMap<[u8; 32], KemKey>);
+
+impl fmt::Debug for KemCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KemCache({} keys)", self.0.len())
+    }
+}
+
 /// An auditor's HPKE public key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AuditorPublicKey(<Kem as hpke::Kem>::PublicKey);
@@ -343,9 +359,9 @@ impl AuditorSecretKey {
 
 /// What an auditor's wrapped key is bound to: this entry's body and ABE
 /// wrapper, so neither can be swapped or edited under an auditor's nose.
-fn recipient_aad(body: &SealedBody, wrapper: &KeyWrapper) -> Vec<u8> {
+fn recipient_aad(body: &SealedBody, wrapper: &[u8]) -> Vec<u8> {
     let mut aad = body.binding().to_vec();
-    aad.extend_from_slice(&Sha256::digest(wrapper.to_bytes()));
+    aad.extend_from_slice(&Sha256::digest(wrapper));
     aad
 }
 
@@ -358,7 +374,9 @@ struct Recipient {
 /// An encrypted audit event: the bytes of one log leaf.
 pub struct SealedEvent {
     recipients: Vec<Recipient>,
-    wrapper: KeyWrapper,
+    /// The encoded ABE wrapper: decoded in full only when a reader's key
+    /// must decapsulate it (see [`SealedEvent::open_with_abe_cached`]).
+    wrapper: Vec<u8>,
     body: SealedBody,
 }
 
@@ -419,7 +437,8 @@ impl SealedEvent {
         };
         let dek = DataKey::generate(rng);
         let sealed = envelope::seal_encapsulated(abe, kem_key, &context, &json, &dek, rng)?;
-        let aad = recipient_aad(&sealed.body, &sealed.wrapper);
+        let wrapper = sealed.wrapper.to_bytes();
+        let aad = recipient_aad(&sealed.body, &wrapper);
         let mut recipients = Vec::with_capacity(auditors.len());
         for auditor in auditors {
             let (enc, wrapped) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem, _>(
@@ -439,14 +458,14 @@ impl SealedEvent {
         }
         Ok(SealedEvent {
             recipients,
-            wrapper: sealed.wrapper,
+            wrapper,
             body: sealed.body,
         })
     }
 
     /// The ABE policy the entry is sealed under (in clear in the entry).
-    pub fn reader_policy(&self) -> &Policy {
-        self.wrapper.policy()
+    pub fn reader_policy(&self) -> Result<Policy, DecodeError> {
+        KeyWrapper::peek_policy(&self.wrapper)
     }
 
     /// Decrypts as an auditor.
@@ -480,7 +499,32 @@ impl SealedEvent {
 
     /// Decrypts with an ABE key (the patient concerned, or an auditor's ABE key).
     pub fn open_with_abe(&self, key: &UserKey) -> Result<AuditEvent, Error> {
-        let dek = self.wrapper.unwrap_key(key, &self.body)?;
+        let dek = KeyWrapper::from_bytes(&self.wrapper)?.unwrap_key(key, &self.body)?;
+        self.open_with(&dek)
+    }
+
+    /// [`SealedEvent::open_with_abe`], decapsulating each encapsulation once
+    /// per `cache`: the events about one patient sealed within a minute
+    /// share one (see `AuditTrail`), so a reader of many events does the
+    /// pairing work once per encapsulation, not once per event.
+    pub fn open_with_abe_cached(
+        &self,
+        key: &UserKey,
+        cache: &mut KemCache,
+    ) -> Result<AuditEvent, Error> {
+        let encoded = EncodedWrapper::parse(&self.wrapper)?;
+        let id = encoded.encapsulation_id();
+        let kem = match cache.0.get(&id) {
+            Some(kem) => kem,
+            None => {
+                let kem = KeyWrapper::from_bytes(&self.wrapper)?.decapsulate(key)?;
+                if cache.0.len() >= KEM_CACHE_ENTRIES {
+                    cache.0.clear();
+                }
+                cache.0.entry(id).or_insert(kem)
+            }
+        };
+        let dek = encoded.unwrap_with(kem, &self.body)?;
         self.open_with(&dek)
     }
 
@@ -505,7 +549,7 @@ impl SealedEvent {
             w.raw(&r.enc);
             w.bytes16(&r.wrapped);
         }
-        w.bytes32(&self.wrapper.to_bytes());
+        w.bytes32(&self.wrapper);
         w.bytes32(&self.body.to_bytes());
         w.finish()
     }
@@ -532,7 +576,10 @@ impl SealedEvent {
                 wrapped: r.bytes16("wrapped key", 1024)?.to_vec(),
             });
         }
-        let wrapper = KeyWrapper::from_bytes(r.bytes32("key wrapper", MAX_WRAPPED_BYTES)?)?;
+        // Lengths only: the ABE ciphertext's group elements are decoded
+        // when a reader's key needs them.
+        let wrapper = r.bytes32("key wrapper", MAX_WRAPPED_BYTES)?.to_vec();
+        EncodedWrapper::parse(&wrapper)?;
         let body = SealedBody::from_bytes(r.bytes32("sealed event", MAX_EVENT_BYTES + 4096)?)?;
         r.finish()?;
         Ok(SealedEvent {

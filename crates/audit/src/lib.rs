@@ -28,7 +28,7 @@ pub mod witness;
 
 pub use cosignature::{CosignatureVerifier, Cosigner, WitnessPolicy};
 pub use event::{
-    Action, AuditEvent, AuditorPublicKey, AuditorSecretKey, Outcome, SealedEvent, Written,
+    Action, AuditEvent, AuditorPublicKey, AuditorSecretKey, KemCache, Outcome, SealedEvent, Written,
 };
 pub use log::{LinkedLeaf, Log, LogStore, Subject};
 pub use merkle::{Hash, NodeId};

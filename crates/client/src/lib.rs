@@ -1284,6 +1284,7 @@ impl Client {
             return self.patient_view_of(service, key, first).await;
         }
         let mut events = Vec::new();
+        let mut kems = asclepios_audit::KemCache::default();
         let mut tree = asclepios_audit::merkle::MemoryTree::new();
         let mut checkpoint = None;
         let mut retries = 0;
@@ -1325,7 +1326,7 @@ impl Client {
                 let leaf = asclepios_audit::merkle::leaf_hash(&bytes);
                 tree.push_leaf_hash(leaf);
                 if let Ok(sealed) = asclepios_audit::SealedEvent::from_bytes(&bytes) {
-                    if let Ok(event) = sealed.open_with_abe(key) {
+                    if let Ok(event) = sealed.open_with_abe_cached(key, &mut kems) {
                         events.push((index, leaf, event));
                     }
                 }
@@ -1387,6 +1388,7 @@ impl Client {
         let mut expected_start = 0;
         let mut last_index = None;
         let held_own = self.held.last_own_entry(&cp.origin);
+        let mut kems = asclepios_audit::KemCache::default();
         let broken = |why: String| {
             ClientError::Protocol(format!(
                 "the service left entries about this patient out of their audit slice: {why}"
@@ -1462,12 +1464,11 @@ impl Client {
                 let sealed = asclepios_audit::SealedEvent::from_bytes(&bytes)
                     .map_err(|e| ClientError::Protocol(format!("audit entry {index}: {e}")))?;
                 let mine = format!("patient:{}", self.id);
-                if !sealed
-                    .reader_policy()
-                    .leaves()
-                    .iter()
-                    .any(|l| asclepios_crypto::policy::attribute_name(l) == mine)
-                {
+                if !sealed.reader_policy().is_ok_and(|p| {
+                    p.leaves()
+                        .iter()
+                        .any(|l| asclepios_crypto::policy::attribute_name(l) == mine)
+                }) {
                     return Err(ClientError::Protocol(format!(
                         "audit entry {index} is not about this patient: the service sent another's entry"
                     )));
@@ -1475,7 +1476,7 @@ impl Client {
                 last_index = Some(index);
                 // Sealed to this patient, but not under a key this client
                 // holds (an attribute version since re-issued): proved, not read.
-                let Ok(event) = sealed.open_with_abe(key) else {
+                let Ok(event) = sealed.open_with_abe_cached(key, &mut kems) else {
                     continue;
                 };
                 events.push(ProvedEvent {

@@ -31,6 +31,7 @@ fn patients_named(entry: &str) -> Vec<String> {
     let sealed = SealedEvent::from_bytes(&B64.decode(entry).unwrap()).unwrap();
     sealed
         .reader_policy()
+        .unwrap()
         .leaves()
         .iter()
         .map(|l| asclepios_crypto::policy::attribute_name(l).to_string())

@@ -403,8 +403,75 @@ impl KeyWrapper {
         if self.body_binding != body.binding() {
             return Err(Error::Authentication("key wrapper"));
         }
-        let kem_key = key.decapsulate(&self.abe)?;
-        let aad = Self::associated_data(&self.abe_bytes, &self.body_binding);
+        self.unwrap_with(&self.decapsulate(key)?, body)
+    }
+
+    /// SHA-256 of the ABE ciphertext: equal for wrappers made under one
+    /// encapsulation (see [`KeyWrapper::wrap_encapsulated`]), whose KEM key
+    /// a reader may then decapsulate once and reuse.
+    pub fn encapsulation_id(&self) -> [u8; 32] {
+        Sha256::digest(&self.abe_bytes).into()
+    }
+
+    /// The KEM key of this wrapper's encapsulation (the pairing work).
+    pub fn decapsulate(&self, key: &UserKey) -> Result<KemKey, Error> {
+        key.decapsulate(&self.abe)
+    }
+
+    /// Recovers the data key with the KEM key of this wrapper's
+    /// encapsulation, checking that this wrapper belongs to `body`.
+    pub fn unwrap_with(&self, kem_key: &KemKey, body: &SealedBody) -> Result<DataKey, Error> {
+        EncodedWrapper {
+            abe_bytes: &self.abe_bytes,
+            body_binding: self.body_binding,
+            nonce: self.nonce,
+            wrapped: self.wrapped,
+        }
+        .unwrap_with(kem_key, body)
+    }
+}
+
+/// A key wrapper read without decoding its ABE ciphertext, whose group
+/// elements (point decompression, subgroup checks) are most of the cost of
+/// reading one: enough to tell its encapsulation and to unwrap with a KEM
+/// key already decapsulated from it. [`KeyWrapper::from_bytes`] decodes in
+/// full.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedWrapper<'a> {
+    abe_bytes: &'a [u8],
+    body_binding: [u8; 32],
+    nonce: [u8; 24],
+    wrapped: [u8; 32 + TAG_BYTES],
+}
+
+impl<'a> EncodedWrapper<'a> {
+    /// Splits an encoded [`KeyWrapper`] (lengths checked, nothing decoded).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes, Kind::KeyWrapper)?;
+        let abe_bytes = r.bytes32("ABE ciphertext", MAX_ABE_CIPHERTEXT_BYTES)?;
+        let body_binding = r.fixed("body binding")?;
+        let nonce = r.fixed("nonce")?;
+        let wrapped = r.fixed("wrapped key")?;
+        r.finish()?;
+        Ok(EncodedWrapper {
+            abe_bytes,
+            body_binding,
+            nonce,
+            wrapped,
+        })
+    }
+
+    /// See [`KeyWrapper::encapsulation_id`].
+    pub fn encapsulation_id(&self) -> [u8; 32] {
+        Sha256::digest(self.abe_bytes).into()
+    }
+
+    /// See [`KeyWrapper::unwrap_with`].
+    pub fn unwrap_with(&self, kem_key: &KemKey, body: &SealedBody) -> Result<DataKey, Error> {
+        if self.body_binding != body.binding() {
+            return Err(Error::Authentication("key wrapper"));
+        }
+        let aad = KeyWrapper::associated_data(self.abe_bytes, &self.body_binding);
         let mut dek = XChaCha20Poly1305::new(kem_key.as_bytes().into())
             .decrypt(
                 XNonce::from_slice(&self.nonce),
@@ -419,7 +486,9 @@ impl KeyWrapper {
         dek.zeroize();
         Ok(DataKey(out))
     }
+}
 
+impl KeyWrapper {
     /// Serializes the wrapper.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new(Kind::KeyWrapper);

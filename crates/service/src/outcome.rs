@@ -172,18 +172,20 @@ pub fn audit_slice(
         .map_err(unavailable)?;
     let more = about.len() > MAX_AUDIT_SLICE as usize;
     let about = &about[..about.len().min(MAX_AUDIT_SLICE as usize)];
-    let mut proofs = Vec::with_capacity(about.len());
-    for (index, _) in about {
-        let proof = log.prove_inclusion(*index, size).map_err(unavailable)?;
-        proofs.push(proof.iter().map(|h| B64.encode(h)).collect());
-    }
+    let indices: Vec<u64> = about.iter().map(|(i, _)| *i).collect();
+    let proofs: Vec<Vec<String>> = log
+        .prove_inclusions(&indices, size)
+        .map_err(unavailable)?
+        .iter()
+        .map(|proof| proof.iter().map(|h| B64.encode(h)).collect())
+        .collect();
     Ok(AuditSlice {
         start,
         entries: about.iter().map(|(_, e)| B64.encode(e)).collect(),
         checkpoint: Some(checkpoint),
         proved: Some(asclepios_api::records::ProvedEntries {
             size,
-            indices: about.iter().map(|(i, _)| *i).collect(),
+            indices,
             proofs,
             next: if more {
                 about.last().map(|(i, _)| i + 1)

@@ -664,6 +664,12 @@ fn entries_about_a_subject_are_chained_and_served_alone(h: &Harness) {
     let cp = Checkpoint::verify(&log.checkpoint().unwrap(), &log.verifier()).unwrap();
     let proof = log.prove_inclusion(6, cp.size).unwrap();
     merkle::verify_inclusion(6, cp.size, &leaves[1], &proof, &cp.root).unwrap();
+    // Proofs of many entries in one read are the same proofs.
+    let many = log.prove_inclusions(&[0, 2, 4, 6], cp.size).unwrap();
+    for (i, index) in [0, 2, 4, 6].into_iter().enumerate() {
+        assert_eq!(many[i], log.prove_inclusion(index, cp.size).unwrap());
+    }
+    assert!(log.prove_inclusions(&[7], cp.size).is_err());
 }
 
 fn tampered_entries_are_caught_against_a_checkpoint(h: &Harness) {
