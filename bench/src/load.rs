@@ -237,7 +237,13 @@ async fn client_loop(
     let mut first_error = true;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let op = Op::pick(rand_core::OsRng.next_u32());
+        // Every client starts with one of each operation, in turn, so that
+        // even a short run under a loaded machine measures every one; then
+        // the mix decides.
+        let op = match MIX.get(n as usize - 1) {
+            Some((op, _)) => *op,
+            None => Op::pick(rand_core::OsRng.next_u32()),
+        };
         let (record_id, date) = &records[rand_core::OsRng.next_u32() as usize % records.len()];
         let t = Instant::now();
         let outcome: Result<(), asclepios_client::ClientError> = match op {

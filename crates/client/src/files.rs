@@ -23,12 +23,29 @@ pub(crate) struct ClientConfig {
     pub(crate) audit: AuditSettings,
 }
 
-/// The independent witnesses every checkpoint must carry, besides the key
-/// authority's.
+/// The independent witnesses asked to cosign every checkpoint, besides the
+/// key authority's, and how many must have.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AuditSettings {
     #[serde(default)]
     pub(crate) witnesses: Vec<WitnessSetting>,
+    /// How many witnesses must have cosigned (all when unset).
+    #[serde(default)]
+    pub(crate) quorum: Option<usize>,
+}
+
+impl AuditSettings {
+    /// The quorum among `witnesses` witnesses (the services check the same
+    /// rule at start).
+    pub(crate) fn witness_quorum(&self, witnesses: usize) -> Result<usize, String> {
+        match self.quorum {
+            None => Ok(witnesses),
+            Some(q) if (1..=witnesses).contains(&q) => Ok(q),
+            Some(q) => Err(format!(
+                "[audit] quorum = {q}: it must be between 1 and the {witnesses} witnesses"
+            )),
+        }
+    }
 }
 
 /// One independent witness: its cosigning key (its URL is the services').

@@ -341,7 +341,8 @@ impl Client {
             naming_keys: Default::default(),
             witnesses: {
                 // The authority's witness and every independent one the
-                // deployment names: all must have cosigned.
+                // deployment names: the configured quorum (by default all)
+                // must have cosigned.
                 let mut witnesses = vec![files::witness_verifier(
                     &dir.join(asclepios_api::layout::WITNESS_VERIFIER),
                 )?];
@@ -351,7 +352,10 @@ impl Client {
                             .map_err(|e| ClientError::Files(format!("[audit] witnesses: {e}")))?,
                     );
                 }
-                let quorum = witnesses.len();
+                let quorum = config
+                    .audit
+                    .witness_quorum(witnesses.len())
+                    .map_err(ClientError::Files)?;
                 asclepios_audit::WitnessPolicy { witnesses, quorum }
             },
             held: checkpoints::HeldCheckpoints::new(

@@ -22,6 +22,13 @@ async fn a_rewritten_log_is_refused(postgres: bool) {
     // Every checkpoint the client accepted carries the witness's cosignature.
     let signed = std::fs::read_dir(d.dir.join("identities/pat-00000.logs"))
         .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "checkpoint")
+        })
         .count();
     assert_eq!(signed, 2, "one held checkpoint per log");
 
@@ -89,7 +96,7 @@ async fn a_rewritten_log_is_refused_on_postgres() {
 /// configuration: every checkpoint carries its cosignature, clients require
 /// it, and without it no checkpoint is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_independent_witness_cosigns_and_is_required() {
+async fn an_independent_witness_cosigns_and_is_required_unless_the_quorum_says_otherwise() {
     use asclepios_deploy::config::WitnessRef;
     use asclepios_deploy::{standalone_witness, Config};
     let mut d = deploy(false).await;
@@ -127,4 +134,27 @@ async fn an_independent_witness_cosigns_and_is_required() {
         Err(ClientError::Refused { status: 503, .. }) => {}
         other => panic!("served without the witness: {other:?}"),
     }
+    // With a quorum of one of the two, the services go on without it, and
+    // clients accept checkpoints the authority's witness alone cosigned.
+    drop(d.records.take());
+    drop(d.authority.take());
+    for dir in [d.dir.clone(), d.records_dir.clone()] {
+        let mut config = Config::load(&dir).unwrap();
+        config.audit.quorum = Some(1);
+        std::fs::write(dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
+    }
+    d.start_authority().await.unwrap();
+    d.start_records().await.unwrap();
+    d.until_ready().await;
+    let mut patient = client(&d, "pat-00000");
+    patient.refresh_key().await.unwrap();
+    patient.list_records("pat-00000").await.unwrap();
+    assert_eq!(patient.audit_views().await.unwrap().len(), 2);
+    // A quorum above the witnesses there are is refused at start.
+    drop(d.records.take());
+    let mut config = Config::load(&d.records_dir).unwrap();
+    config.audit.quorum = Some(3);
+    std::fs::write(d.records_dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
+    let refused = d.start_records().await.unwrap_err().to_string();
+    assert!(refused.contains("quorum = 3"), "{refused}");
 }

@@ -213,9 +213,28 @@ fn local_names() -> Vec<String> {
 pub struct AuditConfig {
     /// The checkpoint origin line (a unique name for the log).
     pub origin: String,
-    /// Independent witnesses, besides the key authority's, whose
-    /// cosignatures every checkpoint must carry (`asclepios witness`).
+    /// Independent witnesses, besides the key authority's, that are asked
+    /// to cosign every checkpoint (`asclepios witness`).
     pub witnesses: Vec<WitnessRef>,
+    /// How many of the witnesses (the key authority's and those listed)
+    /// must have cosigned a checkpoint before a log serves it or a client
+    /// accepts it; all of them when unset.
+    pub quorum: Option<usize>,
+}
+
+impl AuditConfig {
+    /// The quorum among `witnesses` witnesses: `quorum`, or all of them.
+    pub fn witness_quorum(&self, witnesses: usize) -> Result<usize, String> {
+        match self.quorum {
+            None => Ok(witnesses),
+            Some(q) if (1..=witnesses).contains(&q) => Ok(q),
+            Some(q) => Err(format!(
+                "[audit] quorum = {q}: it must be between 1 and the {witnesses} witnesses \
+                 (the key authority's and the {} listed)",
+                witnesses - 1
+            )),
+        }
+    }
 }
 
 /// An independent witness of the audit logs.
@@ -293,6 +312,7 @@ impl Default for AuditConfig {
         AuditConfig {
             origin: "asclepios-dev/audit".into(),
             witnesses: Vec::new(),
+            quorum: None,
         }
     }
 }

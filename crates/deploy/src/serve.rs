@@ -109,15 +109,18 @@ type Witnesses = Vec<(
 )>;
 
 /// The deployment's audit log, opened once per process and shared by the
-/// services' trails; every checkpoint cosigned by `witnesses` (all of
-/// them: today the key authority's).
+/// services' trails; every checkpoint cosigned by the configured quorum of
+/// `witnesses` (by default all of them).
 ///
 /// At start the stored log is submitted to every witness: one that saw a
 /// longer log, or another history, refuses, and the service does not start
 /// (a rewritten or rolled-back store). A witness that cannot be reached
 /// is only reported: no checkpoint is served until it cosigns.
 fn audit_log(dir: &Path, config: &Config, witnesses: Witnesses) -> Result<Arc<Log<Store>>, Error> {
-    let quorum = witnesses.len();
+    let quorum = config
+        .audit
+        .witness_quorum(witnesses.len())
+        .map_err(Error::Invalid)?;
     let log = Log::open(
         open_store(dir, config)?,
         AUDIT_LOG_ID,
