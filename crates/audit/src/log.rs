@@ -96,17 +96,21 @@ pub trait LogStore {
 /// hand a patient their entries alone without a column that names them.
 pub type Subject = [u8; 16];
 
-/// A leaf about a subject: the entry, after the index of the previous leaf
-/// about the same subject in this log (none for the first). The links make
-/// each subject's leaves one chain inside the Merkle tree, so whoever serves
-/// a patient their entries cannot leave one out unseen: the next entry names
-/// it.
+/// A leaf about a subject: the subject's tag and the index of the previous
+/// leaf about the same subject in this log (none for the first), then the
+/// entry. The links make each subject's leaves one chain inside the Merkle
+/// tree, so whoever serves a patient their entries cannot leave one out
+/// unseen: the next entry names it. With the tag in the leaf, anyone who
+/// reads every entry (an auditor, [`audit_entries`]) checks every chain.
 ///
 /// ```text
-/// LinkedLeaf = header(0x0d) | u64 (previous index + 1, or 0) | bytes32(entry)
+/// LinkedLeaf = header(0x0d) | subject(16) | u64 (previous index + 1, or 0)
+///              | bytes32(entry)
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkedLeaf {
+    /// Whom the entry is about (see [`Log::subject`]).
+    pub subject: Subject,
     /// The index of the previous leaf about the same subject.
     pub previous: Option<u64>,
     /// The entry itself.
@@ -116,7 +120,8 @@ pub struct LinkedLeaf {
 impl LinkedLeaf {
     /// The leaf's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(Kind::LinkedLeaf, 12 + self.entry.len());
+        let mut w = Writer::with_capacity(Kind::LinkedLeaf, 28 + self.entry.len());
+        w.raw(&self.subject);
         w.u64(self.previous.map_or(0, |i| i.saturating_add(1)));
         w.bytes32(&self.entry);
         w.finish()
@@ -129,12 +134,21 @@ impl LinkedLeaf {
             return Ok(None);
         }
         let mut r = Reader::new(leaf, Kind::LinkedLeaf)?;
+        let subject = r.fixed("subject")?;
         let previous = r.u64("previous leaf")?.checked_sub(1);
         let entry = r.bytes32("linked entry", MAX_ENTRY_BYTES)?.to_vec();
         r.finish()?;
-        Ok(Some(LinkedLeaf { previous, entry }))
+        Ok(Some(LinkedLeaf {
+            subject,
+            previous,
+            entry,
+        }))
     }
 }
+
+/// Most subjects whose last leaf a log process remembers (a million
+/// patients: about 40 MiB).
+const SUBJECT_HEADS: usize = 1 << 20;
 
 /// HKDF info for the key of subject tags.
 const SUBJECT_KEY_INFO: &[u8] = b"asclepios audit subject tag v1";
@@ -249,6 +263,11 @@ pub struct Log<S> {
     cache: NodeCache,
     /// The largest checkpoint this process signed or was told to trust.
     last_signed: Mutex<Option<Checkpoint>>,
+    /// The last leaf this process appended per subject (see `last_about`).
+    subject_heads: Mutex<HashMap<Subject, u64>>,
+    /// The largest stored (cosigned) note this process made: served even if
+    /// its row was deleted from the store.
+    last_note: Mutex<Option<(u64, String)>>,
     /// The witnesses asked to cosign each checkpoint, and how many must.
     witnesses: Vec<WitnessSlot>,
     quorum: usize,
@@ -308,6 +327,8 @@ impl<S: LogStore> Log<S> {
             }),
             cache: NodeCache::default(),
             last_signed: Mutex::new(None),
+            last_note: Mutex::new(None),
+            subject_heads: Mutex::new(HashMap::new()),
             witnesses: Vec::new(),
             quorum: 0,
             alarm: Mutex::new(None),
@@ -507,6 +528,17 @@ impl<S: LogStore> Log<S> {
                 head.size += entries.len() as u64;
                 head.frontier = frontier;
                 self.cache.insert(nodes);
+                {
+                    let mut heads = self.subject_heads.lock().unwrap_or_else(|p| p.into_inner());
+                    if heads.len() > SUBJECT_HEADS {
+                        heads.clear();
+                    }
+                    for (i, subject) in subjects.iter().enumerate() {
+                        if let Some(subject) = subject {
+                            heads.insert(*subject, first + i as u64);
+                        }
+                    }
+                }
                 return Ok((first..head.size, leaves));
             }
             drop(head);
@@ -534,15 +566,13 @@ impl<S: LogStore> Log<S> {
             };
             let previous = match last.get(subject) {
                 Some(previous) => *previous,
-                None => self
-                    .store
-                    .log_entries_about_last(&self.log_id, subject, first)
-                    .map_err(storage)?,
+                None => self.last_about(subject, first)?,
             };
             let index = first + i as u64;
             last.insert(*subject, Some(index));
             leaves.push(std::borrow::Cow::Owned(
                 LinkedLeaf {
+                    subject: *subject,
                     previous,
                     entry: entry.to_vec(),
                 }
@@ -550,6 +580,40 @@ impl<S: LogStore> Log<S> {
             ));
         }
         Ok(leaves)
+    }
+
+    /// The last leaf about `subject` below `before`: the later of the one
+    /// the store's tags name (which must be a leaf about `subject`: a
+    /// re-tagged leaf is refused) and the last this process appended (a
+    /// leaf untagged in the store meanwhile is still linked to).
+    fn last_about(&self, subject: &Subject, before: u64) -> Result<Option<u64>, Error> {
+        let tagged = self
+            .store
+            .log_entries_about_last(&self.log_id, subject, before)
+            .map_err(storage)?;
+        if let Some(index) = tagged {
+            let leaf = self
+                .store
+                .log_entries(&self.log_id, index..index + 1)
+                .map_err(storage)?;
+            let about = leaf
+                .first()
+                .and_then(|l| LinkedLeaf::from_bytes(l).ok().flatten())
+                .map(|l| l.subject);
+            if about.as_ref() != Some(subject) {
+                return Err(Error::Inconsistent(format!(
+                    "the store tags entry {index} with a subject its leaf does not name"
+                )));
+            }
+        }
+        let appended = self
+            .subject_heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subject)
+            .copied()
+            .filter(|i| *i < before);
+        Ok(tagged.max(appended))
     }
 
     /// The previous checkpoint: the larger of the store's latest and the one
@@ -653,6 +717,12 @@ impl<S: LogStore> Log<S> {
         // never served.
         let note = self.witnessed(note, size, false)?;
         *self.last_signed.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint);
+        {
+            let mut last = self.last_note.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_ref().is_none_or(|(s, _)| *s < size) {
+                *last = Some((size, note.clone()));
+            }
+        }
         Ok(note)
     }
 
@@ -967,13 +1037,24 @@ impl<S: LogStore> Log<S> {
             .map_err(storage)
     }
 
-    /// The latest signed checkpoint, if any.
+    /// The latest signed checkpoint, if any: the larger of the store's
+    /// latest and the latest this process stored (a checkpoint row deleted
+    /// behind the log's back does not make it serve an older view).
     pub fn latest_checkpoint(&self) -> Result<Option<String>, Error> {
-        Ok(self
+        let stored = self
             .store
             .log_latest_checkpoint(&self.log_id)
-            .map_err(storage)?
-            .map(|(_, note)| note))
+            .map_err(storage)?;
+        let made = self
+            .last_note
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(match (stored, made) {
+            (Some((s, note)), Some((m, _))) if s >= m => Some(note),
+            (_, Some((_, note))) => Some(note),
+            (stored, None) => stored.map(|(_, note)| note),
+        })
     }
 }
 
@@ -986,7 +1067,8 @@ fn signed_by(line: &str, name: &str) -> bool {
 
 /// Re-reads every stored entry up to a checkpoint's size, and every stored
 /// subtree hash, and checks them against the checkpoint: catches any entry
-/// changed, removed, reordered or inserted since it was signed, and any stored
+/// changed, removed, reordered or inserted since it was signed, any linked
+/// leaf that skips an earlier leaf about its subject, and any stored
 /// hash that does not match the entries (which would otherwise serve proofs
 /// for entries that are not there). Works in chunks with memory logarithmic in
 /// the size.
@@ -1012,6 +1094,8 @@ pub fn audit_entries<S: LogStore>(
         )));
     }
     const CHUNK: u64 = 4096;
+    // The last entry about each subject: every linked leaf must name it.
+    let mut chains: HashMap<Subject, u64> = HashMap::new();
     let mut frontier = Vec::new();
     let mut at = 0;
     while at < checkpoint.size {
@@ -1022,6 +1106,20 @@ pub fn audit_entries<S: LogStore>(
                 "entries {at}..{end}: {} found",
                 entries.len()
             )));
+        }
+        for (i, entry) in entries.iter().enumerate() {
+            let index = at + i as u64;
+            if let Some(linked) = LinkedLeaf::from_bytes(entry)
+                .map_err(|e| Error::Inconsistent(format!("entry {index}: {e}")))?
+            {
+                let last = chains.insert(linked.subject, index);
+                if linked.previous != last {
+                    return Err(Error::Inconsistent(format!(
+                        "entry {index} links to {:?} but the previous entry about its subject is {:?}",
+                        linked.previous, last
+                    )));
+                }
+            }
         }
         let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
         let (created, next) = merkle::append_nodes(at, &frontier, &leaves);

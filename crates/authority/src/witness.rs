@@ -42,7 +42,15 @@ pub(crate) async fn add_checkpoint(
         Ok(answer)
     })
     .await?;
-    Ok(match answer {
+    // A 409 is how a log learns the witness's size (routine), and a refusal
+    // for misbehaviour is logged above as an integrity alarm: neither is
+    // logged again as a refused request. Malformed submissions, unknown
+    // keys and logs are, by the refusal layer.
+    let logged = match &answer {
+        Err(e) => matches!(e, WitnessError::Conflict { .. }) || e.is_misbehaviour(),
+        Ok(_) => false,
+    };
+    let mut response = match answer {
         Ok(lines) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response(),
         Err(WitnessError::Conflict { latest, .. }) => (
             StatusCode::CONFLICT,
@@ -56,7 +64,13 @@ pub(crate) async fn add_checkpoint(
             format!("{e}\n"),
         )
             .into_response(),
-    })
+    };
+    if logged {
+        response
+            .extensions_mut()
+            .insert(asclepios_net::server::Audited);
+    }
+    Ok(response)
 }
 
 impl KeyAuthority {

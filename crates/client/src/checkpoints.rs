@@ -63,27 +63,36 @@ impl HeldCheckpoints {
         write_atomically(&self.dir, &self.file(&cp.origin), note.as_bytes())
     }
 
-    /// The index of the last entry about this identity it has read in the
-    /// log of `origin`: a later view must still hold it (a service that
-    /// drops it from this identity's slice is caught).
-    pub(crate) fn last_own_entry(&self, origin: &str) -> Option<u64> {
-        std::fs::read_to_string(self.file(origin).with_extension("own"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// The index and leaf hash of the last entry about this identity it has
+    /// read in the log of `origin`: a later view must still hold that leaf
+    /// (a service that drops it from this identity's slice, or relinks the
+    /// chain around it, is caught).
+    pub(crate) fn last_own_entry(&self, origin: &str) -> Option<(u64, [u8; 32])> {
+        let text = std::fs::read_to_string(self.file(origin).with_extension("own")).ok()?;
+        let (index, leaf) = text.trim().split_once(' ')?;
+        Some((
+            index.parse().ok()?,
+            hex::decode(leaf).ok()?.try_into().ok()?,
+        ))
     }
 
-    /// Holds `index` as the last entry about this identity in `origin`'s log.
-    pub(crate) fn hold_own_entry(&self, origin: &str, index: u64) -> Result<(), String> {
+    /// Holds entry `index` (leaf hash `leaf`) as the last about this
+    /// identity in `origin`'s log.
+    pub(crate) fn hold_own_entry(
+        &self,
+        origin: &str,
+        index: u64,
+        leaf: &[u8; 32],
+    ) -> Result<(), String> {
         if self
             .last_own_entry(origin)
-            .is_some_and(|held| held >= index)
+            .is_some_and(|(held, _)| held >= index)
         {
             return Ok(());
         }
         let path = self.file(origin).with_extension("own");
-        write_atomically(&self.dir, &path, format!("{index}\n").as_bytes())
+        let text = format!("{index} {}\n", hex::encode(leaf));
+        write_atomically(&self.dir, &path, text.as_bytes())
     }
 
     /// Writes the two contradicting checkpoints (and what was tried) to an

@@ -962,29 +962,77 @@ impl Client {
     /// empty answer. Returns how many logged writes of the record it saw.
     pub async fn check_fresh(&self, record: &RecordOut) -> Result<usize, ClientError> {
         let view = self.audit_view().await?;
-        let writes: Vec<&asclepios_audit::Written> = logged_writes(&view.events, &record.patient)
-            .filter(|w| w.record_id == record.record_id)
-            .collect();
+        let stale = |served: String, logged: String| ClientError::StaleRecord {
+            record: record.record_id.clone(),
+            served,
+            logged,
+        };
+        // In log order: the writes of this record, and whether it was
+        // erased after the last of them.
+        let mut events: Vec<&ProvedEvent> = view.events.iter().collect();
+        events.sort_by_key(|p| p.index);
+        let resource = format!("record/{}/{}", record.patient, record.record_id);
+        let mut writes: Vec<&asclepios_audit::Written> = Vec::new();
+        let mut erased = false;
+        for p in events {
+            let e = &p.event;
+            if e.outcome != asclepios_audit::Outcome::Success
+                || e.patient.as_deref() != Some(record.patient.as_str())
+            {
+                continue;
+            }
+            match e.action {
+                asclepios_audit::Action::Create | asclepios_audit::Action::Update => {
+                    if let Some(w) = e
+                        .written
+                        .as_ref()
+                        .filter(|w| w.record_id == record.record_id)
+                    {
+                        writes.push(w);
+                        erased = false;
+                    }
+                }
+                asclepios_audit::Action::Delete if e.resource == resource => erased = true,
+                _ => {}
+            }
+        }
         let body = B64
             .decode(&record.body)
             .map_err(|_| ClientError::Protocol("body is not base64".into()))?;
         let served = asclepios_audit::Written::new(&record.record_id, record.version, &body);
-        if let Some(latest) = writes.iter().max_by_key(|w| w.version) {
-            if latest.version > served.version {
-                return Err(ClientError::StaleRecord {
-                    record: record.record_id.clone(),
-                    served: served.version.to_string(),
-                    logged: latest.version.to_string(),
-                });
+        if erased {
+            return Err(stale(
+                served.version.to_string(),
+                "an erasure after its last write".into(),
+            ));
+        }
+        // A version written twice means the store went back and was
+        // written again: the earlier write was rolled back.
+        for (i, w) in writes.iter().enumerate() {
+            if writes[..i]
+                .iter()
+                .any(|earlier| earlier.version == w.version)
+            {
+                return Err(stale(
+                    served.version.to_string(),
+                    format!("two writes of version {}", w.version),
+                ));
             }
         }
-        if let Some(logged) = writes.iter().find(|w| w.version == served.version) {
+        if let Some(latest) = writes.iter().max_by_key(|w| w.version) {
+            if latest.version > served.version {
+                return Err(stale(
+                    served.version.to_string(),
+                    latest.version.to_string(),
+                ));
+            }
+        }
+        if let Some(logged) = writes.iter().rev().find(|w| w.version == served.version) {
             if logged.body_sha256 != served.body_sha256 {
-                return Err(ClientError::StaleRecord {
-                    record: record.record_id.clone(),
-                    served: format!("{} (body {})", served.version, served.body_sha256),
-                    logged: format!("{} (body {})", logged.version, logged.body_sha256),
-                });
+                return Err(stale(
+                    format!("{} (body {})", served.version, served.body_sha256),
+                    format!("{} (body {})", logged.version, logged.body_sha256),
+                ));
             }
         }
         Ok(writes.len())
@@ -1386,12 +1434,25 @@ impl Client {
             .checkpoint
             .clone()
             .ok_or_else(|| ClientError::Protocol("the service gave no signed checkpoint".into()))?;
-        let cp = self.accept_checkpoint(service, &note).await?;
+        let served = self.accept_checkpoint(service, &note).await?;
+        // Never a view older than one this client verified: a service that
+        // serves an old checkpoint (its newer rows deleted) is asked for
+        // proofs in the held one.
+        let (cp, mut slice) = match self.held.get(&service.log) {
+            Some((held, _)) if held.size > served.size => {
+                let path = format!("/v1/audit/entries?start=0&size={}", held.size);
+                (
+                    held,
+                    Self::call(service, Method::GET, &path, Vec::new()).await?.0,
+                )
+            }
+            _ => (served, first),
+        };
         let mut events = Vec::new();
-        let mut slice = first;
         let mut expected_start = 0;
         let mut last_index = None;
         let held_own = self.held.last_own_entry(&cp.origin);
+        let mut read_leaves = std::collections::HashMap::new();
         let mut kems = asclepios_audit::KemCache::default();
         let broken = |why: String| {
             ClientError::Protocol(format!(
@@ -1458,6 +1519,7 @@ impl Client {
                             "audit entry {index} is not linked to this patient's entries"
                         ))
                     })?;
+                read_leaves.insert(index, leaf);
                 if linked.previous != last_index {
                     return Err(broken(format!(
                         "entry {index} follows entry {}, but the slice went from {}",
@@ -1500,18 +1562,21 @@ impl Client {
             let path = format!("/v1/audit/entries?start={next}&size={}", cp.size);
             slice = Self::call(service, Method::GET, &path, Vec::new()).await?.0;
         }
-        // The last entry read before must still be here (a tail cut off).
-        if let Some(held) = held_own.filter(|held| *held < cp.size) {
-            if last_index.is_none_or(|last| last < held) {
+        // The last entry read before must still be here, the same leaf (a
+        // tail cut off, or a chain relinked around it).
+        if let Some((held, leaf)) = held_own {
+            if read_leaves.get(&held) != Some(&leaf) {
                 return Err(broken(format!(
                     "entry {held} was read before and is missing now"
                 )));
             }
         }
         if let Some(last) = last_index {
-            self.held
-                .hold_own_entry(&cp.origin, last)
-                .map_err(ClientError::Files)?;
+            if let Some(leaf) = read_leaves.get(&last) {
+                self.held
+                    .hold_own_entry(&cp.origin, last, leaf)
+                    .map_err(ClientError::Files)?;
+            }
         }
         Ok(AuditView {
             events,

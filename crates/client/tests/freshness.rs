@@ -59,6 +59,32 @@ async fn a_rolled_back_record_is_refused(postgres: bool) {
         }
         other => panic!("the rolled-back record was accepted: {other:?}"),
     }
+
+    // An erased record brought back from a copy of its wrapper is refused.
+    let third = generator.blood_pressure(pid);
+    let erased_id = heart.record_id_for(pid, &third).await.unwrap();
+    heart
+        .put_record(pid, &erased_id, 1, &third, &policy)
+        .await
+        .unwrap();
+    d.as_db_admin(
+        Domain::Records,
+        &format!("CREATE TABLE saved_wrappers AS SELECT * FROM key_wrappers WHERE record_id = '{erased_id}';"),
+    )
+    .await;
+    patient.erase_record(pid, &erased_id).await.unwrap();
+    d.as_db_admin(
+        Domain::Records,
+        "INSERT INTO key_wrappers SELECT * FROM saved_wrappers;",
+    )
+    .await;
+    assert_eq!(heart.get_record(pid, &erased_id).await.unwrap().0, third);
+    match patient.get_fresh_record(pid, &erased_id).await {
+        Err(ClientError::StaleRecord { logged, .. }) => {
+            assert!(logged.contains("erasure"), "{logged}");
+        }
+        other => panic!("the resurrected record was accepted: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

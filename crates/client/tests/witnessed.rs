@@ -154,7 +154,11 @@ async fn an_independent_witness_cosigns_and_is_required_unless_the_quorum_says_o
     drop(d.records.take());
     let mut config = Config::load(&d.records_dir).unwrap();
     config.audit.quorum = Some(3);
-    std::fs::write(d.records_dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
+    std::fs::write(
+        d.records_dir.join("asclepios.toml"),
+        config.to_toml().unwrap(),
+    )
+    .unwrap();
     let refused = d.start_records().await.unwrap_err().to_string();
     assert!(refused.contains("quorum = 3"), "{refused}");
 }

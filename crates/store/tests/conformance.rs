@@ -670,6 +670,38 @@ fn entries_about_a_subject_are_chained_and_served_alone(h: &Harness) {
         assert_eq!(many[i], log.prove_inclusion(index, cp.size).unwrap());
     }
     assert!(log.prove_inclusions(&[7], cp.size).is_err());
+
+    // The DB admin untags a's last entry: the process that wrote it still
+    // links to it.
+    h.raw("UPDATE audit_entries SET subject = NULL WHERE idx = 6");
+    let (range, _) = other.append_about(&refs[..1], &[Some(a)]).unwrap();
+    let linked = |i: u64| {
+        LinkedLeaf::from_bytes(&log.entries(i..i + 1).unwrap()[0])
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(linked(range.start).previous, Some(6));
+    // A writer that starts afresh trusts the tags: its link skips the
+    // untagged entries, and the full audit of the log says so.
+    h.raw("UPDATE audit_entries SET subject = NULL WHERE idx >= 6");
+    let fresh = open_log(h);
+    let (range, _) = fresh.append_about(&refs[..1], &[Some(a)]).unwrap();
+    assert_eq!(linked(range.start).previous, Some(4));
+    let note = fresh.checkpoint().unwrap();
+    let e = audit_entries(fresh.store(), "main", ORIGIN, &note, &fresh.verifier()).unwrap_err();
+    assert!(
+        e.to_string().contains("previous entry about its subject"),
+        "{e}"
+    );
+    // A leaf re-tagged with another subject is not linked to.
+    h.raw(&format!(
+        "UPDATE audit_entries SET subject = (SELECT subject FROM audit_entries WHERE idx = 1) WHERE idx = {}",
+        range.start
+    ));
+    let e = open_log(h)
+        .append_about(&refs[..1], &[Some(b)])
+        .unwrap_err();
+    assert!(e.to_string().contains("does not name"), "{e}");
 }
 
 fn tampered_entries_are_caught_against_a_checkpoint(h: &Harness) {
