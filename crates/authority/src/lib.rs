@@ -511,18 +511,9 @@ async fn resolve_policy(
                 signature: B64.encode(signature.to_bytes()),
             })
         })();
-        // Every resolution is logged (for the auditors): who asked to seal
-        // under which policy.
+        // Every resolution is logged: who asked to seal under which policy.
         let resource = format!("policy resolution: {}", shown(&req.policy));
-        asclepios_service::audit_outcome(
-            &s.trail,
-            &v,
-            &caller.id,
-            (Action::Read, None),
-            resource,
-            result,
-        )
-        .map(|logged| logged.result)
+        s.logged_read(&v, &caller.id, resource, result)
     })
     .await
     .map(Json)
@@ -535,24 +526,31 @@ async fn identity_key(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<IdentityKey>, ApiError> {
     blocking(move || {
-        // Every read of a directory entry is logged (for the auditors).
+        // Every read of a directory entry is logged.
         let resource = format!("identity/{}", shown(&id));
         let result = s.identity_entry(&caller.id, &id);
-        asclepios_service::audit_outcome(
-            &s.trail,
-            &v,
-            &caller.id,
-            (Action::Read, None),
-            resource,
-            result,
-        )
-        .map(|logged| logged.result)
+        s.logged_read(&v, &caller.id, resource, result)
     })
     .await
     .map(Json)
 }
 
 impl KeyAuthority {
+    /// Logs a read of `resource` by `caller` (for the auditors) with its
+    /// outcome, and returns the answer: answers signed by the authority
+    /// itself, which carry no receipt.
+    fn logged_read<T>(
+        &self,
+        v: &Verified,
+        caller: &str,
+        resource: String,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let purpose = (Action::Read, None);
+        asclepios_service::audit_outcome(&self.trail, v, caller, purpose, resource, result)
+            .map(|logged| logged.result)
+    }
+
     /// The signed directory entry of `id`, for `caller`.
     fn identity_entry(&self, caller: &str, id: &str) -> Result<IdentityKey, ApiError> {
         let s = self;

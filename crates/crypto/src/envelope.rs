@@ -499,23 +499,15 @@ impl KeyWrapper {
         w.finish()
     }
 
-    /// Parses a wrapper.
+    /// Parses a wrapper, decoding its ABE ciphertext in full.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes, Kind::KeyWrapper)?;
-        let abe_bytes = r
-            .bytes32("ABE ciphertext", MAX_ABE_CIPHERTEXT_BYTES)?
-            .to_vec();
-        let abe = Ciphertext::from_bytes(&abe_bytes)?;
-        let body_binding = r.fixed("body binding")?;
-        let nonce = r.fixed("nonce")?;
-        let wrapped = r.fixed("wrapped key")?;
-        r.finish()?;
+        let encoded = EncodedWrapper::parse(bytes)?;
         Ok(KeyWrapper {
-            abe,
-            abe_bytes,
-            body_binding,
-            nonce,
-            wrapped,
+            abe: Ciphertext::from_bytes(encoded.abe_bytes)?,
+            abe_bytes: encoded.abe_bytes.to_vec(),
+            body_binding: encoded.body_binding,
+            nonce: encoded.nonce,
+            wrapped: encoded.wrapped,
         })
     }
 }
