@@ -255,6 +255,22 @@ pub struct WitnessPolicy {
 }
 
 impl WitnessPolicy {
+    /// The quorum a deployment configured (`[audit] quorum`) among
+    /// `witnesses` witnesses (the key authority's and the independent
+    /// ones): all of them when unset, and never 0 nor more than there are.
+    /// Logs and clients apply the same rule.
+    pub fn quorum_of(configured: Option<usize>, witnesses: usize) -> Result<usize, String> {
+        match configured {
+            None => Ok(witnesses),
+            Some(q) if (1..=witnesses).contains(&q) => Ok(q),
+            Some(q) => Err(format!(
+                "[audit] quorum = {q}: it must be between 1 and the {witnesses} witnesses \
+                 (the key authority's and the {} listed)",
+                witnesses.saturating_sub(1)
+            )),
+        }
+    }
+
     /// Parses a checkpoint note, checks the log's signature with `log` and
     /// at least `quorum` distinct witnesses' cosignatures; returns the
     /// checkpoint and the names of the witnesses that cosigned it.

@@ -34,20 +34,6 @@ pub(crate) struct AuditSettings {
     pub(crate) quorum: Option<usize>,
 }
 
-impl AuditSettings {
-    /// The quorum among `witnesses` witnesses (the services check the same
-    /// rule at start).
-    pub(crate) fn witness_quorum(&self, witnesses: usize) -> Result<usize, String> {
-        match self.quorum {
-            None => Ok(witnesses),
-            Some(q) if (1..=witnesses).contains(&q) => Ok(q),
-            Some(q) => Err(format!(
-                "[audit] quorum = {q}: it must be between 1 and the {witnesses} witnesses"
-            )),
-        }
-    }
-}
-
 /// One independent witness: its cosigning key (its URL is the services').
 #[derive(Debug, Deserialize)]
 pub(crate) struct WitnessSetting {

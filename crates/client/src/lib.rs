@@ -352,10 +352,9 @@ impl Client {
                             .map_err(|e| ClientError::Files(format!("[audit] witnesses: {e}")))?,
                     );
                 }
-                let quorum = config
-                    .audit
-                    .witness_quorum(witnesses.len())
-                    .map_err(ClientError::Files)?;
+                let quorum =
+                    asclepios_audit::WitnessPolicy::quorum_of(config.audit.quorum, witnesses.len())
+                        .map_err(ClientError::Files)?;
                 asclepios_audit::WitnessPolicy { witnesses, quorum }
             },
             held: checkpoints::HeldCheckpoints::new(
@@ -1452,7 +1451,9 @@ impl Client {
         let mut expected_start = 0;
         let mut last_index = None;
         let held_own = self.held.last_own_entry(&cp.origin);
-        let mut read_leaves = std::collections::HashMap::new();
+        // Whether the held leaf was read again, and the last leaf read.
+        let mut held_found = false;
+        let mut last_leaf = None;
         let mut kems = asclepios_audit::KemCache::default();
         let broken = |why: String| {
             ClientError::Protocol(format!(
@@ -1519,7 +1520,9 @@ impl Client {
                             "audit entry {index} is not linked to this patient's entries"
                         ))
                     })?;
-                read_leaves.insert(index, leaf);
+                if held_own == Some((index, leaf)) {
+                    held_found = true;
+                }
                 if linked.previous != last_index {
                     return Err(broken(format!(
                         "entry {index} follows entry {}, but the slice went from {}",
@@ -1527,7 +1530,7 @@ impl Client {
                         last_index.map_or("none".into(), |i| i.to_string()),
                     )));
                 }
-                let sealed = asclepios_audit::SealedEvent::from_bytes(&bytes)
+                let sealed = asclepios_audit::SealedEvent::from_bytes(&linked.entry)
                     .map_err(|e| ClientError::Protocol(format!("audit entry {index}: {e}")))?;
                 let mine = format!("patient:{}", self.id);
                 if !sealed.reader_policy().is_ok_and(|p| {
@@ -1540,6 +1543,7 @@ impl Client {
                     )));
                 }
                 last_index = Some(index);
+                last_leaf = Some(leaf);
                 // Sealed to this patient, but not under a key this client
                 // holds (an attribute version since re-issued): proved, not read.
                 let Ok(event) = sealed.open_with_abe_cached(key, &mut kems) else {
@@ -1564,19 +1568,15 @@ impl Client {
         }
         // The last entry read before must still be here, the same leaf (a
         // tail cut off, or a chain relinked around it).
-        if let Some((held, leaf)) = held_own {
-            if read_leaves.get(&held) != Some(&leaf) {
-                return Err(broken(format!(
-                    "entry {held} was read before and is missing now"
-                )));
-            }
+        if let Some((held, _)) = held_own.filter(|_| !held_found) {
+            return Err(broken(format!(
+                "entry {held} was read before and is missing now"
+            )));
         }
-        if let Some(last) = last_index {
-            if let Some(leaf) = read_leaves.get(&last) {
-                self.held
-                    .hold_own_entry(&cp.origin, last, leaf)
-                    .map_err(ClientError::Files)?;
-            }
+        if let (Some(last), Some(leaf)) = (last_index, last_leaf) {
+            self.held
+                .hold_own_entry(&cp.origin, last, &leaf)
+                .map_err(ClientError::Files)?;
         }
         Ok(AuditView {
             events,

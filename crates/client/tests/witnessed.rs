@@ -92,13 +92,20 @@ async fn a_rewritten_log_is_refused_on_postgres() {
     a_rewritten_log_is_refused(true).await;
 }
 
+/// Rewrites the `asclepios.toml` of `dir` through `edit`.
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut asclepios_deploy::Config)) {
+    let mut config = asclepios_deploy::Config::load(dir).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
+}
+
 /// An independent witness (`asclepios witness`), named in both services'
 /// configuration: every checkpoint carries its cosignature, clients require
 /// it, and without it no checkpoint is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_witness_cosigns_and_is_required_unless_the_quorum_says_otherwise() {
     use asclepios_deploy::config::WitnessRef;
-    use asclepios_deploy::{standalone_witness, Config};
+    use asclepios_deploy::standalone_witness;
     let mut d = deploy(false).await;
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path().join("witness");
@@ -110,13 +117,13 @@ async fn an_independent_witness_cosigns_and_is_required_unless_the_quorum_says_o
     let (addr, task) = standalone_witness::serve(&w, None).await.unwrap();
     drop(d.records.take());
     drop(d.authority.take());
-    for dir in [d.dir.clone(), d.records_dir.clone()] {
-        let mut config = Config::load(&dir).unwrap();
-        config.audit.witnesses.push(WitnessRef {
-            url: format!("http://{addr}"),
-            key: public.trim().to_string(),
+    for dir in [&d.dir, &d.records_dir] {
+        edit_config(dir, |config| {
+            config.audit.witnesses.push(WitnessRef {
+                url: format!("http://{addr}"),
+                key: public.trim().to_string(),
+            })
         });
-        std::fs::write(dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
     }
     d.start_authority().await.unwrap();
     d.start_records().await.unwrap();
@@ -138,10 +145,8 @@ async fn an_independent_witness_cosigns_and_is_required_unless_the_quorum_says_o
     // clients accept checkpoints the authority's witness alone cosigned.
     drop(d.records.take());
     drop(d.authority.take());
-    for dir in [d.dir.clone(), d.records_dir.clone()] {
-        let mut config = Config::load(&dir).unwrap();
-        config.audit.quorum = Some(1);
-        std::fs::write(dir.join("asclepios.toml"), config.to_toml().unwrap()).unwrap();
+    for dir in [&d.dir, &d.records_dir] {
+        edit_config(dir, |config| config.audit.quorum = Some(1));
     }
     d.start_authority().await.unwrap();
     d.start_records().await.unwrap();
@@ -152,13 +157,7 @@ async fn an_independent_witness_cosigns_and_is_required_unless_the_quorum_says_o
     assert_eq!(patient.audit_views().await.unwrap().len(), 2);
     // A quorum above the witnesses there are is refused at start.
     drop(d.records.take());
-    let mut config = Config::load(&d.records_dir).unwrap();
-    config.audit.quorum = Some(3);
-    std::fs::write(
-        d.records_dir.join("asclepios.toml"),
-        config.to_toml().unwrap(),
-    )
-    .unwrap();
+    edit_config(&d.records_dir, |config| config.audit.quorum = Some(3));
     let refused = d.start_records().await.unwrap_err().to_string();
     assert!(refused.contains("quorum = 3"), "{refused}");
 }

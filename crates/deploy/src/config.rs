@@ -225,15 +225,7 @@ pub struct AuditConfig {
 impl AuditConfig {
     /// The quorum among `witnesses` witnesses: `quorum`, or all of them.
     pub fn witness_quorum(&self, witnesses: usize) -> Result<usize, String> {
-        match self.quorum {
-            None => Ok(witnesses),
-            Some(q) if (1..=witnesses).contains(&q) => Ok(q),
-            Some(q) => Err(format!(
-                "[audit] quorum = {q}: it must be between 1 and the {witnesses} witnesses \
-                 (the key authority's and the {} listed)",
-                witnesses - 1
-            )),
-        }
+        asclepios_audit::WitnessPolicy::quorum_of(self.quorum, witnesses)
     }
 }
 
