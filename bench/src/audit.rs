@@ -64,7 +64,7 @@ impl Scratch {
         self.store.as_ref().expect("open until dropped")
     }
 
-    fn take(&mut self) -> Store {
+    pub(crate) fn take(&mut self) -> Store {
         self.store.take().expect("taken once")
     }
 }

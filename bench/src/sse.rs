@@ -379,6 +379,250 @@ fn store_cases(
     Ok(())
 }
 
+/// Patients in the searcher's circle for `op=search-circle`.
+const CIRCLE_PATIENTS: usize = 1000;
+/// Codes the circle's records are drawn from (uniformly).
+const CIRCLE_CODES: usize = 20;
+
+/// A searcher whose circle is [`CIRCLE_PATIENTS`] patients, through the
+/// authority's index as deployed (keyword states in an integrity-protected
+/// store, keyed per patient): the query's tokens for every patient of the
+/// circle, the record service's read of their addresses, and the opening of
+/// the values; against the same records indexed without the per-patient
+/// component (one list per keyword, `unscoped_us`), in the same store and
+/// run. `audit_us` is logging the search to every patient it reached, in
+/// one batch, as the authority does (`audit_first_us`: with no sealing key
+/// cached, as after 60 s without an event about them).
+fn circle_cases(
+    kind: BackendKind,
+    records_per_patient: usize,
+    budget: Budget,
+    rows: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    use asclepios_authority::search::{scoped_keywords, QueryTokens};
+    use std::collections::BTreeSet;
+
+    let mut scratch = Scratch::new(kind, "circle")?;
+    let store = scratch
+        .take()
+        .with_integrity(asclepios_store::IntegrityKey::from_bytes(&[8; 32])?, None)?;
+    let records = asclepios_authority::record_access::LocalRecords(store.clone());
+    let lock = std::sync::Mutex::new(());
+    let scoped_mitra = Mitra::new(&SseKey::from_bytes([7; 32]));
+    let flat_mitra = Mitra::new(&SseKey::from_bytes([9; 32]));
+    let scoped = SearchIndex::new(&scoped_mitra, &store, &records, &lock);
+    let flat = SearchIndex::new(&flat_mitra, &store, &records, &lock);
+    let patients: Vec<String> = (0..CIRCLE_PATIENTS)
+        .map(|p| format!("pat-{p:05}"))
+        .collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    eprintln!(
+        "sse: {}: indexing {} patients x {records_per_patient} records, per patient and flat",
+        kind.name(),
+        patients.len()
+    );
+    let per_batch = (BATCH / records_per_patient).max(1);
+    for group in patients.chunks(per_batch) {
+        let (mut by_patient, mut flat_batch) = (Vec::new(), Vec::new());
+        for p in group {
+            for r in 0..records_per_patient {
+                let kind = if r % 4 == 0 {
+                    "Condition"
+                } else {
+                    "Observation"
+                };
+                let code = rng.next_u64() as usize % CIRCLE_CODES;
+                let kws = vec![
+                    format!("type:{kind}"),
+                    format!("code:http://loinc.org|{code}-0"),
+                    format!("patient:{p}"),
+                ];
+                let id = format!("{p}/obs-{r:04}").into_bytes();
+                by_patient.push((id.clone(), scoped_keywords(p, &kws)));
+                flat_batch.push((id, kws));
+            }
+        }
+        for (index, batch) in [(&scoped, by_patient), (&flat, flat_batch)] {
+            index
+                .set_keywords_many(&batch)
+                .map_err(|e| anyhow::anyhow!("indexing: {}", e.message))?;
+        }
+    }
+    let everyone: BTreeSet<String> = patients.iter().cloned().collect();
+    let open = |tokens: &[u8]| -> anyhow::Result<Vec<Vec<u8>>> {
+        let tokens = sse::decode_tokens(tokens)?;
+        let mut addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
+        // As the client sends them: sorted, not grouped by patient.
+        addrs.sort();
+        let values = store.sse_get(&addrs)?;
+        let by_addr: std::collections::HashMap<&[u8], &Option<Vec<u8>>> =
+            addrs.iter().map(Vec::as_slice).zip(&values).collect();
+        let mine: Vec<Option<&[u8]>> = tokens
+            .iter()
+            .map(|t| by_addr[&t.addr[..]].as_deref())
+            .collect();
+        Ok(sse::open_results(&tokens, &mine)?.ids)
+    };
+    // The matches of a query, intersected across groups as the client does.
+    let intersect = |groups: &[Vec<String>], ids: &dyn Fn(&str) -> anyhow::Result<Vec<Vec<u8>>>| {
+        let mut result: Option<BTreeSet<Vec<u8>>> = None;
+        for group in groups {
+            let mut union = BTreeSet::new();
+            for k in group {
+                union.extend(ids(k)?);
+            }
+            result = Some(match result {
+                None => union,
+                Some(acc) => acc.intersection(&union).cloned().collect(),
+            });
+        }
+        anyhow::Ok(result.unwrap_or_default().len())
+    };
+    let query = |groups: &[Vec<String>],
+                 scope: &BTreeSet<String>|
+     -> anyhow::Result<(QueryTokens, usize)> {
+        let found = scoped
+            .query_tokens(groups, scope)
+            .map_err(|e| anyhow::anyhow!("tokens: {}", e.message))?;
+        let matches = intersect(groups, &|k| {
+            let (_, tokens) = found
+                .lists
+                .iter()
+                .find(|(kw, _)| kw == k)
+                .expect("a list per keyword");
+            open(tokens)
+        })?;
+        Ok((found, matches))
+    };
+    let trail_scratch = Scratch::new(kind, "circle_audit")?;
+    let mut abe_rng = ChaCha20Rng::seed_from_u64(4);
+    let (abe_public, _) = asclepios_crypto::abe::setup(&mut abe_rng);
+    let make_trail = || {
+        asclepios_audit::AuditTrail::new(
+            std::sync::Arc::new(
+                asclepios_audit::Log::open(
+                    trail_scratch.store().clone(),
+                    "bench",
+                    "bench.asclepios/log",
+                    asclepios_audit::NoteSigner::from_seed("bench.asclepios", &[3; 32])
+                        .expect("a valid name"),
+                )
+                .expect("the log opens"),
+            ),
+            abe_public.clone(),
+            Vec::new(),
+            "authority",
+            ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+        )
+    };
+    let events = |reached: &[String]| -> Vec<asclepios_audit::AuditEvent> {
+        reached
+            .iter()
+            .map(|p| {
+                asclepios_audit::AuditEvent::new(
+                    "nurse-ward",
+                    asclepios_audit::Action::Search,
+                    "search: type:Condition".into(),
+                    Some(p),
+                    asclepios_audit::Outcome::Success,
+                    None,
+                )
+            })
+            .collect()
+    };
+    // (query as shown, its groups, the patients it covers)
+    type Case<'a> = (&'a str, Vec<Vec<String>>, BTreeSet<String>);
+    let cases: [Case; 3] = [
+        (
+            "type:Condition",
+            vec![vec!["type:Condition".into()]],
+            everyone.clone(),
+        ),
+        (
+            "code:http://loinc.org|7-0 and type:Observation",
+            vec![
+                vec!["code:http://loinc.org|7-0".into()],
+                vec!["type:Observation".into()],
+            ],
+            everyone.clone(),
+        ),
+        (
+            "patient:pat-00042 and type:Observation",
+            vec![
+                vec!["patient:pat-00042".into()],
+                vec!["type:Observation".into()],
+            ],
+            BTreeSet::from(["pat-00042".to_string()]),
+        ),
+    ];
+    for (shown, groups, scope) in cases {
+        eprintln!("sse: {}: circle search `{shown}`", kind.name());
+        // The first search compacts; timed once.
+        let started = std::time::Instant::now();
+        let (found, matches) = query(&groups, &scope)?;
+        let first = started.elapsed().as_secs_f64() * 1e6;
+        let mut failure = None;
+        let tokens_us = timing::single(budget, || {
+            if let Err(e) = scoped.query_tokens(&groups, &scope) {
+                failure.get_or_insert(e.message);
+            }
+        });
+        let ours_us = timing::single(budget, || {
+            if let Err(e) = query(&groups, &scope) {
+                failure.get_or_insert(e.to_string());
+            }
+        });
+        // The same answer from one list per keyword (intersected as the
+        // client does), without the per-patient component.
+        let flat_search = || {
+            intersect(&groups, &|k| {
+                let tokens = flat
+                    .tokens(k)
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                let tokens = sse::decode_tokens(&tokens)?;
+                let addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
+                let values = store.sse_get(&addrs)?;
+                Ok(sse::open_results(&tokens, &values)?.ids)
+            })
+        };
+        let flat_matches = flat_search()?;
+        anyhow::ensure!(
+            flat_matches == matches,
+            "per-patient lists found {matches} records, one list per keyword {flat_matches}"
+        );
+        let unscoped_us = timing::single(budget, || {
+            if let Err(e) = flat_search() {
+                failure.get_or_insert(e.to_string());
+            }
+        });
+        if let Some(e) = failure {
+            anyhow::bail!("circle search on {}: {e}", kind.name());
+        }
+        let to_log = events(&found.reached);
+        let trail = make_trail();
+        let started = std::time::Instant::now();
+        trail.record_all(&to_log, &[0; 32], 200)?;
+        let audit_first_us = started.elapsed().as_secs_f64() * 1e6;
+        let audit_us = timing::single(budget, || {
+            if let Err(e) = trail.record_all(&to_log, &[0; 32], 200) {
+                failure.get_or_insert(e.to_string());
+            }
+        });
+        if let Some(e) = failure {
+            anyhow::bail!("logging a circle search on {}: {e}", kind.name());
+        }
+        rows.push(json!({
+            "suite": "sse", "op": "search-circle", "backend": kind.name(),
+            "patients": scope.len(), "query": shown, "matches": matches,
+            "reached": found.reached.len(), "ours_us": round(ours_us),
+            "tokens_us": round(tokens_us), "first_us": round(first),
+            "unscoped_us": round(unscoped_us), "ratio": round(ours_us / unscoped_us),
+            "audit_us": round(audit_us), "audit_first_us": round(audit_first_us),
+        }));
+    }
+    Ok(())
+}
+
 /// Runs the suite: 10^6 pairs (2·10^4 with `--quick`).
 pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
     let (pairs, vocabulary, targets): (usize, usize, &[usize]) = if quick {
@@ -405,6 +649,10 @@ pub fn run(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
         if selected(kind.name()) {
             store_cases(kind, &data, targets, budget, &mut rows)
                 .with_context(|| format!("sse on {}", kind.name()))?;
+        }
+        if selected(&format!("circle-{}", kind.name())) || selected("circle") {
+            circle_cases(kind, if quick { 4 } else { 20 }, budget, &mut rows)
+                .with_context(|| format!("circle search on {}", kind.name()))?;
         }
     }
     Ok(rows)

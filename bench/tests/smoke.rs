@@ -144,8 +144,8 @@ fn sse_suite_quick_prints_every_case_on_every_backend() {
         assert!(v > 0.0, "{field} = {v} in {row}");
     };
     // memory: update + 3 sizes × (search_first, search); sqlite and postgres:
-    // update + 3 searches each.
-    assert_eq!(rows.len(), 15, "{stdout}");
+    // update + 3 searches + 3 circle searches each.
+    assert_eq!(rows.len(), 21, "{stdout}");
     for row in &rows {
         assert_eq!(row["suite"], "sse");
         let backend = row["backend"].as_str().unwrap();
@@ -169,6 +169,18 @@ fn sse_suite_quick_prints_every_case_on_every_backend() {
             ("search", _) => ["results", "matches", "ours_us"]
                 .iter()
                 .for_each(|f| positive(row, f)),
+            ("search-circle", "sqlite" | "postgres") => [
+                "patients",
+                "matches",
+                "reached",
+                "ours_us",
+                "tokens_us",
+                "unscoped_us",
+                "ratio",
+                "audit_us",
+            ]
+            .iter()
+            .for_each(|f| positive(row, f)),
             (other, b) => panic!("unexpected op {other} on {b}"),
         }
     }

@@ -28,16 +28,30 @@ pub struct IndexRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenLists {
-    /// In the order asked.
+    /// One per distinct keyword of the query, in sorted order: the tokens
+    /// of that keyword for every patient the search reached.
     pub lists: Vec<KeywordTokens>,
+    /// How many patients the search reached (each of them sees it in their
+    /// access list).
+    pub reached: usize,
 }
 
-/// Keywords to search for.
+/// A query to search for: every group must match (intersection), a group
+/// matches when any of its keywords (`kind:value`) does (union). The search
+/// covers the searcher's circle only, or the patients a group made of
+/// `patient:` keywords names (who must be in it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// The keywords (`kind:value`).
-    pub keywords: Vec<String>,
+    /// The groups.
+    pub groups: Vec<Vec<String>>,
+}
+
+impl TokenRequest {
+    /// Every keyword the query names, once each, sorted.
+    pub fn keywords(&self) -> std::collections::BTreeSet<&str> {
+        self.groups.iter().flatten().map(String::as_str).collect()
+    }
 }
 
 /// One keyword's tokens.

@@ -60,13 +60,14 @@ pub trait LogStore {
         nodes: &[(NodeId, Hash)],
     ) -> Result<bool, Self::Error>;
 
-    /// The index of the last entry below `before` tagged with `subject`.
-    fn log_entries_about_last(
+    /// For each of `subjects`, the last entry below `before` tagged with it
+    /// (its index and leaf), in one read.
+    fn log_last_about(
         &self,
         log: &str,
-        subject: &Subject,
+        subjects: &[Subject],
         before: u64,
-    ) -> Result<Option<u64>, Self::Error>;
+    ) -> Result<Vec<Option<IndexedLeaf>>, Self::Error>;
 
     /// Up to `limit` entries in `range` tagged with `subject`, with their
     /// indices, in order.
@@ -90,6 +91,9 @@ pub trait LogStore {
     /// The signed checkpoint of the largest size, if any.
     fn log_latest_checkpoint(&self, log: &str) -> Result<Option<(u64, String)>, Self::Error>;
 }
+
+/// A leaf and its index in the log.
+pub type IndexedLeaf = (u64, Vec<u8>);
 
 /// An entry's subject tag: who the entry is about (a patient), keyed with
 /// a secret of the log's operator (see [`Log::subject`]), so the store can
@@ -557,19 +561,15 @@ impl<S: LogStore> Log<S> {
         entries: &[&'a [u8]],
         subjects: &[Option<Subject>],
     ) -> Result<Vec<std::borrow::Cow<'a, [u8]>>, Error> {
-        let mut last: HashMap<Subject, Option<u64>> = HashMap::new();
+        let mut last = self.last_about(subjects, first)?;
         let mut leaves = Vec::with_capacity(entries.len());
         for (i, (entry, subject)) in entries.iter().zip(subjects).enumerate() {
             let Some(subject) = subject else {
                 leaves.push(std::borrow::Cow::Borrowed(*entry));
                 continue;
             };
-            let previous = match last.get(subject) {
-                Some(previous) => *previous,
-                None => self.last_about(subject, first)?,
-            };
             let index = first + i as u64;
-            last.insert(*subject, Some(index));
+            let previous = last.insert(*subject, Some(index)).flatten();
             leaves.push(std::borrow::Cow::Owned(
                 LinkedLeaf {
                     subject: *subject,
@@ -582,38 +582,57 @@ impl<S: LogStore> Log<S> {
         Ok(leaves)
     }
 
-    /// The last leaf about `subject` below `before`: the later of the one
-    /// the store's tags name (which must be a leaf about `subject`: a
-    /// re-tagged leaf is refused) and the last this process appended (a
-    /// leaf untagged in the store meanwhile is still linked to).
-    fn last_about(&self, subject: &Subject, before: u64) -> Result<Option<u64>, Error> {
+    /// The last leaf below `before` about each of `subjects`: the later of
+    /// the one the store's tags name (which must be a leaf about that
+    /// subject: a re-tagged leaf is refused) and the last this process
+    /// appended (a leaf untagged in the store meanwhile is still linked to).
+    /// One read of the store for the whole batch.
+    fn last_about(
+        &self,
+        subjects: &[Option<Subject>],
+        before: u64,
+    ) -> Result<HashMap<Subject, Option<u64>>, Error> {
+        let distinct: Vec<Subject> = subjects
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if distinct.is_empty() {
+            return Ok(HashMap::new());
+        }
         let tagged = self
             .store
-            .log_entries_about_last(&self.log_id, subject, before)
+            .log_last_about(&self.log_id, &distinct, before)
             .map_err(storage)?;
-        if let Some(index) = tagged {
-            let leaf = self
-                .store
-                .log_entries(&self.log_id, index..index + 1)
-                .map_err(storage)?;
-            let about = leaf
-                .first()
-                .and_then(|l| LinkedLeaf::from_bytes(l).ok().flatten())
-                .map(|l| l.subject);
-            if about.as_ref() != Some(subject) {
-                return Err(Error::Inconsistent(format!(
-                    "the store tags entry {index} with a subject its leaf does not name"
-                )));
-            }
+        if tagged.len() != distinct.len() {
+            return Err(Error::Inconsistent(
+                "the store answered for other subjects".into(),
+            ));
         }
-        let appended = self
-            .subject_heads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(subject)
-            .copied()
-            .filter(|i| *i < before);
-        Ok(tagged.max(appended))
+        let heads = self.subject_heads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = HashMap::with_capacity(distinct.len());
+        for (subject, tagged) in distinct.iter().zip(tagged) {
+            let tagged = match tagged {
+                Some((index, leaf)) => {
+                    let about = LinkedLeaf::from_bytes(&leaf)
+                        .ok()
+                        .flatten()
+                        .map(|l| l.subject);
+                    if about.as_ref() != Some(subject) || index >= before {
+                        return Err(Error::Inconsistent(format!(
+                            "the store tags entry {index} with a subject its leaf does not name"
+                        )));
+                    }
+                    Some(index)
+                }
+                None => None,
+            };
+            let appended = heads.get(subject).copied().filter(|i| *i < before);
+            out.insert(*subject, tagged.max(appended));
+        }
+        Ok(out)
     }
 
     /// The previous checkpoint: the larger of the store's latest and the one

@@ -235,25 +235,88 @@ impl<S: LogStore> AuditTrail<S> {
         event: &AuditEvent,
         request_hash: &Hash,
         status: u16,
-    ) -> Result<Receipt, Error> {
-        let sealed = self.seal(event)?;
+    ) -> Result<Receipt, Error>
+    where
+        S: Send + Sync,
+    {
+        let mut receipts = self.record_all(std::slice::from_ref(event), request_hash, status)?;
+        Ok(receipts.pop().expect("one receipt per event"))
+    }
+
+    /// Logs several events of one request (one per patient a search reached)
+    /// and returns their receipts in order. They are queued together, so
+    /// they go in one append (all or none) unless the queue holds more than
+    /// one append's worth ([`crate::log::MAX_BATCH`]).
+    pub fn record_all(
+        &self,
+        events: &[AuditEvent],
+        request_hash: &Hash,
+        status: u16,
+    ) -> Result<Vec<Receipt>, Error>
+    where
+        S: Send + Sync,
+    {
+        let sealed = self.seal_all(events)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let lead = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.pending.push(Pending {
-                entry: sealed,
-                subject: event.patient.as_deref().map(|p| self.log.subject(p)),
-                request: *request_hash,
-                status,
-                reply: tx,
-            });
+            for (event, entry) in events.iter().zip(sealed) {
+                queue.pending.push(Pending {
+                    entry,
+                    subject: event.patient.as_deref().map(|p| self.log.subject(p)),
+                    request: *request_hash,
+                    status,
+                    reply: tx.clone(),
+                });
+            }
             !std::mem::replace(&mut queue.leader, true)
         };
+        drop(tx);
         if lead {
             self.lead();
         }
-        rx.recv()
-            .map_err(|_| Error::Invalid("the audit batch was abandoned".into()))?
+        let mut receipts = Vec::with_capacity(events.len());
+        for _ in events {
+            receipts.push(
+                rx.recv()
+                    .map_err(|_| Error::Invalid("the audit batch was abandoned".into()))??,
+            );
+        }
+        Ok(receipts)
+    }
+
+    /// Seals `events`, on every core when there are many (a search that
+    /// reached many patients): each new reader policy costs an ABE
+    /// encryption.
+    fn seal_all(&self, events: &[AuditEvent]) -> Result<Vec<Vec<u8>>, Error>
+    where
+        S: Send + Sync,
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if events.len() < 16 || cores == 1 {
+            return events.iter().map(|e| self.seal(e)).collect();
+        }
+        let per_thread = events.len().div_ceil(cores);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = events
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|e| self.seal(e))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut sealed = Vec::with_capacity(events.len());
+            for part in parts {
+                sealed.extend(
+                    part.join()
+                        .map_err(|_| Error::Invalid("sealing an event panicked".into()))??,
+                );
+            }
+            Ok(sealed)
+        })
     }
 
     /// Seals an event, reusing a recent encapsulation for its reader policy:
@@ -306,7 +369,10 @@ impl<S: LogStore> AuditTrail<S> {
                     queue.leader = false;
                     return;
                 }
-                std::mem::take(&mut queue.pending)
+                // At most one append's worth: a flood of queued events
+                // fills several batches instead of failing them all.
+                let n = queue.pending.len().min(crate::log::MAX_BATCH);
+                queue.pending.drain(..n).collect::<Vec<_>>()
             };
             match self.commit(&batch) {
                 Ok(receipts) => {
@@ -332,11 +398,13 @@ impl<S: LogStore> AuditTrail<S> {
         let (range, leaves) = self.log.append_about(&entries, &subjects)?;
         let checkpoint = self.log.checkpoint()?;
         let size = crate::log::peek_checkpoint(&checkpoint)?.size;
+        // Every receipt's proof in one read of the tree.
+        let indices: Vec<u64> = range.clone().collect();
+        let proofs = self.log.prove_inclusions(&indices, size)?;
         batch
             .iter()
-            .zip(range.zip(leaves))
-            .map(|(p, (index, leaf))| {
-                let proof = self.log.prove_inclusion(index, size)?;
+            .zip(range.zip(leaves).zip(proofs))
+            .map(|(p, ((index, leaf), proof))| {
                 let mut receipt = Receipt {
                     service: self.service.clone(),
                     request: B64.encode(p.request),

@@ -177,7 +177,7 @@ impl KeyAuthority {
             .store
             .identity(caller)
             .map_err(store_error)?
-            .is_some_and(|i| i.kind == "patient");
+            .is_some_and(|i| i.kind == crate::facts::PATIENT_KIND);
         if !is_patient {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -229,3 +229,6 @@ pub const SERVICE_KIND: &str = "service";
 pub fn in_process(authority: &Arc<KeyAuthority>) -> Arc<dyn FactsSource> {
     authority.clone()
 }
+
+/// The directory kind of patients.
+pub const PATIENT_KIND: &str = "patient";

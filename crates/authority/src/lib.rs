@@ -80,6 +80,9 @@ pub struct KeyAuthority {
     emergency_seconds: i64,
     mitra: asclepios_crypto::sse::Mitra,
     search_roles: Vec<String>,
+    /// Roles whose holders search every patient's records (see
+    /// [`KeyAuthority::with_cross_patient_search`]).
+    cross_patient_search_roles: Vec<String>,
     slot_sealer: stats::SlotSealer,
     attestation: attestation::Attestation,
     /// Whether the integrity alarm has been written to the audit log.
@@ -144,6 +147,7 @@ impl KeyAuthority {
             public_key_hex,
             emergency_seconds: i64::try_from(emergency_seconds).unwrap_or(3600),
             search_roles,
+            cross_patient_search_roles: Vec::new(),
             slot_sealer: stats::SlotSealer::new(stats_key),
             attestation: Default::default(),
             alarm_logged: Default::default(),

@@ -62,8 +62,14 @@ pub fn openapi_document() -> serde_json::Value {
                 &[("id", In::Path, true)], None, answer(),
             )},
             "/v1/search/tokens": {"post": operation(
-                "Search tokens for keywords (search roles only).",
-                &[], Some(object(&[("keywords", strings(64))], &[])), answer(),
+                "Search tokens for a query (groups of keywords: every group must match, any \
+                 keyword of a group may), over the searcher's circle (search roles only).",
+                &[],
+                Some(object(&[(
+                    "groups",
+                    array(strings(search::MAX_TOKEN_KEYWORDS), search::MAX_TOKEN_KEYWORDS),
+                )], &[])),
+                answer(),
             )},
             "/v1/search/index": {"post": operation(
                 "Index a record under keywords (its latest author or its patient).",

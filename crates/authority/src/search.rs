@@ -1,23 +1,56 @@
 //! Search through the authority: it holds the Mitra secret and every
-//! keyword's counters (sealed, in the store), turns an authorised user's
-//! keywords into tokens, and turns a writer's record keywords into index
+//! keyword's counters (sealed, in its own store), turns an authorised
+//! user's query into tokens, and turns a writer's record keywords into index
 //! entries. The record service only ever sees addresses and sealed values.
 //!
-//! * `POST /v1/search/tokens`: for each keyword, its tokens (addresses and
-//!   value keys). A keyword whose list has grown since its last compaction is
-//!   compacted first, so the tokens follow the live result set.
+//! * `POST /v1/search/tokens`: a query's tokens (addresses and value keys)
+//!   for the patients the searcher may search. A list that has grown since
+//!   its last compaction is compacted first, so the tokens follow the live
+//!   result set.
 //! * `POST /v1/search/index`: the keywords a record is now indexed under.
 //!   The authority remembers (sealed) each record's keywords, so it writes
 //!   adds for new ones and deletes for dropped ones; an empty list removes
 //!   the record from the index (after an erasure).
 //!
-//! The keyword states live in the authority's store, the entries in the
-//! record service's ([`RecordAccess`]). An update writes its entries first
-//! and then swaps the states (a compare-and-swap, [`Store::sse_apply`]),
-//! under one lock: no two updates compute the same addresses, and a crash
-//! between the two halves leaves only entries no state reaches, which the
-//! next update writes over. A compaction removes the entries it replaced
-//! after the swap.
+//! # The index is keyed per patient
+//!
+//! A record of patient `p` is filed under [`scoped_keyword`]`(p, k)` for
+//! each of its keywords `k`: every (patient, keyword) pair is a Mitra list
+//! of its own, with its own counters and its own addresses. A token opens
+//! one patient's list and nothing else, so the authority decides, patient by
+//! patient, whose records a search can reach:
+//!
+//! * the searcher's circle: the patients it holds `patient:`, `care-team:`,
+//!   `consent:` or live `emergency:` attributes for, at the time of the
+//!   request;
+//! * every patient in the directory, for a holder of one of the configured
+//!   cross-patient roles (a registry);
+//! * a query that names patients (`patient:<p>`) must name patients of
+//!   that scope only (403 otherwise, whatever else it names), and then
+//!   covers those patients alone.
+//!
+//! Tokens go only to the patients of that scope with an entry for every
+//! group of the query, and each of them finds the search in their access
+//! list (one audit event per patient reached, in one batch).
+//!
+//! What each party learns:
+//!
+//! * the authority: the query's keywords, who searched and which patients
+//!   the search could reach (it is trusted with all three);
+//! * the record service: per search, the set of addresses read, in sorted
+//!   order (not grouped by keyword or patient), and which of them it wrote
+//!   when (so, by timing, which write each one came from: the access
+//!   pattern every SSE scheme leaks); never a keyword or a record id;
+//! * the searcher: the ids of matching records of patients in its scope,
+//!   not their content (its ABE key decides that).
+//!
+//! The keyword states and the Mitra key live in the authority's store and
+//! key files alone, the entries in the record service's
+//! ([`RecordAccess`]). An update writes its entries first and then swaps the
+//! states (a compare-and-swap, [`Store::sse_apply`]), under one lock: no two
+//! updates compute the same addresses, and a crash between the two halves
+//! leaves only entries no state reaches, which the next update writes over.
+//! A compaction removes the entries it replaced after the swap.
 
 use crate::blocking;
 use crate::search;
@@ -145,6 +178,51 @@ pub fn check_keywords(keywords: &[String], max: usize) -> Result<(), ApiError> {
 /// Most keywords one token request may name.
 pub const MAX_TOKEN_KEYWORDS: usize = MAX_QUERY_KEYWORDS;
 
+/// How many distinct keywords a query names.
+pub fn keyword_count(groups: &[Vec<String>]) -> usize {
+    groups.iter().flatten().collect::<BTreeSet<_>>().len()
+}
+
+/// The keyword a record of `patient` is filed under in the index for its
+/// keyword `keyword`: the index is keyed per patient (see the module docs).
+/// Patient pseudonyms hold no `/`, so the first one splits the two.
+pub fn scoped_keyword(patient: &str, keyword: &str) -> String {
+    format!("{patient}/{keyword}")
+}
+
+/// The keywords a record of `patient` is filed under.
+pub fn scoped_keywords(patient: &str, keywords: &[String]) -> Vec<String> {
+    keywords
+        .iter()
+        .map(|k| scoped_keyword(patient, k))
+        .collect()
+}
+
+/// A query's tokens (see [`SearchIndex::query_tokens`]).
+pub struct QueryTokens {
+    /// Each distinct keyword (sorted) and its tokens, encoded.
+    pub lists: Vec<(String, Zeroizing<Vec<u8>>)>,
+    /// The patients whose lists gave tokens, sorted.
+    pub reached: Vec<String>,
+}
+
+impl std::fmt::Debug for QueryTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QueryTokens(<tokens redacted>, {} reached)",
+            self.reached.len()
+        )
+    }
+}
+
+fn too_many() -> Failure {
+    Failure::Api(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "this keyword matches too many records to search for on its own: add a narrower term",
+    ))
+}
+
 impl<'a> SearchIndex<'a> {
     /// The index with `mitra`'s keys, its keyword states in `store` and its
     /// entries in `records`. Entries are written before the states that
@@ -182,7 +260,8 @@ impl<'a> SearchIndex<'a> {
         Ok((state, sealed))
     }
 
-    /// Tokens for `keyword`, compacting it first when its list calls for it.
+    /// Tokens for `keyword` (as filed: see [`scoped_keyword`]), compacting
+    /// it first when its list calls for it.
     pub fn tokens(&self, keyword: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         retried(|| {
             let _one_at_a_time = self.exclusive();
@@ -191,12 +270,93 @@ impl<'a> SearchIndex<'a> {
                 self.compact(keyword, &mut state, sealed)?;
             }
             if state.entries() > sse::MAX_TOKENS as u64 {
-                return Err(Failure::Api(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "this keyword matches too many records to search for on its own: add a narrower term",
-                )));
+                return Err(too_many());
             }
             Ok(sse::encode_tokens(&self.mitra.tokens(keyword, &state)))
+        })
+    }
+
+    /// The tokens of a query (`groups`: see [`TokenRequest`]) over the
+    /// patients of `scope`. A patient is reached when each group has a
+    /// keyword with entries in that patient's lists; only reached patients'
+    /// lists give tokens. One keyword's tokens are its lists of the reached
+    /// patients, one after the other (their ids differ, so a replay of the
+    /// whole gives the union).
+    pub fn query_tokens(
+        &self,
+        groups: &[Vec<String>],
+        scope: &BTreeSet<String>,
+    ) -> Result<QueryTokens, ApiError> {
+        let keywords: Vec<&str> = groups
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        retried(|| {
+            let _one_at_a_time = self.exclusive();
+            let rows: Vec<[u8; 16]> = scope
+                .iter()
+                .flat_map(|p| {
+                    keywords
+                        .iter()
+                        .map(move |k| self.mitra.state_row(&scoped_keyword(p, k)))
+                })
+                .collect();
+            let mut sealed = self
+                .store
+                .sse_state(&rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>())?
+                .into_iter();
+            let mut lists: Vec<Vec<sse::Token>> = vec![Vec::new(); keywords.len()];
+            let mut reached = Vec::new();
+            for (patient, rows) in scope.iter().zip(rows.chunks(keywords.len())) {
+                let mut states = Vec::with_capacity(keywords.len());
+                for row in rows {
+                    let sealed = sealed.next().flatten();
+                    let state = match &sealed {
+                        Some(bytes) => self
+                            .mitra
+                            .open_state(row, bytes)
+                            .map_err(|e| corrupt("keyword state", e))?,
+                        None => KeywordState::default(),
+                    };
+                    states.push((state, sealed));
+                }
+                let has = |k: &String| {
+                    keywords
+                        .binary_search(&k.as_str())
+                        .is_ok_and(|i| states[i].0.entries() > 0)
+                };
+                if !groups.iter().all(|g| g.iter().any(has)) {
+                    continue;
+                }
+                reached.push(patient.clone());
+                for ((keyword, (state, sealed)), list) in
+                    keywords.iter().zip(states).zip(&mut lists)
+                {
+                    let mut state = state;
+                    if state.entries() == 0 {
+                        continue;
+                    }
+                    let filed = scoped_keyword(patient, keyword);
+                    if state.should_compact() {
+                        self.compact(&filed, &mut state, sealed)?;
+                    }
+                    list.extend(self.mitra.tokens(&filed, &state));
+                    if list.len() > sse::MAX_TOKENS {
+                        return Err(too_many());
+                    }
+                }
+            }
+            Ok(QueryTokens {
+                lists: keywords
+                    .iter()
+                    .zip(&lists)
+                    .map(|(k, tokens)| (k.to_string(), sse::encode_tokens(tokens)))
+                    .collect(),
+                reached,
+            })
         })
     }
 
@@ -386,16 +546,117 @@ fn shuffle<T>(items: &mut [T]) {
     }
 }
 
-/// The tokens of a keyword list, base64 for the JSON answer.
-pub fn token_lists(index: &SearchIndex<'_>, keywords: &[String]) -> Result<TokenLists, ApiError> {
-    let mut lists = Vec::with_capacity(keywords.len());
-    for k in keywords {
-        lists.push(KeywordTokens {
-            keyword: k.clone(),
-            tokens: B64.encode(&*index.tokens(k)?),
-        });
+/// Checks a query's shape: at least one group, no empty group, at most
+/// [`MAX_TOKEN_KEYWORDS`] keywords in all, each well formed, and every
+/// patient it names a well-formed pseudonym.
+pub fn check_query(groups: &[Vec<String>]) -> Result<(), ApiError> {
+    if groups.is_empty() || groups.iter().any(Vec::is_empty) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a query needs at least one group, and no group may be empty",
+        ));
     }
-    Ok(TokenLists { lists })
+    if groups.len() > MAX_TOKEN_KEYWORDS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_TOKEN_KEYWORDS} keywords per request"),
+        ));
+    }
+    let keywords: Vec<String> = groups.iter().flatten().cloned().collect();
+    check_keywords(&keywords, MAX_TOKEN_KEYWORDS)?;
+    if let Some(p) = named_patients(groups)
+        .into_iter()
+        .find(|p| asclepios_net::pki::check_identity_id(p).is_err())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`patient:{}` names no pseudonym (1 to 128 letters, digits, '-', '_' or '.')",
+                asclepios_service::shown(p)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The patients a query names (`patient:<p>` keywords).
+fn named_patients(groups: &[Vec<String>]) -> BTreeSet<&str> {
+    groups
+        .iter()
+        .flatten()
+        .filter_map(|k| k.strip_prefix("patient:"))
+        .collect()
+}
+
+/// Most (patient, keyword) lists one search may look at: a circle of 1,000
+/// patients with 200 keywords (a date range of a few years), or a registry
+/// over 100,000 patients with two.
+pub const MAX_SEARCH_LISTS: usize = 200_000;
+
+/// Most patients one search may reach: each gets an audit event, all in one
+/// batch.
+pub const MAX_REACHED: usize = 20_000;
+
+/// A query as an audit event shows it: groups joined by `and`, a group's
+/// keywords by `or`; for the event of patient `to`, another patient a
+/// query names shows as `patient:(another)`. At most 1,000 characters.
+fn shown_query(groups: &[Vec<String>], to: Option<&str>) -> String {
+    let mut out = String::new();
+    for (i, group) in groups.iter().enumerate() {
+        for (j, k) in group.iter().enumerate() {
+            if out.len() > 1000 {
+                break;
+            }
+            out.push_str(match (i, j) {
+                (0, 0) => "",
+                (_, 0) => " and ",
+                _ => " or ",
+            });
+            match (k.strip_prefix("patient:"), to) {
+                (Some(p), Some(to)) if p != to => out.push_str("patient:(another)"),
+                _ => out.push_str(k),
+            }
+        }
+    }
+    out.chars().take(1000).collect()
+}
+
+/// Whose records a searcher may search.
+#[derive(Debug)]
+enum SearchCircle {
+    /// The patients of its circle attributes, each with whether only a
+    /// break-glass grant puts it there.
+    Patients(BTreeMap<String, bool>),
+    /// Every patient (a cross-patient role).
+    Everyone,
+}
+
+impl SearchCircle {
+    fn contains(&self, patient: &str) -> bool {
+        match self {
+            SearchCircle::Patients(p) => p.contains_key(patient),
+            SearchCircle::Everyone => true,
+        }
+    }
+
+    /// Whether only a break-glass grant puts `patient` in it.
+    fn by_emergency(&self, patient: &str) -> bool {
+        match self {
+            SearchCircle::Patients(p) => p.get(patient).copied().unwrap_or(false),
+            SearchCircle::Everyone => false,
+        }
+    }
+}
+
+/// What the audit events of a search are made from.
+#[derive(Default)]
+struct SearchFacts {
+    /// The caller may search and the query is well formed: patients it
+    /// names hear of it even if it is refused.
+    vetted: bool,
+    /// The patients a well-formed query names that the directory knows.
+    named: Vec<String>,
+    circle: Option<SearchCircle>,
 }
 
 impl KeyAuthority {
@@ -403,36 +664,126 @@ impl KeyAuthority {
         search::SearchIndex::new(&self.mitra, &self.store, &*self.records, &self.index_lock)
     }
 
+    /// Lets holders of `roles` (e.g. `role:registry`) search every
+    /// patient's records; each such search is logged to every patient it
+    /// reaches.
+    pub fn with_cross_patient_search(mut self, roles: Vec<String>) -> Self {
+        self.cross_patient_search_roles = roles;
+        self
+    }
+
+    fn search_circle(&self, held: &[String]) -> SearchCircle {
+        if held.iter().any(|a| {
+            self.cross_patient_search_roles
+                .iter()
+                .any(|r| r == attribute_name(a))
+        }) {
+            SearchCircle::Everyone
+        } else {
+            SearchCircle::Patients(asclepios_service::circle_patients(held))
+        }
+    }
+
+    /// Every patient in the directory, for a cross-patient search.
+    fn all_patients(&self) -> Result<BTreeSet<String>, ApiError> {
+        Ok(self
+            .store
+            .identities()
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|i| i.kind == crate::facts::PATIENT_KIND)
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Which of `names` the directory knows as patients.
+    fn known_patients(&self, names: BTreeSet<&str>) -> Result<Vec<String>, ApiError> {
+        let mut known = Vec::new();
+        for name in names {
+            if self
+                .store
+                .identity(name)
+                .map_err(store_error)?
+                .is_some_and(|i| i.kind == crate::facts::PATIENT_KIND)
+            {
+                known.push(name.to_string());
+            }
+        }
+        Ok(known)
+    }
+
+    /// The patients a query covers: those its patient-only groups name (all
+    /// in the circle, or 403), else the whole circle.
+    fn search_scope(
+        &self,
+        caller: &str,
+        circle: &SearchCircle,
+        groups: &[Vec<String>],
+    ) -> Result<BTreeSet<String>, ApiError> {
+        let outside: Vec<&str> = named_patients(groups)
+            .into_iter()
+            .filter(|p| !circle.contains(p))
+            .collect();
+        if !outside.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "`{caller}` may not search the records of {}: it is not the patient, on the \
+                     care team, consented or in an emergency",
+                    asclepios_service::shown(&outside.join(", "))
+                ),
+            ));
+        }
+        let mut scope: Option<BTreeSet<String>> = None;
+        for group in groups {
+            let named: Option<BTreeSet<String>> = group
+                .iter()
+                .map(|k| k.strip_prefix("patient:").map(str::to_string))
+                .collect();
+            if let Some(named) = named {
+                scope = Some(match scope {
+                    None => named,
+                    Some(s) => s.intersection(&named).cloned().collect(),
+                });
+            }
+        }
+        let scope = match (scope, circle) {
+            (Some(named), _) => named,
+            (None, SearchCircle::Patients(p)) => p.keys().cloned().collect(),
+            (None, SearchCircle::Everyone) => self.all_patients()?,
+        };
+        let lists = scope.len().saturating_mul(search::keyword_count(groups));
+        if lists > MAX_SEARCH_LISTS {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "this query would read {lists} keyword lists ({} patients x {} keywords), more \
+                     than {MAX_SEARCH_LISTS}: name the patient, or narrow the date range",
+                    scope.len(),
+                    search::keyword_count(groups)
+                ),
+            ));
+        }
+        Ok(scope)
+    }
+
     /// Search tokens for an authorised caller: an active identity holding
-    /// one of the search roles. A search result names records (patient and
-    /// id) whatever the caller's key opens, so search is a role of its own.
+    /// one of the search roles, for the patients of its circle (see the
+    /// module docs).
+    ///
+    /// Audit: one event for auditors with the whole query and how many
+    /// patients it reached; one for each patient it reached or named (named
+    /// patients hear of a refused query too, once the caller is known to
+    /// hold a search role and the query is well formed, so that nobody can
+    /// fill a patient's access list with malformed requests).
     pub(crate) fn search_tokens(
         &self,
         caller: &asclepios_net::pki::PeerIdentity,
         v: &Verified,
         req: search::TokenRequest,
     ) -> Result<WithReceipt<search::TokenLists>, ApiError> {
-        // The audit event names the keywords (it is sealed to auditors); a
-        // search for one patient's records is also shown to that patient.
-        let shown: String = req.keywords.join(" and ").chars().take(1000).collect();
-        let patients: BTreeSet<&str> = req
-            .keywords
-            .iter()
-            .filter_map(|k| k.strip_prefix("patient:"))
-            .filter(|p| asclepios_net::pki::check_identity_id(p).is_ok())
-            .collect();
-        let patient = (patients.len() == 1).then(|| *patients.first().expect("one"));
-        let event = |outcome| {
-            AuditEvent::new(
-                &caller.id,
-                Action::Search,
-                format!("search: {shown}"),
-                patient,
-                outcome,
-                Some(v.signature.clone()),
-            )
-        };
-        let checks = || -> Result<search::TokenLists, ApiError> {
+        let mut facts = SearchFacts::default();
+        let mut checks = || -> Result<(search::TokenLists, Vec<String>), ApiError> {
             self.active(&caller.id)?;
             self.require_attested(caller)?;
             let held = self.current_attributes(&caller.id)?;
@@ -445,10 +796,74 @@ impl KeyAuthority {
                     format!("searching needs one of: {}", self.search_roles.join(", ")),
                 ));
             }
-            search::check_keywords(&req.keywords, search::MAX_TOKEN_KEYWORDS)?;
-            search::token_lists(&self.index(), &req.keywords)
+            search::check_query(&req.groups)?;
+            facts.vetted = true;
+            facts.named = self.known_patients(named_patients(&req.groups))?;
+            let circle = facts.circle.insert(self.search_circle(&held));
+            let scope = self.search_scope(&caller.id, circle, &req.groups)?;
+            let found = self.index().query_tokens(&req.groups, &scope)?;
+            if found.reached.len() > MAX_REACHED {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "this query reaches {} patients, more than {MAX_REACHED}: narrow it",
+                        found.reached.len()
+                    ),
+                ));
+            }
+            let lists = search::TokenLists {
+                lists: found
+                    .lists
+                    .iter()
+                    .map(|(keyword, tokens)| search::KeywordTokens {
+                        keyword: keyword.clone(),
+                        tokens: B64.encode(&**tokens),
+                    })
+                    .collect(),
+                reached: found.reached.len(),
+            };
+            Ok((lists, found.reached))
         };
-        asclepios_service::log_outcome(&self.trail, v, checks(), event)
+        let result = checks();
+        let logged =
+            asclepios_service::log_outcome_to_all(&self.trail, v, result, |outcome, ok| {
+                let event = |patient: Option<&str>, detail: &str| {
+                    let mut event = AuditEvent::new(
+                        &caller.id,
+                        Action::Search,
+                        format!("search: {}{detail}", shown_query(&req.groups, patient)),
+                        patient,
+                        outcome,
+                        Some(v.signature.clone()),
+                    );
+                    if let (Some(p), Some(circle)) = (patient, &facts.circle) {
+                        if circle.by_emergency(p) {
+                            event.emergency = true;
+                            event.purpose = "ETREAT".into();
+                        }
+                    }
+                    event
+                };
+                // For auditors: the whole query, and its reach.
+                let reached = ok.map(|(_, r)| r.len());
+                let mut events = vec![event(
+                    None,
+                    &reached.map_or(String::new(), |n| format!(" ({n} patients reached)")),
+                )];
+                if facts.vetted {
+                    let mut concerned: BTreeSet<&str> =
+                        facts.named.iter().map(String::as_str).collect();
+                    if let Some((_, reached)) = ok {
+                        concerned.extend(reached.iter().map(String::as_str));
+                    }
+                    events.extend(concerned.into_iter().map(|p| event(Some(p), "")));
+                }
+                events
+            })?;
+        Ok(WithReceipt {
+            result: logged.result.0,
+            receipt: logged.receipt,
+        })
     }
 
     /// Indexes a record under the keywords its writer derived. Only the
@@ -512,7 +927,8 @@ impl KeyAuthority {
             Ok(())
         };
         let id = asclepios_api::records::search_ref(&req.patient, &req.record_id);
-        let result = checks().and_then(|()| self.index().set_keywords(&id, &req.keywords));
+        let filed = search::scoped_keywords(&req.patient, &req.keywords);
+        let result = checks().and_then(|()| self.index().set_keywords(&id, &filed));
         let detail = result.as_ref().map_or(String::new(), |o| {
             format!(": +{} -{} keywords", o.added, o.removed)
         });
@@ -619,5 +1035,70 @@ mod tests {
         assert!(index
             .set_keywords_many(&[(id.clone(), vec![]), (id, vec![])])
             .is_err());
+    }
+
+    #[test]
+    fn a_query_reaches_only_its_scope_and_patients_matching_every_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("s.db")).unwrap();
+        let mitra = Mitra::new(&SseKey::from_bytes([5; 32]));
+        let records = crate::record_access::LocalRecords(store.clone());
+        let lock = Mutex::new(());
+        let index = SearchIndex::new(&mitra, &store, &records, &lock);
+        // Three patients with a condition each; only pat-b and pat-c have
+        // an observation.
+        for (patient, kinds) in [
+            ("pat-a", &["type:Condition"][..]),
+            ("pat-b", &["type:Condition", "type:Observation"][..]),
+            ("pat-c", &["type:Condition", "type:Observation"][..]),
+        ] {
+            for kind in kinds {
+                let id = asclepios_api::records::search_ref(patient, kind);
+                let kws = vec![kind.to_string(), format!("patient:{patient}")];
+                index
+                    .set_keywords(&id, &scoped_keywords(patient, &kws))
+                    .unwrap();
+            }
+        }
+        let run = |groups: &[&[&str]], scope: &[&str]| {
+            let groups: Vec<Vec<String>> = groups
+                .iter()
+                .map(|g| g.iter().map(|k| k.to_string()).collect())
+                .collect();
+            let scope: BTreeSet<String> = scope.iter().map(|p| p.to_string()).collect();
+            let found = index.query_tokens(&groups, &scope).unwrap();
+            let mut ids = Vec::new();
+            for (_, bytes) in &found.lists {
+                let tokens = sse::decode_tokens(bytes).unwrap();
+                let addrs: Vec<Vec<u8>> = tokens.iter().map(|t| t.addr.to_vec()).collect();
+                let values = index.records.index_get(&addrs).unwrap();
+                ids.extend(sse::open_results(&tokens, &values).unwrap().ids);
+            }
+            ids.sort();
+            ids.dedup();
+            let ids: Vec<String> = ids
+                .into_iter()
+                .map(|id| String::from_utf8(id).unwrap())
+                .collect();
+            (found.reached, ids)
+        };
+        // Out of scope, a patient's lists are never touched.
+        let (reached, ids) = run(&[&["type:Condition"]], &["pat-a", "pat-b"]);
+        assert_eq!(reached, ["pat-a", "pat-b"]);
+        assert_eq!(ids.len(), 2);
+        assert!(ids.iter().all(|id| !id.contains("pat-c")), "{ids:?}");
+        // A patient with nothing for one group is not reached at all.
+        let (reached, ids) = run(
+            &[&["type:Condition"], &["type:Observation"]],
+            &["pat-a", "pat-b", "pat-c"],
+        );
+        assert_eq!(reached, ["pat-b", "pat-c"]);
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        // An empty scope reaches nobody; unknown keywords neither.
+        assert!(run(&[&["type:Condition"]], &[]).0.is_empty());
+        assert!(run(&[&["code:none"]], &["pat-a"]).0.is_empty());
+        // The same keyword filed for one patient is not another's.
+        let (reached, _) = run(&[&["patient:pat-a"]], &["pat-b"]);
+        assert!(reached.is_empty());
     }
 }

@@ -181,10 +181,34 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         ),
         Ok(_) => story.expect(false, "the researcher searched"),
     }
-
-    story.section("12. Revocation: the nurse leaves the care team");
+    // A search covers the searcher's circle: the nurse is on the first
+    // patient's care team only.
+    let other = bundles[1].patient_id().to_string();
     let mut nurse = connect("nurse-ward")?;
     nurse.refresh_key().await?;
+    let found = nurse.search("type:Condition").await?;
+    story.expect(
+        found.iter().all(|m| m.patient == pid),
+        &format!(
+            "the nurse searches `type:Condition`: {} matches, all of her own patient's, none of {other}'s",
+            found.len()
+        ),
+    );
+    match nurse
+        .search(&format!("patient:{other} and type:Condition"))
+        .await
+    {
+        Err(e) => story.expect(
+            true,
+            &format!(
+                "naming a patient outside her circle is refused ({}), and {other} sees the attempt",
+                refused(&e)
+            ),
+        ),
+        Ok(_) => story.expect(false, "the nurse searched another patient's records"),
+    }
+
+    story.section("12. Revocation: the nurse leaves the care team");
     story.expect(
         nurse.get_record(&pid, &record).await.is_ok(),
         "before: the nurse reads it",

@@ -185,6 +185,11 @@ enum Command {
     /// organization:st-mary; a date range date:2024-01..2024-03 (or with days) matches any
     /// day in it. The record service sees neither the keywords nor the results.
     ///
+    /// A search covers your circle only: the patients you are, care for, were consented to by
+    /// or broke the glass for (or every patient, for a role the deployment lists under
+    /// [search] cross_patient_roles). Naming a patient outside it is refused. Each patient a
+    /// search reaches sees it in their access list (`asclepios audit --as <patient>`).
+    ///
     /// Example: asclepios search --as dr-heart 'code:http://loinc.org|8480-6 and date:2024-01..2024-06'
     Search {
         #[command(flatten)]

@@ -379,9 +379,15 @@ async fn crash_and_check(postgres: bool) {
 
     // The store itself: no orphaned wrapper, no version without its wrapper,
     // and the index entries are exactly those the keyword states describe.
+    // (As the authority files them: per patient.)
     let keywords: BTreeSet<String> = writes
         .iter()
-        .flat_map(|w| asclepios_client::search::record_keywords(&w.patient, &w.resource))
+        .flat_map(|w| {
+            asclepios_authority::search::scoped_keywords(
+                &w.patient,
+                &asclepios_client::search::record_keywords(&w.patient, &w.resource),
+            )
+        })
         .collect();
     let stores = Stores {
         authority: (dir.clone(), postgres.then(|| schema.clone())),

@@ -58,15 +58,25 @@ impl Client {
     }
 
     /// The records matching `query` (e.g. `code:http://loinc.org|8480-6 and
-    /// date:2024-01..2024-03`), sorted. Matching says nothing of whether this
-    /// identity's key opens them: read them to find out.
+    /// date:2024-01..2024-03`), sorted. The search covers the patients of
+    /// this identity's circle (or those the query names, who must be in
+    /// it); each patient it reaches sees it in their access list. Matching
+    /// says nothing of whether this identity's key opens them: read them to
+    /// find out.
     pub async fn search(&self, query: &str) -> Result<Vec<Match>, ClientError> {
         let query = Query::parse(query).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let keywords: Vec<String> = query.keywords().into_iter().map(String::from).collect();
+        let request = TokenRequest {
+            groups: query
+                .groups
+                .iter()
+                .map(|g| g.iter().cloned().collect())
+                .collect(),
+        };
+        let keywords: Vec<String> = request.keywords().into_iter().map(String::from).collect();
         let mut attempt = 0;
         let found = loop {
             attempt += 1;
-            match self.search_keywords(&keywords).await {
+            match self.search_keywords(&request, &keywords).await {
                 Err(ClientError::Search(SseError::Missing(_))) if attempt < ATTEMPTS => continue,
                 other => break other?,
             }
@@ -97,13 +107,20 @@ impl Client {
             .collect()
     }
 
-    /// The ids each keyword matches, in the order given.
-    async fn search_keywords(&self, keywords: &[String]) -> Result<Vec<Vec<Vec<u8>>>, ClientError> {
-        let body = to_json(&TokenRequest {
-            keywords: keywords.to_vec(),
-        })?;
+    /// The ids each of `keywords` (the request's, sorted) matches, in that
+    /// order.
+    async fn search_keywords(
+        &self,
+        request: &TokenRequest,
+        keywords: &[String],
+    ) -> Result<Vec<Vec<Vec<u8>>>, ClientError> {
         let (lists, _): (TokenLists, _) = self
-            .call_with_receipt("authority", Method::POST, "/v1/search/tokens", body)
+            .call_with_receipt(
+                "authority",
+                Method::POST,
+                "/v1/search/tokens",
+                to_json(request)?,
+            )
             .await?;
         if lists.lists.len() != keywords.len()
             || lists
@@ -124,15 +141,15 @@ impl Client {
             );
             per_keyword.push(sse::decode_tokens(&bytes)?);
         }
-        let addrs: Vec<String> = per_keyword
-            .iter()
-            .flatten()
-            .map(|t| B64.encode(t.addr))
-            .collect();
-        let mut values = Vec::with_capacity(addrs.len());
+        // The record service gets the addresses sorted, once each: not in
+        // lists by keyword or patient, which their order would show.
+        let addrs: BTreeSet<[u8; sse::ADDR_LEN]> =
+            per_keyword.iter().flatten().map(|t| t.addr).collect();
+        let addrs: Vec<[u8; sse::ADDR_LEN]> = addrs.into_iter().collect();
+        let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(addrs.len());
         for page in addrs.chunks(MAX_LOOKUP) {
             let body = to_json(&IndexLookup {
-                addrs: page.to_vec(),
+                addrs: page.iter().map(|a| B64.encode(a)).collect(),
             })?;
             let (answer, _): (IndexValues, _) = self
                 .call_with_receipt("records", Method::POST, "/v1/search", body)
@@ -150,12 +167,18 @@ impl Client {
                 );
             }
         }
-        let mut rest = values.as_slice();
         let mut out = Vec::with_capacity(keywords.len());
         for tokens in &per_keyword {
-            let (mine, tail) = rest.split_at(tokens.len());
-            rest = tail;
-            out.push(sse::open_results(tokens, mine)?.ids);
+            let mine: Vec<Option<&[u8]>> = tokens
+                .iter()
+                .map(|t| {
+                    let at = addrs
+                        .binary_search(&t.addr)
+                        .expect("every address was asked");
+                    values[at].as_deref()
+                })
+                .collect();
+            out.push(sse::open_results(tokens, &mine)?.ids);
         }
         Ok(out)
     }

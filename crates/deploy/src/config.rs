@@ -137,16 +137,21 @@ impl AttestationConfig {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchConfig {
-    /// Attributes that allow searching (any one suffices). A search result
-    /// names records, patient included, whether or not the searcher's key
-    /// opens them: give it to roles that work across patients.
+    /// Attributes that allow searching (any one suffices). A search covers
+    /// the searcher's circle only: the patients whose `patient:`,
+    /// `care-team:`, `consent:` or live `emergency:` attribute it holds.
     pub roles: Vec<String>,
+    /// Attributes whose holders search every patient's records (e.g.
+    /// `role:registry`); each patient such a search reaches sees it in
+    /// their access list. Holders also need one of `roles`. None by default.
+    pub cross_patient_roles: Vec<String>,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig {
             roles: vec!["role:doctor".into(), "role:nurse".into(), "role:lab".into()],
+            cross_patient_roles: Vec::new(),
         }
     }
 }

@@ -345,6 +345,7 @@ fn open_authority(
         cfg.emergency.grant_seconds,
         cfg.search.roles.clone(),
     )
+    .with_cross_patient_search(cfg.search.cross_patient_roles.clone())
     .with_attestation(source, gate)
     .with_naming_secret(keys::naming_secret(dir)?)
     .with_witness(witness)

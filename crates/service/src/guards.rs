@@ -9,6 +9,11 @@ use axum::http::StatusCode;
 use sha2::Digest;
 use sha2::Sha256;
 
+/// The attribute namespaces that put their holder in a patient's circle:
+/// `patient:<p>` (the patient), `care-team:<p>`, `consent:<p>` and
+/// `emergency:<p>` (a live break-glass grant).
+const CIRCLE_NAMESPACES: [&str; 4] = ["patient", "care-team", "consent", "emergency"];
+
 /// Whether attributes `held` put their holder in `patient`'s circle: the
 /// patient, the care team, a consented party, an emergency grant, or one of
 /// `also` (e.g. `role:lab`). Versions are ignored; whole attributes compare.
@@ -16,10 +21,30 @@ pub fn in_circle(held: &[String], patient: &str, also: &[&str]) -> bool {
     held.iter().any(|a| {
         let a = asclepios_crypto::policy::attribute_name(a);
         also.contains(&a)
-            || ["patient", "care-team", "consent", "emergency"]
+            || CIRCLE_NAMESPACES
                 .iter()
                 .any(|ns| a == format!("{ns}:{patient}"))
     })
+}
+
+/// The patients whose circle attributes `held` put their holder in (see
+/// [`in_circle`]; roles such as `role:lab` do not count), each with whether
+/// only a break-glass grant puts it there. Values that are not pseudonyms
+/// are left out.
+pub fn circle_patients(held: &[String]) -> std::collections::BTreeMap<String, bool> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in held {
+        let Some((ns, patient)) = asclepios_crypto::policy::attribute_name(a).split_once(':')
+        else {
+            continue;
+        };
+        if CIRCLE_NAMESPACES.contains(&ns) && asclepios_net::pki::check_identity_id(patient).is_ok()
+        {
+            let emergency_only = out.entry(patient.to_string()).or_insert(true);
+            *emergency_only &= ns == "emergency";
+        }
+    }
+    out
 }
 
 /// The caller must be in the directory and active (403 otherwise).

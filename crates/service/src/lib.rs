@@ -17,12 +17,12 @@ use asclepios_net::server::ApiError;
 use asclepios_store::StoreError;
 use axum::http::StatusCode;
 pub use guards::{
-    check_attested, identity_key_sha256, in_circle, require_active, require_registered_key,
-    PeerCaller,
+    check_attested, circle_patients, identity_key_sha256, in_circle, require_active,
+    require_registered_key, PeerCaller,
 };
 pub use outcome::{
-    audit_consistency, audit_outcome, audit_slice, log_event, log_outcome, shown, ConsistencyQuery,
-    SliceQuery, MAX_AUDIT_SLICE,
+    audit_consistency, audit_outcome, audit_slice, log_event, log_events, log_outcome,
+    log_outcome_to_all, shown, ConsistencyQuery, SliceQuery, MAX_AUDIT_SLICE,
 };
 pub use refusals::{log_refusals, RefusalLog};
 pub use stored::{stored_author, stored_sealed_body, verified_author, Stored};

@@ -28,12 +28,26 @@ pub fn log_outcome<T>(
     result: Result<T, ApiError>,
     event: impl FnOnce(Outcome) -> AuditEvent,
 ) -> Result<WithReceipt<T>, ApiError> {
+    log_outcome_to_all(trail, v, result, |outcome, _| vec![event(outcome)])
+}
+
+/// [`log_outcome`] for a request that concerns several patients: `events`
+/// makes one event per patient (from the outcome and, on success, the
+/// result), all written in one batch. The caller gets the first event's
+/// receipt. `events` must make at least one event.
+pub fn log_outcome_to_all<T>(
+    trail: &AuditTrail<Store>,
+    v: &Verified,
+    result: Result<T, ApiError>,
+    events: impl FnOnce(Outcome, Option<&T>) -> Vec<AuditEvent>,
+) -> Result<WithReceipt<T>, ApiError> {
     let (outcome, status) = match &result {
         Ok(_) => (Outcome::Success, StatusCode::OK),
         Err(e) if e.status.is_client_error() => (Outcome::Denied, e.status),
         Err(e) => (Outcome::Failed, e.status),
     };
-    let receipt = log_event(trail, &event(outcome), v, status)?;
+    let events = events(outcome, result.as_ref().ok());
+    let receipt = log_events(trail, &events, v, status)?;
     Ok(WithReceipt {
         result: result.map_err(ApiError::logged)?,
         receipt,
@@ -79,17 +93,32 @@ pub fn log_event(
     v: &Verified,
     status: StatusCode,
 ) -> Result<Receipt, ApiError> {
+    log_events(trail, std::slice::from_ref(event), v, status)
+}
+
+/// [`log_event`] for several events of one request, in one batch; the
+/// first one's receipt.
+pub fn log_events(
+    trail: &AuditTrail<Store>,
+    events: &[AuditEvent],
+    v: &Verified,
+    status: StatusCode,
+) -> Result<Receipt, ApiError> {
     // Backend details stay on the server; the caller learns it may retry.
+    let unavailable = |e: &dyn std::fmt::Display| {
+        // The operator sees why (no event content is in the error).
+        eprintln!("asclepios: the audit log refused an event: {e}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit log unavailable; retry later",
+        )
+    };
     trail
-        .record(event, &v.request_hash, status.as_u16())
-        .map_err(|e| {
-            // The operator sees why (no event content is in the error).
-            eprintln!("asclepios: the audit log refused an event: {e}");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit log unavailable; retry later",
-            )
-        })
+        .record_all(events, &v.request_hash, status.as_u16())
+        .map_err(|e| unavailable(&e))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| unavailable(&"a request made no audit event"))
 }
 
 /// Most entries per audit slice.

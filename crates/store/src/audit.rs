@@ -29,6 +29,9 @@ fn holding_leaf(id: NodeId) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::Invalid(format!("node {id:?} lies beyond 2^64 entries")))
 }
 
+/// Subjects per query of [`LogStore::log_last_about`].
+const SUBJECTS_PER_QUERY: usize = 256;
+
 impl LogStore for Store {
     type Error = StoreError;
 
@@ -178,19 +181,38 @@ impl LogStore for Store {
         })
     }
 
-    fn log_entries_about_last(
+    fn log_last_about(
         &self,
         log: &str,
-        subject: &Subject,
+        subjects: &[Subject],
         before: u64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Vec<Option<asclepios_audit::log::IndexedLeaf>>, StoreError> {
         self.read(|tx| {
-            tx.query_opt(
-                "SELECT idx FROM audit_entries WHERE log_id = $1 AND subject = $2 AND idx < $3 ORDER BY idx DESC LIMIT 1",
-                &[log.into(), subject.to_vec().into(), int(before)?],
-            )?
-            .map(|r| r.uint(0))
-            .transpose()
+            let mut found = std::collections::HashMap::with_capacity(subjects.len());
+            for chunk in subjects.chunks(SUBJECTS_PER_QUERY) {
+                // $1 the log, $2 the bound, then the subjects.
+                let placeholders: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+                let mut params = vec![log.into(), int(before)?];
+                params.extend(chunk.iter().map(|s| s.to_vec().into()));
+                let rows = tx.query(
+                    &format!(
+                        "SELECT e.subject, e.idx, e.entry FROM audit_entries e JOIN \
+                         (SELECT subject, MAX(idx) AS last FROM audit_entries \
+                          WHERE log_id = $1 AND idx < $2 AND subject IN ({}) GROUP BY subject) m \
+                         ON e.subject = m.subject AND e.idx = m.last WHERE e.log_id = $1",
+                        placeholders.join(", ")
+                    ),
+                    &params,
+                )?;
+                for row in rows {
+                    found.insert(row.bytes(0)?, (row.uint(1)?, row.bytes(2)?));
+                }
+            }
+            Ok(subjects
+                .iter()
+                .map(|s| found.get(s.as_slice()).cloned())
+                .collect())
         })
     }
 

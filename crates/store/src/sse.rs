@@ -170,13 +170,10 @@ impl Store {
         if !self.is_protected() {
             return self.select_by_key("sse_state", "row_id", "sealed", rows);
         }
-        rows.iter()
-            .map(|r| {
-                self.partition(&SSE_STATE, &hex::encode(r))?
-                    .first()
-                    .map(|row| row.bytes(1))
-                    .transpose()
-            })
+        let parts: Vec<String> = rows.iter().map(hex::encode).collect();
+        self.partitions(&SSE_STATE, &parts)?
+            .iter()
+            .map(|rows| rows.first().map(|row| row.bytes(1)).transpose())
             .collect()
     }
 
