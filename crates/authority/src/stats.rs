@@ -32,7 +32,7 @@ use axum::Json;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use asclepios_crypto::ipfe::{Mcfe, SlotKey};
+use asclepios_crypto::ipfe::{Label, Mcfe, SlotKey};
 use asclepios_net::server::ApiError;
 use asclepios_service::store_error;
 use asclepios_store::Store;
@@ -206,11 +206,14 @@ pub fn allocate_slots(
 }
 
 /// The cohort a request names, checked against the rule, recorded, and
-/// the key for its equal-weight sum.
+/// the key for its equal-weight sum under `label` alone: a key asked for
+/// one label (a count) opens no other (the values), so the audit event that
+/// names the label says what the key opens.
 pub fn cohort_key(
     store: &Store,
     sealer: &SlotSealer,
     study: &str,
+    label: &str,
     cohort: &str,
 ) -> Result<(BTreeSet<u64>, zeroize::Zeroizing<[u8; 64]>), ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
@@ -265,7 +268,7 @@ pub fn cohort_key(
         );
     }
     let refs: Vec<&SlotKey> = keys.iter().collect();
-    let key = Mcfe::keygen(&refs, &vec![1; refs.len()])
+    let key = Mcfe::keygen(&refs, &vec![1; refs.len()], &Label::new(label))
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let encoded = encode_slots(&chosen);
     let id = hex::encode(Sha256::digest(&encoded));
@@ -357,7 +360,13 @@ impl KeyAuthority {
             }
             let (slots, key) = {
                 let _one_at_a_time = self.cohort_lock.lock().unwrap_or_else(|p| p.into_inner());
-                stats::cohort_key(&self.store, &self.slot_sealer, &req.study, &req.cohort)?
+                stats::cohort_key(
+                    &self.store,
+                    &self.slot_sealer,
+                    &req.study,
+                    &req.label,
+                    &req.cohort,
+                )?
             };
             let sealed = sealed_box::seal(
                 &caller.public_key,

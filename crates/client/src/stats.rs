@@ -178,14 +178,15 @@ impl Client {
         Ok(out.labels)
     }
 
-    /// The sum over `cohort` (`all`, `provider:<id>`, `slots:...`) of the
-    /// values under `label`, and the cohort's size.
-    pub async fn stats_sum(
+    /// An aggregate key for `cohort` (`all`, `provider:<id>`, `slots:...`)
+    /// under `label` alone, and the cohort's slots: the authority checks the
+    /// cohort against its rule first.
+    pub async fn stats_key(
         &self,
         study: &str,
         label: &str,
         cohort: &str,
-    ) -> Result<(i64, usize), ClientError> {
+    ) -> Result<(Vec<u64>, McfeKey), ClientError> {
         let body = to_json(&StatsKeyRequest {
             study: study.to_string(),
             label: label.to_string(),
@@ -203,13 +204,25 @@ impl Client {
             .ok()
             .and_then(McfeKey::from_bytes)
             .ok_or_else(|| ClientError::Protocol("a malformed aggregate key".into()))?;
+        Ok((issued.slots, key))
+    }
+
+    /// `key`'s sum of the values published under `label` by `slots` (all
+    /// of them must have published).
+    pub async fn stats_decrypt(
+        &self,
+        study: &str,
+        label: &str,
+        slots: &[u64],
+        key: McfeKey,
+    ) -> Result<i64, ClientError> {
         let path = format!("/v1/stats/values?study={study}&label={label}");
         let (out, _): (StatsValuesOut, _) = self
             .call_with_receipt("records", Method::GET, &path, Vec::new())
             .await?;
         let published: BTreeMap<u64, String> = out.values.into_iter().collect();
-        let mut cts = Vec::with_capacity(issued.slots.len());
-        for slot in &issued.slots {
+        let mut cts = Vec::with_capacity(slots.len());
+        for slot in slots {
             let point = published
                 .get(slot)
                 .and_then(|b| B64.decode(b).ok())
@@ -221,18 +234,28 @@ impl Client {
                 })?;
             cts.push(point);
         }
-        let n = cts.len();
         let label = label.to_string();
-        // The table (built once) and the discrete log are CPU work.
-        let sum = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let table = DlogTable::shared(TABLE_BABY_STEPS);
             let y = vec![1i64; cts.len()];
             Mcfe::decrypt(&key, &y, &Label::new(&label), &cts, &table, AGGREGATE_BOUND)
         })
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok((sum, n))
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// The sum over `cohort` (`all`, `provider:<id>`, `slots:...`) of the
+    /// values under `label`, and the cohort's size.
+    pub async fn stats_sum(
+        &self,
+        study: &str,
+        label: &str,
+        cohort: &str,
+    ) -> Result<(i64, usize), ClientError> {
+        let (slots, key) = self.stats_key(study, label, cohort).await?;
+        let sum = self.stats_decrypt(study, label, &slots, key).await?;
+        Ok((sum, slots.len()))
     }
 
     /// Count, sum, mean, variance and histogram of `feature` in `period`

@@ -82,6 +82,25 @@ async fn scenario(d: Deployment) {
     assert_eq!(histogram["ge140"], above);
     assert_eq!(histogram["120-140"], 29 - below - above);
 
+    // A key is bound to the label it was asked for (review finding H10d):
+    // a key for the count opens the count, and not the values, though the
+    // cohort is the same.
+    let present = format!("{period}/systolic/present");
+    let value = format!("{period}/systolic/value");
+    let (slots, key) = researcher.stats_key(study, &present, "all").await.unwrap();
+    assert_eq!(
+        researcher
+            .stats_decrypt(study, &present, &slots, key.clone())
+            .await
+            .unwrap(),
+        29
+    );
+    let err = researcher
+        .stats_decrypt(study, &value, &slots, key)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+
     // Per provider: disjoint from each other, each at least 10.
     let north = researcher
         .stats_summary(study, period, "systolic", "provider:lab-north")

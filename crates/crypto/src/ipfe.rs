@@ -16,6 +16,15 @@
 //!   `c_i = s_i,1·U1 + s_i,2·U2 + x_i·G` with `(U1, U2) = H(ℓ)`; the key for `y`
 //!   is `d = Σ y_i·s_i`, and `Σ y_i·c_i − d_1·U1 − d_2·U2 = <x,y>·G`. Providers
 //!   encrypt independently; a slot must encrypt at most one value per label.
+//!
+//!   In the paper a functional key works under every label. Here a key is
+//!   bound to one label: a slot encrypts under label `ℓ` with its key for
+//!   that label, `s_i(ℓ) = H(s_i, ℓ)` ([`SlotKey::for_label`], SHA-512 to two
+//!   scalars, a random oracle as the paper's `H(ℓ)`), and a key for `ℓ` sums
+//!   those. Each label is then an instance of the scheme with slot keys of its
+//!   own, independent of every other label's: a key asked for one label (a
+//!   count) opens no other (the values). The centralised key generator holds
+//!   the `s_i`, so it derives the per-label keys as the providers do.
 //! * [`DlogTable`]: the bounded discrete logarithm by baby-step giant-step
 //!   over a precomputed table, signed results in `[-bound, bound]`, an error
 //!   (never a wrong number) beyond.
@@ -31,7 +40,7 @@ use curve25519_dalek::ristretto::{RistrettoBasepointTable, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{Identity, VartimeMultiscalarMul};
 use rand_core::{CryptoRng, RngCore};
-use sha2::Sha512;
+use sha2::{Digest, Sha512};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroize;
 
@@ -460,10 +469,12 @@ impl std::fmt::Debug for McfeKey {
 }
 
 /// The label's two points `(U1, U2) = H(ℓ)`, with fixed-base tables (a
-/// provider encrypting many values under one label builds them once).
+/// provider encrypting many values under one label builds them once), and
+/// the digest slot keys for it are derived with.
 pub struct Label {
     u: [RistrettoPoint; 2],
     tables: [RistrettoBasepointTable; 2],
+    binding: [u8; 64],
 }
 
 impl std::fmt::Debug for Label {
@@ -482,12 +493,16 @@ impl Label {
             RistrettoPoint::hash_from_bytes::<Sha512>(&input)
         };
         let u = [point(1), point(2)];
+        let mut binding = Sha512::new();
+        binding.update(b"asclepios mcfe v1 label binding ");
+        binding.update(name.as_bytes());
         Label {
             tables: [
                 RistrettoBasepointTable::create(&u[0]),
                 RistrettoBasepointTable::create(&u[1]),
             ],
             u,
+            binding: binding.finalize().into(),
         }
     }
 }
@@ -508,11 +523,31 @@ impl SlotKey {
         scalar_pair(bytes).map(SlotKey)
     }
 
-    /// Encrypts this slot's value (`|x| < 2^32`) under `label`: two
-    /// fixed-base multiplications and a short one, constant time in the value
-    /// and the key.
+    /// This slot's key for `label` alone, `H(s_i, ℓ)` (see the module
+    /// docs): what [`SlotKey::encrypt`] encrypts under `label` with, and
+    /// what [`Mcfe::keygen`] sums for `label`.
+    pub fn for_label(&self, label: &Label) -> SlotKey {
+        let derive = |i: u8| {
+            let mut h = Sha512::new();
+            h.update(b"asclepios mcfe v1 slot key for label ");
+            h.update([i]);
+            h.update(self.0[0].as_bytes());
+            h.update(self.0[1].as_bytes());
+            h.update(label.binding);
+            let mut wide: [u8; 64] = h.finalize().into();
+            let scalar = Scalar::from_bytes_mod_order_wide(&wide);
+            wide.zeroize();
+            scalar
+        };
+        SlotKey([derive(1), derive(2)])
+    }
+
+    /// Encrypts this slot's value (`|x| < 2^32`) under `label`, with its key
+    /// for that label: two fixed-base multiplications and a short one,
+    /// constant time in the value and the key.
     pub fn encrypt(&self, label: &Label, x: i64) -> Result<RistrettoPoint, FeError> {
-        Ok(mul(&label.tables[0], &self.0[0]) + mul(&label.tables[1], &self.0[1]) + small_mul(x)?)
+        let key = self.for_label(label);
+        Ok(mul(&label.tables[0], &key.0[0]) + mul(&label.tables[1], &key.0[1]) + small_mul(x)?)
     }
 }
 
@@ -529,11 +564,13 @@ impl McfeKey {
 }
 
 impl Mcfe {
-    /// The key for weights `y` over slots whose keys are `keys`.
-    pub fn keygen(keys: &[&SlotKey], y: &[i64]) -> Result<McfeKey, FeError> {
+    /// The key for weights `y` over slots whose keys are `keys`, under
+    /// `label` alone (the sum of their keys for it).
+    pub fn keygen(keys: &[&SlotKey], y: &[i64], label: &Label) -> Result<McfeKey, FeError> {
         check_len(keys.len(), y.len())?;
         let mut d = [Scalar::ZERO; 2];
         for (k, &w) in keys.iter().zip(y) {
+            let k = k.for_label(label);
             let w = scalar_of(w);
             d[0] += k.0[0] * w;
             d[1] += k.0[1] * w;
@@ -645,13 +682,25 @@ mod tests {
             .collect();
         let refs: Vec<&SlotKey> = keys.iter().collect();
         let y = vec![1i64; 12];
-        let key = Mcfe::keygen(&refs, &y).unwrap();
+        let key = Mcfe::keygen(&refs, &y, &label).unwrap();
         let table = DlogTable::new(1 << 10);
         let sum = Mcfe::decrypt(&key, &y, &label, &cts, &table, 1 << 20).unwrap();
         assert_eq!(sum, values.iter().sum::<i64>());
-        // Under another label the same key yields nothing meaningful.
+        // The same slots' values under another label: the key for the
+        // first label opens nothing there (keys are bound to labels); a key
+        // for the second does.
         let other = Label::new("study-1/2026-12/systolic");
-        assert!(Mcfe::decrypt(&key, &y, &other, &cts, &table, 1 << 20).is_err());
+        let cts_other: Vec<RistrettoPoint> = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, &v)| k.encrypt(&other, v).unwrap())
+            .collect();
+        assert!(Mcfe::decrypt(&key, &y, &other, &cts_other, &table, 1 << 20).is_err());
+        let key_other = Mcfe::keygen(&refs, &y, &other).unwrap();
+        assert_eq!(
+            Mcfe::decrypt(&key_other, &y, &other, &cts_other, &table, 1 << 20),
+            Ok(values.iter().sum::<i64>())
+        );
         // Slot keys round-trip.
         let back = SlotKey::from_bytes(&keys[0].to_bytes()).unwrap();
         assert_eq!(back.encrypt(&label, 5), keys[0].encrypt(&label, 5));

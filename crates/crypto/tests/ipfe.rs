@@ -47,7 +47,7 @@ proptest! {
         let cts: Vec<_> = keys.iter().zip(&xs).map(|(k, &x)| k.encrypt(&label, x).unwrap()).collect();
         let y = &ws[..xs.len()];
         let refs: Vec<&SlotKey> = keys.iter().collect();
-        let key = Mcfe::keygen(&refs, y).unwrap();
+        let key = Mcfe::keygen(&refs, y, &label).unwrap();
         let expected: i64 = xs.iter().zip(y).map(|(a, b)| a * b).sum();
         prop_assert_eq!(Mcfe::decrypt(&key, y, &label, &cts, &table(), 1 << 22), Ok(expected));
     }

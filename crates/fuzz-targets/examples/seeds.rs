@@ -97,7 +97,7 @@ fn main() {
     let label = Label::new("fuzz/2026-Q4/systolic");
     let slots: Vec<SlotKey> = (0..3).map(|_| SlotKey::generate(&mut rng)).collect();
     let refs: Vec<&SlotKey> = slots.iter().collect();
-    let aggregate = Mcfe::keygen(&refs, &[1, 0, -1]).unwrap();
+    let aggregate = Mcfe::keygen(&refs, &[1, 0, -1], &label).unwrap();
     let mut fe = aggregate.to_bytes().to_vec();
     for (s, x) in slots.iter().zip([120, 135, 128]) {
         fe.extend_from_slice(&ipfe::point_to_bytes(&s.encrypt(&label, x).unwrap()));

@@ -153,7 +153,7 @@ pub fn fe_decoders(data: &[u8]) {
             .collect();
         let refs: Vec<&SlotKey> = slots.iter().collect();
         let y = vec![1i64; slots.len()];
-        let aggregate = Mcfe::keygen(&refs, &y).expect("weights of one");
+        let aggregate = Mcfe::keygen(&refs, &y, label).expect("weights of one");
         let sum = Mcfe::decrypt(&aggregate, &y, label, &cts, dlog_table(), BOUND)
             .expect("the sum of slot values is within the bound");
         assert_eq!(sum, values.iter().sum::<i64>());
