@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use asclepios_audit::{Hash, LogStore, NodeId, Subject};
 
-use crate::db::{int, Value};
+use crate::db::{int, placeholders, Value};
 use crate::{now, Store, StoreError};
 
 /// Rows per lookup statement (keeps statements short and cacheable).
@@ -136,11 +136,9 @@ impl LogStore for Store {
         self.read(|tx| {
             let mut rows: HashMap<u64, Vec<u8>> = HashMap::with_capacity(leaves.len());
             for chunk in leaves.chunks(ROWS_PER_QUERY) {
-                let placeholders: Vec<String> =
-                    (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
                 let sql = format!(
                     "SELECT idx, subtree_hashes FROM audit_entries WHERE log_id = $1 AND idx IN ({})",
-                    placeholders.join(", ")
+                    placeholders(2, chunk.len())
                 );
                 let mut params = Vec::with_capacity(chunk.len() + 1);
                 params.push(log.into());
@@ -191,8 +189,6 @@ impl LogStore for Store {
             let mut found = std::collections::HashMap::with_capacity(subjects.len());
             for chunk in subjects.chunks(SUBJECTS_PER_QUERY) {
                 // $1 the log, $2 the bound, then the subjects.
-                let placeholders: Vec<String> =
-                    (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
                 let mut params = vec![log.into(), int(before)?];
                 params.extend(chunk.iter().map(|s| s.to_vec().into()));
                 let rows = tx.query(
@@ -201,7 +197,7 @@ impl LogStore for Store {
                          (SELECT subject, MAX(idx) AS last FROM audit_entries \
                           WHERE log_id = $1 AND idx < $2 AND subject IN ({}) GROUP BY subject) m \
                          ON e.subject = m.subject AND e.idx = m.last WHERE e.log_id = $1",
-                        placeholders.join(", ")
+                        placeholders(3, chunk.len())
                     ),
                     &params,
                 )?;

@@ -133,6 +133,15 @@ pub(crate) trait Tx {
     }
 }
 
+/// `count` placeholders from `$first` on, comma-separated (`$2, $3, $4`):
+/// the list inside an `IN (...)`.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A single multi-row `INSERT` statement for `rows` rows.
 pub(crate) fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
     let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));

@@ -60,7 +60,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::db::{int, Row, Tx, Value};
+use crate::db::{int, placeholders, Row, Tx, Value};
 use crate::{Store, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -735,7 +735,6 @@ fn partitions_rows(
         })?;
     let mut grouped: HashMap<String, Vec<Row>> = HashMap::new();
     for chunk in parts.chunks(PARTITIONS_PER_QUERY) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let params = chunk
             .iter()
             .map(|p| t.parameter(p))
@@ -746,7 +745,7 @@ fn partitions_rows(
                 t.columns,
                 t.table,
                 t.partition,
-                placeholders.join(", ")
+                placeholders(1, chunk.len())
             ),
             &params,
         )?;

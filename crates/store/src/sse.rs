@@ -7,7 +7,7 @@
 //! compare-and-swap on every state row it touches, so concurrent updates of
 //! one keyword cannot hand out the same counter twice.
 
-use crate::db::{Row, Tx, Value};
+use crate::db::{placeholders, Row, Tx, Value};
 use crate::integrity::SSE_STATE;
 use crate::{Store, StoreError};
 
@@ -41,12 +41,11 @@ const ADDRS_PER_QUERY: usize = 256;
 /// Deletes the index entries at `addrs`, a batch of addresses a statement.
 fn delete_entries(tx: &mut dyn Tx, addrs: &[Vec<u8>]) -> Result<(), StoreError> {
     for chunk in addrs.chunks(ADDRS_PER_QUERY) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
         tx.exec(
             &format!(
                 "DELETE FROM sse_index WHERE addr IN ({})",
-                placeholders.join(", ")
+                placeholders(1, chunk.len())
             ),
             &params,
         )?;
@@ -188,11 +187,9 @@ impl Store {
         self.read(|tx| {
             let mut found = std::collections::HashMap::with_capacity(keys.len());
             for chunk in keys.chunks(ADDRS_PER_QUERY) {
-                let placeholders: Vec<String> =
-                    (1..=chunk.len()).map(|i| format!("${i}")).collect();
                 let sql = format!(
                     "SELECT {key}, {value} FROM {table} WHERE {key} IN ({})",
-                    placeholders.join(", ")
+                    placeholders(1, chunk.len())
                 );
                 let params: Vec<Value> = chunk.iter().map(|a| a.as_slice().into()).collect();
                 for row in tx.query(&sql, &params)? {
