@@ -50,8 +50,14 @@ pub struct TokenRequest {
 impl TokenRequest {
     /// Every keyword the query names, once each, sorted.
     pub fn keywords(&self) -> std::collections::BTreeSet<&str> {
-        self.groups.iter().flatten().map(String::as_str).collect()
+        distinct_keywords(&self.groups)
     }
+}
+
+/// Every keyword of a query's `groups`, once each, sorted: the order the
+/// authority answers in ([`TokenLists`]).
+pub fn distinct_keywords(groups: &[Vec<String>]) -> std::collections::BTreeSet<&str> {
+    groups.iter().flatten().map(String::as_str).collect()
 }
 
 /// One keyword's tokens.

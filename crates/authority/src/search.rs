@@ -58,7 +58,7 @@ use crate::store_error;
 use crate::KeyAuthority;
 use crate::WithReceipt;
 pub use asclepios_api::search::{
-    IndexOutcome, IndexRequest, KeywordTokens, TokenLists, TokenRequest,
+    distinct_keywords, IndexOutcome, IndexRequest, KeywordTokens, TokenLists, TokenRequest,
 };
 use asclepios_audit::Action;
 use asclepios_audit::AuditEvent;
@@ -178,11 +178,6 @@ pub fn check_keywords(keywords: &[String], max: usize) -> Result<(), ApiError> {
 /// Most keywords one token request may name.
 pub const MAX_TOKEN_KEYWORDS: usize = MAX_QUERY_KEYWORDS;
 
-/// How many distinct keywords a query names.
-pub fn keyword_count(groups: &[Vec<String>]) -> usize {
-    groups.iter().flatten().collect::<BTreeSet<_>>().len()
-}
-
 /// The keyword a record of `patient` is filed under in the index for its
 /// keyword `keyword`: the index is keyed per patient (see the module docs).
 /// Patient pseudonyms hold no `/`, so the first one splits the two.
@@ -250,14 +245,18 @@ impl<'a> SearchIndex<'a> {
     fn read_state(&self, keyword: &str) -> Result<(KeywordState, Option<Vec<u8>>), Failure> {
         let row = self.mitra.state_row(keyword);
         let sealed = self.store.sse_state(&[row.to_vec()])?.pop().flatten();
-        let state = match &sealed {
+        Ok((self.open_state(&row, sealed.as_deref())?, sealed))
+    }
+
+    /// The keyword state sealed in `row` (none: a keyword never indexed).
+    fn open_state(&self, row: &[u8; 16], sealed: Option<&[u8]>) -> Result<KeywordState, Failure> {
+        match sealed {
             Some(bytes) => self
                 .mitra
-                .open_state(&row, bytes)
-                .map_err(|e| corrupt("keyword state", e))?,
-            None => KeywordState::default(),
-        };
-        Ok((state, sealed))
+                .open_state(row, bytes)
+                .map_err(|e| corrupt("keyword state", e)),
+            None => Ok(KeywordState::default()),
+        }
     }
 
     /// Tokens for `keyword` (as filed: see [`scoped_keyword`]), compacting
@@ -287,13 +286,7 @@ impl<'a> SearchIndex<'a> {
         groups: &[Vec<String>],
         scope: &BTreeSet<String>,
     ) -> Result<QueryTokens, ApiError> {
-        let keywords: Vec<&str> = groups
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let keywords: Vec<&str> = distinct_keywords(groups).into_iter().collect();
         retried(|| {
             let _one_at_a_time = self.exclusive();
             let rows: Vec<[u8; 16]> = scope
@@ -314,14 +307,7 @@ impl<'a> SearchIndex<'a> {
                 let mut states = Vec::with_capacity(keywords.len());
                 for row in rows {
                     let sealed = sealed.next().flatten();
-                    let state = match &sealed {
-                        Some(bytes) => self
-                            .mitra
-                            .open_state(row, bytes)
-                            .map_err(|e| corrupt("keyword state", e))?,
-                        None => KeywordState::default(),
-                    };
-                    states.push((state, sealed));
+                    states.push((self.open_state(row, sealed.as_deref())?, sealed));
                 }
                 let has = |k: &String| {
                     keywords
@@ -506,13 +492,7 @@ impl<'a> SearchIndex<'a> {
         let sealed_states = self.store.sse_state(&rows)?;
         for ((keyword, ops), (row, sealed)) in ops.iter().zip(rows.into_iter().zip(sealed_states)) {
             let row16: [u8; 16] = row.as_slice().try_into().expect("row ids are 16 bytes");
-            let mut state = match &sealed {
-                Some(bytes) => self
-                    .mitra
-                    .open_state(&row16, bytes)
-                    .map_err(|e| corrupt("keyword state", e))?,
-                None => KeywordState::default(),
-            };
+            let mut state = self.open_state(&row16, sealed.as_deref())?;
             let entries = self
                 .mitra
                 .update(keyword, &mut state, ops, &mut OsRng)
@@ -752,15 +732,16 @@ impl KeyAuthority {
             (None, SearchCircle::Patients(p)) => p.keys().cloned().collect(),
             (None, SearchCircle::Everyone) => self.all_patients()?,
         };
-        let lists = scope.len().saturating_mul(search::keyword_count(groups));
+        let keywords = distinct_keywords(groups).len();
+        let lists = scope.len().saturating_mul(keywords);
         if lists > MAX_SEARCH_LISTS {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
-                    "this query would read {lists} keyword lists ({} patients x {} keywords), more \
-                     than {MAX_SEARCH_LISTS}: name the patient, or narrow the date range",
-                    scope.len(),
-                    search::keyword_count(groups)
+                    "this query would read {lists} keyword lists ({} patients x {keywords} \
+                     keywords), more than {MAX_SEARCH_LISTS}: name the patient, or narrow the \
+                     date range",
+                    scope.len()
                 ),
             ));
         }
