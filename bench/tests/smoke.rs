@@ -189,9 +189,22 @@ fn sse_suite_quick_prints_every_case_on_every_backend() {
 #[test]
 fn fe_suite_quick_prints_every_op_with_its_bound() {
     let (stdout, rows) = quick_json("fe");
-    // setup, encrypt, keygen, decrypt at two quick sizes.
-    assert_eq!(rows.len(), 8, "{stdout}");
-    for row in &rows {
+    // setup, encrypt, keygen, decrypt at two quick sizes; the noise share;
+    // accuracy at two sizes.
+    assert_eq!(rows.len(), 11, "{stdout}");
+    let noise = &rows[8];
+    assert_eq!(noise["op"], "noise-share", "{stdout}");
+    assert!(noise["ours_us"].as_f64().unwrap() > 0.0, "{noise}");
+    for row in &rows[9..] {
+        assert_eq!(row["op"], "accuracy", "{row}");
+        let (err, sd) = (
+            row["mean_abs_error"].as_f64().unwrap(),
+            row["stated_sd"].as_f64().unwrap(),
+        );
+        // The mean absolute error of Laplace-like noise is below its sd.
+        assert!(err > 0.0 && err < 2.0 * sd, "{row}");
+    }
+    for row in &rows[..8] {
         assert_eq!(row["suite"], "fe");
         assert!(["setup", "encrypt", "keygen", "decrypt"].contains(&row["op"].as_str().unwrap()));
         for field in ["n", "ours_us", "bound_us", "bound_ratio", "floor_us"] {

@@ -84,6 +84,8 @@ pub struct KeyAuthority {
     /// [`KeyAuthority::with_cross_patient_search`]).
     cross_patient_search_roles: Vec<String>,
     slot_sealer: stats::SlotSealer,
+    /// The privacy budgets statistics keys are checked against.
+    stats_budgets: stats::Budgets,
     attestation: attestation::Attestation,
     /// Whether the integrity alarm has been written to the audit log.
     alarm_logged: std::sync::atomic::AtomicBool,
@@ -149,6 +151,7 @@ impl KeyAuthority {
             search_roles,
             cross_patient_search_roles: Vec::new(),
             slot_sealer: stats::SlotSealer::new(stats_key),
+            stats_budgets: stats::Budgets::default(),
             attestation: Default::default(),
             alarm_logged: Default::default(),
             cohort_lock: Default::default(),

@@ -652,6 +652,12 @@ impl KeyAuthority {
         self
     }
 
+    /// The privacy budgets statistics keys are checked against.
+    pub fn with_stats_budgets(mut self, budgets: crate::stats::Budgets) -> Self {
+        self.stats_budgets = budgets;
+        self
+    }
+
     fn search_circle(&self, held: &[String]) -> SearchCircle {
         if held.iter().any(|a| {
             self.cross_patient_search_roles
@@ -665,7 +671,7 @@ impl KeyAuthority {
     }
 
     /// Every patient in the directory, for a cross-patient search.
-    fn all_patients(&self) -> Result<BTreeSet<String>, ApiError> {
+    pub(crate) fn all_patients(&self) -> Result<BTreeSet<String>, ApiError> {
         Ok(self
             .store
             .identities()

@@ -1,27 +1,49 @@
-//! The rule the authority enforces before it issues a function key for an
-//! aggregate: a key sums one cohort (a set of slots, one per patient value)
-//! with equal weights, and may not single anyone out, alone or combined with
-//! the keys already issued for the same study.
+//! The rules the authority enforces before it issues statistics slots and
+//! function keys for aggregates.
 //!
-//! **The rule.** A cohort needs at least `min_cohort` slots (default 10). And
-//! the cohorts of every key issued for the study, with the new one, split the
-//! slots into regions (slots grouped by exactly which cohorts contain them);
-//! every non-empty region must hold at least `min_cohort` slots. Any linear
-//! combination of issued keys (a difference of two sums, say) is constant on
-//! each region, so its support is a union of regions: no combination of keys
-//! isolates fewer than `min_cohort` people. Asking again for an issued cohort
-//! is always allowed; a cohort that is a strict subset of an issued one with
-//! fewer than `min_cohort` slots left over is refused (the differencing
-//! attack).
+//! **Slots are people.** A study has at most one slot per patient of the
+//! directory. A data provider names the patients it publishes values of and
+//! is told their slots ([`KeyAuthority::stats_slots`]); a name the directory
+//! does not know as a patient is refused, so a provider cannot plant slots of
+//! its own (review finding H10c), and a patient another provider fills is a
+//! conflict. Slot numbers are shuffled within a request, so the record
+//! service cannot read an order into them.
+//!
+//! **The cohort rule counts people, across every study** (H10b). A key sums
+//! one cohort of a study with equal weights. Every release ever made (a key
+//! for one label over one set of people, in any study) is kept; the sets of
+//! people of all releases, with the new one, split the population into
+//! regions (people grouped by exactly which releases contain them). Any
+//! linear combination of keys (a difference of two sums, from one study or
+//! two over the same data) is constant on each region, so the rule asks that
+//! every non-empty region hold at least [`MIN_COHORT`] people. A provider
+//! knows the values it published, and a provider colluding with a
+//! researcher can subtract them: so the regions must also hold at least
+//! [`MIN_COHORT`] people (or none) once the people each provider fills, in
+//! any study, are taken out. Asking again for a released set of people is
+//! always allowed; a cohort entirely inside one provider's people is too
+//! (that provider knows those values already).
+//!
+//! **Releases are noisy and budgeted** (H10a). Every published value carries
+//! a noise share (`asclepios_api::stats::noise_share`), so each released sum
+//! is [`RELEASE_EPSILON`]-differentially private for any group the rule lets
+//! out. Each new release spends that ε of every person it covers, per study
+//! and over all studies (the population); a key that would overspend either
+//! budget for anyone in its cohort is refused. Issuing the same key again is
+//! free: it opens the same noisy sum. Each person covered by a new release
+//! finds it, with its ε and their spend, in their access list.
+//!
+//! **Keys are bound to labels** (H10d): a key for one label opens no other.
 
 use crate::blocking;
 use crate::stats;
 use crate::KeyAuthority;
 use crate::WithReceipt;
 pub use asclepios_api::stats::{
-    slots_context, stats_key_context, IssuedSlots, SlotRequest, StatsKey, StatsKeyRequest,
+    slots_context, stats_key_context, Budget, IssuedSlots, PartLabel, SlotRequest, StatsKey,
+    StatsKeyRequest, MIN_COHORT, POPULATION_BUDGET, RELEASE_EPSILON, STUDY_BUDGET,
 };
-use asclepios_audit::Action;
+use asclepios_audit::{Action, AuditEvent};
 use asclepios_net::sealed_box;
 use asclepios_net::server::json_body;
 use asclepios_net::server::Caller;
@@ -29,23 +51,24 @@ use asclepios_net::signature::Verified;
 use axum::extract::State;
 use axum::Extension;
 use axum::Json;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use asclepios_crypto::ipfe::{Label, Mcfe, SlotKey};
 use asclepios_net::server::ApiError;
 use asclepios_service::store_error;
-use asclepios_store::Store;
+use asclepios_store::{ReleaseRow, Store};
 use axum::http::StatusCode;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::seq::SliceRandom;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
 /// Why a cohort was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Refusal {
-    /// Too few slots.
+    /// Too few people.
     #[error("a cohort of {size} is below the minimum of {min}: it could single people out")]
     TooSmall {
         /// Its size.
@@ -53,20 +76,65 @@ pub enum Refusal {
         /// The minimum.
         min: usize,
     },
-    /// Combined with issued keys it would isolate a small group.
-    #[error("with the keys already issued for this study, a group of {size} would be isolated (minimum {min}): ask for an issued cohort, or one disjoint from them")]
+    /// Combined with released keys it would isolate a small group.
+    #[error("with the keys already released (in any study), a group of {size} would be isolated (minimum {min}): ask for a released cohort, or one disjoint from them")]
     Differencing {
         /// The smallest region.
         size: usize,
         /// The minimum.
         min: usize,
     },
+    /// A provider that knows its own values could isolate a small group.
+    #[error("{provider}, which knows the values it published, could subtract them and isolate a group of {size} (minimum {min}): ask for a cohort with more people outside each provider")]
+    Provider {
+        /// The provider.
+        provider: String,
+        /// The smallest region left.
+        size: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// The privacy budget of someone in the cohort is spent.
+    #[error("the privacy budget is spent: this release (ε {epsilon}) would take {scope} past ε {budget} for {people} person(s) in the cohort")]
+    Budget {
+        /// `study \`x\`` or `all studies`.
+        scope: String,
+        /// The release's ε.
+        epsilon: f64,
+        /// The budget.
+        budget: f64,
+        /// How many people it would overspend.
+        people: usize,
+    },
 }
 
-/// Checks a new cohort against the cohorts already issued for its study.
-pub fn check_cohort(
-    issued: &[BTreeSet<u64>],
-    cohort: &BTreeSet<u64>,
+/// The smallest non-empty region of `family` among the people outside
+/// `known` (`None`: every region is empty).
+fn smallest_region<T: Ord + std::hash::Hash>(
+    family: &[&BTreeSet<T>],
+    known: Option<&BTreeSet<T>>,
+) -> Option<usize> {
+    let words = family.len().div_ceil(64);
+    let mut pattern: HashMap<&T, Vec<u64>> = HashMap::new();
+    for (i, c) in family.iter().enumerate() {
+        for person in c.iter().filter(|p| !known.is_some_and(|k| k.contains(*p))) {
+            pattern.entry(person).or_insert_with(|| vec![0; words])[i / 64] |= 1 << (i % 64);
+        }
+    }
+    let mut regions: HashMap<Vec<u64>, usize> = HashMap::new();
+    for bits in pattern.into_values() {
+        *regions.entry(bits).or_default() += 1;
+    }
+    regions.values().copied().min()
+}
+
+/// Checks a new cohort (a set of people) against every cohort released
+/// before, in any study, and against what each provider knows (the people
+/// it fills, by provider).
+pub fn check_cohort<T: Ord + std::hash::Hash>(
+    released: &[BTreeSet<T>],
+    cohort: &BTreeSet<T>,
+    providers: &BTreeMap<String, BTreeSet<T>>,
     min_cohort: usize,
 ) -> Result<(), Refusal> {
     if cohort.len() < min_cohort {
@@ -75,53 +143,126 @@ pub fn check_cohort(
             min: min_cohort,
         });
     }
-    if issued.iter().any(|c| c == cohort) {
+    if released.iter().any(|c| c == cohort) {
         return Ok(());
     }
-    let family: Vec<&BTreeSet<u64>> = issued.iter().chain(std::iter::once(cohort)).collect();
-    // Each slot's membership pattern; slots in no cohort are never revealed.
-    let mut pattern: HashMap<u64, Vec<u64>> = HashMap::new();
-    let words = family.len().div_ceil(64);
-    for (i, c) in family.iter().enumerate() {
-        for &slot in c.iter() {
-            pattern.entry(slot).or_insert_with(|| vec![0; words])[i / 64] |= 1 << (i % 64);
-        }
+    let family: Vec<&BTreeSet<T>> = released.iter().chain(std::iter::once(cohort)).collect();
+    if let Some(size) = smallest_region(&family, None).filter(|&s| s < min_cohort) {
+        return Err(Refusal::Differencing {
+            size,
+            min: min_cohort,
+        });
     }
-    let mut regions: HashMap<Vec<u64>, usize> = HashMap::new();
-    for bits in pattern.into_values() {
-        *regions.entry(bits).or_default() += 1;
-    }
-    match regions.values().copied().min() {
-        Some(size) if size < min_cohort => Err(Refusal::Differencing {
+    // The provider that could isolate the fewest people.
+    let worst = providers
+        .iter()
+        .filter_map(|(p, known)| Some((smallest_region(&family, Some(known))?, p)))
+        .filter(|&(size, _)| size < min_cohort)
+        .min();
+    match worst {
+        Some((size, provider)) => Err(Refusal::Provider {
+            provider: provider.clone(),
             size,
             min: min_cohort,
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
-/// Smallest cohort a key is issued for.
-pub const MIN_COHORT: usize = 10;
+/// The ε each release spent, per person: `(in study, in all studies)`.
+fn spent<'a>(releases: &'a [ReleaseRow], study: &str) -> HashMap<&'a str, (u64, u64)> {
+    let mut spent: HashMap<&str, (u64, u64)> = HashMap::new();
+    for r in releases {
+        for p in &r.patients {
+            let e = spent.entry(p.as_str()).or_default();
+            e.1 += r.epsilon_micro;
+            if r.study == study {
+                e.0 += r.epsilon_micro;
+            }
+        }
+    }
+    spent
+}
+
+fn micro(epsilon: f64) -> u64 {
+    (epsilon * 1e6).round() as u64
+}
+
+fn unmicro(m: u64) -> f64 {
+    m as f64 / 1e6
+}
+
+/// The budgets a release is checked against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budgets {
+    /// ε per person per study.
+    pub study: f64,
+    /// ε per person over all studies.
+    pub population: f64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            study: STUDY_BUDGET,
+            population: POPULATION_BUDGET,
+        }
+    }
+}
+
+/// Checks that a release of `epsilon` over `cohort` in `study` overspends
+/// nobody's budget; where the budget would stand after it.
+pub fn check_budget(
+    releases: &[ReleaseRow],
+    study: &str,
+    cohort: &BTreeSet<String>,
+    epsilon: f64,
+    budgets: Budgets,
+) -> Result<Budget, Refusal> {
+    let spent = spent(releases, study);
+    let add = micro(epsilon);
+    let (mut most_study, mut most_all) = (0u64, 0u64);
+    let (mut over_study, mut over_all) = (0usize, 0usize);
+    for p in cohort {
+        let (s, a) = spent.get(p.as_str()).copied().unwrap_or_default();
+        most_study = most_study.max(s + add);
+        most_all = most_all.max(a + add);
+        over_study += usize::from(s + add > micro(budgets.study));
+        over_all += usize::from(a + add > micro(budgets.population));
+    }
+    if over_study > 0 {
+        return Err(Refusal::Budget {
+            scope: format!("study `{study}`"),
+            epsilon,
+            budget: budgets.study,
+            people: over_study,
+        });
+    }
+    if over_all > 0 {
+        return Err(Refusal::Budget {
+            scope: "all studies".into(),
+            epsilon,
+            budget: budgets.population,
+            people: over_all,
+        });
+    }
+    Ok(Budget {
+        epsilon,
+        study_spent: unmicro(most_study),
+        study_budget: budgets.study,
+        population_spent: unmicro(most_all),
+        population_budget: budgets.population,
+    })
+}
+
 /// Roles that publish encrypted values (data providers).
 pub const PROVIDER_ROLES: &[&str] = &["role:lab"];
 /// The role that asks for aggregates.
 pub const RESEARCHER_ROLE: &str = "role:researcher";
-/// Most slots one request allocates.
-pub const MAX_SLOTS: u32 = 100_000;
+/// Most patients one slot request names.
+pub const MAX_SLOTS: usize = 100_000;
 
 pub use asclepios_service::check_stats_name as check_study_name;
-
-/// The encoding of a cohort's slots (for the store and its id).
-pub fn encode_slots(slots: &BTreeSet<u64>) -> Vec<u8> {
-    slots.iter().flat_map(|s| s.to_be_bytes()).collect()
-}
-
-fn decode_slots(bytes: &[u8]) -> BTreeSet<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect()
-}
 
 /// Seals and opens slot keys at rest in the store.
 pub struct SlotSealer(XChaCha20Poly1305);
@@ -179,107 +320,193 @@ impl SlotSealer {
     }
 }
 
-/// Allocates `count` slots of `study` for `provider`: keys made here, kept
-/// sealed in the store, returned in the clear for sealing to the provider.
-pub fn allocate_slots(
+/// Slot keys in the clear, 64 bytes each, wiped on drop.
+pub type ClearKeys = zeroize::Zeroizing<Vec<u8>>;
+
+/// The slots of `patients` in `study` for `provider` (existing ones it
+/// fills, new ones for patients nobody fills), in the order asked, with
+/// their keys in the clear for sealing to the provider. New slots are
+/// numbered in a shuffled order. Keys are made here and kept sealed in the
+/// store.
+pub fn assign_slots(
     store: &Store,
     sealer: &SlotSealer,
     study: &str,
     provider: &str,
-    count: u32,
-) -> Result<(u64, zeroize::Zeroizing<Vec<u8>>), ApiError> {
-    if count == 0 || count > MAX_SLOTS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("ask for 1 to {MAX_SLOTS} slots"),
-        ));
-    }
-    let mut clear = zeroize::Zeroizing::new(Vec::with_capacity(64 * count as usize));
-    let first = store
-        .fe_add_slots(study, provider, count as usize, &mut |slot| {
+    patients: &[String],
+) -> Result<(Vec<(String, u64)>, ClearKeys), ApiError> {
+    let mut shuffled = patients.to_vec();
+    shuffled.shuffle(&mut OsRng);
+    let mut fresh: HashMap<u64, SlotKey> = HashMap::new();
+    let assigned = store
+        .fe_assign_slots(study, provider, &shuffled, &mut |slot, _| {
             let key = SlotKey::generate(&mut OsRng);
-            clear.extend_from_slice(key.to_bytes().as_ref());
-            sealer.seal(study, slot, &key)
+            let sealed = sealer.seal(study, slot, &key);
+            fresh.insert(slot, key);
+            sealed
         })
         .map_err(store_error)?;
-    Ok((first, clear))
+    let by_patient: HashMap<&str, &asclepios_store::PersonSlot> =
+        assigned.iter().map(|s| (s.patient.as_str(), s)).collect();
+    let mut clear = zeroize::Zeroizing::new(Vec::with_capacity(64 * patients.len()));
+    let mut slots = Vec::with_capacity(patients.len());
+    for p in patients {
+        let s = by_patient[p.as_str()];
+        let key = match fresh.get(&s.slot) {
+            Some(k) => k.clone(),
+            None => sealer
+                .open(study, s.slot, &s.sealed_key)
+                .ok_or_else(unopenable)?,
+        };
+        clear.extend_from_slice(key.to_bytes().as_ref());
+        slots.push((p.clone(), s.slot));
+    }
+    Ok((slots, clear))
 }
 
-/// The cohort a request names, checked against the rule, recorded, and
-/// the key for its equal-weight sum under `label` alone: a key asked for
-/// one label (a count) opens no other (the values), so the audit event that
-/// names the label says what the key opens.
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("slots", &self.slots.len())
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unopenable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a slot key does not open under this authority's statistics key",
+    )
+}
+
+/// A key issued for a cohort, and what it released.
+pub struct Issued {
+    /// The cohort's slots, in order.
+    pub slots: Vec<u64>,
+    /// The people it covers.
+    pub people: BTreeSet<String>,
+    /// The key.
+    pub key: zeroize::Zeroizing<[u8; 64]>,
+    /// Where the budget stands; `epsilon` is 0 if the release was made before.
+    pub budget: Budget,
+}
+
+/// The cohort a request names, checked against the rule and the budget over
+/// every release of every study, recorded, and the key for its equal-weight
+/// sum under `label` alone: a key asked for one label (a count) opens no
+/// other (the values), so the audit event that names the label says what
+/// the key opens.
 pub fn cohort_key(
     store: &Store,
     sealer: &SlotSealer,
-    study: &str,
-    label: &str,
-    cohort: &str,
-) -> Result<(BTreeSet<u64>, zeroize::Zeroizing<[u8; 64]>), ApiError> {
+    (study, label, cohort): (&str, &str, &str),
+    budgets: Budgets,
+) -> Result<Issued, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let slots = store.fe_slots(study).map_err(store_error)?;
-    if slots.is_empty() {
+    PartLabel::parse(label).map_err(bad)?;
+    let people = store.fe_people(study).map_err(store_error)?;
+    if people.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no study `{study}`"),
+            format!("no study `{study}` (or none of its slots was assigned)"),
         ));
     }
-    let chosen: BTreeSet<u64> = if cohort == "all" {
-        slots.iter().map(|s| s.slot).collect()
+    let chosen: Vec<&asclepios_store::PersonSlot> = if cohort == "all" {
+        people.iter().collect()
     } else if let Some(p) = cohort.strip_prefix("provider:") {
-        slots
-            .iter()
-            .filter(|s| s.provider == p)
-            .map(|s| s.slot)
-            .collect()
+        people.iter().filter(|s| s.provider == p).collect()
     } else if let Some(list) = cohort.strip_prefix("slots:") {
-        list.split(',')
+        let wanted: BTreeSet<u64> = list
+            .split(',')
             .map(|n| n.trim().parse::<u64>())
             .collect::<Result<_, _>>()
-            .map_err(|_| bad("slots:<n>,<n>,... takes slot numbers".into()))?
+            .map_err(|_| bad("slots:<n>,<n>,... takes slot numbers".into()))?;
+        let known: BTreeSet<u64> = people.iter().map(|s| s.slot).collect();
+        if let Some(s) = wanted.iter().find(|s| !known.contains(s)) {
+            return Err(bad(format!("slot {s} is not in study `{study}`")));
+        }
+        people.iter().filter(|s| wanted.contains(&s.slot)).collect()
     } else {
         return Err(bad(
             "a cohort is `all`, `provider:<id>` or `slots:<n>,<n>,...`".into(),
         ));
     };
-    let known: BTreeSet<u64> = slots.iter().map(|s| s.slot).collect();
-    if let Some(s) = chosen.iter().find(|s| !known.contains(s)) {
-        return Err(bad(format!("slot {s} is not in study `{study}`")));
+    let cohort_people: BTreeSet<String> = chosen.iter().map(|s| s.patient.clone()).collect();
+    // What each provider knows: the people it fills, in any study.
+    let mut providers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, s) in store.fe_all_people().map_err(store_error)? {
+        providers.entry(s.provider).or_default().insert(s.patient);
     }
-    let issued: Vec<BTreeSet<u64>> = store
-        .fe_cohorts(study)
+    let mut hasher = Sha256::new();
+    for part in [study, label] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    for p in &cohort_people {
+        hasher.update((p.len() as u64).to_be_bytes());
+        hasher.update(p.as_bytes());
+    }
+    let release = ReleaseRow {
+        release_id: hex::encode(hasher.finalize()),
+        study: study.to_string(),
+        label: label.to_string(),
+        patients: cohort_people.iter().cloned().collect(),
+        epsilon_micro: micro(RELEASE_EPSILON),
+    };
+    let mut budget = None;
+    let recorded = store
+        .fe_add_release(&release, &mut |before| {
+            let released: BTreeSet<BTreeSet<String>> = before
+                .iter()
+                .map(|r| r.patients.iter().cloned().collect())
+                .collect();
+            let released: Vec<BTreeSet<String>> = released.into_iter().collect();
+            check_cohort(&released, &cohort_people, &providers, MIN_COHORT)?;
+            budget = Some(check_budget(
+                before,
+                study,
+                &cohort_people,
+                RELEASE_EPSILON,
+                budgets,
+            )?);
+            Ok::<_, Refusal>(())
+        })
         .map_err(store_error)?
-        .iter()
-        .map(|b| decode_slots(b))
-        .collect();
-    check_cohort(&issued, &chosen, MIN_COHORT)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    let budget = match (recorded, budget) {
+        (true, Some(b)) => b,
+        // Released before: the same noisy sum, nothing spent.
+        _ => {
+            let releases = store.fe_releases().map_err(store_error)?;
+            let mut b =
+                check_budget(&releases, study, &cohort_people, 0.0, budgets).unwrap_or_default();
+            b.epsilon = 0.0;
+            b
+        }
+    };
     let mut keys = Vec::with_capacity(chosen.len());
-    for row in slots.iter().filter(|s| chosen.contains(&s.slot)) {
+    for s in &chosen {
         keys.push(
             sealer
-                .open(study, row.slot, &row.sealed_key)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "a slot key does not open under this authority's statistics key",
-                    )
-                })?,
+                .open(study, s.slot, &s.sealed_key)
+                .ok_or_else(unopenable)?,
         );
     }
     let refs: Vec<&SlotKey> = keys.iter().collect();
     let key = Mcfe::keygen(&refs, &vec![1; refs.len()], &Label::new(label))
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let encoded = encode_slots(&chosen);
-    let id = hex::encode(Sha256::digest(&encoded));
-    store
-        .fe_add_cohort(study, &id, &encoded)
-        .map_err(store_error)?;
-    Ok((chosen, key.to_bytes()))
+    Ok(Issued {
+        slots: chosen.iter().map(|s| s.slot).collect(),
+        people: cohort_people,
+        key: key.to_bytes(),
+        budget,
+    })
 }
 
 impl KeyAuthority {
-    /// Slots (and their keys, sealed to the caller) for a data provider.
+    /// Slots (and their keys, sealed to the caller) of the patients a data
+    /// provider names.
     pub(crate) fn stats_slots(
         &self,
         caller: &asclepios_net::pki::PeerIdentity,
@@ -289,7 +516,7 @@ impl KeyAuthority {
         let resource = format!(
             "stats slots: {} x{}",
             req.study.chars().take(128).collect::<String>(),
-            req.count
+            req.patients.len()
         );
         let work = || -> Result<stats::IssuedSlots, ApiError> {
             self.active(&caller.id)?;
@@ -304,12 +531,54 @@ impl KeyAuthority {
                     ),
                 ));
             }
-            let (first, keys) = stats::allocate_slots(
+            let distinct: BTreeSet<&String> = req.patients.iter().collect();
+            if req.patients.is_empty()
+                || req.patients.len() > MAX_SLOTS
+                || distinct.len() != req.patients.len()
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("name 1 to {MAX_SLOTS} distinct patients"),
+                ));
+            }
+            let directory = self.all_patients()?;
+            let unknown: Vec<&str> = req
+                .patients
+                .iter()
+                .filter(|p| !directory.contains(*p))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                let shown: Vec<&str> = unknown.iter().take(5).copied().collect();
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "{} of the names are not patients of the directory ({}{}): a slot is a person; register them or leave them out",
+                        unknown.len(),
+                        shown.join(", "),
+                        if unknown.len() > 5 { ", ..." } else { "" }
+                    ),
+                ));
+            }
+            if self
+                .store
+                .fe_legacy_study(&req.study)
+                .map_err(store_error)?
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "study `{}` has numbered slots from before slots named people; publish under a new study name",
+                        req.study
+                    ),
+                ));
+            }
+            let (slots, keys) = stats::assign_slots(
                 &self.store,
                 &self.slot_sealer,
                 &req.study,
                 &caller.id,
-                req.count,
+                &req.patients,
             )?;
             let sealed = sealed_box::seal(
                 &caller.public_key,
@@ -318,8 +587,7 @@ impl KeyAuthority {
             )
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
             Ok(stats::IssuedSlots {
-                first,
-                count: req.count,
+                slots,
                 keys: sealed,
             })
         };
@@ -333,7 +601,9 @@ impl KeyAuthority {
         )
     }
 
-    /// An aggregate key for a researcher, if the cohort passes the rule.
+    /// An aggregate key for a researcher, if the cohort passes the rule and
+    /// the budget; each person a new release covers finds it in their
+    /// access list.
     pub(crate) fn stats_key(
         &self,
         caller: &asclepios_net::pki::PeerIdentity,
@@ -341,13 +611,13 @@ impl KeyAuthority {
         req: stats::StatsKeyRequest,
     ) -> Result<WithReceipt<stats::StatsKey>, ApiError> {
         let shown = |s: &str| s.chars().take(128).collect::<String>();
-        let mut resource = format!(
+        let resource = format!(
             "stats key: study {}, label {}, cohort {}",
             shown(&req.study),
             shown(&req.label),
             shown(&req.cohort)
         );
-        let work = || -> Result<stats::StatsKey, ApiError> {
+        let work = || -> Result<(stats::StatsKey, BTreeSet<String>), ApiError> {
             self.active(&caller.id)?;
             self.require_attested(caller)?;
             stats::check_study_name("study", &req.study)?;
@@ -358,39 +628,82 @@ impl KeyAuthority {
                     format!("aggregate keys need `{}`", stats::RESEARCHER_ROLE),
                 ));
             }
-            let (slots, key) = {
+            let issued = {
                 let _one_at_a_time = self.cohort_lock.lock().unwrap_or_else(|p| p.into_inner());
                 stats::cohort_key(
                     &self.store,
                     &self.slot_sealer,
-                    &req.study,
-                    &req.label,
-                    &req.cohort,
+                    (&req.study, &req.label, &req.cohort),
+                    self.stats_budgets,
                 )?
             };
             let sealed = sealed_box::seal(
                 &caller.public_key,
                 &stats::stats_key_context(&caller.id, &req.study, &req.label),
-                key.as_ref(),
+                issued.key.as_ref(),
             )
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-            Ok(stats::StatsKey {
-                slots: slots.into_iter().collect(),
-                key: sealed,
-            })
+            let covered = if issued.budget.epsilon > 0.0 {
+                issued.people
+            } else {
+                BTreeSet::new()
+            };
+            Ok((
+                stats::StatsKey {
+                    slots: issued.slots,
+                    key: sealed,
+                    budget: issued.budget,
+                },
+                covered,
+            ))
         };
-        let result = work();
-        if let Ok(key) = &result {
-            resource.push_str(&format!(" ({} slots)", key.slots.len()));
-        }
-        asclepios_service::audit_outcome(
-            &self.trail,
-            v,
-            &caller.id,
-            (Action::KeyIssue, Some("HRESCH")),
-            resource,
-            result,
-        )
+        let logged =
+            asclepios_service::log_outcome_to_all(&self.trail, v, work(), |outcome, ok| {
+                let event = |patient: Option<&str>, detail: String| {
+                    let mut event = AuditEvent::new(
+                        &caller.id,
+                        Action::KeyIssue,
+                        format!("{resource}{detail}"),
+                        patient,
+                        outcome,
+                        Some(v.signature.clone()),
+                    );
+                    event.purpose = "HRESCH".into();
+                    event
+                };
+                let Some((key, covered)) = ok else {
+                    return vec![event(None, String::new())];
+                };
+                let b = &key.budget;
+                let mut events = vec![event(
+                    None,
+                    format!(
+                        " ({} people, ε {}; most spent: {} of {} in the study, {} of {} in all)",
+                        key.slots.len(),
+                        b.epsilon,
+                        b.study_spent,
+                        b.study_budget,
+                        b.population_spent,
+                        b.population_budget
+                    ),
+                )];
+                // Each person a new release covers sees it and its ε.
+                events.extend(covered.iter().map(|p| {
+                    event(
+                        Some(p),
+                        format!(
+                            " (a noisy aggregate over {} people, ε {} spent on you)",
+                            key.slots.len(),
+                            b.epsilon
+                        ),
+                    )
+                }));
+                events
+            })?;
+        Ok(WithReceipt {
+            result: logged.result.0,
+            receipt: logged.receipt,
+        })
     }
 }
 
@@ -427,61 +740,142 @@ mod tests {
         r.collect()
     }
 
+    fn nobody() -> BTreeMap<String, BTreeSet<u64>> {
+        BTreeMap::new()
+    }
+
     #[test]
     fn small_and_differencing_cohorts_are_refused() {
         let all = set(0..50);
         assert_eq!(
-            check_cohort(&[], &set(0..9), 10),
+            check_cohort(&[], &set(0..9), &nobody(), 10),
             Err(Refusal::TooSmall { size: 9, min: 10 })
         );
-        assert!(check_cohort(&[], &all, 10).is_ok());
+        assert!(check_cohort(&[], &all, &nobody(), 10).is_ok());
         // All but one: the difference is one person.
         assert_eq!(
-            check_cohort(std::slice::from_ref(&all), &set(1..50), 10),
+            check_cohort(std::slice::from_ref(&all), &set(1..50), &nobody(), 10),
             Err(Refusal::Differencing { size: 1, min: 10 })
         );
         // Halves of the whole: every region has 25.
-        assert!(check_cohort(std::slice::from_ref(&all), &set(0..25), 10).is_ok());
-        // Asking again for an issued cohort is fine.
-        assert!(check_cohort(&[all.clone(), set(0..25)], &set(0..25), 10).is_ok());
+        assert!(check_cohort(std::slice::from_ref(&all), &set(0..25), &nobody(), 10).is_ok());
+        // Asking again for a released cohort is fine.
+        assert!(check_cohort(&[all.clone(), set(0..25)], &set(0..25), &nobody(), 10).is_ok());
         // Overlapping by a sliver is not.
-        assert!(check_cohort(&[all.clone(), set(0..25)], &set(20..45), 10).is_err());
+        assert!(check_cohort(&[all.clone(), set(0..25)], &set(20..45), &nobody(), 10).is_err());
+    }
+
+    /// Review finding H10c: a colluding provider fills nine people with
+    /// values it knows; a cohort of those nine and one other is refused.
+    #[test]
+    fn a_provider_cannot_subtract_what_it_knows() {
+        let providers = BTreeMap::from([
+            ("lab-central".to_string(), set(0..12)),
+            ("lab-north".to_string(), set(12..21)),
+        ]);
+        let cohort: BTreeSet<u64> = [3].into_iter().chain(12..21).collect();
+        assert_eq!(
+            check_cohort(&[], &cohort, &providers, 10),
+            Err(Refusal::Provider {
+                provider: "lab-north".into(),
+                size: 1,
+                min: 10
+            })
+        );
+        // All 21: lab-central could subtract its 12 and learn the sum of
+        // lab-north's 9.
+        assert!(check_cohort(&[], &set(0..21), &providers, 10).is_err());
+        // Each provider's own people are fine: it knows them already.
+        assert!(check_cohort(&[], &set(0..12), &providers, 10).is_ok());
+    }
+
+    fn release(study: &str, people: &[&str], epsilon: f64) -> ReleaseRow {
+        ReleaseRow {
+            release_id: format!("{study}{people:?}{epsilon}"),
+            study: study.into(),
+            label: "p/f/present".into(),
+            patients: people.iter().map(|p| p.to_string()).collect(),
+            epsilon_micro: micro(epsilon),
+        }
+    }
+
+    #[test]
+    fn budgets_are_per_person_per_study_and_overall() {
+        let people: BTreeSet<String> = ["a", "b"].iter().map(|p| p.to_string()).collect();
+        let budgets = Budgets {
+            study: 2.0,
+            population: 3.0,
+        };
+        let r = vec![release("s1", &["a"], 1.0), release("s1", &["a", "b"], 1.0)];
+        // a has spent 2 in s1: a third release there is refused.
+        assert!(matches!(
+            check_budget(&r, "s1", &people, 1.0, budgets),
+            Err(Refusal::Budget { people: 1, .. })
+        ));
+        // In s2, a has 1 left overall.
+        let b = check_budget(&r, "s2", &people, 1.0, budgets).unwrap();
+        assert_eq!((b.study_spent, b.population_spent), (1.0, 3.0));
+        let mut r2 = r.clone();
+        r2.push(release("s2", &["a"], 1.0));
+        assert!(matches!(
+            check_budget(&r2, "s3", &people, 1.0, budgets),
+            Err(Refusal::Budget { ref scope, .. }) if scope == "all studies"
+        ));
     }
 
     proptest! {
-        /// Whatever is asked, in whatever order, no combination of the keys
-        /// issued isolates fewer than the minimum: sampled integer
-        /// combinations of the issued cohorts' indicator vectors have an
-        /// empty support or one of at least `min` slots.
+        /// Whatever is asked, in whatever order, in whichever study, no
+        /// combination of the keys released isolates fewer than the minimum,
+        /// even for a provider that subtracts the values it published:
+        /// sampled integer combinations of the released cohorts' indicator
+        /// vectors have, outside any one provider's people, an empty support
+        /// or one of at least `min` people.
         #[test]
-        fn no_combination_of_issued_keys_isolates_anyone(
-            asks in prop::collection::vec((0u64..40, 1u64..40), 1..24),
+        fn no_combination_of_released_keys_isolates_anyone(
+            asks in prop::collection::vec((0usize..3, 0u64..40, 1u64..40), 1..24),
+            split in 5u64..35,
             coefficients in prop::collection::vec(prop::collection::vec(-3i64..=3, 24), 16),
         ) {
             let min = 5;
-            let mut issued: Vec<BTreeSet<u64>> = Vec::new();
-            for (start, len) in asks {
+            // Three studies over one population of 40 people; in each,
+            // two providers fill them, split differently per study.
+            let providers = BTreeMap::from([
+                ("a".to_string(), set(0..split)),
+                ("b".to_string(), set(split..40)),
+                ("c".to_string(), set(10..20)),
+            ]);
+            let mut released: Vec<BTreeSet<u64>> = Vec::new();
+            for (_study, start, len) in asks {
                 let cohort: BTreeSet<u64> = (start..(start + len).min(40)).collect();
-                if check_cohort(&issued, &cohort, min).is_ok() && !issued.contains(&cohort) {
-                    issued.push(cohort);
+                if check_cohort(&released, &cohort, &providers, min).is_ok()
+                    && !released.contains(&cohort)
+                {
+                    released.push(cohort);
                 }
             }
-            for c in &issued {
+            for c in &released {
                 prop_assert!(c.len() >= min);
             }
+            let known: Vec<BTreeSet<u64>> = std::iter::once(BTreeSet::new())
+                .chain(providers.values().cloned())
+                .collect();
             for coeffs in &coefficients {
                 let mut v = [0i64; 40];
-                for (c, k) in issued.iter().zip(coeffs) {
-                    for &slot in c {
-                        v[slot as usize] += k;
+                for (c, k) in released.iter().zip(coeffs) {
+                    for &person in c {
+                        v[person as usize] += k;
                     }
                 }
-                let support = v.iter().filter(|&&x| x != 0).count();
-                prop_assert!(support == 0 || support >= min, "support {support}: {v:?}");
+                for k in &known {
+                    let support = (0..40u64)
+                        .filter(|p| v[*p as usize] != 0 && !k.contains(p))
+                        .count();
+                    prop_assert!(support == 0 || support >= min, "support {support}: {v:?}");
+                }
             }
             // Pairwise differences in particular.
-            for a in &issued {
-                for b in &issued {
+            for a in &released {
+                for b in &released {
                     let d = a.symmetric_difference(b).count();
                     prop_assert!(d == 0 || d >= min);
                 }

@@ -314,47 +314,79 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
     );
 
     story.section("16. Research statistics without seeing a value");
-    // The lab's cohort: systolic readings of 24 synthetic patients (its own data).
+    // The lab's cohort: systolic readings of 24 synthetic patients, each a
+    // patient of the directory (a slot is a person).
     let mut cohort_gen = Generator::new(seed + 100);
-    let readings: Vec<f64> = (0..24)
-        .map(|i| {
-            let bp = cohort_gen.blood_pressure(&format!("pat-r{i:03}"));
-            bp["valueQuantity"]["value"].as_f64().unwrap_or(120.0)
+    let mut cohort: Vec<String> = Vec::new();
+    let mut readings: Vec<f64> = Vec::new();
+    for i in 0..24 {
+        let id = format!("pat-r{i:03}");
+        let (d, owned) = (dir.to_path_buf(), id.clone());
+        let public_key = tokio::task::spawn_blocking(move || {
+            asclepios_deploy::directory::issue_identity_files(&d, &owned)
         })
-        .collect();
-    let (first, slot_keys) = lab.stats_slots("bp-study", readings.len() as u32).await?;
-    let rows: Vec<_> = slot_keys
+        .await??;
+        admin
+            .register_identity(&asclepios_authority::admin::Registration {
+                id: id.clone(),
+                kind: "patient".into(),
+                display_name: format!("patient {id}"),
+                public_key: hex::encode(public_key),
+                attributes: vec![format!("patient:{id}")],
+            })
+            .await?;
+        let bp = cohort_gen.blood_pressure(&id);
+        readings.push(bp["valueQuantity"]["value"].as_f64().unwrap_or(120.0));
+        cohort.push(id);
+    }
+    let slots = lab.stats_slots("bp-study", &cohort).await?;
+    let rows: Vec<_> = slots
         .iter()
         .zip(&readings)
-        .enumerate()
-        .map(|(i, (k, v))| (first + i as u64, k, Some(*v)))
+        .map(|((_, slot, k), v)| (*slot, k, Some(*v)))
         .collect();
     let published = lab
-        .stats_publish("bp-study", "2025", "systolic", &[120.0, 140.0], &rows)
+        .stats_publish(
+            "bp-study",
+            ("2025", "systolic"),
+            (0.0, 300.0),
+            &[120.0, 140.0],
+            &rows,
+        )
         .await?;
     story.note(&format!(
-        "the lab encrypts {} readings in their own slots ({published} ciphertexts: value, square, presence, buckets)",
-        readings.len()
+        "the lab encrypts {} readings of {} directory patients in their slots, each with a noise share \
+         ({published} ciphertexts: value, square, presence, buckets)",
+        readings.len(),
+        cohort.len()
     ));
     let summary = rita
         .stats_summary("bp-study", "2025", "systolic", "all")
         .await?;
     let mean = readings.iter().sum::<f64>() / readings.len() as f64;
+    let within = |got: f64, want: f64, sd: f64| (got - want).abs() <= 6.0 * sd + 1e-9;
     story.expect(
-        summary.count == 24 && summary.mean.is_some_and(|m| (m - mean).abs() < 1e-6),
+        within(summary.count as f64, 24.0, summary.count_sd)
+            && summary
+                .mean
+                .zip(summary.mean_sd)
+                .is_some_and(|(m, sd)| within(m, mean, sd)),
         &format!(
-            "the researcher learns count {}, mean {:.1}, sd {:.1}, histogram {:?}, and no single value",
+            "the researcher learns a noisy count {} (noise sd {:.1}), mean {:.1} (true {mean:.1}, noise sd {:.1}), \
+             histogram {:?}, and no single value; ε {} spent per person",
             summary.count,
+            summary.count_sd,
             summary.mean.unwrap_or_default(),
-            summary.variance.unwrap_or_default().max(0.0).sqrt(),
-            summary.histogram
+            summary.mean_sd.unwrap_or_default(),
+            summary.histogram,
+            summary.budget.epsilon
         ),
     );
-    let everyone_but_one: Vec<String> = (first + 1..first + 24).map(|s| s.to_string()).collect();
+    let everyone_but_one: Vec<String> = slots[1..].iter().map(|(_, s, _)| s.to_string()).collect();
     match rita
         .stats_sum(
             "bp-study",
-            "2025/systolic/value",
+            "2025/systolic/value:0..300",
             &format!("slots:{}", everyone_but_one.join(",")),
         )
         .await

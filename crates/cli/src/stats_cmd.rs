@@ -26,12 +26,14 @@ pub struct Measure {
 #[derive(clap::Subcommand, Debug)]
 pub enum StatsCommand {
     /// As a data provider: encrypt one value per patient (the latest matching observation
-    /// in the period) from FHIR files and publish it for a study. Each patient keeps a slot
-    /// (and its key, in <dir>/identities/<id>.stats/<study>.json) from period to period;
-    /// patients without a value this period publish "no value", which stays hidden.
+    /// in the period) from FHIR files and publish it for a study, with a noise share added.
+    /// A slot is a person: every patient must be in the directory, and the authority assigns
+    /// each one slot per study (kept with its key in <dir>/identities/<id>.stats/<study>.json
+    /// from period to period); patients without a value this period publish "no value",
+    /// which stays hidden.
     ///
     /// Example: asclepios stats publish --as lab-central --study bp --period 2024
-    ///   --feature systolic --code 'http://loinc.org|8480-6' --buckets 120,140 sample.ndjson
+    ///   --feature systolic --code 'http://loinc.org|8480-6' --range 0..300 --buckets 120,140 sample.ndjson
     Publish {
         #[command(flatten)]
         who: AsArg,
@@ -40,6 +42,10 @@ pub enum StatsCommand {
         /// The observation code, system|code.
         #[arg(long)]
         code: String,
+        /// The range values are clipped to, lo..hi (e.g. 0..300 for a blood pressure): it
+        /// fixes how much one person can move a sum, and so the noise each value carries.
+        #[arg(long, value_parser = parse_range)]
+        range: (f64, f64),
         /// Histogram bucket edges, e.g. 120,140.
         #[arg(long, value_delimiter = ',')]
         buckets: Vec<f64>,
@@ -47,9 +53,12 @@ pub enum StatsCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// As a researcher: count, mean, variance and histogram of a feature over a cohort.
-    /// The authority issues a key per aggregate only for cohorts of 10 or more that,
-    /// with the keys already issued for the study, single nobody out.
+    /// As a researcher: noisy count, mean, variance and histogram of a feature over a
+    /// cohort, each with the standard deviation of its noise. The authority issues a key
+    /// per aggregate only for cohorts of 10 or more people that, with every key already
+    /// released (in any study, and after any one provider subtracts what it published),
+    /// single nobody out, and only while each person's privacy budget lasts (ε 1 per new
+    /// aggregate; [stats] study_budget and population_budget).
     ///
     /// Example: asclepios stats query --as researcher-rita --study bp --period 2024 --feature systolic
     Query {
@@ -69,9 +78,10 @@ pub fn run(dir: &Path, command: StatsCommand) -> anyhow::Result<()> {
             who,
             measure,
             code,
+            range,
             buckets,
             files,
-        } => publish(dir, &who, &measure, &code, &buckets, &files),
+        } => publish(dir, &who, &measure, (&code, range), &buckets, &files),
         StatsCommand::Query {
             who,
             measure:
@@ -87,21 +97,27 @@ pub fn run(dir: &Path, command: StatsCommand) -> anyhow::Result<()> {
                 .stats_summary(&study, &period, &feature, &cohort)
                 .await?;
             println!(
-                "study {study}, {period}, {feature}, cohort {cohort} ({} slots)",
+                "study {study}, {period}, {feature}, cohort {cohort} ({} people)",
                 s.slots
             );
-            println!("count     {}", s.count);
-            match (s.mean, s.variance) {
-                (Some(m), Some(v)) => {
-                    println!("mean      {m:.2}");
+            println!("count     {}  (noise sd {:.1})", s.count, s.count_sd);
+            match (s.mean, s.mean_sd, s.variance) {
+                (Some(m), Some(sd), Some(v)) => {
+                    println!("mean      {m:.2}  (noise sd about {sd:.2})");
                     println!("variance  {v:.2}  (sd {:.2})", v.max(0.0).sqrt());
                 }
                 _ => println!("no values"),
             }
             for (bucket, n) in &s.histogram {
-                println!("bucket {bucket:<12} {n}");
+                println!("bucket {bucket:<12} {n}  (noise sd {:.1})", s.count_sd);
             }
-            eprintln!("each aggregate came from its own function key; no value was decrypted");
+            let b = &s.budget;
+            eprintln!(
+                "each aggregate came from its own function key, over noisy values; no value was decrypted.\n\
+                 privacy: this summary spent ε {} per person; the most spent on anyone in the cohort is \
+                 now ε {} of {} in this study and ε {} of {} in all studies",
+                b.epsilon, b.study_spent, b.study_budget, b.population_spent, b.population_budget
+            );
             Ok(())
         }),
     }
@@ -114,11 +130,25 @@ fn slots_file(dir: &Path, who: &AsArg, study: &str) -> PathBuf {
         .join(format!("{study}.json"))
 }
 
+/// `lo..hi`.
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let parsed = s.split_once("..").and_then(|(lo, hi)| {
+        Some((
+            lo.trim().parse::<f64>().ok()?,
+            hi.trim().parse::<f64>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((lo, hi)) if lo.is_finite() && hi.is_finite() && lo < hi => Ok((lo, hi)),
+        _ => Err(format!("`{s}` is not lo..hi with lo < hi, e.g. 0..300")),
+    }
+}
+
 fn publish(
     dir: &Path,
     who: &AsArg,
     measure: &Measure,
-    code: &str,
+    (code, range): (&str, (f64, f64)),
     buckets: &[f64],
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
@@ -169,14 +199,14 @@ fn publish(
     };
     runtime()?.block_on(async {
         let client = connect(dir, who)?;
-        let new: Vec<&String> = latest.keys().filter(|p| !slots.contains_key(*p)).collect();
+        let new: Vec<String> = latest
+            .keys()
+            .filter(|p| !slots.contains_key(*p))
+            .cloned()
+            .collect();
         if !new.is_empty() {
-            let (first, keys) = client.stats_slots(study, new.len() as u32).await?;
-            for (i, (patient, key)) in new.into_iter().zip(keys).enumerate() {
-                slots.insert(
-                    patient.clone(),
-                    (first + i as u64, hex::encode(key.to_bytes().as_ref())),
-                );
+            for (patient, slot, key) in client.stats_slots(study, &new).await? {
+                slots.insert(patient, (slot, hex::encode(key.to_bytes().as_ref())));
             }
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -197,10 +227,10 @@ fn publish(
         let rows: Vec<(u64, &SlotKey, Option<f64>)> =
             keys.iter().map(|(s, k, v)| (*s, k, *v)).collect();
         let n = client
-            .stats_publish(study, period, feature, buckets, &rows)
+            .stats_publish(study, (period, feature), range, buckets, &rows)
             .await?;
         println!(
-            "published {} patient(s) ({} with a value) as {n} encrypted values for {study}/{period}/{feature}",
+            "published {} patient(s) ({} with a value) as {n} encrypted, noisy values for {study}/{period}/{feature}",
             rows.len(),
             latest.len()
         );

@@ -12,6 +12,7 @@
 //! * [`ipfe`]: inner-product functional encryption over ristretto255,
 //!   single-input (Agrawal–Libert–Stehlé 2016) and multi-client (Chotard et
 //!   al. 2018), with a baby-step giant-step discrete-log table.
+//! * [`dp`]: distributed discrete Laplace noise shares for the statistics.
 //! * [`format`]: the tagged, versioned binary formats and their decode errors.
 //!
 //! This crate is pure: no I/O, no async, no global state beyond a cache of
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod abe;
+pub mod dp;
 pub mod envelope;
 pub mod format;
 pub mod ipfe;

@@ -27,6 +27,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Who may search the encrypted index.
     pub search: SearchConfig,
+    /// The privacy budgets of statistics.
+    pub stats: StatsConfig,
     /// Remote attestation of the key authority and of components.
     pub attestation: AttestationConfig,
     /// Where the authority's sealing key comes from.
@@ -156,6 +158,26 @@ impl Default for SearchConfig {
     }
 }
 
+/// The privacy budgets of statistics: each released aggregate spends ε 1
+/// of every person it covers (`asclepios_api::stats::RELEASE_EPSILON`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// The ε one study may spend on any one person.
+    pub study_budget: u32,
+    /// The ε all studies together may spend on any one person.
+    pub population_budget: u32,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            study_budget: asclepios_api::stats::STUDY_BUDGET as u32,
+            population_budget: asclepios_api::stats::POPULATION_BUDGET as u32,
+        }
+    }
+}
+
 /// The store.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -278,6 +300,7 @@ impl Default for Config {
             emergency: EmergencyConfig::default(),
             policy: PolicyConfig::default(),
             search: SearchConfig::default(),
+            stats: StatsConfig::default(),
             attestation: AttestationConfig::default(),
             seal: SealConfig::default(),
         }
@@ -385,6 +408,12 @@ impl Config {
                  and neither may appear among the other's `names`",
                 a.tls_name, r.tls_name
             ));
+        }
+        if self.stats.study_budget == 0 || self.stats.population_budget < self.stats.study_budget {
+            return Err(
+                "[stats] needs study_budget of 1 or more and population_budget of at least study_budget"
+                    .into(),
+            );
         }
         Ok(())
     }

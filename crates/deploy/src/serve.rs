@@ -346,6 +346,10 @@ fn open_authority(
         cfg.search.roles.clone(),
     )
     .with_cross_patient_search(cfg.search.cross_patient_roles.clone())
+    .with_stats_budgets(asclepios_authority::stats::Budgets {
+        study: f64::from(cfg.stats.study_budget),
+        population: f64::from(cfg.stats.population_budget),
+    })
     .with_attestation(source, gate)
     .with_naming_secret(keys::naming_secret(dir)?)
     .with_witness(witness)

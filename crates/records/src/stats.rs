@@ -57,6 +57,7 @@ pub(crate) async fn publish_stats(
             s.check_caller(&caller.id)?;
             check_stats_name("study", &req.study)?;
             check_stats_name("label", &req.label)?;
+            asclepios_api::stats::PartLabel::parse(&req.label).map_err(bad_request)?;
             if req.values.is_empty() || req.values.len() > MAX_STATS_VALUES {
                 return Err(bad_request(format!(
                     "publish 1 to {MAX_STATS_VALUES} values at a time"

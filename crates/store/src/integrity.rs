@@ -152,9 +152,26 @@ pub(crate) const FE_COHORTS: Protected = Protected {
     order: "cohort_id",
     bytes_partition: false,
 };
+/// A study's slots, one per patient (schema 8; `fe_slots` and `fe_cohorts`
+/// are the numbered slots of earlier studies, kept so their tags verify).
+pub(crate) const FE_PEOPLE: Protected = Protected {
+    table: "fe_people",
+    partition: "study",
+    columns: "study, slot, patient, provider, sealed_key",
+    order: "slot",
+    bytes_partition: false,
+};
+/// Every aggregate released, over the whole population (one partition).
+pub(crate) const FE_RELEASES: Protected = Protected {
+    table: "fe_releases",
+    partition: "population",
+    columns: "population, release_id, study, label, patients, epsilon_micro",
+    order: "release_id",
+    bytes_partition: false,
+};
 
 /// Every protected table.
-pub(crate) const PROTECTED: [&Protected; 10] = [
+pub(crate) const PROTECTED: [&Protected; 12] = [
     &IDENTITIES,
     &IDENTITY_ATTRIBUTES,
     &ATTRIBUTE_VERSIONS,
@@ -165,6 +182,8 @@ pub(crate) const PROTECTED: [&Protected; 10] = [
     &SSE_STATE,
     &FE_SLOTS,
     &FE_COHORTS,
+    &FE_PEOPLE,
+    &FE_RELEASES,
 ];
 
 impl Protected {
@@ -281,6 +300,7 @@ const DIRECTORY_TABLES: &[&Protected] = &[
     &COMPONENTS,
     &EMERGENCY_GRANTS,
     &FE_SLOTS,
+    &FE_PEOPLE,
 ];
 
 /// The integrity state a store carries when opened with a key.

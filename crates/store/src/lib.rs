@@ -26,7 +26,8 @@
 //! | `record_versions`, `key_wrappers`, `consents`, `emergency_grants` | `patient` (pseudonym) | each other |
 //! | `sse_index` | `addr` (pseudorandom, spreads evenly) | none |
 //! | `sse_state` | `row_id` (pseudorandom) | none |
-//! | `fe_slots`, `fe_values`, `fe_cohorts` | `study` | each other |
+//! | `fe_people`, `fe_values`, `fe_slots`, `fe_cohorts` | `study` | each other |
+//! | `fe_releases` | `population` (one per deployment) | none |
 //! | `audit_logs`, `audit_entries`, `audit_nodes`, `audit_checkpoints` | `log_id` | each other |
 //! | `identities`, `identity_attributes`, `attribute_versions` | reference tables (small, replicated) | |
 //!
@@ -62,7 +63,7 @@ pub use directory::{
 pub use migrations::SCHEMA_VERSION;
 pub use records::{RecordVersion, Wrapper, WrapperRow};
 pub use sse::{SseBatch, StateWrite};
-pub use stats::SlotRow;
+pub use stats::{PersonSlot, ReleaseRow};
 
 use db::Tx;
 

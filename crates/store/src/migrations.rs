@@ -197,10 +197,34 @@ ALTER TABLE audit_entries ADD COLUMN subject {BYTES};
 CREATE INDEX audit_entries_by_subject ON audit_entries (log_id, subject, idx)
 "#,
     },
+    Migration {
+        version: 8,
+        description: "statistics slots are people (one per patient and study) and releases are kept for the whole population",
+        ddl: r#"
+CREATE TABLE fe_people (
+    study       TEXT    NOT NULL,
+    slot        {INT}   NOT NULL,
+    patient     TEXT    NOT NULL,
+    provider    TEXT    NOT NULL,
+    sealed_key  {BYTES} NOT NULL,
+    PRIMARY KEY (study, slot),
+    UNIQUE (study, patient)
+);
+CREATE TABLE fe_releases (
+    population  TEXT    NOT NULL,
+    release_id  TEXT    NOT NULL,
+    study       TEXT    NOT NULL,
+    label       TEXT    NOT NULL,
+    patients    {BYTES} NOT NULL,
+    epsilon_micro {INT} NOT NULL,
+    PRIMARY KEY (population, release_id)
+)
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

@@ -1,74 +1,194 @@
-//! Functional-encryption statistics: the slots of a study (each a patient
-//! value at one data provider, its key sealed by the authority), the
-//! encrypted values published under labels, and the cohorts function keys
-//! were issued for (the authority's differencing rule reads them back).
+//! Functional-encryption statistics: the slots of a study (one per patient,
+//! filled by one data provider, its key sealed by the authority), the
+//! encrypted values published under labels, and the releases function keys
+//! were issued for, over the whole population (the authority's rule and
+//! privacy budget read them back).
 
 use crate::db::{int, Row, Value};
-use crate::integrity::{FE_COHORTS, FE_SLOTS};
+use crate::integrity::{FE_PEOPLE, FE_RELEASES, FE_SLOTS};
 use crate::{Store, StoreError};
 
-/// A slot of a study.
+/// A study's slot: one patient's values at one data provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlotRow {
+pub struct PersonSlot {
     /// Its number in the study.
     pub slot: u64,
-    /// The data provider that owns it.
+    /// The patient (directory pseudonym) it holds values of.
+    pub patient: String,
+    /// The data provider that fills it.
     pub provider: String,
     /// Its key, sealed by the authority.
     pub sealed_key: Vec<u8>,
 }
 
+impl PersonSlot {
+    fn from_row(r: &Row) -> Result<Self, StoreError> {
+        Ok(PersonSlot {
+            slot: r.uint(1)?,
+            patient: r.text(2)?,
+            provider: r.text(3)?,
+            sealed_key: r.bytes(4)?,
+        })
+    }
+}
+
+/// An aggregate released: a key for one label over a set of people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseRow {
+    /// Its id (a digest of study, label and people).
+    pub release_id: String,
+    /// The study.
+    pub study: String,
+    /// The label.
+    pub label: String,
+    /// The people it sums, sorted.
+    pub patients: Vec<String>,
+    /// The ε it spent, in millionths.
+    pub epsilon_micro: u64,
+}
+
+/// The one population releases are kept for (every study draws on the
+/// directory's patients).
+const POPULATION: &str = "directory";
+
 impl Store {
-    /// Allocates `keys.len()` new slots of `study` for `provider`, numbered
-    /// after the last one; `seal(slot)` gives each slot's sealed key. Returns
-    /// the first slot number.
-    pub fn fe_add_slots(
+    /// The slots of `patients` in `study` for `provider`, in the order
+    /// given: a patient's existing slot if `provider` fills it, a new one
+    /// (numbered after the last, its sealed key from `seal(slot, patient)`)
+    /// if nobody does. A patient another provider fills is a conflict, and
+    /// nothing is written.
+    pub fn fe_assign_slots(
         &self,
         study: &str,
         provider: &str,
-        count: usize,
-        seal: &mut dyn FnMut(u64) -> Vec<u8>,
-    ) -> Result<u64, StoreError> {
-        self.protected_transaction(&[(&FE_SLOTS, study)], |tx, before| {
+        patients: &[String],
+        seal: &mut dyn FnMut(u64, &str) -> Vec<u8>,
+    ) -> Result<Vec<PersonSlot>, StoreError> {
+        self.protected_transaction(&[(&FE_PEOPLE, study)], |tx, before| {
+            let mut existing = std::collections::HashMap::new();
             let mut next = 0;
             for r in &before[0] {
-                next = next.max(r.uint(1)? + 1);
+                let slot = PersonSlot::from_row(r)?;
+                next = next.max(slot.slot + 1);
+                existing.insert(slot.patient.clone(), slot);
             }
-            let rows = (next..next + count as u64)
-                .map(|slot| {
-                    Ok(vec![
-                        study.into(),
-                        int(slot)?,
-                        provider.into(),
-                        Value::Bytes(seal(slot)),
-                    ])
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut out = Vec::with_capacity(patients.len());
+            let mut rows = Vec::new();
+            for patient in patients {
+                match existing.get(patient) {
+                    Some(s) if s.provider == provider => out.push(s.clone()),
+                    Some(_) => {
+                        return Err(StoreError::Conflict(format!(
+                            "{patient} already has a slot in `{study}`, filled by another provider"
+                        )))
+                    }
+                    None => {
+                        let slot = PersonSlot {
+                            slot: next,
+                            patient: patient.clone(),
+                            provider: provider.to_string(),
+                            sealed_key: seal(next, patient),
+                        };
+                        next += 1;
+                        rows.push(vec![
+                            study.into(),
+                            int(slot.slot)?,
+                            slot.patient.as_str().into(),
+                            provider.into(),
+                            Value::Bytes(slot.sealed_key.clone()),
+                        ]);
+                        existing.insert(patient.clone(), slot.clone());
+                        out.push(slot);
+                    }
+                }
+            }
             for chunk in rows.chunks(256) {
                 tx.insert_many(
-                    "fe_slots",
-                    &["study", "slot", "provider", "sealed_key"],
+                    "fe_people",
+                    &["study", "slot", "patient", "provider", "sealed_key"],
                     chunk,
                 )?;
             }
             let mut after = before[0].clone();
             after.extend(rows.into_iter().map(Row));
-            Ok((next, vec![after]))
+            Ok((out, vec![after]))
         })
     }
 
     /// Every slot of `study`, in order.
-    pub fn fe_slots(&self, study: &str) -> Result<Vec<SlotRow>, StoreError> {
-        self.partition(&FE_SLOTS, study)?
+    pub fn fe_people(&self, study: &str) -> Result<Vec<PersonSlot>, StoreError> {
+        self.partition(&FE_PEOPLE, study)?
             .iter()
-            .map(|r| {
-                Ok(SlotRow {
-                    slot: r.uint(1)?,
-                    provider: r.text(2)?,
-                    sealed_key: r.bytes(3)?,
-                })
-            })
+            .map(PersonSlot::from_row)
             .collect()
+    }
+
+    /// `(study, slot)` of every slot of every study, with its patient and
+    /// provider.
+    pub fn fe_all_people(&self) -> Result<Vec<(String, PersonSlot)>, StoreError> {
+        self.protected_table(&FE_PEOPLE)?
+            .iter()
+            .map(|r| Ok((r.text(0)?, PersonSlot::from_row(r)?)))
+            .collect()
+    }
+
+    /// Whether `study` has numbered slots of before schema 8 (slots that
+    /// named no person): such a study takes no new slots.
+    pub fn fe_legacy_study(&self, study: &str) -> Result<bool, StoreError> {
+        Ok(!self.partition(&FE_SLOTS, study)?.is_empty())
+    }
+
+    /// Every release, by id.
+    pub fn fe_releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
+        self.partition(&FE_RELEASES, POPULATION)?
+            .iter()
+            .map(release_from_row)
+            .collect()
+    }
+
+    /// Records a release unless one with its id is recorded; `check` sees
+    /// every release recorded before (read in the same transaction) and may
+    /// refuse. Returns whether it was new.
+    pub fn fe_add_release<E>(
+        &self,
+        release: &ReleaseRow,
+        check: &mut dyn FnMut(&[ReleaseRow]) -> Result<(), E>,
+    ) -> Result<Result<bool, E>, StoreError> {
+        self.protected_transaction(&[(&FE_RELEASES, POPULATION)], |tx, before| {
+            let all = before[0]
+                .iter()
+                .map(release_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            if all.iter().any(|r| r.release_id == release.release_id) {
+                return Ok((Ok(false), vec![before[0].clone()]));
+            }
+            if let Err(e) = check(&all) {
+                return Ok((Err(e), vec![before[0].clone()]));
+            }
+            let row = vec![
+                POPULATION.into(),
+                release.release_id.as_str().into(),
+                release.study.as_str().into(),
+                release.label.as_str().into(),
+                Value::Bytes(release.patients.join("\n").into_bytes()),
+                int(release.epsilon_micro)?,
+            ];
+            tx.insert_many(
+                "fe_releases",
+                &[
+                    "population",
+                    "release_id",
+                    "study",
+                    "label",
+                    "patients",
+                    "epsilon_micro",
+                ],
+                std::slice::from_ref(&row),
+            )?;
+            let mut after = before[0].clone();
+            after.push(Row(row));
+            Ok((Ok(true), vec![after]))
+        })
     }
 
     /// Publishes encrypted values under `label`; a slot publishes at most
@@ -123,10 +243,11 @@ impl Store {
 
     /// `(study, slot, provider)` of every slot, by study and slot.
     pub fn fe_all_slots(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
-        self.protected_table(&FE_SLOTS)?
-            .iter()
-            .map(|r| Ok((r.text(0)?, r.uint(1)?, r.text(2)?)))
-            .collect()
+        Ok(self
+            .fe_all_people()?
+            .into_iter()
+            .map(|(study, s)| (study, s.slot, s.provider))
+            .collect())
     }
 
     /// The labels values were published under in `study`.
@@ -141,37 +262,20 @@ impl Store {
             .collect()
         })
     }
+}
 
-    /// Records a cohort a key was issued for (idempotent).
-    pub fn fe_add_cohort(
-        &self,
-        study: &str,
-        cohort_id: &str,
-        slots: &[u8],
-    ) -> Result<(), StoreError> {
-        self.protected_transaction(&[(&FE_COHORTS, study)], |tx, before| {
-            let mut after = before[0].clone();
-            if !before[0]
-                .iter()
-                .any(|r| r.text(1).is_ok_and(|c| c == cohort_id))
-            {
-                let row = vec![study.into(), cohort_id.into(), slots.into()];
-                tx.insert_many(
-                    "fe_cohorts",
-                    &["study", "cohort_id", "slots"],
-                    std::slice::from_ref(&row),
-                )?;
-                after.push(Row(row));
-            }
-            Ok(((), vec![after]))
-        })
-    }
-
-    /// The cohorts keys were issued for in `study`.
-    pub fn fe_cohorts(&self, study: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.partition(&FE_COHORTS, study)?
-            .iter()
-            .map(|r| r.bytes(2))
-            .collect()
-    }
+fn release_from_row(r: &Row) -> Result<ReleaseRow, StoreError> {
+    let patients = String::from_utf8(r.bytes(4)?)
+        .map_err(|_| StoreError::Invalid("fe_releases: patients are not text".into()))?;
+    Ok(ReleaseRow {
+        release_id: r.text(1)?,
+        study: r.text(2)?,
+        label: r.text(3)?,
+        patients: patients
+            .split('\n')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+        epsilon_micro: r.uint(5)?,
+    })
 }

@@ -290,23 +290,40 @@ fn sse_state_swaps_atomically_with_the_index(h: &Harness) {
 fn statistics_slots_values_and_cohorts(h: &Harness) {
     // As the key authority opens it: with its state authenticated.
     let s = h.open_protected().unwrap();
-    let first = s
-        .fe_add_slots("study", "lab-a", 3, &mut |slot| vec![slot as u8; 4])
+    let people = |ids: &[&str]| ids.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let seal = &mut |slot: u64, _: &str| vec![slot as u8; 4];
+    let a = s
+        .fe_assign_slots("study", "lab-a", &people(&["p1", "p2", "p3"]), seal)
         .unwrap();
-    assert_eq!(first, 0);
-    let next = s
-        .fe_add_slots("study", "lab-b", 2, &mut |slot| vec![slot as u8; 4])
+    assert_eq!(a.iter().map(|x| x.slot).collect::<Vec<_>>(), [0, 1, 2]);
+    // Asking again gives the same slots; new people get new ones.
+    let again = s
+        .fe_assign_slots("study", "lab-a", &people(&["p4", "p2"]), seal)
         .unwrap();
-    assert_eq!(next, 3);
+    assert_eq!(again[0].slot, 3);
+    assert_eq!(again[1], a[1]);
+    // A person another provider fills is refused, and nothing is written.
+    let e = s
+        .fe_assign_slots("study", "lab-b", &people(&["p5", "p1"]), seal)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    let b = s
+        .fe_assign_slots("study", "lab-b", &people(&["p5"]), seal)
+        .unwrap();
+    assert_eq!(b[0].slot, 4);
     assert_eq!(
-        s.fe_add_slots("other", "lab-a", 1, &mut |_| vec![0])
-            .unwrap(),
+        s.fe_assign_slots("other", "lab-a", &people(&["p1"]), seal)
+            .unwrap()[0]
+            .slot,
         0
     );
-    let slots = s.fe_slots("study").unwrap();
+    let slots = s.fe_people("study").unwrap();
     assert_eq!(slots.len(), 5);
     assert_eq!(slots[4].provider, "lab-b");
+    assert_eq!(slots[4].patient, "p5");
     assert_eq!(slots[4].sealed_key, vec![4u8; 4]);
+    assert_eq!(s.fe_all_slots().unwrap().len(), 6);
+    assert!(!s.fe_legacy_study("study").unwrap());
     s.fe_put_values("study", "p/f/value", &[(0, vec![1; 32]), (1, vec![2; 32])])
         .unwrap();
     // Once per slot and label: a batch repeating a slot writes nothing.
@@ -321,11 +338,25 @@ fn statistics_slots_values_and_cohorts(h: &Harness) {
     s.fe_put_values("study", "p/f/square", &[(0, vec![5; 32])])
         .unwrap();
     assert_eq!(s.fe_labels("study").unwrap(), ["p/f/square", "p/f/value"]);
-    s.fe_add_cohort("study", "c1", &[0, 1]).unwrap();
-    s.fe_add_cohort("study", "c1", &[0, 1]).unwrap();
-    s.fe_add_cohort("study", "c2", &[2]).unwrap();
-    assert_eq!(s.fe_cohorts("study").unwrap(), vec![vec![0, 1], vec![2]]);
-    assert!(s.fe_cohorts("other").unwrap().is_empty());
+    // Releases: recorded once by id; the check sees the earlier ones and
+    // may refuse.
+    let release = |id: &str, patients: &[&str]| asclepios_store::ReleaseRow {
+        release_id: id.into(),
+        study: "study".into(),
+        label: "p/f/value".into(),
+        patients: people(patients),
+        epsilon_micro: 1_000_000,
+    };
+    let r1 = release("r1", &["p1", "p2"]);
+    let ok = &mut |_: &[asclepios_store::ReleaseRow]| -> Result<(), String> { Ok(()) };
+    assert_eq!(s.fe_add_release(&r1, ok).unwrap(), Ok(true));
+    assert_eq!(s.fe_add_release(&r1, ok).unwrap(), Ok(false));
+    let refuse = &mut |_: &[asclepios_store::ReleaseRow]| Err("no".to_string());
+    assert_eq!(
+        s.fe_add_release(&release("r2", &["p3"]), refuse).unwrap(),
+        Err("no".to_string())
+    );
+    assert_eq!(s.fe_releases().unwrap(), vec![r1]);
 }
 
 fn component_appraisals_are_replaced(h: &Harness) {

@@ -19,7 +19,8 @@ conformance!(
     the_alarm_sticks_and_stops_writes,
     another_holder_of_the_key_may_write,
     a_rolled_back_keyword_counter_is_caught,
-    a_deleted_statistics_cohort_is_caught,
+    a_deleted_statistics_release_is_caught,
+    a_repointed_statistics_slot_is_caught,
     a_trigger_cannot_slip_a_row_into_an_authority_write,
     a_trigger_cannot_undo_a_revocation,
     a_malformed_head_is_an_alarm_not_an_error,
@@ -220,14 +221,33 @@ fn a_rolled_back_keyword_counter_is_caught(h: &Harness) {
     assert_integrity(s.sse_state(std::slice::from_ref(&row)), "sse_state");
 }
 
-/// Deleting the cohorts keys were issued for would let a researcher be
-/// given keys for two cohorts that differ by one patient.
-fn a_deleted_statistics_cohort_is_caught(h: &Harness) {
+/// Deleting the releases keys were issued for would let a researcher be
+/// given keys for two cohorts that differ by one patient, and refill every
+/// person's privacy budget; re-pointing a slot at another patient would
+/// let a provider fill someone else's.
+fn a_deleted_statistics_release_is_caught(h: &Harness) {
     let s = h.open_protected().unwrap();
-    s.fe_add_cohort("bp", "c1", &[0, 1, 2]).unwrap();
-    assert_eq!(s.fe_cohorts("bp").unwrap().len(), 1);
-    h.raw("DELETE FROM fe_cohorts");
-    assert_integrity(s.fe_cohorts("bp"), "fe_cohorts");
+    let release = asclepios_store::ReleaseRow {
+        release_id: "r1".into(),
+        study: "bp".into(),
+        label: "p/f/present".into(),
+        patients: vec!["p1".into(), "p2".into()],
+        epsilon_micro: 1_000_000,
+    };
+    s.fe_add_release(&release, &mut |_| Ok::<_, ()>(()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.fe_releases().unwrap().len(), 1);
+    h.raw("DELETE FROM fe_releases");
+    assert_integrity(s.fe_releases(), "fe_releases");
+}
+
+fn a_repointed_statistics_slot_is_caught(h: &Harness) {
+    let s = h.open_protected().unwrap();
+    s.fe_assign_slots("bp", "lab-a", &["p1".to_string()], &mut |_, _| vec![1; 4])
+        .unwrap();
+    h.raw("UPDATE fe_people SET patient = 'p9'");
+    assert_integrity(s.fe_people("bp"), "fe_people");
 }
 
 /// A trigger that adds `patient:pat-1` to dr-b whenever the authority writes
