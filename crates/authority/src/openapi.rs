@@ -5,7 +5,7 @@ use crate::search;
 /// The key authority's OpenAPI 3.1 document (served at `/openapi.json`).
 pub fn openapi_document() -> serde_json::Value {
     use asclepios_net::openapi::{
-        answer, array, base64, document, object, operation, string, text_operation, uint, In,
+        answer, array, base64, document, object, operation, string, text_operation, In,
     };
     let strings = |max| array(string(), max);
     document(
@@ -81,11 +81,11 @@ pub fn openapi_document() -> serde_json::Value {
                 answer(),
             )},
             "/v1/stats/slots": {"post": operation(
-                "Allocate statistics slots to a data provider, with their keys sealed to it.",
-                &[], Some(object(&[("study", string()), ("count", uint())], &[])), answer(),
+                "The slots of directory patients in a study for a data provider (one per patient; existing ones it fills, new ones for patients nobody fills), with their keys sealed to it.",
+                &[], Some(object(&[("study", string()), ("patients", array(string(), 100_000))], &[])), answer(),
             )},
             "/v1/stats/keys": {"post": operation(
-                "An aggregate key for a label over a cohort (researchers).",
+                "An aggregate key for a label over a cohort (researchers), if no combination of released keys would isolate fewer than 10 people and everyone's privacy budget allows it; answers the budget after the release.",
                 &[],
                 Some(object(&[("study", string()), ("label", string()), ("cohort", string())], &[])),
                 answer(),

@@ -349,7 +349,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         .stats_publish(
             "bp-study",
             ("2025", "systolic"),
-            (0.0, 300.0),
+            (80.0, 200.0),
             &[120.0, 140.0],
             &rows,
         )
@@ -386,7 +386,7 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
     match rita
         .stats_sum(
             "bp-study",
-            "2025/systolic/value:0..300",
+            "2025/systolic/value:80..200",
             &format!("slots:{}", everyone_but_one.join(",")),
         )
         .await

@@ -358,7 +358,7 @@ fn a_deployment_through_the_command_line() {
         ]),
     )
     .unwrap();
-    let published = ok(&[
+    let publish = [
         "stats",
         "publish",
         "--dir",
@@ -373,10 +373,34 @@ fn a_deployment_through_the_command_line() {
         "systolic",
         "--code",
         "http://loinc.org|8480-6",
+        "--range",
+        "80..220",
         "--buckets",
         "120,140",
         cohort.to_str().unwrap(),
-    ]);
+    ];
+    // A slot is a person: patients the directory does not know get none.
+    let unknown = asclepios(&publish);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("not patients of the directory"), "{stderr}");
+    for i in 2..12 {
+        let id = format!("pat-{i:05}");
+        ok(&[
+            "user",
+            "add",
+            &id,
+            "--kind",
+            "patient",
+            "--as",
+            "admin-ada",
+            "--attr",
+            &format!("patient:{id}"),
+            "--dir",
+            d,
+        ]);
+    }
+    let published = ok(&publish);
     assert!(
         published.contains("published 12 patient(s) (12 with a value)"),
         "{published}"
@@ -395,8 +419,19 @@ fn a_deployment_through_the_command_line() {
         "--feature",
         "systolic",
     ]);
-    assert!(summary.contains("count     12"), "{summary}");
+    // "count     N  (noise sd S)": noisy, within ten noise deviations.
+    let count_line = summary
+        .lines()
+        .find(|l| l.starts_with("count"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let numbers: Vec<f64> = count_line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (count, sd) = (numbers[0], numbers[1]);
+    assert!(sd > 0.5 && (count - 12.0).abs() <= 10.0 * sd, "{summary}");
     assert!(summary.contains("bucket 120-140"), "{summary}");
+    assert!(summary.contains("noise sd"), "{summary}");
     let small = asclepios(&[
         "stats",
         "query",
