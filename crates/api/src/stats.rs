@@ -191,8 +191,8 @@ pub struct StatsKey {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
-    /// The ε this release spent (0 when the same key was issued before: it
-    /// opens the same noisy sum).
+    /// The ε this release spent of each person it covers (every key
+    /// spends, a repeated one too).
     pub epsilon: f64,
     /// The most ε the study has spent on anyone in the cohort.
     pub study_spent: f64,

@@ -27,11 +27,14 @@
 //! **Releases are noisy and budgeted** (H10a). Every published value carries
 //! a noise share (`asclepios_api::stats::noise_share`), so each released sum
 //! is [`RELEASE_EPSILON`]-differentially private for any group the rule lets
-//! out. Each new release spends that ε of every person it covers, per study
+//! out. Every key issued spends that ε of every person it covers, per study
 //! and over all studies (the population); a key that would overspend either
-//! budget for anyone in its cohort is refused. Issuing the same key again is
-//! free: it opens the same noisy sum. Each person covered by a new release
-//! finds it, with its ε and their spend, in their access list.
+//! budget for anyone in its cohort is refused. Issuing the same key again
+//! is charged too: the values under a label live in the record service's
+//! store, whose operator could delete them so that a provider publishes
+//! again with fresh noise, and a free second key would then average the
+//! noise away. Each person a key covers finds it, with its ε, in their
+//! access list.
 //!
 //! **Keys are bound to labels** (H10d): a key for one label opens no other.
 
@@ -63,7 +66,6 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::seq::SliceRandom;
 use rand_core::{OsRng, RngCore};
-use sha2::{Digest, Sha256};
 
 /// Why a cohort was refused.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -404,7 +406,7 @@ pub struct Issued {
     pub people: BTreeSet<String>,
     /// The key.
     pub key: zeroize::Zeroizing<[u8; 64]>,
-    /// Where the budget stands; `epsilon` is 0 if the release was made before.
+    /// Where the budget stands after it.
     pub budget: Budget,
 }
 
@@ -459,17 +461,10 @@ pub fn cohort_key(
             .or_default()
             .insert(s.patient);
     }
-    let mut hasher = Sha256::new();
-    for part in [study, label] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    for p in &cohort_people {
-        hasher.update((p.len() as u64).to_be_bytes());
-        hasher.update(p.as_bytes());
-    }
+    let mut id = [0u8; 16];
+    OsRng.fill_bytes(&mut id);
     let release = ReleaseRow {
-        release_id: hex::encode(hasher.finalize()),
+        release_id: hex::encode(id),
         study: study.to_string(),
         label: label.to_string(),
         patients: cohort_people.iter().cloned().collect(),
@@ -495,16 +490,11 @@ pub fn cohort_key(
         })
         .map_err(store_error)?
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
-    let budget = match (recorded, budget) {
-        (true, Some(b)) => b,
-        // Released before: the same noisy sum, nothing spent.
-        _ => {
-            let releases = store.fe_releases().map_err(store_error)?;
-            let mut b =
-                check_budget(&releases, study, &cohort_people, 0.0, budgets).unwrap_or_default();
-            b.epsilon = 0.0;
-            b
-        }
+    let Some(budget) = budget.filter(|_| recorded) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the release was not recorded; retry",
+        ));
     };
     let mut keys = Vec::with_capacity(chosen.len());
     for s in &chosen {
@@ -664,11 +654,7 @@ impl KeyAuthority {
                 issued.key.as_ref(),
             )
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-            let covered = if issued.budget.epsilon > 0.0 {
-                issued.people
-            } else {
-                BTreeSet::new()
-            };
+            let covered = issued.people;
             Ok((
                 stats::StatsKey {
                     slots: issued.slots,

@@ -256,8 +256,21 @@ impl Client {
                     .push((*slot, B64.encode(ipfe::point_to_bytes(&ct))));
             }
         }
+        // `present` first: a second publication of the period is refused
+        // before any of its other parts is written.
+        let present = PartLabel {
+            period: period.into(),
+            feature: feature.into(),
+            part: Part::Present,
+        }
+        .label();
+        let mut ordered: Vec<(String, Vec<(u64, String)>)> = Vec::with_capacity(by_label.len());
+        if let Some(values) = by_label.remove(&present) {
+            ordered.push((present, values));
+        }
+        ordered.extend(by_label);
         let mut published = 0;
-        for (label, values) in by_label {
+        for (label, values) in ordered {
             let body = to_json(&StatsValues {
                 study: study.to_string(),
                 label,
@@ -269,6 +282,19 @@ impl Client {
             published += n;
         }
         Ok(published)
+    }
+
+    /// The slots that published a value under `label` in `study`.
+    pub async fn published_slots(
+        &self,
+        study: &str,
+        label: &str,
+    ) -> Result<std::collections::BTreeSet<u64>, ClientError> {
+        let path = format!("/v1/stats/values?study={study}&label={label}");
+        let (out, _): (StatsValuesOut, _) = self
+            .call_with_receipt("records", Method::GET, &path, Vec::new())
+            .await?;
+        Ok(out.values.into_iter().map(|(slot, _)| slot).collect())
     }
 
     /// The labels published in `study`.
@@ -375,36 +401,75 @@ impl Client {
         feature: &str,
         cohort: &str,
     ) -> Result<Summary, ClientError> {
-        let labels = self.stats_labels(study).await?;
-        let find = |prefix: &str| {
-            let prefix = format!("{period}/{feature}/{prefix}");
-            labels
-                .iter()
-                .find(|l| l.starts_with(&prefix))
-                .cloned()
-                .ok_or_else(|| {
-                    ClientError::Protocol(format!(
-                        "nothing is published under {prefix}... in `{study}`"
-                    ))
-                })
+        let prefix = format!("{period}/{feature}/");
+        let labels: Vec<String> = self
+            .stats_labels(study)
+            .await?
+            .into_iter()
+            .filter(|l| l.starts_with(&prefix))
+            .collect();
+        let present_label = format!("{prefix}present");
+        if !labels.contains(&present_label) {
+            return Err(ClientError::Protocol(format!(
+                "nothing is published under {prefix} in `{study}`"
+            )));
+        }
+        // The count first: its key names the cohort's slots. Only labels
+        // every one of them published are asked for afterwards, so a label
+        // some provider published over its own slots alone spends no budget.
+        let (slots, key, present_budget) = self.stats_key(study, &present_label, cohort).await?;
+        let count = self
+            .stats_decrypt(study, &present_label, &slots, key)
+            .await?;
+        let present = Aggregate {
+            sum: count,
+            slots: slots.len(),
+            noise_sd: noise_sd(&present_label, slots.len())?,
+            budget: present_budget,
         };
-        let present = self.stats_sum(study, &find("present")?, cohort).await?;
-        let value_label = find("value:")?;
-        let lo = match PartLabel::parse(&value_label)
-            .map_err(ClientError::Protocol)?
-            .part
-        {
-            Part::Value { lo, .. } => lo,
-            _ => 0.0,
+        let mut covering = Vec::new();
+        for l in &labels {
+            if l != &present_label
+                && self
+                    .published_slots(study, l)
+                    .await?
+                    .is_superset(&slots.iter().copied().collect())
+            {
+                covering.push(l.clone());
+            }
+        }
+        let value_label = covering
+            .iter()
+            .find(|l| l.starts_with(&format!("{prefix}value:")))
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "no value:<range> label under {prefix} was published by every slot of the cohort"
+                ))
+            })?;
+        let parsed = PartLabel::parse(&value_label).map_err(ClientError::Protocol)?;
+        let (lo, hi) = match parsed.part {
+            Part::Value { lo, hi } => (lo, hi),
+            _ => (0.0, 0.0),
         };
+        let square_label = PartLabel {
+            part: Part::Square { lo, hi },
+            ..parsed
+        }
+        .label();
+        if !covering.contains(&square_label) {
+            return Err(ClientError::Protocol(format!(
+                "{square_label} was not published by every slot of the cohort"
+            )));
+        }
         let value = self.stats_sum(study, &value_label, cohort).await?;
-        let square = self.stats_sum(study, &find("square:")?, cohort).await?;
+        let square = self.stats_sum(study, &square_label, cohort).await?;
         let mut epsilon = present.budget.epsilon + value.budget.epsilon + square.budget.epsilon;
         let mut budget = square.budget.clone();
-        let prefix = format!("{period}/{feature}/bucket:");
+        let bucket_prefix = format!("{prefix}bucket:");
         let mut histogram = Vec::new();
-        for l in &labels {
-            if let Some(bucket) = l.strip_prefix(&prefix) {
+        for l in &covering {
+            if let Some(bucket) = l.strip_prefix(&bucket_prefix) {
                 let n = self.stats_sum(study, l, cohort).await?;
                 epsilon += n.budget.epsilon;
                 budget = n.budget;
