@@ -96,7 +96,7 @@ async fn scenario(d: Deployment) {
     );
 
     // Only the patient's circle writes the patient's records, under a policy
-    // that names the patient and the emergency clause.
+    // that the patient alone and an emergency alone each satisfy.
     let err = researcher
         .put_record(&pid, PLANTED, 1, &observation, &policy)
         .await
@@ -116,7 +116,7 @@ async fn scenario(d: Deployment) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ClientError::Refused { status: 400, .. }),
+        matches!(err, ClientError::Refused { status: 403, .. }),
         "{err}"
     );
     // Ids and versions are metadata: outside the circle, no listing; the

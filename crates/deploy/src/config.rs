@@ -409,6 +409,18 @@ impl Config {
                 a.tls_name, r.tls_name
             ));
         }
+        let sample = "pat-00000";
+        let policy = asclepios_crypto::Policy::parse(&self.default_policy(sample))
+            .map_err(|e| format!("[policy] default: {e}"))?;
+        for alone in ["patient", "emergency"] {
+            let required = format!("{alone}:{sample}");
+            if !policy.is_satisfied_by(&|a| asclepios_crypto::policy::attribute_name(a) == required)
+            {
+                return Err(format!(
+                    "[policy] default must let `{alone}:{{patient}}` alone read a record (e.g. `{alone}:{{patient}} or ...`): the record service refuses writes that lock it out"
+                ));
+            }
+        }
         if self.stats.study_budget == 0 || self.stats.population_budget < self.stats.study_budget {
             return Err(
                 "[stats] needs study_budget of 1 or more and population_budget of at least study_budget"
@@ -577,7 +589,11 @@ mod tests {
         // An [authority] section without `tls_name` must not silently take
         // the record service's default.
         let partial: Config = toml::from_str("[authority]\nlisten = \"127.0.0.1:1\"").unwrap();
-        assert!(partial.check().is_err(), "{:?}", partial.authority);
+        assert!(partial.check().is_err(), "{:?}", partial.authority); // A default policy that locks the patient out of their records.
+        let mut locked = Config::default();
+        locked.policy.default = "patient:{patient} and role:doctor".into();
+        assert!(locked.check().unwrap_err().contains("alone read"));
+        assert!(Config::default().check().is_ok());
     }
 
     #[test]

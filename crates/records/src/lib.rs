@@ -241,8 +241,9 @@ impl RecordService {
 
     /// Who may write a patient's records, and under what: the writer holds
     /// `patient:<p>`, `care-team:<p>`, `consent:<p>`, `emergency:<p>` or
-    /// `role:lab`; the policy names the patient and the emergency clause, with
-    /// every attribute at its current version (so a re-wrap scan cannot miss it).
+    /// `role:lab`; `patient:<p>` alone and `emergency:<p>` alone each satisfy
+    /// the policy, and every attribute is at its current version (so a
+    /// re-wrap scan cannot miss it).
     fn check_write_policy(
         &self,
         caller: &str,
@@ -257,12 +258,18 @@ impl RecordService {
         }
         let facts = self.directory.facts()?;
         self.check_facts_current(&facts, policy)?;
-        let leaves = policy.leaves();
+        // The patient, and an emergency for the patient, must each open the
+        // new version on their own: a writer may not lock the patient out of
+        // their own record (review finding M4), nor the emergency team.
         for required in [format!("patient:{patient}"), format!("emergency:{patient}")] {
-            if !leaves.iter().any(|l| attribute_name(l) == required) {
-                return Err(bad_request(format!("the policy must name `{required}`")));
+            if !policy.is_satisfied_by(&|leaf| attribute_name(leaf) == required) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("the policy must let `{required}` alone read the record (e.g. `{required} or ...`)"),
+                ));
             }
         }
+        let leaves = policy.leaves();
         for leaf in leaves {
             let name = attribute_name(leaf);
             let current = asclepios_store::versioned_attribute(name, facts.attribute_version(name));
