@@ -1,15 +1,17 @@
 //! `asclepios attest ...`: appraise evidence (a file or a running key
 //! authority), register a component, write development reference values.
 //!
-//! `verify` exit status: 0 when the appraisal is affirming or a warning, 1
-//! when it is contraindicated, 2 when the input cannot be used.
+//! `verify` exit status: 0 only when the appraisal is affirming, 3 when it
+//! is a warning (acceptable, with reasons a person must read: a script that
+//! checks for success must not take a warning for one), 1 when it is
+//! contraindicated, 2 when the input cannot be used.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use asclepios_attest::policy::{appraise, Appraisal, Expected, Policy};
+use asclepios_attest::policy::{appraise, Appraisal, Expected, Policy, Trust};
 use asclepios_attest::ratls::AttestingVerifier;
 use asclepios_deploy::Config;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,7 +31,8 @@ pub enum AttestCommand {
     /// too (and the verdict is audited).
     ///
     /// Example: asclepios attest verify --dir d https://localhost:7443
-    /// Exit status: 0 affirming or warning, 1 contraindicated, 2 unusable input.
+    /// Exit status: 0 affirming, 3 warning (e.g. development evidence), 1 contraindicated,
+    /// 2 unusable input.
     Verify {
         /// Evidence file or https:// URL of a key authority.
         target: String,
@@ -145,12 +148,15 @@ pub fn run(dir: &Path, command: AttestCommand) -> ExitCode {
     }
 }
 
+/// `verify`'s exit status for a warning.
+pub const EXIT_WARNING: u8 = 3;
+
 fn verdict(appraisal: &Appraisal) -> ExitCode {
     print!("{appraisal}");
-    if appraisal.is_acceptable() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    match appraisal.trust {
+        Trust::Affirming => ExitCode::SUCCESS,
+        Trust::Warning => ExitCode::from(EXIT_WARNING),
+        Trust::Contraindicated => ExitCode::from(1),
     }
 }
 

@@ -67,16 +67,21 @@ fn a_deployment_through_the_command_line() {
 
     // The authority's RA-TLS certificate, appraised by anyone with the CA.
     let authority = format!("https://localhost:{authority_port}");
-    let verdict = ok(&["attest", "verify", "--dir", d, &authority]);
+    // Development evidence is a warning: exit status 3, not success (L9).
+    let warned = asclepios(&["attest", "verify", "--dir", d, &authority]);
+    assert_eq!(warned.status.code(), Some(3));
+    let verdict = String::from_utf8_lossy(&warned.stdout).to_string();
     assert!(verdict.contains("appraisal: warning"), "{verdict}");
     assert!(verdict.contains("INSECURE"), "{verdict}");
     assert!(
         verdict.contains("reference: development build"),
         "{verdict}"
     );
-    let challenged = ok(&[
+    let challenged = asclepios(&[
         "attest", "verify", "--dir", d, &authority, "--as", "dr-heart",
     ]);
+    assert_eq!(challenged.status.code(), Some(3));
+    let challenged = String::from_utf8_lossy(&challenged.stdout).to_string();
     assert!(challenged.contains("challenge answered"), "{challenged}");
     let registered = ok(&["attest", "register", "--dir", d, "--as", "lab-central"]);
     assert!(
