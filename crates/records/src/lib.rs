@@ -468,16 +468,30 @@ impl RecordService {
     ) -> Result<WithReceipt<RecordOut>, ApiError> {
         let resource = format!("record/{patient}/{record_id}");
         self.audited(&caller.id, Action::Read, resource, patient, v, || {
-            let found = self
+            let unsatisfied = || {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "`{}` does not hold attributes that satisfy this record's policy",
+                        caller.id
+                    ),
+                )
+            };
+            let Some(found) = self
                 .store
                 .record_version(patient, record_id, version)
                 .map_err(store_error)?
-                .ok_or_else(|| {
-                    ApiError::new(
+            else {
+                // A missing record answers outsiders as a forbidden one does
+                // (review finding L1): ids are for the patient's circle.
+                if self.in_circle(&caller.id, patient, &[AUDITOR_ROLE, "role:lab"])? {
+                    return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
                         format!("no record {record_id} of {patient}"),
-                    )
-                })?;
+                    ));
+                }
+                return Err(unsatisfied());
+            };
             let stored: Stored = serde_json::from_slice(&found.body).map_err(|_| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -500,10 +514,7 @@ impl RecordService {
             if wrapper.is_none()
                 && !self.in_circle(&caller.id, patient, &[AUDITOR_ROLE, "role:lab"])?
             {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!("`{}` may not read the records of {patient}", caller.id),
-                ));
+                return Err(unsatisfied());
             }
             if let Some(w) = &wrapper {
                 let policy = KeyWrapper::peek_policy(&w.bytes).map_err(|_| {
@@ -516,13 +527,7 @@ impl RecordService {
                     self.current_attributes(&caller.id)?.into_iter().collect();
                 if !policy.is_satisfied_by(&|a| held.contains(a)) {
                     self.check_facts_current(&*self.directory.facts()?, &policy)?;
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "`{}` does not hold attributes that satisfy this record's policy",
-                            caller.id
-                        ),
-                    ));
+                    return Err(unsatisfied());
                 }
             }
             let wrapper = wrapper.map(|w| B64.encode(w.bytes));
