@@ -78,11 +78,25 @@ pub struct PartLabel {
     pub part: Part,
 }
 
-fn parse_range(r: &str) -> Option<(f64, f64)> {
-    let (lo, hi) = r.split_once("..")?;
-    let (lo, hi) = (lo.parse::<f64>().ok()?, hi.parse::<f64>().ok()?);
-    (lo.is_finite() && hi.is_finite() && lo < hi && lo.abs() <= MAX_VALUE && hi.abs() <= MAX_VALUE)
-        .then_some((lo, hi))
+/// A clip range: finite, `lo < hi`, both within ±[`MAX_VALUE`].
+pub fn check_range(lo: f64, hi: f64) -> Result<(f64, f64), String> {
+    if lo.is_finite() && hi.is_finite() && lo < hi && lo.abs() <= MAX_VALUE && hi.abs() <= MAX_VALUE
+    {
+        Ok((lo, hi))
+    } else {
+        Err(format!(
+            "the range {lo}..{hi} must have lo < hi, both within ±{MAX_VALUE}"
+        ))
+    }
+}
+
+/// `lo..hi`, checked by [`check_range`].
+pub fn parse_range(r: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("`{r}` is not lo..hi (e.g. 0..300)");
+    let (lo, hi) = r.split_once("..").ok_or_else(bad)?;
+    let lo = lo.trim().parse::<f64>().map_err(|_| bad())?;
+    let hi = hi.trim().parse::<f64>().map_err(|_| bad())?;
+    check_range(lo, hi)
 }
 
 impl Part {
@@ -121,10 +135,10 @@ impl PartLabel {
         let part = if part == "present" {
             Part::Present
         } else if let Some(r) = part.strip_prefix("value:") {
-            let (lo, hi) = parse_range(r).ok_or_else(|| bad_range(label))?;
+            let (lo, hi) = parse_range(r).map_err(|e| bad_range(label, &e))?;
             Part::Value { lo, hi }
         } else if let Some(r) = part.strip_prefix("square:") {
-            let (lo, hi) = parse_range(r).ok_or_else(|| bad_range(label))?;
+            let (lo, hi) = parse_range(r).map_err(|e| bad_range(label, &e))?;
             Part::Square { lo, hi }
         } else if let Some(b) = part.strip_prefix("bucket:").filter(|b| !b.is_empty()) {
             Part::Bucket(b.to_string())
@@ -146,8 +160,8 @@ impl PartLabel {
     }
 }
 
-fn bad_range(label: &str) -> String {
-    format!("`{label}`: a range is <lo>..<hi> with lo < hi, both within ±{MAX_VALUE}")
+fn bad_range(label: &str, why: &str) -> String {
+    format!("`{label}`: {why}")
 }
 
 /// The noise share every published value of `part` carries.

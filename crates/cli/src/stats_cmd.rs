@@ -44,7 +44,7 @@ pub enum StatsCommand {
         code: String,
         /// The range values are clipped to, lo..hi (e.g. 0..300 for a blood pressure): it
         /// fixes how much one person can move a sum, and so the noise each value carries.
-        #[arg(long, value_parser = parse_range)]
+        #[arg(long, value_parser = asclepios_client::stats::parse_range)]
         range: (f64, f64),
         /// Histogram bucket edges, e.g. 120,140.
         #[arg(long, value_delimiter = ',')]
@@ -128,20 +128,6 @@ fn slots_file(dir: &Path, who: &AsArg, study: &str) -> PathBuf {
     dir.join("identities")
         .join(format!("{}.stats", who.identity))
         .join(format!("{study}.json"))
-}
-
-/// `lo..hi`.
-fn parse_range(s: &str) -> Result<(f64, f64), String> {
-    let parsed = s.split_once("..").and_then(|(lo, hi)| {
-        Some((
-            lo.trim().parse::<f64>().ok()?,
-            hi.trim().parse::<f64>().ok()?,
-        ))
-    });
-    match parsed {
-        Some((lo, hi)) if lo.is_finite() && hi.is_finite() && lo < hi => Ok((lo, hi)),
-        _ => Err(format!("`{s}` is not lo..hi with lo < hi, e.g. 0..300")),
-    }
 }
 
 fn publish(

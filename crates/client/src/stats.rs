@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 
 use asclepios_api::records::{StatsValues, StatsValuesOut};
 use asclepios_api::stats::{
-    noise_share, slots_context, stats_key_context, IssuedSlots, SlotRequest, StatsKey,
+    check_range, noise_share, slots_context, stats_key_context, IssuedSlots, SlotRequest, StatsKey,
     StatsKeyRequest,
 };
-pub use asclepios_api::stats::{Budget, Part, PartLabel, DECIMALS, RELEASE_EPSILON};
+pub use asclepios_api::stats::{parse_range, Budget, Part, PartLabel, DECIMALS, RELEASE_EPSILON};
 use asclepios_crypto::ipfe::{self, DlogTable, Label, Mcfe, McfeKey, SlotKey};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -85,17 +85,7 @@ pub fn feature_parts(
     range: (f64, f64),
     buckets: &[f64],
 ) -> Result<Vec<(Part, i64)>, ClientError> {
-    let (lo, hi) = range;
-    let bad = |m: String| ClientError::Protocol(m);
-    if !(lo.is_finite() && hi.is_finite() && lo < hi)
-        || lo.abs() > asclepios_api::stats::MAX_VALUE
-        || hi.abs() > asclepios_api::stats::MAX_VALUE
-    {
-        return Err(bad(format!(
-            "the range {lo}..{hi} must have lo < hi, both within ±{}",
-            asclepios_api::stats::MAX_VALUE
-        )));
-    }
+    let (lo, hi) = check_range(range.0, range.1).map_err(ClientError::Protocol)?;
     let fe = |e: ipfe::FeError| ClientError::Protocol(e.to_string());
     let clipped = value.map(|v| if v.is_nan() { lo } else { v.clamp(lo, hi) });
     let x = clipped
@@ -182,6 +172,39 @@ fn bucket_ranges(edges: &[f64]) -> Vec<(String, f64, f64)> {
     let last = edges[edges.len() - 1];
     out.push((format!("ge{last}"), last, f64::INFINITY));
     out
+}
+
+/// `key`'s sum of the `published` values (by slot) of `slots` under
+/// `label`: every slot of the cohort must have published.
+async fn decrypt_published(
+    label: &str,
+    slots: &[u64],
+    key: McfeKey,
+    published: &BTreeMap<u64, String>,
+) -> Result<i64, ClientError> {
+    let bound = search_bound(label, slots.len())?;
+    let mut cts = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let point = published
+            .get(slot)
+            .and_then(|b| B64.decode(b).ok())
+            .and_then(|b| ipfe::point_from_bytes(&b))
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "slot {slot} has published no value under {label}: the aggregate needs every slot of the cohort"
+                ))
+            })?;
+        cts.push(point);
+    }
+    let label = label.to_string();
+    tokio::task::spawn_blocking(move || {
+        let table = DlogTable::shared(TABLE_BABY_STEPS);
+        let y = vec![1i64; cts.len()];
+        Mcfe::decrypt(&key, &y, &Label::new(&label), &cts, &table, bound)
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(e.to_string()))?
+    .map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 impl Client {
@@ -284,17 +307,18 @@ impl Client {
         Ok(published)
     }
 
-    /// The slots that published a value under `label` in `study`.
-    pub async fn published_slots(
+    /// The values published under `label` in `study`, by slot (base64
+    /// points).
+    async fn published_values(
         &self,
         study: &str,
         label: &str,
-    ) -> Result<std::collections::BTreeSet<u64>, ClientError> {
+    ) -> Result<BTreeMap<u64, String>, ClientError> {
         let path = format!("/v1/stats/values?study={study}&label={label}");
         let (out, _): (StatsValuesOut, _) = self
             .call_with_receipt("records", Method::GET, &path, Vec::new())
             .await?;
-        Ok(out.values.into_iter().map(|(slot, _)| slot).collect())
+        Ok(out.values.into_iter().collect())
     }
 
     /// The labels published in `study`.
@@ -344,34 +368,8 @@ impl Client {
         slots: &[u64],
         key: McfeKey,
     ) -> Result<i64, ClientError> {
-        let bound = search_bound(label, slots.len())?;
-        let path = format!("/v1/stats/values?study={study}&label={label}");
-        let (out, _): (StatsValuesOut, _) = self
-            .call_with_receipt("records", Method::GET, &path, Vec::new())
-            .await?;
-        let published: BTreeMap<u64, String> = out.values.into_iter().collect();
-        let mut cts = Vec::with_capacity(slots.len());
-        for slot in slots {
-            let point = published
-                .get(slot)
-                .and_then(|b| B64.decode(b).ok())
-                .and_then(|b| ipfe::point_from_bytes(&b))
-                .ok_or_else(|| {
-                    ClientError::Protocol(format!(
-                        "slot {slot} has published no value under {label}: the aggregate needs every slot of the cohort"
-                    ))
-                })?;
-            cts.push(point);
-        }
-        let label = label.to_string();
-        tokio::task::spawn_blocking(move || {
-            let table = DlogTable::shared(TABLE_BABY_STEPS);
-            let y = vec![1i64; cts.len()];
-            Mcfe::decrypt(&key, &y, &Label::new(&label), &cts, &table, bound)
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .map_err(|e| ClientError::Protocol(e.to_string()))
+        let published = self.published_values(study, label).await?;
+        decrypt_published(label, slots, key, &published).await
     }
 
     /// The noisy sum over `cohort` (`all`, `provider:<id>`, `slots:...`) of
@@ -382,14 +380,30 @@ impl Client {
         label: &str,
         cohort: &str,
     ) -> Result<Aggregate, ClientError> {
+        Ok(self.aggregate(study, label, cohort, None).await?.0)
+    }
+
+    /// [`Client::stats_sum`], with the cohort's slots, over `published`
+    /// when the values were fetched already.
+    async fn aggregate(
+        &self,
+        study: &str,
+        label: &str,
+        cohort: &str,
+        published: Option<&BTreeMap<u64, String>>,
+    ) -> Result<(Aggregate, Vec<u64>), ClientError> {
         let (slots, key, budget) = self.stats_key(study, label, cohort).await?;
-        let sum = self.stats_decrypt(study, label, &slots, key).await?;
-        Ok(Aggregate {
+        let sum = match published {
+            Some(values) => decrypt_published(label, &slots, key, values).await?,
+            None => self.stats_decrypt(study, label, &slots, key).await?,
+        };
+        let aggregate = Aggregate {
             sum,
             slots: slots.len(),
             noise_sd: noise_sd(label, slots.len())?,
             budget,
-        })
+        };
+        Ok((aggregate, slots))
     }
 
     /// Count, sum, mean, variance and histogram of `feature` in `period`
@@ -417,29 +431,18 @@ impl Client {
         // The count first: its key names the cohort's slots. Only labels
         // every one of them published are asked for afterwards, so a label
         // some provider published over its own slots alone spends no budget.
-        let (slots, key, present_budget) = self.stats_key(study, &present_label, cohort).await?;
-        let count = self
-            .stats_decrypt(study, &present_label, &slots, key)
-            .await?;
-        let present = Aggregate {
-            sum: count,
-            slots: slots.len(),
-            noise_sd: noise_sd(&present_label, slots.len())?,
-            budget: present_budget,
-        };
-        let mut covering = Vec::new();
-        for l in &labels {
-            if l != &present_label
-                && self
-                    .published_slots(study, l)
-                    .await?
-                    .is_superset(&slots.iter().copied().collect())
-            {
-                covering.push(l.clone());
+        let (present, slots) = self.aggregate(study, &present_label, cohort, None).await?;
+        // Each other label's values, fetched once: to check coverage, then
+        // to decrypt.
+        let mut covering: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+        for l in labels.iter().filter(|l| **l != present_label) {
+            let values = self.published_values(study, l).await?;
+            if slots.iter().all(|s| values.contains_key(s)) {
+                covering.insert(l.clone(), values);
             }
         }
         let value_label = covering
-            .iter()
+            .keys()
             .find(|l| l.starts_with(&format!("{prefix}value:")))
             .cloned()
             .ok_or_else(|| {
@@ -457,20 +460,24 @@ impl Client {
             ..parsed
         }
         .label();
-        if !covering.contains(&square_label) {
+        let Some(square_values) = covering.get(&square_label) else {
             return Err(ClientError::Protocol(format!(
                 "{square_label} was not published by every slot of the cohort"
             )));
-        }
-        let value = self.stats_sum(study, &value_label, cohort).await?;
-        let square = self.stats_sum(study, &square_label, cohort).await?;
+        };
+        let (value, _) = self
+            .aggregate(study, &value_label, cohort, Some(&covering[&value_label]))
+            .await?;
+        let (square, _) = self
+            .aggregate(study, &square_label, cohort, Some(square_values))
+            .await?;
         let mut epsilon = present.budget.epsilon + value.budget.epsilon + square.budget.epsilon;
         let mut budget = square.budget.clone();
         let bucket_prefix = format!("{prefix}bucket:");
         let mut histogram = Vec::new();
-        for l in &covering {
+        for (l, values) in &covering {
             if let Some(bucket) = l.strip_prefix(&bucket_prefix) {
-                let n = self.stats_sum(study, l, cohort).await?;
+                let (n, _) = self.aggregate(study, l, cohort, Some(values)).await?;
                 epsilon += n.budget.epsilon;
                 budget = n.budget;
                 histogram.push((bucket.to_string(), n.sum));
