@@ -382,15 +382,6 @@ pub fn assign_slots(
     Ok((slots, clear))
 }
 
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("slots", &self.slots.len())
-            .field("budget", &self.budget)
-            .finish_non_exhaustive()
-    }
-}
-
 fn unopenable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -410,6 +401,15 @@ pub struct Issued {
     pub budget: Budget,
 }
 
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("slots", &self.slots.len())
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The cohort a request names, checked against the rule and the budget over
 /// every release of every study, recorded, and the key for its equal-weight
 /// sum under `label` alone: a key asked for one label (a count) opens no
@@ -423,7 +423,14 @@ pub fn cohort_key(
 ) -> Result<Issued, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     PartLabel::parse(label).map_err(bad)?;
-    let people = store.fe_people(study).map_err(store_error)?;
+    // Every study's slots, read once: this study's for the cohort, all of
+    // them for what each provider knows.
+    let all_people = store.fe_all_people().map_err(store_error)?;
+    let people: Vec<&asclepios_store::PersonSlot> = all_people
+        .iter()
+        .filter(|(s, _)| s == study)
+        .map(|(_, slot)| slot)
+        .collect();
     if people.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -431,9 +438,9 @@ pub fn cohort_key(
         ));
     }
     let chosen: Vec<&asclepios_store::PersonSlot> = if cohort == "all" {
-        people.iter().collect()
+        people
     } else if let Some(p) = cohort.strip_prefix("provider:") {
-        people.iter().filter(|s| s.provider == p).collect()
+        people.into_iter().filter(|s| s.provider == p).collect()
     } else if let Some(list) = cohort.strip_prefix("slots:") {
         let wanted: BTreeSet<u64> = list
             .split(',')
@@ -444,7 +451,10 @@ pub fn cohort_key(
         if let Some(s) = wanted.iter().find(|s| !known.contains(s)) {
             return Err(bad(format!("slot {s} is not in study `{study}`")));
         }
-        people.iter().filter(|s| wanted.contains(&s.slot)).collect()
+        people
+            .into_iter()
+            .filter(|s| wanted.contains(&s.slot))
+            .collect()
     } else {
         return Err(bad(
             "a cohort is `all`, `provider:<id>` or `slots:<n>,<n>,...`".into(),
@@ -453,13 +463,13 @@ pub fn cohort_key(
     let cohort_people: BTreeSet<String> = chosen.iter().map(|s| s.patient.clone()).collect();
     // What each provider knows: the people it fills, study by study.
     let mut providers: BTreeMap<String, Knowledge<String>> = BTreeMap::new();
-    for (in_study, s) in store.fe_all_people().map_err(store_error)? {
+    for (in_study, s) in &all_people {
         providers
-            .entry(s.provider)
+            .entry(s.provider.clone())
             .or_default()
-            .entry(in_study)
+            .entry(in_study.clone())
             .or_default()
-            .insert(s.patient);
+            .insert(s.patient.clone());
     }
     let mut id = [0u8; 16];
     OsRng.fill_bytes(&mut id);

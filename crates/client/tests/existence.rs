@@ -5,19 +5,9 @@
 
 mod common;
 
-use asclepios_client::ClientError;
 use asclepios_deploy::Config;
 use asclepios_fhir::synth::Generator;
-use common::{client, deploy};
-
-fn refusal(e: ClientError) -> (u16, String) {
-    match e {
-        ClientError::Refused {
-            status, message, ..
-        } => (status, message),
-        other => panic!("expected a refusal, got {other}"),
-    }
-}
+use common::{client, deploy, refusal};
 
 async fn scenario(postgres: bool) {
     let d = deploy(postgres).await;

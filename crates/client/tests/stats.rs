@@ -9,8 +9,7 @@ mod common;
 
 use asclepios_audit::Action;
 use asclepios_client::stats::{Aggregate, Summary};
-use asclepios_client::ClientError;
-use common::{add_identity, client, contains, deploy_with, Deployment};
+use common::{add_identity, client, contains, deploy_with, refusal, Deployment};
 
 /// Registers `n` directory patients `<prefix>NN`.
 async fn patients(d: &Deployment, prefix: &str, n: usize) -> Vec<String> {
@@ -48,15 +47,6 @@ async fn publish(
 const RANGE: (f64, f64) = (100.0, 200.0);
 const BUCKETS: [f64; 2] = [120.0, 140.0];
 const VALUE: &str = "value:100..200";
-
-fn refusal(err: ClientError) -> (u16, String) {
-    match err {
-        ClientError::Refused {
-            status, message, ..
-        } => (status, message),
-        other => panic!("expected a refusal, got {other}"),
-    }
-}
 
 fn slots_cohort(slots: &[u64]) -> String {
     let list: Vec<String> = slots.iter().map(u64::to_string).collect();

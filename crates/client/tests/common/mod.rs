@@ -273,6 +273,16 @@ pub fn connection(d: &Deployment, domain: Domain, id: &str) -> asclepios_net::cl
     .unwrap()
 }
 
+/// The status and message of a refusal; any other outcome fails the test.
+pub fn refusal(e: asclepios_client::ClientError) -> (u16, String) {
+    match e {
+        asclepios_client::ClientError::Refused {
+            status, message, ..
+        } => (status, message),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
