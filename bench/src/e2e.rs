@@ -308,6 +308,60 @@ async fn run_async(quick: bool, budget: Budget) -> anyhow::Result<Vec<Value>> {
         // The ratio is to the 1 s target.
         "ours_us": ours_us.round(), "ratio": (ours_us / 1e6 * 1000.0).round() / 1000.0,
     }));
+    rows.push(erase_patient(&bench, &config, if quick { 100 } else { 1000 }).await?);
     drop(bench);
     Ok(rows)
+}
+
+/// `op=erase`: a lab stores `records` records for one patient (4 writers),
+/// then the patient erases them all: one request that deletes and purges
+/// every version and wrapper (a `TRUNCATE` checkpoint on SQLite), and each
+/// record's removal from the search index. Timed once (the patient has
+/// nothing left to erase after).
+async fn erase_patient(bench: &Bench, config: &Config, records: usize) -> anyhow::Result<Value> {
+    const ERASED: &str = "pat-00001";
+    eprintln!("e2e: erase: storing {records} records of {ERASED}");
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let mut lab = bench.client("lab-central")?;
+        lab.refresh_key().await?;
+        writers.push(Arc::new(lab));
+    }
+    let policy = Arc::new(
+        writers[0]
+            .resolve_policy(&config.default_policy(ERASED))
+            .await?,
+    );
+    let mut tasks = Vec::new();
+    for (w, lab) in writers.iter().enumerate() {
+        let (lab, policy) = (lab.clone(), policy.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut generator = Generator::new(100 + w as u64);
+            for i in (w..records).step_by(4) {
+                let mut o = generator.blood_pressure(ERASED);
+                o["id"] = format!("erase-{i}").into();
+                let id = lab.record_id_for(ERASED, &o).await?;
+                lab.put_record_resolved(ERASED, &id, 1, &o, &policy).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("a writer stopped")??;
+    }
+    let mut patient = bench.client(ERASED)?;
+    patient.refresh_key().await?;
+    eprintln!("e2e: erase: {ERASED} erases everything");
+    let started = Instant::now();
+    let erased = patient.erase_patient(ERASED, |_, _| {}).await?;
+    let ours_us = started.elapsed().as_secs_f64() * 1e6;
+    anyhow::ensure!(
+        erased.records == records as u64,
+        "erased {} records of {records}",
+        erased.records
+    );
+    Ok(json!({
+        "suite": "e2e", "op": "erase", "backend": "sqlite", "records": records,
+        "ours_us": ours_us.round(), "per_record_us": (ours_us / records as f64).round(),
+    }))
 }

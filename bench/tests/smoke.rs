@@ -95,9 +95,9 @@ fn audit_suite_quick_prints_every_case_on_both_backends() {
 fn e2e_suite_quick_prints_every_case() {
     let (stdout, rows) = quick_json("e2e");
     // write, read, read-service for 1 and 4 clients, one read split, the
-    // patient's audit view, and key issuance with and without integrity
-    // checks on both backends.
-    assert_eq!(rows.len(), 10, "{stdout}");
+    // patient's audit view, key issuance with and without integrity checks
+    // on both backends, and erasing a patient.
+    assert_eq!(rows.len(), 11, "{stdout}");
     for row in &rows {
         assert_eq!(row["suite"], "e2e");
         let op = row["op"].as_str().unwrap();
@@ -110,6 +110,13 @@ fn e2e_suite_quick_prints_every_case() {
                 "ratio",
                 "full_verify_us",
             ] {
+                assert!(row[f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
+            }
+            continue;
+        }
+        if op == "erase" {
+            assert_eq!(row["records"], 100, "{row}");
+            for f in ["ours_us", "per_record_us"] {
                 assert!(row[f].as_f64().is_some_and(|v| v > 0.0), "{f} in {row}");
             }
             continue;

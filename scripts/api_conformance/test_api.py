@@ -44,6 +44,19 @@ SERVICES = {
     "authority": os.environ["ASCLEPIOS_AUTHORITY"],
     "records": os.environ["ASCLEPIOS_RECORDS"],
 }
+# Each service's TLS name: what a signature's @authority must be.
+TLS_NAMES = {
+    "authority": os.environ.get("ASCLEPIOS_AUTHORITY_NAME", "authority.asclepios.internal"),
+    "records": os.environ.get("ASCLEPIOS_RECORDS_NAME", "records.asclepios.internal"),
+}
+
+
+def audience(url: str) -> str:
+    """The TLS name of the service a request goes to."""
+    for service, base in SERVICES.items():
+        if url.startswith(base):
+            return TLS_NAMES[service]
+    raise ValueError(f"{url} is at neither service")
 IDENTITIES = os.environ.get("ASCLEPIOS_AS", "dr-heart").split(",")
 EXAMPLES = int(os.environ.get("ASCLEPIOS_EXAMPLES", "25"))
 CHECKS = [
@@ -98,12 +111,13 @@ class SigningSession(requests.Session):
             body = body.encode()
         digest = "sha-256=:" + b64(hashlib.sha256(body).digest()) + ":"
         params = (
-            '("@method" "@path" "content-digest")'
+            '("@method" "@authority" "@path" "content-digest")'
             f";created={int(time.time())};keyid=\"{self.identity}\""
             f';nonce="{secrets.token_hex(16)}";alg="ed25519"'
         )
         base = (
             f'"@method": {request.method.upper()}\n'
+            f'"@authority": {audience(request.url)}\n'
             f'"@path": {request.path_url}\n'
             f'"content-digest": {digest}\n'
             f'"@signature-params": {params}'

@@ -240,3 +240,17 @@ impl std::fmt::Debug for NamingKeyOut {
         write!(f, "NamingKeyOut({}, <key redacted>)", self.patient)
     }
 }
+
+/// What an erasure destroyed: every version's body and every key wrapper of
+/// the records erased, out of the store's files (see the README's erasure
+/// section for what backups keep).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Erased {
+    /// Records erased.
+    pub records: u64,
+    /// Record versions (sealed bodies) destroyed.
+    pub versions: u64,
+    /// Key wrappers destroyed.
+    pub wrappers: u64,
+}

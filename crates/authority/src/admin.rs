@@ -24,7 +24,7 @@ use axum::Json;
 use std::sync::Arc;
 
 use crate::record_access::RecordAccess;
-use crate::{rewrap::rewrap_after_revocation, KeyAuthority, WithReceipt};
+use crate::{rewrap::rewrap_stale, KeyAuthority, WithReceipt};
 use asclepios_service::store_error;
 
 /// The role that administers the directory.
@@ -174,10 +174,13 @@ fn rewrap(
     if revoked.is_empty() {
         return Ok(Revocation::default());
     }
-    let rewrapped = rewrap_after_revocation(store, records, master, &revoked).map_err(|e| {
+    let rewrapped = rewrap_stale(store, records, master).map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("re-wrapping after the revocation: {e}"),
+            format!(
+                "the revocation took effect, but re-wrapping after it did not finish (it is \
+                 retried until it does): {e}"
+            ),
         )
     })?;
     Ok(Revocation { revoked, rewrapped })

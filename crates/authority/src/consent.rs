@@ -85,8 +85,15 @@ pub fn to_fhir(
 impl KeyAuthority {
     /// Ends a consent: recorded as withdrawn; if no other active consent of
     /// the patient names the same grantee, the grantee's `consent:<patient>`
-    /// is revoked and the patient's records re-wrapped.
-    pub(crate) fn end_consent(&self, c: &asclepios_store::Consent) -> Result<(), String> {
+    /// is revoked and the patient's records re-wrapped: at once if
+    /// `rewrap_now` (a withdrawal: the patient hears "done" after it), else
+    /// by the sweeper's bounded re-wrap (an expiry, so that one patient's
+    /// many records hold up no other expiry).
+    pub(crate) fn end_consent(
+        &self,
+        c: &asclepios_store::Consent,
+        rewrap_now: bool,
+    ) -> Result<(), String> {
         let mut withdrawn = c.clone();
         withdrawn.status = asclepios_store::ConsentStatus::Withdrawn;
         let others = self
@@ -114,15 +121,21 @@ impl KeyAuthority {
                 revoke.then_some((c.grantee.as_str(), attribute.as_str())),
             )
             .map_err(|e| e.to_string())?;
-        if revoke {
-            self.rewrap_or_defer(&[attribute]);
+        if revoke && rewrap_now {
+            self.rewrap_or_defer();
+        } else if revoke {
+            self.rewrap_may_be_pending();
         }
         Ok(())
     }
 
-    /// Ends consents whose expiry has passed. Returns how many.
+    /// Ends consents whose expiry has passed; their re-wraps are left to
+    /// [`KeyAuthority::reconcile_rewraps`]. One that cannot be ended is
+    /// logged and does not stop the others (the error names the first).
+    /// Returns how many ended.
     pub fn expire_consents(&self, now: i64) -> Result<usize, String> {
         let mut ended = 0;
+        let mut failures = Vec::new();
         for c in self.store.all_consents().map_err(|e| e.to_string())? {
             let expired = c.status == asclepios_store::ConsentStatus::Active
                 && serde_json::from_str::<consent::ConsentGrant>(&c.scope)
@@ -130,11 +143,25 @@ impl KeyAuthority {
                     .and_then(|g| g.expires_at)
                     .is_some_and(|t| t <= now);
             if expired {
-                self.end_consent(&c)?;
-                ended += 1;
+                match self.end_consent(&c, false) {
+                    Ok(()) => ended += 1,
+                    Err(e) => {
+                        eprintln!(
+                            "asclepios authority: ending expired consent {} failed: {e}",
+                            c.consent_id
+                        );
+                        failures.push(e);
+                    }
+                }
             }
         }
-        Ok(ended)
+        match failures.first() {
+            Some(first) => Err(format!(
+                "{} expired consent(s) could not be ended (first: {first})",
+                failures.len()
+            )),
+            None => Ok(ended),
+        }
     }
 
     pub(crate) fn consent_out(c: &asclepios_store::Consent) -> Option<consent::ConsentOut> {
@@ -299,7 +326,7 @@ impl KeyAuthority {
                 return Err(e.logged());
             }
         };
-        if let Err(e) = self.end_consent(&c) {
+        if let Err(e) = self.end_consent(&c, true) {
             // Database details stay in the operator's log; the failure is
             // audited like any other outcome.
             eprintln!("asclepios authority: withdrawing consent {consent_id}: {e}");

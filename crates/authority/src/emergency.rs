@@ -27,42 +27,69 @@ use std::sync::Arc;
 
 impl KeyAuthority {
     /// Ends expired break-glass grants: the clinician's emergency attribute is
-    /// revoked and the patient's records re-wrapped, so the short-lived key
-    /// stops opening them. Returns how many grants ended.
+    /// revoked at once (both services refuse it from then on), and the
+    /// patient's records are re-wrapped by the sweeper's bounded re-wrap, so
+    /// the short-lived key stops opening them. A grant that cannot be ended
+    /// is logged and does not stop the others. Returns how many ended.
     pub fn expire_emergency_grants(&self, now: i64) -> Result<usize, String> {
         let mut ended = 0;
+        let mut failures = Vec::new();
         for g in self
             .store
             .expired_emergency_grants(now)
             .map_err(|e| e.to_string())?
         {
-            let attribute = emergency_attribute(&g.patient);
-            // A newer, live grant for the same clinician and patient keeps
-            // the attribute: only the last grant's expiry ends it.
-            let live = self
-                .store
-                .emergency_grants(&g.patient)
-                .map_err(|e| e.to_string())?
-                .iter()
-                .any(|o| o.clinician == g.clinician && o.expires_at > now);
-            if live {
-                continue;
-            }
-            let still_held = self
-                .store
-                .identity_attributes(&g.clinician)
-                .map_err(|e| e.to_string())?
-                .iter()
-                .any(|a| a.attribute == attribute);
-            if still_held {
-                self.store
-                    .revoke_attribute(&g.clinician, &attribute)
-                    .map_err(|e| e.to_string())?;
-                self.rewrap_or_defer(&[attribute]);
-                ended += 1;
+            match self.end_grant(&g, now) {
+                Ok(true) => ended += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!(
+                        "asclepios authority: ending the expired break-glass grant of {} for {} failed: {e}",
+                        g.clinician, g.patient
+                    );
+                    failures.push(e);
+                }
             }
         }
-        Ok(ended)
+        match failures.first() {
+            Some(first) => Err(format!(
+                "{} expired grant(s) could not be ended (first: {first})",
+                failures.len()
+            )),
+            None => Ok(ended),
+        }
+    }
+
+    /// Revokes an expired grant's attribute unless a newer live grant keeps
+    /// it; the re-wrap is left to [`KeyAuthority::reconcile_rewraps`], so
+    /// one patient's many records hold up no other expiry. Whether it ended.
+    fn end_grant(&self, g: &asclepios_store::EmergencyGrant, now: i64) -> Result<bool, String> {
+        let attribute = emergency_attribute(&g.patient);
+        // A newer, live grant for the same clinician and patient keeps
+        // the attribute: only the last grant's expiry ends it.
+        let live = self
+            .store
+            .emergency_grants(&g.patient)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|o| o.clinician == g.clinician && o.expires_at > now);
+        if live {
+            return Ok(false);
+        }
+        let still_held = self
+            .store
+            .identity_attributes(&g.clinician)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|a| a.attribute == attribute);
+        if !still_held {
+            return Ok(false);
+        }
+        self.store
+            .revoke_attribute(&g.clinician, &attribute)
+            .map_err(|e| e.to_string())?;
+        self.rewrap_may_be_pending();
+        Ok(true)
     }
 
     pub(crate) fn break_glass(

@@ -35,7 +35,7 @@ pub mod stats;
 pub mod witness;
 
 pub use openapi::openapi_document;
-pub use rewrap::{rewrap_after_revocation, rewrap_stale};
+pub use rewrap::{fence, rewrap_stale, rewrap_stale_within, REWRAP_TIME_PER_TICK};
 
 pub use asclepios_api::keys::{
     check_resolution, identity_entry_message, key_context, resolution_message, EmergencyGranted,
@@ -313,6 +313,11 @@ impl KeyAuthority {
             .with_state(self)
     }
 
+    /// The authority's store (its nonces live there too).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The key the authority signs directory entries, facts and resolved
     /// policies with (its service key).
     pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
@@ -451,7 +456,17 @@ impl KeyAuthority {
         if change <= *pushed {
             return;
         }
-        match self.records.directory_changed(change) {
+        let versions = match self.store.attribute_versions() {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("asclepios authority: reading attribute versions: {e}");
+                return;
+            }
+        };
+        match self
+            .records
+            .directory_changed(change, &versions, record_access::FACTS_PUSH_LIMIT)
+        {
             Ok(()) => *pushed = change,
             Err(e) => eprintln!(
                 "asclepios authority: the record service has not taken directory change \

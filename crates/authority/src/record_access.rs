@@ -48,13 +48,18 @@ pub trait RecordAccess: Send + Sync {
     /// addresses.
     fn index_write(&self, put: &[(Vec<u8>, Vec<u8>)], delete: &[Vec<u8>]) -> Result<(), String>;
 
-    /// Tells the record service that the directory moved to `change`, and
-    /// returns once it judges by facts at least that recent. In one process
-    /// it reads the authority's state itself, so there is nothing to tell.
-    fn directory_changed(&self, change: u64) -> Result<(), String> {
-        let _ = change;
-        Ok(())
-    }
+    /// Tells the record service that the directory moved to `change`, with
+    /// every revoked attribute at `versions`, and returns once it judges by
+    /// facts at least that recent and has raised its attribute floors to
+    /// them: from then on it stores nothing under an older version, and
+    /// every write that checked against an older one has committed. Waits
+    /// at most `limit` for the record service.
+    fn directory_changed(
+        &self,
+        change: u64,
+        versions: &[(String, u64)],
+        limit: std::time::Duration,
+    ) -> Result<(), String>;
 }
 
 /// The record service's store, in the same process.
@@ -115,6 +120,19 @@ impl RecordAccess for LocalRecords {
             .sse_index_write(put, delete)
             .map_err(|e| e.to_string())
     }
+
+    /// In one process the record service reads the authority's state
+    /// itself: only the floors need raising.
+    fn directory_changed(
+        &self,
+        _change: u64,
+        versions: &[(String, u64)],
+        _limit: std::time::Duration,
+    ) -> Result<(), String> {
+        self.0
+            .raise_attribute_floors(versions)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The record service's API over mutual TLS, as the authority's service
@@ -129,6 +147,11 @@ pub struct RemoteRecords {
 /// How long the authority waits for the record service to take a directory
 /// change before answering its caller anyway.
 pub const FACTS_PUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a re-wrap waits for the record service to raise its attribute
+/// floors: the re-wrap cannot start without it, so it waits out a busy
+/// record service rather than give up (and retry) after a push's limit.
+pub const FENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Entries per index write request: large imports go in several.
 const INDEX_CHUNK: usize = 4096;
@@ -357,13 +380,21 @@ impl RecordAccess for RemoteRecords {
         Ok(())
     }
 
-    fn directory_changed(&self, change: u64) -> Result<(), String> {
+    /// The record service raises its floors from the facts it verified,
+    /// not from `versions`: it takes the authority's signature, not its
+    /// word on the wire.
+    fn directory_changed(
+        &self,
+        change: u64,
+        _versions: &[(String, u64)],
+        limit: std::time::Duration,
+    ) -> Result<(), String> {
         // Bounded: a record service that does not answer must not hold up
         // the authority's caller for long (the change reaches it by poll).
         let held: u64 = self.call_within(
             "/v1/internal/facts/changed",
             &asclepios_api::internal::FactsChanged { change },
-            Some(FACTS_PUSH_LIMIT),
+            Some(limit),
         )?;
         if held < change {
             return Err(format!(

@@ -1,37 +1,59 @@
 //! Re-wrapping after a revocation: the data keys of every record whose
 //! policy names a revoked attribute are wrapped again under the policy at
 //! the attributes' current versions, so keys issued before the revocation
-//! stop opening them. A re-wrap that failed is retried by the sweeper until
-//! no wrapper names an old version.
+//! stop opening them.
+//!
+//! A write racing the revocation cannot slip past the scan: the authority
+//! first raises the record service's attribute floors ([`fence`]), which
+//! waits for writes in flight and refuses later ones under the old version,
+//! and then scans until a scan finds nothing stale. A re-wrap that failed
+//! is retried by the sweeper until no wrapper names an old version.
 use crate::record_access::RecordAccess;
 use crate::resolve_with;
 use crate::KeyAuthority;
 use asclepios_crypto::abe::MasterSecretKey;
-use asclepios_crypto::policy::attribute_name;
+use asclepios_crypto::policy::{attribute_name, attribute_version};
 use asclepios_store::Store;
 
 impl KeyAuthority {
-    /// Re-wraps what an earlier failure left under old attribute versions,
-    /// if anything may be (see [`rewrap_stale`]). Blocks.
+    /// Re-wraps what expiries and earlier failures left under old attribute
+    /// versions, if anything may be, for at most [`REWRAP_TIME_PER_TICK`]
+    /// (the sweeper calls it every few seconds and goes on where the time
+    /// ran out). Blocks.
     pub fn reconcile_rewraps(&self) -> Result<usize, String> {
         use std::sync::atomic::Ordering;
         if !self.rewrap_pending.swap(false, Ordering::SeqCst) {
             return Ok(0);
         }
-        rewrap_stale(&self.store, &*self.records, &self.master).inspect_err(|_| {
-            self.rewrap_pending.store(true, Ordering::SeqCst);
-        })
+        let until = std::time::Instant::now() + REWRAP_TIME_PER_TICK;
+        match rewrap_stale_within(&self.store, &*self.records, &self.master, Some(until)) {
+            Ok((count, true)) => Ok(count),
+            Ok((count, false)) => {
+                self.rewrap_pending.store(true, Ordering::SeqCst);
+                Ok(count)
+            }
+            Err(e) => {
+                self.rewrap_pending.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
     }
 
-    /// Re-wraps after `revoked` were revoked; if that fails (the record
-    /// service unreachable), the revocation stands and the sweeper re-wraps
-    /// later ([`KeyAuthority::reconcile_rewraps`]).
-    pub(crate) fn rewrap_or_defer(&self, revoked: &[String]) {
-        if let Err(e) = rewrap_after_revocation(&self.store, &*self.records, &self.master, revoked)
-        {
+    /// Re-wraps after a revocation; if that fails (the record service
+    /// unreachable), the revocation stands and the sweeper re-wraps later
+    /// ([`KeyAuthority::reconcile_rewraps`]).
+    pub(crate) fn rewrap_or_defer(&self) {
+        if let Err(e) = rewrap_stale(&self.store, &*self.records, &self.master) {
             eprintln!("asclepios authority: re-wrapping deferred: {e}");
             self.rewrap_may_be_pending();
         }
+    }
+
+    /// Whether re-wraps may be left (the sweeper goes on at once if the
+    /// last round ran out of time rather than failed).
+    pub fn rewraps_pending(&self) -> bool {
+        self.rewrap_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Notes that a re-wrap may not have completed.
@@ -41,80 +63,115 @@ impl KeyAuthority {
     }
 }
 
-/// Re-wraps, under their policies with every attribute at its current
-/// version, the data keys of every stored record whose wrapper names one of
-/// `revoked` (attribute names without versions). The old wrappers are
-/// replaced. Keys issued before the revocation no longer open these records;
-/// holders that keep the attribute get fresh keys at their next fetch.
-/// Returns how many wrappers were re-wrapped.
-pub fn rewrap_after_revocation(
-    store: &Store,
-    records: &dyn RecordAccess,
-    master: &MasterSecretKey,
-    revoked: &[String],
-) -> Result<usize, String> {
-    let mpk = master.public_key();
-    let mut after = None;
-    let mut count = 0;
-    let mut failures = Vec::new();
-    loop {
-        let page = records.scan_wrappers(after.as_ref(), 256)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.clone());
-        for row in &page {
-            match rewrap_row(store, records, master, &mpk, row, revoked) {
-                Ok(true) => count += 1,
-                Ok(false) => {}
-                Err(e) => failures.push(format!(
-                    "{}/{} v{}: {e}",
-                    row.patient, row.record_id, row.version
-                )),
-            }
-        }
-    }
-    if let Some(first) = failures.first() {
-        return Err(format!(
-            "{} re-wrapped; {} wrapper(s) could not be (first: {first}); they keep their old policy until fixed",
-            count,
-            failures.len()
-        ));
-    }
-    Ok(count)
+/// How long the sweeper re-wraps per tick: a patient with many records (or
+/// records under huge policies) spreads over several ticks instead of
+/// holding up every other expiry. One wrapper may overrun it.
+pub const REWRAP_TIME_PER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most scans one re-wrap makes before it leaves the rest to the sweeper:
+/// a scan finds more only if wrappers changed under it (another re-wrap).
+const MAX_SCANS: usize = 8;
+
+/// What one scan found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Wrappers naming an attribute below its current version.
+    stale: usize,
+    /// Of those, how many this scan replaced.
+    rewrapped: usize,
+    /// Whether the time ran out before the scan ended.
+    cut_short: bool,
+    /// Those that could not be re-wrapped, and why.
+    failures: Vec<String>,
+}
+
+/// Tells the record service every attribute's current version and waits
+/// until it refuses writes under older ones (its attribute floors,
+/// [`asclepios_store::Store::raise_attribute_floors`]): after this returns
+/// no stale wrapper can be stored, so a scan that then finds none is done.
+pub fn fence(store: &Store, records: &dyn RecordAccess) -> Result<(), String> {
+    let change = store.directory_change().unwrap_or(0);
+    let versions = store.attribute_versions().map_err(|e| e.to_string())?;
+    records.directory_changed(change, &versions, crate::record_access::FENCE_LIMIT)
 }
 
 /// Re-wraps every wrapper whose policy names an attribute at an older
-/// version than its current one: what a revocation whose re-wrap failed (a
-/// crash, a database that refused) left behind. Returns how many.
+/// version than its current one, under the same policy at the current
+/// versions: after a revocation, and what a revocation whose re-wrap failed
+/// (a crash, a record service that was down) left behind. Keys issued
+/// before the revocation no longer open these records; holders that keep
+/// the attribute get fresh keys at their next fetch.
+///
+/// First [`fence`]s (no record can be written under the old versions from
+/// then on), then scans until a scan finds nothing stale. Returns how many
+/// wrappers were re-wrapped; an error leaves the rest for a retry.
 pub fn rewrap_stale(
     store: &Store,
     records: &dyn RecordAccess,
     master: &MasterSecretKey,
 ) -> Result<usize, String> {
+    rewrap_stale_within(store, records, master, None).map(|(count, _)| count)
+}
+
+/// [`rewrap_stale`] that starts no re-wrap after `until`; the count, and
+/// whether it finished (a scan found nothing stale).
+pub fn rewrap_stale_within(
+    store: &Store,
+    records: &dyn RecordAccess,
+    master: &MasterSecretKey,
+    until: Option<std::time::Instant>,
+) -> Result<(usize, bool), String> {
+    fence(store, records)?;
+    let mut total = 0;
+    for _ in 0..MAX_SCANS {
+        let scan = scan_and_rewrap(store, records, master, until)?;
+        total += scan.rewrapped;
+        if let Some(first) = scan.failures.first() {
+            return Err(format!(
+                "{total} re-wrapped; {} wrapper(s) still name old attribute versions (first: {first})",
+                scan.failures.len()
+            ));
+        }
+        if scan.stale == 0 {
+            return Ok((total, true));
+        }
+        if scan.cut_short {
+            return Ok((total, false));
+        }
+    }
+    Err(format!(
+        "{total} re-wrapped; wrappers were still stale after {MAX_SCANS} scans"
+    ))
+}
+
+/// One pass over every wrapper, re-wrapping the stale ones.
+fn scan_and_rewrap(
+    store: &Store,
+    records: &dyn RecordAccess,
+    master: &MasterSecretKey,
+    until: Option<std::time::Instant>,
+) -> Result<Scan, String> {
     use asclepios_crypto::envelope::KeyWrapper;
     let mpk = master.public_key();
     let mut current: std::collections::HashMap<String, u64> = Default::default();
     let mut after = None;
-    let mut count = 0;
-    let mut failures = Vec::new();
+    let mut scan = Scan::default();
     loop {
         let page = records.scan_wrappers(after.as_ref(), 256)?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
         for row in &page {
             let Ok(wrapper) = KeyWrapper::from_bytes(&row.wrapper.bytes) else {
-                failures.push(format!(
+                scan.failures.push(format!(
                     "{}/{}: an unreadable wrapper",
                     row.patient, row.record_id
                 ));
                 continue;
             };
-            let mut stale = Vec::new();
+            let mut stale = false;
             for leaf in wrapper.policy().leaves() {
                 let name = attribute_name(leaf).to_string();
-                let version = leaf
-                    .rsplit_once("@v")
-                    .and_then(|(_, v)| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                let version = attribute_version(leaf);
                 let now = match current.get(&name) {
                     Some(v) => *v,
                     None => {
@@ -123,56 +180,46 @@ pub fn rewrap_stale(
                         v
                     }
                 };
-                if version < now {
-                    stale.push(name);
-                }
+                stale |= version < now;
             }
-            if stale.is_empty() {
+            if !stale {
                 continue;
             }
-            match rewrap_row(store, records, master, &mpk, row, &stale) {
-                Ok(true) => count += 1,
+            scan.stale += 1;
+            if until.is_some_and(|t| std::time::Instant::now() >= t) {
+                scan.cut_short = true;
+                return Ok(scan);
+            }
+            match rewrap_row(store, records, master, &mpk, row, &wrapper) {
+                Ok(true) => scan.rewrapped += 1,
+                // Replaced meanwhile: the next scan looks again.
                 Ok(false) => {}
-                Err(e) => failures.push(format!(
+                Err(e) => scan.failures.push(format!(
                     "{}/{} v{}: {e}",
                     row.patient, row.record_id, row.version
                 )),
             }
         }
     }
-    match failures.first() {
-        Some(first) => Err(format!(
-            "{count} re-wrapped; {} wrapper(s) still name old attribute versions (first: {first})",
-            failures.len()
-        )),
-        None => Ok(count),
-    }
+    Ok(scan)
 }
 
-/// Re-wraps one wrapper if its policy names a revoked attribute. Returns
-/// whether it was replaced.
+/// Re-wraps one wrapper under its policy at the current versions. Returns
+/// whether it was replaced (not if it changed since it was read).
 pub(crate) fn rewrap_row(
     store: &Store,
     records: &dyn RecordAccess,
     master: &MasterSecretKey,
     mpk: &asclepios_crypto::abe::PublicKey,
     row: &asclepios_store::WrapperRow,
-    revoked: &[String],
+    wrapper: &asclepios_crypto::envelope::KeyWrapper,
 ) -> Result<bool, String> {
-    use asclepios_crypto::envelope::KeyWrapper;
-    let wrapper = KeyWrapper::from_bytes(&row.wrapper.bytes).map_err(|e| e.to_string())?;
     let attributes: Vec<String> = wrapper
         .policy()
         .leaves()
         .iter()
         .map(|a| a.to_string())
         .collect();
-    if !attributes
-        .iter()
-        .any(|a| revoked.iter().any(|r| r == attribute_name(a)))
-    {
-        return Ok(false);
-    }
     let stored = records
         .record_version(&row.patient, &row.record_id, Some(row.version))?
         .ok_or("a wrapper without its record")?;

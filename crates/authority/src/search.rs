@@ -876,13 +876,27 @@ impl KeyAuthority {
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("the record service: {e}"),
                     )
-                })?
-                .ok_or_else(|| {
-                    ApiError::new(
+                })?;
+            let not_author = || {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only the author of the record's latest version, or its patient, may index it",
+                )
+            };
+            let latest = match latest {
+                Some(latest) => latest,
+                // An erased record leaves the index at its patient's word.
+                None if req.patient == caller.id && req.keywords.is_empty() => return Ok(()),
+                None if req.patient == caller.id => {
+                    return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
                         format!("no record {}/{}", req.patient, req.record_id),
-                    )
-                })?;
+                    ))
+                }
+                // Anyone else hears what a record they may not index says:
+                // whether it exists is not theirs to learn.
+                None => return Err(not_author()),
+            };
             // The author as the record's signature proves it, with the key
             // the directory vouches for: the record store's field is not
             // evidence.
@@ -906,10 +920,7 @@ impl KeyAuthority {
             )
             .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
             if author != caller.id && req.patient != caller.id {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "only the author of the record's latest version, or its patient, may index it",
-                ));
+                return Err(not_author());
             }
             Ok(())
         };

@@ -409,10 +409,13 @@ async fn play(story: &mut Story, seed: u64) -> anyhow::Result<()> {
         ),
         Ok(_) => story.expect(false, "a doctor erased a record"),
     }
-    let n = patient.erase_record(&pid, &record).await?;
+    let erased = patient.erase_record(&pid, &record).await?;
     story.expect(
         heart.get_record(&pid, &record).await.is_err(),
-        &format!("{pid} erases it: {n} key wrapper destroyed, nobody can open it"),
+        &format!(
+            "{pid} erases it: {} version(s) and {} key wrapper(s) destroyed, nobody can open it",
+            erased.versions, erased.wrappers
+        ),
     );
     admin.disable_identity("researcher-rita").await?;
     tokio::time::sleep(std::time::Duration::from_millis(

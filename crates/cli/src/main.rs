@@ -317,7 +317,16 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
-    /// Erase a record by destroying its key wrappers (the patient only; GDPR art. 17).
+    /// Erase a record, or all of a patient's records (the patient only; GDPR art. 17).
+    ///
+    /// Every version's sealed body and every key wrapper is deleted and purged from the
+    /// record service's store files (SQLite: zeroed and checkpointed; PostgreSQL: vacuumed),
+    /// and the records leave the search index. Backups keep them until they expire (see
+    /// README, "Erasure").
+    ///
+    /// Examples:
+    ///   asclepios erase --dir d --as pat-00000 --patient pat-00000 Observation/obs-1
+    ///   asclepios erase --dir d --as pat-00000 --patient pat-00000 --all
     Erase {
         #[command(flatten)]
         dir: admin::DirArg,
@@ -326,9 +335,13 @@ enum Command {
         /// The patient's pseudonym.
         #[arg(long)]
         patient: String,
+        /// Erase every record of the patient.
+        #[arg(long, conflicts_with = "record")]
+        all: bool,
         /// The record: its id as `asclepios records` lists it, or its FHIR reference
         /// (e.g. Observation/obs-1), which your naming key for the patient turns into the id.
-        record: String,
+        #[arg(required_unless_present = "all")]
+        record: Option<String>,
     },
 }
 
@@ -397,8 +410,9 @@ fn main() -> ExitCode {
             dir,
             who,
             patient,
+            all: _,
             record,
-        } => platform::erase(&dir.path(), &who, &patient, &record),
+        } => platform::erase(&dir.path(), &who, &patient, record.as_deref()),
         Command::Stats { dir, command } => stats_cmd::run(&dir.path(), command),
         Command::Deid {
             args,

@@ -278,14 +278,34 @@ pub fn list(dir: &Path, who: &AsArg, patient: &str) -> anyhow::Result<()> {
     })
 }
 
-/// `asclepios erase`: crypto-shred a record (the patient only).
-pub fn erase(dir: &Path, who: &AsArg, patient: &str, record: &str) -> anyhow::Result<()> {
+/// `asclepios erase`: erase one record, or (`None`) every record of the
+/// patient (the patient only).
+pub fn erase(dir: &Path, who: &AsArg, patient: &str, record: Option<&str>) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = connect(dir, who)?;
-        let record_id = stored_id(&client, patient, record).await?;
-        let record_id = record_id.as_str();
-        let n = client.erase_record(patient, record_id).await?;
-        println!("erased {record_id}: {n} key wrapper(s) destroyed; the ciphertext can no longer be opened");
+        let (what, erased) = match record {
+            Some(record) => {
+                let record_id = stored_id(&client, patient, record).await?;
+                let erased = client.erase_record(patient, &record_id).await?;
+                (record_id, erased)
+            }
+            None => {
+                let bar = progress(0, "taking the records out of the search index");
+                let erased = client
+                    .erase_patient(patient, |done, total| {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                    })
+                    .await?;
+                bar.finish_and_clear();
+                (format!("every record of {patient}"), erased)
+            }
+        };
+        println!(
+            "erased {what}: {} record(s), {} version(s) and {} key wrapper(s) destroyed and purged \
+             from the store's files; backups keep them until they expire",
+            erased.records, erased.versions, erased.wrappers
+        );
         Ok(())
     })
 }
@@ -565,7 +585,8 @@ pub fn import(dir: &Path, who: &AsArg, files: &[PathBuf]) -> anyhow::Result<()> 
         let bar = progress(resources.len(), "sealing and storing");
         let mut policies: std::collections::HashMap<String, asclepios_crypto::Policy> =
             Default::default();
-        let (mut stored, mut existing, mut skipped) = (0usize, 0usize, Vec::new());
+        let (mut stored, mut existing) = (0usize, 0usize);
+        let (mut skipped, mut failed) = (Vec::new(), Vec::new());
         for resource in resources {
             bar.inc(1);
             let view = match asclepios_fhir::ResourceView::from_value(resource.clone()) {
@@ -596,25 +617,70 @@ pub fn import(dir: &Path, who: &AsArg, files: &[PathBuf]) -> anyhow::Result<()> 
                     continue;
                 }
             };
-            match client
-                .put_record_resolved(&patient, &record_id, 1, &resource, &policies[&patient])
-                .await
-            {
-                Ok(_) => stored += 1,
-                Err(asclepios_client::ClientError::Refused { status: 409, .. }) => existing += 1,
-                Err(e) => skipped.push(format!("{} {id}: {e}", view.resource_type())),
+            // A conflict is a record already stored, or a policy that a
+            // revocation made stale since it was resolved: resolve it again
+            // and retry, and call the record stored only if it is there.
+            let mut attempts = 0;
+            let outcome = loop {
+                attempts += 1;
+                match client
+                    .put_record_resolved(&patient, &record_id, 1, &resource, &policies[&patient])
+                    .await
+                {
+                    Ok(_) => break Imported::Stored,
+                    Err(asclepios_client::ClientError::Refused {
+                        status: 409,
+                        message,
+                        ..
+                    }) => {
+                        let fresh = client
+                            .resolve_policy(&config.default_policy(&patient))
+                            .await?;
+                        if fresh != policies[&patient] && attempts < 3 {
+                            policies.insert(patient.clone(), fresh);
+                            continue;
+                        }
+                        match client.record_versions(&patient, &record_id).await {
+                            Ok(v) if !v.is_empty() => break Imported::Existing,
+                            _ => break Imported::Failed(message),
+                        }
+                    }
+                    Err(e) => break Imported::Failed(e.to_string()),
+                }
+            };
+            match outcome {
+                Imported::Stored => stored += 1,
+                Imported::Existing => existing += 1,
+                Imported::Failed(e) => failed.push(format!("{} {id}: {e}", view.resource_type())),
             }
         }
         bar.finish_and_clear();
         println!(
-            "imported {stored} resource(s); {existing} already stored; {} skipped",
-            skipped.len()
+            "imported {stored} resource(s); {existing} already stored; {} skipped; {} failed",
+            skipped.len(),
+            failed.len()
         );
         for s in skipped.iter().take(10) {
             println!("  skipped: {s}");
         }
+        for f in failed.iter().take(10) {
+            println!("  failed: {f}");
+        }
+        if !failed.is_empty() || !skipped.is_empty() {
+            anyhow::bail!(
+                "{} resource(s) were not imported (see above); run the import again to retry them",
+                failed.len() + skipped.len()
+            );
+        }
         Ok(())
     })
+}
+
+/// What became of one resource in an import.
+enum Imported {
+    Stored,
+    Existing,
+    Failed(String),
 }
 
 /// `asclepios portal`: the local web app for one identity, until Ctrl-C.

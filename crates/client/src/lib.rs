@@ -292,19 +292,25 @@ impl Client {
             Err(e) if require_attestation => return Err(e),
             Err(_) => None,
         };
-        let over = |verifier: Arc<dyn asclepios_net::tls::ServerVerifier>, base: &str| {
-            SignedClient::with_tls(
-                base,
-                id,
-                asclepios_net::tls::client_config_with_verifier(verifier, &cert, &key_pem)?,
-                &key_pem,
-            )
-        };
+        let over =
+            |verifier: Arc<dyn asclepios_net::tls::ServerVerifier>, base: &str, name: &str| {
+                SignedClient::with_tls(
+                    base,
+                    name,
+                    id,
+                    asclepios_net::tls::client_config_with_verifier(verifier, &cert, &key_pem)?,
+                    &key_pem,
+                )
+            };
         let authority_http = match &attestation {
-            Some(verifier) => over(verifier.clone(), authority)?,
-            None => over(authority_verifier, authority)?,
+            Some(verifier) => over(verifier.clone(), authority, &config.authority.tls_name)?,
+            None => over(authority_verifier, authority, &config.authority.tls_name)?,
         };
-        let records_http = over(pinned(&config.records.tls_name)?, records)?;
+        let records_http = over(
+            pinned(&config.records.tls_name)?,
+            records,
+            &config.records.tls_name,
+        )?;
         let log = files::log_verifier(&layout.log_verifier())?;
         // With the services apart, the record service keeps a log of its
         // own, under its own key.
@@ -1630,10 +1636,15 @@ impl Client {
         Ok(receipt)
     }
 
-    /// Erases a record (crypto-shredding): the patient only. The record
-    /// leaves the search index too.
-    pub async fn erase_record(&self, patient: &str, record_id: &str) -> Result<u64, ClientError> {
-        let shredded = self
+    /// Erases a record: every version's body and key wrapper, out of the
+    /// record service's store files. The patient only. The record leaves
+    /// the search index too.
+    pub async fn erase_record(
+        &self,
+        patient: &str,
+        record_id: &str,
+    ) -> Result<asclepios_api::records::Erased, ClientError> {
+        let erased = self
             .call_with_receipt(
                 "records",
                 Method::DELETE,
@@ -1643,6 +1654,31 @@ impl Client {
             .await?
             .0;
         self.index_record(patient, record_id, Vec::new()).await?;
-        Ok(shredded)
+        Ok(erased)
+    }
+
+    /// Erases every record of a patient (as [`Client::erase_record`] does
+    /// one), in one transaction. The patient only. `progress` is called
+    /// after each record leaves the search index.
+    pub async fn erase_patient(
+        &self,
+        patient: &str,
+        progress: impl Fn(usize, usize),
+    ) -> Result<asclepios_api::records::Erased, ClientError> {
+        let records = self.list_records(patient).await?;
+        let erased = self
+            .call_with_receipt(
+                "records",
+                Method::DELETE,
+                &format!("/v1/patients/{patient}/records"),
+                Vec::new(),
+            )
+            .await?
+            .0;
+        for (i, (record_id, _)) in records.iter().enumerate() {
+            self.index_record(patient, record_id, Vec::new()).await?;
+            progress(i + 1, records.len());
+        }
+        Ok(erased)
     }
 }

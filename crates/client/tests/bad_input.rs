@@ -17,6 +17,7 @@ async fn malformed_requests_get_4xx_json_errors() {
     let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
     let records = SignedClient::new(
         &d.records_url,
+        asclepios_deploy::config::RECORDS_TLS_NAME,
         "dr-heart",
         &read("pki/ca.pem"),
         &read("identities/dr-heart.pem"),
@@ -25,6 +26,7 @@ async fn malformed_requests_get_4xx_json_errors() {
     .unwrap();
     let authority = SignedClient::new(
         &d.authority_url,
+        asclepios_deploy::config::AUTHORITY_TLS_NAME,
         "dr-heart",
         &read("pki/ca.pem"),
         &read("identities/dr-heart.pem"),

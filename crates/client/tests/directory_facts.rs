@@ -133,6 +133,7 @@ async fn the_record_service_learns_the_directory_over_mutual_tls() {
     let (cert, key) = layout.identity(RECORD_SERVICE_IDENTITY);
     let unanswered = SignedClient::new(
         "https://localhost:1",
+        asclepios_deploy::config::AUTHORITY_TLS_NAME,
         RECORD_SERVICE_IDENTITY,
         &read(layout.ca_cert()),
         &read(cert),

@@ -368,8 +368,12 @@ async fn scenario(d: Deployment) {
         matches!(err, ClientError::Refused { status: 403, .. }),
         "{err}"
     );
-    // Both versions' wrappers are destroyed.
-    assert_eq!(patient.erase_record(&pid, &record_id).await.unwrap(), 2);
+    // Both versions, bodies and wrappers, are destroyed.
+    let erased = patient.erase_record(&pid, &record_id).await.unwrap();
+    assert_eq!(
+        (erased.records, erased.versions, erased.wrappers),
+        (1, 2, 2)
+    );
     assert!(heart.get_record(&pid, &record_id).await.is_err());
     // What is left of it (author, signature) is not for outsiders.
     let outsider = client(&d, "pat-00001");

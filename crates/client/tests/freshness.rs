@@ -60,7 +60,7 @@ async fn a_rolled_back_record_is_refused(postgres: bool) {
         other => panic!("the rolled-back record was accepted: {other:?}"),
     }
 
-    // An erased record brought back from a copy of its wrapper is refused.
+    // An erased record brought back from a copy (a backup) is refused.
     let third = generator.blood_pressure(pid);
     let erased_id = heart.record_id_for(pid, &third).await.unwrap();
     heart
@@ -69,13 +69,17 @@ async fn a_rolled_back_record_is_refused(postgres: bool) {
         .unwrap();
     d.as_db_admin(
         Domain::Records,
-        &format!("CREATE TABLE saved_wrappers AS SELECT * FROM key_wrappers WHERE record_id = '{erased_id}';"),
+        &format!(
+            "CREATE TABLE saved_wrappers AS SELECT * FROM key_wrappers WHERE record_id = '{erased_id}'; \
+             CREATE TABLE saved_versions AS SELECT * FROM record_versions WHERE record_id = '{erased_id}';"
+        ),
     )
     .await;
     patient.erase_record(pid, &erased_id).await.unwrap();
     d.as_db_admin(
         Domain::Records,
-        "INSERT INTO key_wrappers SELECT * FROM saved_wrappers;",
+        "INSERT INTO key_wrappers SELECT * FROM saved_wrappers; \
+         INSERT INTO record_versions SELECT * FROM saved_versions;",
     )
     .await;
     assert_eq!(heart.get_record(pid, &erased_id).await.unwrap().0, third);

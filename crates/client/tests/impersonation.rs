@@ -20,7 +20,7 @@ use asclepios_client::Client;
 use asclepios_deploy::directory::Layout;
 use asclepios_net::pki::{CertificateAuthority, ServiceKey};
 use asclepios_net::server::{self, SignatureCheck};
-use asclepios_net::signature::{ReplayGuard, Verified};
+use asclepios_net::signature::Verified;
 use asclepios_net::tls;
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -61,10 +61,8 @@ async fn fake_authority(
 ) -> String {
     let ca = std::fs::read_to_string(Layout::new(dir).ca_cert()).unwrap();
     let config = tls::server_config(&ca, chain_pem, key_pem).unwrap();
-    let check = Arc::new(SignatureCheck {
-        replays: ReplayGuard::new(),
-        max_body_bytes: 1 << 16,
-    });
+    // It answers to the authority's name, as an impostor would.
+    let check = SignatureCheck::in_memory(asclepios_deploy::config::AUTHORITY_TLS_NAME, 1 << 16);
     let app = Router::new()
         .route("/v1/policy/resolve", post(widened))
         .layer(axum::middleware::from_fn_with_state(

@@ -55,6 +55,15 @@ pub fn attribute_name(attribute: &str) -> &str {
         .map_or(attribute, |(name, _)| name)
 }
 
+/// The version of a versioned attribute (`care-team:pat-1@v3` → 3); 0 for
+/// an attribute without one (never revoked).
+pub fn attribute_version(attribute: &str) -> u64 {
+    attribute
+        .split_once("@v")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A node of a policy tree.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Node {

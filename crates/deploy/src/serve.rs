@@ -10,7 +10,6 @@ use asclepios_audit::AuditorPublicKey;
 use asclepios_audit::{AuditTrail, Log};
 use asclepios_authority::KeyAuthority;
 use asclepios_net::server::{self, SignatureCheck};
-use asclepios_net::signature::ReplayGuard;
 use asclepios_net::tls;
 use asclepios_records::{DirectoryView, RecordService};
 use asclepios_store::Store;
@@ -422,10 +421,21 @@ fn open(dir: &Path, cfg: &Config) -> Result<Opened, Error> {
     })
 }
 
-fn signature_check(max_body_bytes: usize) -> Arc<SignatureCheck> {
+/// A service's signature check: requests must name it by its TLS name
+/// (`@authority`), and their nonces are remembered in its store, shared by
+/// every replica and kept across restarts (review finding M7).
+fn signature_check(
+    store: &asclepios_store::Store,
+    service: &'static str,
+    config: &crate::config::ServiceConfig,
+) -> Arc<SignatureCheck> {
     Arc::new(SignatureCheck {
-        replays: ReplayGuard::new(),
-        max_body_bytes,
+        authority: config.tls_name.clone(),
+        replays: Arc::new(asclepios_service::StoredNonces {
+            store: store.clone(),
+            service,
+        }),
+        max_body_bytes: config.max_body_bytes,
     })
 }
 
@@ -433,14 +443,16 @@ impl Opened {
     /// Both services' routers, each behind its own signature check.
     fn routers(&self, config: &Config) -> Routers {
         Routers {
-            authority: self
-                .authority
-                .clone()
-                .router(signature_check(config.authority.max_body_bytes)),
-            records: self
-                .records
-                .clone()
-                .router(signature_check(config.records.max_body_bytes)),
+            authority: self.authority.clone().router(signature_check(
+                self.authority.store(),
+                "authority",
+                &config.authority,
+            )),
+            records: self.records.clone().router(signature_check(
+                self.records.store(),
+                "records",
+                &config.records,
+            )),
         }
     }
 }
@@ -580,20 +592,28 @@ fn spawn_authority_tasks(
                     s.verify_state();
                 }
                 if s.integrity_alarm().is_some() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let now = asclepios_net::server::unix_now() as i64;
-                let result = s
-                    .expire_emergency_grants(now)
-                    .and_then(|_| s.expire_consents(now))
-                    .map(|_| ());
+                // Expiries first, every one of them (each only revokes: a
+                // failure is logged and holds up no other), then re-wraps
+                // for at most REWRAP_TIME_PER_TICK; the next sweep goes on.
+                let grants = s.expire_emergency_grants(now);
+                let consents = s.expire_consents(now);
+                let result = grants.and(consents).map(|_| ());
                 // Re-wraps wait for the record service when it is away: the
                 // revocations stand meanwhile, and the next sweep retries.
-                if let Err(e) = s.reconcile_rewraps() {
-                    eprintln!("asclepios authority: re-wrapping deferred: {e}");
-                }
+                // One that only ran out of time goes on at the next sweep,
+                // which then comes at once.
+                let more = match s.reconcile_rewraps() {
+                    Ok(_) => s.rewraps_pending(),
+                    Err(e) => {
+                        eprintln!("asclepios authority: re-wrapping deferred: {e}");
+                        false
+                    }
+                };
                 s.integrity_alarm();
-                result
+                result.map(|()| more)
             })
             .await;
             // An expiry the database keeps refusing leaves access that
@@ -609,6 +629,10 @@ fn spawn_authority_tasks(
                         let reason = format!("expired grants or consents cannot be ended: {e}");
                         let _ = tokio::task::spawn_blocking(move || s.raise_alarm(&reason)).await;
                     }
+                }
+                Ok(Ok(true)) if !*sweep_stop.borrow() => {
+                    failed_sweeps = 0;
+                    continue;
                 }
                 _ => failed_sweeps = 0,
             }
@@ -644,11 +668,17 @@ pub fn local_url(listen: &str) -> String {
 }
 
 /// A service identity's mutual-TLS connection to the service at `url`.
-fn service_client(dir: &Path, id: &str, url: &str) -> Result<SignedClient, Error> {
+fn service_client(
+    dir: &Path,
+    id: &str,
+    url: &str,
+    service: &crate::config::ServiceConfig,
+) -> Result<SignedClient, Error> {
     let layout = Layout::new(dir);
     let (cert, key) = layout.identity(id);
     Ok(SignedClient::new(
         url,
+        &service.tls_name,
         id,
         &read_file(&layout.ca_cert())?,
         &read_file(&cert)?,
@@ -666,17 +696,23 @@ pub async fn start_authority(
 ) -> Result<Service, Error> {
     let config = Config::load(dir)?;
     let records: Arc<dyn RecordAccess> = Arc::new(RemoteRecords::new(
-        service_client(dir, AUTHORITY_SERVICE_IDENTITY, records_url)?,
+        service_client(
+            dir,
+            AUTHORITY_SERVICE_IDENTITY,
+            records_url,
+            &config.records,
+        )?,
         tokio::runtime::Handle::current(),
     ));
     let (owned, cfg) = (dir.to_path_buf(), config.clone());
     let opened = tokio::task::spawn_blocking(move || open_authority(&owned, &cfg, Some(records)))
         .await
         .map_err(|e| Error::Invalid(format!("starting the authority: {e}")))??;
-    let router = opened
-        .authority
-        .clone()
-        .router(signature_check(config.authority.max_body_bytes));
+    let router = opened.authority.clone().router(signature_check(
+        opened.authority.store(),
+        "authority",
+        &config.authority,
+    ));
     let addr = listen.map_or(config.authority.listen.clone(), str::to_string);
     let listener = TcpListener::bind(&addr)
         .await
@@ -709,7 +745,12 @@ pub async fn start_records(
 ) -> Result<Service, Error> {
     let config = Config::load(dir)?;
     let source = PolledFacts::spawn(
-        service_client(dir, RECORD_SERVICE_IDENTITY, authority_url)?,
+        service_client(
+            dir,
+            RECORD_SERVICE_IDENTITY,
+            authority_url,
+            &config.authority,
+        )?,
         std::time::Duration::from_millis(FACTS_POLL_MILLIS),
         std::time::Duration::from_secs(FACTS_MAX_AGE_SECONDS),
     );
@@ -722,7 +763,12 @@ pub async fn start_records(
             .map_err(|e| Error::Invalid(format!("the authority's certificate key: {e}")))?
     };
     let witness = crate::witnesses::RemoteWitness::new(
-        service_client(dir, RECORD_SERVICE_IDENTITY, authority_url)?,
+        service_client(
+            dir,
+            RECORD_SERVICE_IDENTITY,
+            authority_url,
+            &config.authority,
+        )?,
         tokio::runtime::Handle::current(),
     );
     let witness_key = keys::witness_verifier(dir)?;
@@ -736,7 +782,10 @@ pub async fn start_records(
     })
     .await
     .map_err(|e| Error::Invalid(format!("starting the record service: {e}")))??;
-    let router = records.router(signature_check(config.records.max_body_bytes));
+    let router =
+        records
+            .clone()
+            .router(signature_check(records.store(), "records", &config.records));
     let addr = listen.map_or(config.records.listen.clone(), str::to_string);
     let listener = TcpListener::bind(&addr)
         .await

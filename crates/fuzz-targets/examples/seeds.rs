@@ -208,7 +208,14 @@ fn main() {
     let request_signer = RequestSigner::from_pem("dr-heart", pem).unwrap();
     let body = br#"{"patient":"pat-00000"}"#;
     let h = request_signer
-        .sign("POST", "/v1/records", body, 1_790_000_000, "n-1")
+        .sign(
+            "POST",
+            "records.asclepios.internal",
+            "/v1/records",
+            body,
+            1_790_000_000,
+            "n-1",
+        )
         .unwrap();
     let mut bytes = format!(
         "{}\n{}\n{}\n",

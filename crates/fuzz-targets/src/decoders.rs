@@ -281,6 +281,7 @@ pub fn request_signature(data: &[u8]) {
     let body = parts.next().unwrap_or_default().as_bytes();
     let _ = verify(
         "POST",
+        "records.asclepios.internal",
         "/v1/records",
         body,
         &headers,

@@ -160,7 +160,11 @@ pub fn send(data: &[u8]) -> Option<axum::http::StatusCode> {
     };
     let created = asclepios_net::server::unix_now();
     let nonce = format!("fuzz-{}", h.nonces.fetch_add(1, Ordering::Relaxed));
-    let Ok(signed) = signer.sign(method.as_str(), &path, body, created, &nonce) else {
+    let audience = match service {
+        Service::Authority => asclepios_deploy::config::AUTHORITY_TLS_NAME,
+        Service::Records => asclepios_deploy::config::RECORDS_TLS_NAME,
+    };
+    let Ok(signed) = signer.sign(method.as_str(), audience, &path, body, created, &nonce) else {
         return None; // a path the client would not sign
     };
     let Ok(request) = Request::builder()

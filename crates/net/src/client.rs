@@ -14,26 +14,38 @@ use crate::Error;
 pub struct SignedClient {
     http: reqwest::Client,
     base: String,
+    /// The service's TLS name, which every signature covers (`@authority`).
+    authority: String,
     signer: RequestSigner,
 }
 
 impl SignedClient {
-    /// A client for the service at `base` (e.g. `https://127.0.0.1:7444`) as
+    /// A client for the service named `authority` (its TLS name, which
+    /// every signature covers) at `base` (e.g. `https://127.0.0.1:7444`) as
     /// identity `id`, trusting `ca_pem`.
     pub fn new(
         base: &str,
+        authority: &str,
         id: &str,
         ca_pem: &str,
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<Self, Error> {
-        Self::with_tls(base, id, client_config(ca_pem, cert_pem, key_pem)?, key_pem)
+        Self::with_tls(
+            base,
+            authority,
+            id,
+            client_config(ca_pem, cert_pem, key_pem)?,
+            key_pem,
+        )
     }
 
     /// A client with a TLS configuration of the caller's (e.g. one that
-    /// appraises the server's attestation), signing as `id` with `key_pem`.
+    /// appraises the server's attestation), signing as `id` with `key_pem`
+    /// for the service named `authority`.
     pub fn with_tls(
         base: &str,
+        authority: &str,
         id: &str,
         tls: std::sync::Arc<rustls::ClientConfig>,
         key_pem: &str,
@@ -46,6 +58,7 @@ impl SignedClient {
         Ok(SignedClient {
             http,
             base: base.trim_end_matches('/').to_string(),
+            authority: authority.to_string(),
             signer: RequestSigner::from_pem(id, key_pem)?,
         })
     }
@@ -72,6 +85,7 @@ impl SignedClient {
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
         let headers = self.signer.sign(
             method.as_str(),
+            &self.authority,
             path,
             &body,
             crate::server::unix_now(),

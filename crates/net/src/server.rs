@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::{peer_identity, PeerIdentity};
-use crate::signature::{self, ReplayGuard, SignedHeaders, Verified};
+use crate::signature::{self, NonceStore, ReplayGuard, SignedHeaders, Verified};
 
 /// The authenticated caller of a request (from its client certificate).
 #[derive(Clone, Debug)]
@@ -119,29 +119,276 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiEr
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
 }
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one listener admits, against connection floods (review finding
+/// H11): a flood of silent connections, or of idle authenticated ones,
+/// must not keep an honest client out.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections still in their TLS handshake; a new one beyond this
+    /// drops the oldest (an honest handshake takes milliseconds, a silent
+    /// one sits until it is dropped).
+    pub handshakes: usize,
+    /// Of those, from one source address (the oldest of that address goes).
+    pub handshakes_per_address: usize,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+    /// Established connections; one beyond this is closed after its
+    /// handshake.
+    pub connections: usize,
+    /// Established connections of one identity; a further one is closed
+    /// after its handshake.
+    pub connections_per_identity: usize,
+    /// How long an HTTP/1.1 connection may take to send a request's
+    /// headers, also between requests.
+    pub header_timeout: Duration,
+    /// How long a connection may go without a byte read or written before
+    /// it is closed (an abandoned or silent one, on HTTP/2 too).
+    pub idle_timeout: Duration,
+}
 
-/// Serves `app` on `listener` over mutual TLS until `shutdown` completes.
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            handshakes: 512,
+            handshakes_per_address: 256,
+            handshake_timeout: Duration::from_secs(3),
+            connections: MAX_CONNECTIONS,
+            connections_per_identity: 64,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// When a connection last read or wrote a byte.
+struct Activity {
+    started: std::time::Instant,
+    /// Milliseconds since `started`.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Completes once nothing moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+            let quiet = self.started.elapsed().saturating_sub(last);
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+}
+
+/// A stream that notes its activity.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Connections in their handshake, oldest first, each with what drops it.
+#[derive(Default)]
+struct Handshakes {
+    next: u64,
+    order: std::collections::VecDeque<(u64, std::net::IpAddr)>,
+    drops: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+    per_address: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+impl Handshakes {
+    /// Registers a new handshake from `addr`, dropping the oldest ones over
+    /// the limits; its id and what tells it it was dropped.
+    fn admit(
+        &mut self,
+        addr: std::net::IpAddr,
+        limits: &ConnectionLimits,
+    ) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        if self.per_address.get(&addr).copied().unwrap_or(0) >= limits.handshakes_per_address {
+            if let Some(i) = self.order.iter().position(|(_, a)| *a == addr) {
+                let (id, _) = self.order[i];
+                self.drop_one(id);
+            }
+        }
+        while self.order.len() >= limits.handshakes.max(1) {
+            let Some(&(id, _)) = self.order.front() else {
+                break;
+            };
+            self.drop_one(id);
+        }
+        let id = self.next;
+        self.next += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.order.push_back((id, addr));
+        self.drops.insert(id, tx);
+        *self.per_address.entry(addr).or_default() += 1;
+        (id, rx)
+    }
+
+    /// Forgets handshake `id` (done, failed or dropped), telling it if it
+    /// is still going.
+    fn drop_one(&mut self, id: u64) {
+        if let Some(i) = self.order.iter().position(|(x, _)| *x == id) {
+            if let Some((_, addr)) = self.order.remove(i) {
+                if let Some(n) = self.per_address.get_mut(&addr) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_address.remove(&addr);
+                    }
+                }
+            }
+        }
+        if let Some(tx) = self.drops.remove(&id) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Established connections, per identity.
+#[derive(Default)]
+struct Established {
+    total: usize,
+    per_identity: std::collections::HashMap<String, usize>,
+}
+
+/// A place among the established connections, given back on drop.
+struct Place {
+    established: Arc<std::sync::Mutex<Established>>,
+    identity: String,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut e = self.established.lock().unwrap_or_else(|p| p.into_inner());
+        e.total -= 1;
+        if let Some(n) = e.per_identity.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                e.per_identity.remove(&self.identity);
+            }
+        }
+    }
+}
+
+fn place(
+    established: &Arc<std::sync::Mutex<Established>>,
+    identity: &str,
+    limits: &ConnectionLimits,
+) -> Option<Place> {
+    let mut e = established.lock().unwrap_or_else(|p| p.into_inner());
+    let mine = e.per_identity.get(identity).copied().unwrap_or(0);
+    if e.total >= limits.connections || mine >= limits.connections_per_identity {
+        return None;
+    }
+    e.total += 1;
+    *e.per_identity.entry(identity.to_string()).or_default() += 1;
+    Some(Place {
+        established: established.clone(),
+        identity: identity.to_string(),
+    })
+}
+
+/// Serves `app` on `listener` over mutual TLS until `shutdown` completes,
+/// with the default [`ConnectionLimits`].
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    serve_with(listener, tls, app, ConnectionLimits::default(), shutdown).await
+}
+
+/// Serves `app` on `listener` over mutual TLS until `shutdown` completes.
+/// The accept loop never waits: every connection is taken at once, and the
+/// limits decide which ones go (see [`ConnectionLimits`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    // At most this many connections at once; further ones wait in the
-    // kernel's backlog instead of exhausting descriptors.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(std::sync::Mutex::new(Handshakes::default()));
+    let established = Arc::new(std::sync::Mutex::new(Established::default()));
     // Told to every open connection when the service stops: a stopped
     // service must not go on answering over connections kept alive.
     let (closing, closed) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 // Out of descriptors or a reset before accept: wait a little
@@ -156,15 +403,25 @@ pub async fn serve(
                 return Ok(());
             }
         };
+        let (id, dropped) = handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(peer.ip(), &limits);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let mut closed = closed.clone();
+        let (handshakes, established) = (handshakes.clone(), established.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            else {
-                return; // no valid client certificate: the handshake failed
+            let handshake = tokio::select! {
+                done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => done,
+                _ = dropped => return, // dropped for newer connections
+            };
+            handshakes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drop_one(id);
+            let Ok(Ok(stream)) = handshake else {
+                return; // no valid client certificate, or too slow
             };
             let identity = stream
                 .get_ref()
@@ -175,12 +432,28 @@ pub async fn serve(
             let Some(Ok(identity)) = identity else {
                 return; // a CA-issued certificate that names no identity
             };
+            let Some(_place) = place(&established, &identity.id, &limits) else {
+                return; // this identity, or everyone, holds enough connections
+            };
             let service = TowerToHyperService::new(app.layer(Extension(Caller(identity))));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // An HTTP/1.1 connection that sends no request headers for a
+            // while (idle between requests, or slow) closes.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let activity = Arc::new(Activity::new());
+            let watched = Watched {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            let connection = builder.serve_connection(TokioIo::new(watched), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // Silent for too long (either protocol): closed.
+                () = activity.idle_for(limits.idle_timeout) => {}
                 // Stopping (or the server gone): finish what is in flight,
                 // take nothing new, close.
                 () = async {
@@ -197,10 +470,24 @@ pub async fn serve(
 /// Per-service state for [`require_signature`].
 #[derive(Debug)]
 pub struct SignatureCheck {
-    /// Remembered nonces.
-    pub replays: ReplayGuard,
+    /// The service's own TLS name: what a request's `@authority` must be.
+    pub authority: String,
+    /// Remembered nonces (in the store, for a deployment).
+    pub replays: Arc<dyn NonceStore>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+}
+
+impl SignatureCheck {
+    /// Checks for the service named `authority`, remembering nonces in
+    /// memory only (tests and tools: see [`NonceStore`]).
+    pub fn in_memory(authority: &str, max_body_bytes: usize) -> Arc<Self> {
+        Arc::new(SignatureCheck {
+            authority: authority.to_string(),
+            replays: Arc::new(ReplayGuard::new()),
+            max_body_bytes,
+        })
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -252,9 +539,16 @@ pub async fn require_signature(
             )
         })?;
     let now = unix_now();
-    let verified: Verified =
-        signature::verify(&method, &path, &bytes, &headers, &caller.public_key, now)
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let verified: Verified = signature::verify(
+        &method,
+        &check.authority,
+        &path,
+        &bytes,
+        &headers,
+        &caller.public_key,
+        now,
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
     if verified.keyid != caller.id {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -264,10 +558,32 @@ pub async fn require_signature(
             ),
         ));
     }
-    check
-        .replays
-        .check(&verified, now)
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let (replays, keyid, nonce) = (
+        check.replays.clone(),
+        verified.keyid.clone(),
+        verified.nonce.clone(),
+    );
+    let expires_at = signature::nonce_expiry(verified.created);
+    let fresh =
+        tokio::task::spawn_blocking(move || replays.remember(&keyid, &nonce, expires_at, now))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+    match fresh {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this request was already received (replay)",
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check the request for a replay now: {e}"),
+            ))
+        }
+    }
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(verified);
     Ok(next.run(req).await)

@@ -1,18 +1,27 @@
 //! Signed requests, as HTTP Message Signatures (RFC 9421) with one fixed
-//! profile: label `sig1`, Ed25519, covering `@method`, `@path` and
-//! `content-digest` (RFC 9530, SHA-256 of the body), with the parameters
-//! `created` (Unix seconds), `keyid` (the caller's identity) and `nonce`.
+//! profile: label `sig1`, Ed25519, covering `@method`, `@authority`,
+//! `@path` and `content-digest` (RFC 9530, SHA-256 of the body), with the
+//! parameters `created` (Unix seconds), `keyid` (the caller's identity) and
+//! `nonce`.
 //!
 //! ```text
 //! Content-Digest:  sha-256=:<base64>:
-//! Signature-Input: sig1=("@method" "@path" "content-digest");created=1790000000;keyid="dr-heart";nonce="...";alg="ed25519"
+//! Signature-Input: sig1=("@method" "@authority" "@path" "content-digest");created=1790000000;keyid="dr-heart";nonce="...";alg="ed25519"
 //! Signature:       sig1=:<base64 Ed25519 signature of the signature base>:
 //! ```
+//!
+//! `@authority` is the target service's TLS name (the name the client
+//! checks the server's certificate against, e.g.
+//! `records.asclepios.internal`), not the address dialled: RFC 9421 derives
+//! it from the request target, but a service behind a proxy, on another
+//! port or at an IP address is still the same service, and two services on
+//! one host are not. The verifier puts its own name there, so a request
+//! signed for one service does not verify at another.
 //!
 //! The key is the one in the caller's TLS client certificate, so a signature
 //! binds the request to the authenticated identity and can be shown later to
 //! a third party (non-repudiation). Verifiers refuse stale or future
-//! `created` values and nonces seen before ([`ReplayGuard`]).
+//! `created` values and nonces seen before ([`NonceStore`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::Error;
 
 /// The covered components, in order.
-const COMPONENTS: &str = r#"("@method" "@path" "content-digest")"#;
+const COMPONENTS: &str = r#"("@method" "@authority" "@path" "content-digest")"#;
 /// How far `created` may be from the verifier's clock, in seconds. Short, so
 /// the replay guard remembers few nonces (clocks are kept by NTP).
 pub const MAX_SKEW_SECS: u64 = 120;
@@ -56,10 +65,11 @@ pub struct SignedHeaders {
     pub request_hash: [u8; 32],
 }
 
-fn signature_base(method: &str, path: &str, digest: &str, params: &str) -> String {
+fn signature_base(method: &str, authority: &str, path: &str, digest: &str, params: &str) -> String {
     format!(
-        "\"@method\": {}\n\"@path\": {path}\n\"content-digest\": {digest}\n\"@signature-params\": {params}",
-        method.to_ascii_uppercase()
+        "\"@method\": {}\n\"@authority\": {}\n\"@path\": {path}\n\"content-digest\": {digest}\n\"@signature-params\": {params}",
+        method.to_ascii_uppercase(),
+        authority.to_ascii_lowercase()
     )
 }
 
@@ -108,10 +118,12 @@ impl RequestSigner {
         self.key.verifying_key().to_bytes()
     }
 
-    /// Signs a request made at `created` with a fresh `nonce`.
+    /// Signs a request to the service named `authority` (its TLS name),
+    /// made at `created` with a fresh `nonce`.
     pub fn sign(
         &self,
         method: &str,
+        authority: &str,
         path: &str,
         body: &[u8],
         created: u64,
@@ -119,12 +131,13 @@ impl RequestSigner {
     ) -> Result<SignedHeaders, Error> {
         check_token("nonce", nonce, MAX_NONCE)?;
         check_token("path", path, 8192)?;
+        check_token("authority", authority, 255)?;
         let digest = content_digest(body);
         let params = format!(
             "{COMPONENTS};created={created};keyid=\"{}\";nonce=\"{nonce}\";alg=\"ed25519\"",
             self.keyid
         );
-        let base = signature_base(method, path, &digest, &params);
+        let base = signature_base(method, authority, path, &digest, &params);
         let sig = self.key.sign(base.as_bytes());
         Ok(SignedHeaders {
             content_digest: digest,
@@ -193,10 +206,12 @@ fn parse_params(input: &str) -> Result<(String, u64, String, String), Error> {
     Ok((params.to_string(), created, keyid, nonce))
 }
 
-/// Verifies a signed request against the caller's certificate key, at time
-/// `now` (Unix seconds). Does not check replays: see [`ReplayGuard`].
+/// Verifies a signed request to the service named `authority` (the
+/// verifier's own TLS name) against the caller's certificate key, at time
+/// `now` (Unix seconds). Does not check replays: see [`NonceStore`].
 pub fn verify(
     method: &str,
+    authority: &str,
     path: &str,
     body: &[u8],
     headers: &SignedHeaders,
@@ -224,7 +239,7 @@ pub fn verify(
         .and_then(|b| Signature::from_slice(&b).ok())
         .ok_or_else(|| sig_err("Signature is not a base64 Ed25519 signature"))?;
     let key = VerifyingKey::from_bytes(public_key).map_err(|_| sig_err("bad public key"))?;
-    let base = signature_base(method, path, &headers.content_digest, &params);
+    let base = signature_base(method, authority, path, &headers.content_digest, &params);
     key.verify_strict(base.as_bytes(), &sig)
         .map_err(|_| sig_err("the signature does not verify with the caller's certificate key"))?;
     Ok(Verified {
@@ -236,8 +251,25 @@ pub fn verify(
     })
 }
 
-/// Remembers `(keyid, nonce)` pairs while their `created` is inside the
-/// acceptance window, so a captured request cannot be replayed. Expired pairs
+/// Where a service remembers the nonces it accepted, for as long as their
+/// signatures would verify: a captured request cannot be replayed. A
+/// deployment keeps them in its store, shared by every replica and kept
+/// across restarts; [`ReplayGuard`] keeps them in memory (tests, tools).
+pub trait NonceStore: Send + Sync + std::fmt::Debug {
+    /// Remembers `(keyid, nonce)` until `expires_at` (Unix seconds); `false`
+    /// if it is remembered already (a replay). Blocks.
+    fn remember(&self, keyid: &str, nonce: &str, expires_at: u64, now: u64)
+        -> Result<bool, String>;
+}
+
+/// Until when a nonce of a request signed at `created` must be remembered:
+/// after that the signature check refuses the request anyway.
+pub fn nonce_expiry(created: u64) -> u64 {
+    created.saturating_add(MAX_SKEW_SECS + 1)
+}
+
+/// Nonces in process memory: forgotten at a restart and not shared with
+/// other replicas, so only for tests and single-process tools. Expired pairs
 /// leave in arrival order at every check (no scans). Bounded: when full it
 /// refuses new requests rather than forget (fail closed).
 #[derive(Debug, Default)]
@@ -263,6 +295,27 @@ impl ReplayGuard {
 
     /// Records the request's nonce; an error if it was seen before.
     pub fn check(&self, verified: &Verified, now: u64) -> Result<(), Error> {
+        match self.remember(
+            &verified.keyid,
+            &verified.nonce,
+            nonce_expiry(verified.created),
+            now,
+        ) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(sig_err("this request was already received (replay)")),
+            Err(e) => Err(sig_err(e)),
+        }
+    }
+}
+
+impl NonceStore for ReplayGuard {
+    fn remember(
+        &self,
+        keyid: &str,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, String> {
         let mut seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // A pair can be forgotten once its `created` is out of the window:
         // the signature check refuses it from then on anyway.
@@ -274,17 +327,16 @@ impl ReplayGuard {
                 seen.keys.remove(&key);
             }
         }
-        let key = (verified.keyid.clone(), verified.nonce.clone());
+        let key = (keyid.to_string(), nonce.to_string());
         if seen.keys.contains(&key) {
-            return Err(sig_err("this request was already received (replay)"));
+            return Ok(false);
         }
         if seen.keys.len() >= REPLAY_CAPACITY {
-            return Err(sig_err("too many requests in flight; retry shortly"));
+            return Err("too many requests in flight; retry shortly".into());
         }
         seen.keys.insert(key.clone());
-        seen.order
-            .push_back((verified.created + MAX_SKEW_SECS + 1, key));
-        Ok(())
+        seen.order.push_back((expires_at, key));
+        Ok(true)
     }
 }
 
@@ -304,33 +356,125 @@ mod tests {
         let s = signer();
         let pk = s.public_key();
         let h = s
-            .sign("post", "/v1/records", b"{\"a\":1}", 1000, "n1")
+            .sign(
+                "post",
+                "records.example",
+                "/v1/records",
+                b"{\"a\":1}",
+                1000,
+                "n1",
+            )
             .unwrap();
-        let v = verify("POST", "/v1/records", b"{\"a\":1}", &h, &pk, 1010).unwrap();
+        let v = verify(
+            "POST",
+            "records.example",
+            "/v1/records",
+            b"{\"a\":1}",
+            &h,
+            &pk,
+            1010,
+        )
+        .unwrap();
         assert_eq!((v.keyid.as_str(), v.created), ("dr-heart", 1000));
-        assert!(verify("GET", "/v1/records", b"{\"a\":1}", &h, &pk, 1010).is_err());
-        assert!(verify("POST", "/v1/records/x", b"{\"a\":1}", &h, &pk, 1010).is_err());
-        assert!(verify("POST", "/v1/records", b"{\"a\":2}", &h, &pk, 1010).is_err());
-        assert!(verify("POST", "/v1/records", b"{\"a\":1}", &h, &pk, 2000).is_err());
+        assert!(verify(
+            "GET",
+            "records.example",
+            "/v1/records",
+            b"{\"a\":1}",
+            &h,
+            &pk,
+            1010
+        )
+        .is_err());
+        assert!(verify(
+            "POST",
+            "records.example",
+            "/v1/records/x",
+            b"{\"a\":1}",
+            &h,
+            &pk,
+            1010
+        )
+        .is_err());
+        assert!(verify(
+            "POST",
+            "records.example",
+            "/v1/records",
+            b"{\"a\":2}",
+            &h,
+            &pk,
+            1010
+        )
+        .is_err());
+        assert!(verify(
+            "POST",
+            "records.example",
+            "/v1/records",
+            b"{\"a\":1}",
+            &h,
+            &pk,
+            2000
+        )
+        .is_err());
         let other = signer().public_key();
-        assert!(verify("POST", "/v1/records", b"{\"a\":1}", &h, &other, 1010).is_err());
+        assert!(verify(
+            "POST",
+            "records.example",
+            "/v1/records",
+            b"{\"a\":1}",
+            &h,
+            &other,
+            1010
+        )
+        .is_err());
+        // Signed for the record service: not valid at the authority.
+        assert!(verify(
+            "POST",
+            "authority.example",
+            "/v1/records",
+            b"{\"a\":1}",
+            &h,
+            &pk,
+            1010
+        )
+        .is_err());
         let mut forged = h.clone();
         forged.signature_input = forged
             .signature_input
             .replace("created=1000", "created=1001");
-        assert!(verify("POST", "/v1/records", b"{\"a\":1}", &forged, &pk, 1010).is_err());
+        assert!(verify(
+            "POST",
+            "records.example",
+            "/v1/records",
+            b"{\"a\":1}",
+            &forged,
+            &pk,
+            1010
+        )
+        .is_err());
         for bad in ["", "sig1=(\"@method\");created=1", "sig2=x", "sig1=(\"@method\" \"@path\" \"content-digest\");created=1;created=2;keyid=\"a\";nonce=\"b\";alg=\"ed25519\""] {
             let mut t = h.clone();
             t.signature_input = bad.into();
-            assert!(verify("POST", "/v1/records", b"{\"a\":1}", &t, &pk, 1010).is_err(), "{bad}");
+            assert!(verify("POST", "records.example", "/v1/records", b"{\"a\":1}", &t, &pk, 1010).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn replays_are_refused() {
         let s = signer();
-        let h = s.sign("GET", "/v1/x", b"", 1000, "once").unwrap();
-        let v = verify("GET", "/v1/x", b"", &h, &s.public_key(), 1000).unwrap();
+        let h = s
+            .sign("GET", "records.example", "/v1/x", b"", 1000, "once")
+            .unwrap();
+        let v = verify(
+            "GET",
+            "records.example",
+            "/v1/x",
+            b"",
+            &h,
+            &s.public_key(),
+            1000,
+        )
+        .unwrap();
         let guard = ReplayGuard::new();
         guard.check(&v, 1000).unwrap();
         assert!(guard.check(&v, 1001).is_err());
@@ -338,6 +482,7 @@ mod tests {
         assert!(guard.check(&v, 1000 + MAX_SKEW_SECS).is_err());
         assert!(verify(
             "GET",
+            "records.example",
             "/v1/x",
             b"",
             &h,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use asclepios_net::client::SignedClient;
 use asclepios_net::pki::CertificateAuthority;
 use asclepios_net::server::{self, Caller, SignatureCheck};
-use asclepios_net::signature::{ReplayGuard, Verified};
+use asclepios_net::signature::Verified;
 use asclepios_net::tls;
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -42,10 +42,7 @@ async fn start() -> Deployment {
         .unwrap();
     let config =
         tls::server_config(&ca.cert_pem(), &server_cert.cert_pem, &server_cert.key_pem).unwrap();
-    let check = Arc::new(SignatureCheck {
-        replays: ReplayGuard::new(),
-        max_body_bytes: 1024,
-    });
+    let check = SignatureCheck::in_memory("records.test", 1024);
     let handled = Arc::new(AtomicUsize::new(0));
     let app = Router::new()
         .route("/echo", post(echo))
@@ -67,6 +64,7 @@ fn client(d: &Deployment, id: &str) -> SignedClient {
     let issued = d.ca.issue_identity(id).unwrap();
     SignedClient::new(
         &d.base,
+        "records.test",
         id,
         &d.ca.cert_pem(),
         &issued.cert_pem,
@@ -108,7 +106,14 @@ async fn unsigned_tampered_and_replayed_requests_are_refused() {
     assert_eq!(r.status(), 401, "unsigned");
     let signer = asclepios_net::signature::RequestSigner::from_pem("bob", &issued.key_pem).unwrap();
     let h = signer
-        .sign("POST", "/echo", b"pay 10", server::unix_now(), "n-1")
+        .sign(
+            "POST",
+            "records.test",
+            "/echo",
+            b"pay 10",
+            server::unix_now(),
+            "n-1",
+        )
         .unwrap();
     let send = |body: &'static str| {
         http.post(&url)
@@ -127,11 +132,39 @@ async fn unsigned_tampered_and_replayed_requests_are_refused() {
     let replay = send("pay 10").await.unwrap();
     assert_eq!(replay.status(), 401, "replay");
     assert!(replay.text().await.unwrap().contains("replay"));
+    // Signed for another service (same CA, same host): refused here.
+    let elsewhere = signer
+        .sign(
+            "POST",
+            "authority.test",
+            "/echo",
+            b"pay 10",
+            server::unix_now(),
+            "n-3",
+        )
+        .unwrap();
+    let r = http
+        .post(&url)
+        .header("content-digest", elsewhere.content_digest)
+        .header("signature-input", elsewhere.signature_input)
+        .header("signature", elsewhere.signature)
+        .body("pay 10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a request signed for another service");
     // Signed by someone else's key for bob's certificate.
     let mallory = d.ca.issue_identity("mallory").unwrap();
     let other = asclepios_net::signature::RequestSigner::from_pem("bob", &mallory.key_pem).unwrap();
     let h2 = other
-        .sign("POST", "/echo", b"x", server::unix_now(), "n-2")
+        .sign(
+            "POST",
+            "records.test",
+            "/echo",
+            b"x",
+            server::unix_now(),
+            "n-2",
+        )
         .unwrap();
     let r = http
         .post(&url)
@@ -232,7 +265,7 @@ fn openssl_verify(ca: &str, issuer: &str, purpose: &str, leaf: &str) -> std::pro
 /// the request) fails.
 async fn reaches(d: &Deployment, chain_pem: &str, key_pem: &str, id: &str) -> bool {
     let tls = tls::client_config(&d.ca.cert_pem(), chain_pem, key_pem).unwrap();
-    SignedClient::with_tls(&d.base, id, tls, key_pem)
+    SignedClient::with_tls(&d.base, "records.test", id, tls, key_pem)
         .unwrap()
         .send(Method::POST, "/echo", b"x".to_vec())
         .await
@@ -311,7 +344,7 @@ async fn a_client_pinned_to_one_service_refuses_another() {
         let verifier = tls::pinned_server_verifier(&d.ca.cert_pem(), name).unwrap();
         let tls =
             tls::client_config_with_verifier(verifier, &alice.cert_pem, &alice.key_pem).unwrap();
-        SignedClient::with_tls(&d.base, "alice", tls, &alice.key_pem).unwrap()
+        SignedClient::with_tls(&d.base, "records.test", "alice", tls, &alice.key_pem).unwrap()
     };
     let records = over("records.test")
         .send(Method::POST, "/echo", b"x".to_vec())

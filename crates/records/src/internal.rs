@@ -225,9 +225,10 @@ pub(crate) async fn index_write(
     .await
 }
 
-/// The authority's directory moved: fetch its facts now, and answer the
-/// change held, so that the authority's caller returns only once this
-/// service judges by them.
+/// The authority's directory moved: fetch its facts now, raise the
+/// attribute floors to their versions (waiting for writes in flight), and
+/// answer the change held, so that the authority's caller returns only once
+/// this service judges by them and stores nothing under a revoked version.
 pub(crate) async fn facts_changed(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -236,7 +237,18 @@ pub(crate) async fn facts_changed(
     for_authority(s, caller.id, move |s| {
         let _: FactsChanged = json_body(&body)?;
         s.directory.refresh_now()?;
-        Ok(s.directory.last().map_or(0, |f| f.change))
+        let Some(facts) = s.directory.last() else {
+            return Ok(0);
+        };
+        let floors: Vec<(String, u64)> = facts
+            .attribute_versions
+            .iter()
+            .map(|(name, version)| (name.clone(), *version))
+            .collect();
+        s.store
+            .raise_attribute_floors(&floors)
+            .map_err(store_error)?;
+        Ok(facts.change)
     })
     .await
 }

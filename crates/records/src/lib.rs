@@ -12,16 +12,16 @@
 #![warn(missing_docs)]
 
 pub use asclepios_api::records::{
-    author_message, parse_search_ref, search_ref, AttestationVerdict, AuditSlice, ExportNotice,
-    IndexLookup, IndexValues, PutRecord, RecordOut, StatsValues, StatsValuesOut, VerdictLogged,
-    WithReceipt, MAX_LOOKUP,
+    author_message, parse_search_ref, search_ref, AttestationVerdict, AuditSlice, Erased,
+    ExportNotice, IndexLookup, IndexValues, PutRecord, RecordOut, StatsValues, StatsValuesOut,
+    VerdictLogged, WithReceipt, MAX_LOOKUP,
 };
 use asclepios_service::{PeerCaller, Stored};
 use std::sync::Arc;
 
 use asclepios_audit::{Action, AuditEvent, AuditTrail, Outcome};
 use asclepios_crypto::envelope::{KeyWrapper, SealedBody};
-use asclepios_crypto::policy::attribute_name;
+use asclepios_crypto::policy::{attribute_name, attribute_version};
 use asclepios_net::server::{json_body, require_signature, ApiError, Caller, SignatureCheck};
 use asclepios_net::signature::Verified;
 use asclepios_store::Store;
@@ -100,6 +100,11 @@ impl RecordService {
         }
     }
 
+    /// The service's store (its nonces live there too).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Lets the key authority's service identity `identity` use the
     /// internal routes (the services in processes of their own).
     pub fn serving_authority(mut self, identity: &str) -> Self {
@@ -121,13 +126,16 @@ impl RecordService {
             .route("/v1/records", axum::routing::post(put_record))
             .route(
                 "/v1/records/{patient}/{record_id}",
-                get(get_record).delete(shred_record),
+                get(get_record).delete(erase_record),
             )
             .route(
                 "/v1/records/{patient}/{record_id}/versions",
                 get(record_versions),
             )
-            .route("/v1/patients/{patient}/records", get(list_records))
+            .route(
+                "/v1/patients/{patient}/records",
+                get(list_records).delete(erase_patient),
+            )
             .route("/v1/search", axum::routing::post(search::search_index))
             .route("/v1/exports", axum::routing::post(audit::record_export))
             .route(
@@ -221,13 +229,10 @@ impl RecordService {
         facts: &asclepios_api::DirectoryFacts,
         policy: &asclepios_crypto::Policy,
     ) -> Result<(), ApiError> {
-        let ahead = policy.leaves().into_iter().any(|leaf| {
-            let version = leaf
-                .rsplit_once("@v")
-                .and_then(|(_, v)| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            version > facts.attribute_version(attribute_name(leaf))
-        });
+        let ahead = policy
+            .leaves()
+            .into_iter()
+            .any(|leaf| attribute_version(leaf) > facts.attribute_version(attribute_name(leaf)));
         if ahead {
             self.directory.wake();
             return Err(ApiError::new(
@@ -445,16 +450,60 @@ impl RecordService {
                 body: put.body.clone(),
             })
             .map_err(|e| bad_request(e.to_string()))?;
+            // Checked again against the floors inside the insert: a
+            // revocation may have landed since the facts were read.
+            let named: Vec<(&str, u64)> = parsed
+                .policy()
+                .leaves()
+                .into_iter()
+                .map(|leaf| (attribute_name(leaf), attribute_version(leaf)))
+                .collect();
             self.store
-                .put_record_version(
+                .put_record_version_above_floors(
                     &put.patient,
                     &put.record_id,
                     put.version,
                     &stored,
                     &[(MAIN_SLOT, &wrapper, 0)],
+                    &named,
                 )
                 .map_err(store_error)?;
             Ok(put.version)
+        })
+    }
+
+    /// Erases one record, or every record of the patient: every version's
+    /// body and every wrapper, out of the store's files. The patient's right
+    /// (GDPR art. 17) alone; the event in the patient's log says what was
+    /// destroyed.
+    fn erase(
+        &self,
+        caller: &str,
+        v: &Verified,
+        patient: &str,
+        record_id: Option<&str>,
+    ) -> Result<WithReceipt<Erased>, ApiError> {
+        check_name("patient", patient)?;
+        if let Some(r) = record_id {
+            check_name("record_id", r)?;
+        }
+        let resource = match record_id {
+            Some(r) => format!("record/{patient}/{r}"),
+            None => format!("records/{patient}"),
+        };
+        self.audited(caller, Action::Delete, resource, patient, v, || {
+            if caller != patient {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only the patient may erase their records",
+                ));
+            }
+            let erased = self.store.erase(patient, record_id).map_err(store_error)?;
+            Ok(Erased {
+                records: erased.records,
+                versions: erased.versions,
+                wrappers: erased.wrappers,
+            })
         })
     }
 
@@ -617,27 +666,24 @@ async fn record_versions(
     .map(Json)
 }
 
-async fn shred_record(
+async fn erase_record(
     State(s): State<Arc<RecordService>>,
     Extension(Caller(caller)): Extension<Caller>,
     Extension(v): Extension<Verified>,
     Path((patient, record_id)): Path<(String, String)>,
-) -> Result<Json<WithReceipt<u64>>, ApiError> {
-    blocking(move || {
-        let resource = format!("record/{patient}/{record_id}");
-        s.audited(&caller.id, Action::Delete, resource, &patient, &v, || {
-            // Erasure is the patient's right (GDPR art. 17).
-            if caller.id != patient {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "only the patient may erase their records",
-                ));
-            }
-            s.store
-                .shred_record(&patient, &record_id)
-                .map_err(store_error)
-        })
-    })
-    .await
-    .map(Json)
+) -> Result<Json<WithReceipt<Erased>>, ApiError> {
+    blocking(move || s.erase(&caller.id, &v, &patient, Some(&record_id)))
+        .await
+        .map(Json)
+}
+
+async fn erase_patient(
+    State(s): State<Arc<RecordService>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Extension(v): Extension<Verified>,
+    Path(patient): Path<String>,
+) -> Result<Json<WithReceipt<Erased>>, ApiError> {
+    blocking(move || s.erase(&caller.id, &v, &patient, None))
+        .await
+        .map(Json)
 }

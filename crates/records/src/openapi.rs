@@ -44,7 +44,7 @@ pub fn openapi_document() -> serde_json::Value {
                     answer(),
                 ),
                 "delete": operation(
-                    "Erase (crypto-shred) a record: the patient only.",
+                    "Erase a record (every version's body and key wrapper, purged from the store's files): the patient only.",
                     &record,
                     None,
                     answer(),
@@ -56,12 +56,20 @@ pub fn openapi_document() -> serde_json::Value {
                 None,
                 answer(),
             )},
-            "/v1/patients/{patient}/records": {"get": operation(
-                "A patient's record ids and latest versions.",
-                &[("patient", In::Path, true)],
-                None,
-                answer(),
-            )},
+            "/v1/patients/{patient}/records": {
+                "get": operation(
+                    "A patient's record ids and latest versions.",
+                    &[("patient", In::Path, true)],
+                    None,
+                    answer(),
+                ),
+                "delete": operation(
+                    "Erase every record of the patient (every version's body and key wrapper, purged from the store's files): the patient only.",
+                    &[("patient", In::Path, true)],
+                    None,
+                    answer(),
+                ),
+            },
             "/v1/search": {"post": operation(
                 "Sealed index values at the given addresses (from search tokens the key authority issued), with receipt.",
                 &[],

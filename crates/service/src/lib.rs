@@ -27,6 +27,30 @@ pub use outcome::{
 pub use refusals::{log_refusals, RefusalLog};
 pub use stored::{stored_author, stored_sealed_body, verified_author, Stored};
 
+/// A service's nonces in its store ([`asclepios_net::signature::NonceStore`]):
+/// shared by every replica on the same store, kept across restarts.
+#[derive(Debug)]
+pub struct StoredNonces {
+    /// The store.
+    pub store: asclepios_store::Store,
+    /// Which service's nonces (`authority`, `records`).
+    pub service: &'static str,
+}
+
+impl asclepios_net::signature::NonceStore for StoredNonces {
+    fn remember(
+        &self,
+        keyid: &str,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, String> {
+        self.store
+            .remember_nonce(self.service, keyid, nonce, expires_at, now)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Runs store and crypto work off the async threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

@@ -365,6 +365,14 @@ impl Store {
             .map_or(Ok(0), |r| r.uint(0))
     }
 
+    /// Every attribute that was ever revoked, with its current version.
+    pub fn attribute_versions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.protected_table(&ATTRIBUTE_VERSIONS)?
+            .iter()
+            .map(|r| Ok((r.text(1)?, r.uint(0)?)))
+            .collect()
+    }
+
     /// Grants an attribute to an identity at the attribute's current version.
     pub fn grant_attribute(&self, identity_id: &str, attribute: &str) -> Result<u64, StoreError> {
         let at = now();

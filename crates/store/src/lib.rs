@@ -48,6 +48,8 @@ mod migrations;
 mod postgres;
 pub use postgres::create_service_role as create_postgres_service_role;
 pub use postgres::redact as redact_url;
+mod nonces;
+pub use nonces::PRUNE_EVERY as NONCE_PRUNE_EVERY;
 mod records;
 mod sqlite;
 mod sse;
@@ -61,7 +63,7 @@ pub use directory::{
     Identity, IdentityStatus,
 };
 pub use migrations::SCHEMA_VERSION;
-pub use records::{RecordVersion, Wrapper, WrapperRow};
+pub use records::{Erased, RecordVersion, Wrapper, WrapperRow};
 pub use sse::{SseBatch, StateWrite};
 pub use stats::{PersonSlot, ReleaseRow};
 

@@ -221,10 +221,28 @@ CREATE TABLE fe_releases (
 )
 "#,
     },
+    Migration {
+        version: 9,
+        description: "attribute floors (no write under a revoked version once the authority has said so) and request nonces shared by every replica",
+        ddl: r#"
+CREATE TABLE attribute_floors (
+    name        TEXT    NOT NULL PRIMARY KEY,
+    version     {INT}   NOT NULL
+);
+CREATE TABLE request_nonces (
+    service     TEXT    NOT NULL,
+    keyid       TEXT    NOT NULL,
+    nonce       TEXT    NOT NULL,
+    expires_at  {INT}   NOT NULL,
+    PRIMARY KEY (service, keyid, nonce)
+);
+CREATE INDEX request_nonces_by_expiry ON request_nonces (expires_at)
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 fn render(ddl: &str, kind: BackendKind) -> String {
     let (int, bytes) = match kind {

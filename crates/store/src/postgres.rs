@@ -162,6 +162,19 @@ impl Postgres {
         result
     }
 
+    /// Removes the dead tuples of `tables` (`VACUUM`, outside any
+    /// transaction): after it, deleted rows are in no tuple of the tables,
+    /// live or dead.
+    pub(crate) fn vacuum(&self, tables: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.take()?;
+        let result = conn
+            .client
+            .batch_execute(&format!("VACUUM {}", tables.join(", ")))
+            .map_err(StoreError::from);
+        self.give_back(conn);
+        result
+    }
+
     pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,

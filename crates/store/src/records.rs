@@ -36,6 +36,17 @@ pub struct WrapperRow {
     pub wrapper: Wrapper,
 }
 
+/// What an erasure destroyed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Erased {
+    /// Records (all their versions).
+    pub records: u64,
+    /// Record versions (bodies).
+    pub versions: u64,
+    /// Key wrappers.
+    pub wrappers: u64,
+}
+
 /// A data-key wrapper of one record version.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Wrapper {
@@ -68,7 +79,83 @@ fn record_version(row: &Row) -> Result<RecordVersion, StoreError> {
     })
 }
 
+/// Key of the PostgreSQL advisory lock that orders record writes (shared)
+/// after floor raises (exclusive). SQLite's write transactions are
+/// serialised already.
+const FLOORS_LOCK: i64 = 0x6173_636c_666c_7231;
+
+/// Refuses `named` if an attribute is below its floor; inside a write's
+/// transaction, holding the floors lock shared.
+fn check_floors(
+    tx: &mut dyn crate::db::Tx,
+    postgres: bool,
+    named: &[(&str, u64)],
+) -> Result<(), StoreError> {
+    if postgres {
+        tx.exec(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[Value::Int(FLOORS_LOCK)],
+        )?;
+    }
+    for (name, version) in named {
+        let floor = tx
+            .query_opt(
+                "SELECT version FROM attribute_floors WHERE name = $1",
+                &[(*name).into()],
+            )?
+            .map(|r| r.uint(0))
+            .transpose()?
+            .unwrap_or(0);
+        if *version < floor {
+            return Err(StoreError::Conflict(format!(
+                "the policy names `{name}` at version {version}, but it was revoked up to \
+                 version {floor}: resolve the policy again"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Store {
+    /// Raises attribute floors: from now on no record version may be stored
+    /// under a policy that names one of `floors` below its version (a
+    /// revoked one). Floors never go down. Returns once every write that
+    /// checked against the old floors has committed.
+    pub fn raise_attribute_floors(&self, floors: &[(String, u64)]) -> Result<(), StoreError> {
+        let postgres = self.kind() == crate::BackendKind::Postgres;
+        self.transaction(|tx| {
+            if postgres {
+                tx.exec(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[Value::Int(FLOORS_LOCK)],
+                )?;
+            }
+            for (name, version) in floors {
+                check_key("attribute", name)?;
+                tx.exec(
+                    "INSERT INTO attribute_floors (name, version) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET version = excluded.version \
+                     WHERE attribute_floors.version < excluded.version",
+                    &[name.as_str().into(), int(*version)?],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The floor of `attribute` (0 if it has none).
+    pub fn attribute_floor(&self, attribute: &str) -> Result<u64, StoreError> {
+        self.transaction(|tx| {
+            tx.query_opt(
+                "SELECT version FROM attribute_floors WHERE name = $1",
+                &[attribute.into()],
+            )?
+            .map(|r| r.uint(0))
+            .transpose()
+            .map(|v| v.unwrap_or(0))
+        })
+    }
+
     /// Stores version `version` of a record with its wrappers, atomically.
     /// Versions start at 1 and go up by one; history is never rewritten, so
     /// storing a version that exists, or skipping one, is a conflict.
@@ -79,6 +166,26 @@ impl Store {
         version: u64,
         body: &[u8],
         wrappers: &[(&str, &[u8], u64)],
+    ) -> Result<(), StoreError> {
+        self.put_record_version_above_floors(patient, record_id, version, body, wrappers, &[])
+    }
+
+    /// Like [`Store::put_record_version`], but a conflict if `named` (the
+    /// attributes the wrappers' policies name, each with its version) has an
+    /// attribute below its floor ([`Store::raise_attribute_floors`]).
+    ///
+    /// The floors are read inside the transaction that inserts, under a lock
+    /// that a raise waits for: once a raise has returned, every write that
+    /// checked against the old floor has committed (so a re-wrap scan that
+    /// starts then sees it), and every later write sees the new floor.
+    pub fn put_record_version_above_floors(
+        &self,
+        patient: &str,
+        record_id: &str,
+        version: u64,
+        body: &[u8],
+        wrappers: &[(&str, &[u8], u64)],
+        named: &[(&str, u64)],
     ) -> Result<(), StoreError> {
         check_key("patient pseudonym", patient)?;
         check_key("record id", record_id)?;
@@ -96,7 +203,9 @@ impl Store {
             }
         }
         let at = now();
+        let postgres = self.kind() == crate::BackendKind::Postgres;
         self.transaction(|tx| {
+            check_floors(tx, postgres, named)?;
             let latest = tx
                 .query_opt(
                     "SELECT MAX(version) FROM record_versions WHERE patient = $1 AND record_id = $2",
@@ -317,15 +426,59 @@ impl Store {
         })
     }
 
-    /// Destroys every wrapper of every version of a record (crypto-shredding:
-    /// the bodies stay, but no key to open them exists any more). Returns how
-    /// many wrappers were destroyed.
-    pub fn shred_record(&self, patient: &str, record_id: &str) -> Result<u64, StoreError> {
-        self.transaction(|tx| {
-            tx.exec(
-                "DELETE FROM key_wrappers WHERE patient = $1 AND record_id = $2",
-                &[patient.into(), record_id.into()],
-            )
-        })
+    /// Erases one record (`Some(record_id)`) or every record of `patient`
+    /// (`None`): every version's body and every wrapper, in one
+    /// transaction, and then out of the store's files
+    /// ([`Store::purge_deleted`]). Returns what was destroyed; nothing if
+    /// there was nothing.
+    pub fn erase(&self, patient: &str, record_id: Option<&str>) -> Result<Erased, StoreError> {
+        check_key("patient pseudonym", patient)?;
+        if let Some(r) = record_id {
+            check_key("record id", r)?;
+        }
+        let (filter, params): (&str, Vec<Value>) = match record_id {
+            Some(r) => (
+                "patient = $1 AND record_id = $2",
+                vec![patient.into(), r.into()],
+            ),
+            None => ("patient = $1", vec![patient.into()]),
+        };
+        let erased = self.transaction(|tx| {
+            let count = |tx: &mut dyn crate::db::Tx, sql: &str| -> Result<u64, StoreError> {
+                tx.query_opt(sql, &params)?.map_or(Ok(0), |r| r.uint(0))
+            };
+            let records = count(
+                tx,
+                &format!("SELECT COUNT(DISTINCT record_id) FROM record_versions WHERE {filter}"),
+            )?;
+            let versions = tx.exec(
+                &format!("DELETE FROM record_versions WHERE {filter}"),
+                &params,
+            )?;
+            let wrappers = tx.exec(&format!("DELETE FROM key_wrappers WHERE {filter}"), &params)?;
+            Ok(Erased {
+                records,
+                versions,
+                wrappers,
+            })
+        })?;
+        if erased.versions + erased.wrappers > 0 {
+            self.purge_deleted(&["record_versions", "key_wrappers"])?;
+        }
+        Ok(erased)
+    }
+
+    /// Makes rows deleted from `tables` unrecoverable from the store's
+    /// files. SQLite (`secure_delete` on) zeroed their pages, but in the
+    /// write-ahead log: a `TRUNCATE` checkpoint writes the zeroed pages over
+    /// the old ones in the main file and empties the log. PostgreSQL keeps
+    /// deleted rows as dead tuples until a vacuum: `VACUUM` removes them
+    /// (its write-ahead log and base backups keep them until they are
+    /// recycled; see the README's erasure section).
+    pub fn purge_deleted(&self, tables: &[&str]) -> Result<(), StoreError> {
+        match &*self.backend {
+            crate::Backend::Sqlite(b) => b.checkpoint(),
+            crate::Backend::Postgres(b) => b.vacuum(tables),
+        }
     }
 }

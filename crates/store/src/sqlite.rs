@@ -57,6 +57,26 @@ impl Sqlite {
         Ok(out)
     }
 
+    /// Moves every committed page from the write-ahead log into the main
+    /// file and truncates the log to nothing, so that pages `secure_delete`
+    /// zeroed replace their old contents everywhere. Waits for readers (the
+    /// busy timeout), retrying a few times.
+    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..20 {
+            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            if busy == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(StoreError::Unavailable(
+            "the write-ahead log could not be checkpointed (a reader held it); the erased rows \
+             stay in it until the next checkpoint"
+                .into(),
+        ))
+    }
+
     pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError>,

@@ -15,6 +15,7 @@ conformance!(
     migrations_are_idempotent,
     record_history_is_append_only,
     wrappers_are_replaceable_and_shreddable,
+    attribute_floors_refuse_revoked_versions,
     invalid_record_input_is_refused,
     sse_index_batches_and_refuses_overwrites,
     sse_state_swaps_atomically_with_the_index,
@@ -134,11 +135,62 @@ fn wrappers_are_replaceable_and_shreddable(h: &Harness) {
     assert_eq!(slots, ["emergency", "main"]);
     let e = s.put_wrapper("p1", "r1", 3, "main", b"x", 0).unwrap_err();
     assert!(matches!(e, StoreError::NotFound(_)), "{e}");
-    assert_eq!(s.shred_record("p1", "r1").unwrap(), 3);
+    let erased = s.erase("p1", Some("r1")).unwrap();
+    assert_eq!(
+        (erased.records, erased.versions, erased.wrappers),
+        (1, 2, 3)
+    );
     assert!(s.wrappers("p1", "r1", 1).unwrap().is_empty());
     assert!(s.wrappers("p1", "r1", 2).unwrap().is_empty());
-    // The ciphertext stays, unreadable without a wrapper.
-    assert!(s.record_version("p1", "r1", Some(2)).unwrap().is_some());
+    // The bodies go too, and nothing of another record or patient.
+    assert!(s.record_version("p1", "r1", None).unwrap().is_none());
+    assert_eq!(s.erase("p1", Some("r1")).unwrap(), Default::default());
+    s.put_record_version("p1", "r2", 1, b"b", &[("main", b"w", 0)])
+        .unwrap();
+    s.put_record_version("p2", "r1", 1, b"b", &[("main", b"w", 0)])
+        .unwrap();
+    let erased = s.erase("p1", None).unwrap();
+    assert_eq!(
+        (erased.records, erased.versions, erased.wrappers),
+        (1, 1, 1)
+    );
+    assert!(s.patient_records("p1").unwrap().is_empty());
+    assert_eq!(s.patient_records("p2").unwrap().len(), 1);
+}
+
+fn attribute_floors_refuse_revoked_versions(h: &Harness) {
+    let s = h.open();
+    let named = |v| [("care-team:p1", v), ("patient:p1", 0)];
+    s.put_record_version_above_floors("p1", "r1", 1, b"b1", &[("main", b"w", 0)], &named(0))
+        .unwrap();
+    s.raise_attribute_floors(&[("care-team:p1".into(), 2)])
+        .unwrap();
+    assert_eq!(s.attribute_floor("care-team:p1").unwrap(), 2);
+    for stale in [0, 1] {
+        let e = s
+            .put_record_version_above_floors(
+                "p1",
+                "r1",
+                2,
+                b"b2",
+                &[("main", b"w", 0)],
+                &named(stale),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(ref m) if m.contains("revoked")),
+            "{e}"
+        );
+    }
+    // Nothing of a refused write was stored.
+    assert_eq!(s.record_versions("p1", "r1").unwrap(), [1]);
+    s.put_record_version_above_floors("p1", "r1", 2, b"b2", &[("main", b"w", 0)], &named(2))
+        .unwrap();
+    // Floors never go down, and other attributes have none.
+    s.raise_attribute_floors(&[("care-team:p1".into(), 1)])
+        .unwrap();
+    assert_eq!(s.attribute_floor("care-team:p1").unwrap(), 2);
+    assert_eq!(s.attribute_floor("care-team:p2").unwrap(), 0);
 }
 
 fn invalid_record_input_is_refused(h: &Harness) {

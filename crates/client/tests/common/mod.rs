@@ -230,6 +230,35 @@ impl Deployment {
         .unwrap()
     }
 
+    /// The first column of `sql`'s rows (binary) on a domain's store, as its
+    /// database administrator reads them.
+    pub async fn table_rows(&self, domain: Domain, sql: &str) -> Vec<Vec<u8>> {
+        let (dir, schema) = self.store_of(domain);
+        let sql = sql.to_string();
+        tokio::task::spawn_blocking(move || match schema {
+            None => {
+                let c = rusqlite::Connection::open(dir.join("asclepios.db")).unwrap();
+                let mut st = c.prepare(&sql).unwrap();
+                st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Some(schema) => {
+                let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+                c.batch_execute(&format!("SET search_path TO {schema}"))
+                    .unwrap();
+                c.query(&sql, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, Vec<u8>>(0))
+                    .collect()
+            }
+        })
+        .await
+        .unwrap()
+    }
+
     /// Runs `sql` on a domain's store as its database administrator would.
     pub async fn as_db_admin(&self, domain: Domain, sql: &str) {
         let (dir, schema) = self.store_of(domain);
@@ -259,12 +288,16 @@ pub fn connection(d: &Deployment, domain: Domain, id: &str) -> asclepios_net::cl
     let (cert, key) = layout.identity(id);
     let read =
         |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let url = match domain {
-        Domain::Authority => &d.authority_url,
-        Domain::Records => &d.records_url,
+    let (url, name) = match domain {
+        Domain::Authority => (
+            &d.authority_url,
+            asclepios_deploy::config::AUTHORITY_TLS_NAME,
+        ),
+        Domain::Records => (&d.records_url, asclepios_deploy::config::RECORDS_TLS_NAME),
     };
     asclepios_net::client::SignedClient::new(
         url,
+        name,
         id,
         &read(layout.ca_cert()),
         &read(cert),

@@ -1,0 +1,69 @@
+//! Nonces of accepted signed requests, kept until their signatures expire:
+//! every replica of a service shares them, and they survive restarts, so a
+//! captured request cannot be replayed at another replica or after a
+//! restart.
+//!
+//! Limit: a row lives as long as a signature is accepted (a few minutes),
+//! and expired rows are deleted every [`PRUNE_EVERY`] insertions, so the
+//! table holds about the requests of the last few minutes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Store, StoreError};
+
+/// Expired nonces are deleted once every this many insertions.
+pub const PRUNE_EVERY: u64 = 1024;
+
+/// Longest service name, identity or nonce stored, in bytes.
+const MAX_NONCE_KEY: usize = 128;
+
+static INSERTED: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Remembers `(keyid, nonce)` for `service` until `expires_at`; `false`
+    /// if it is remembered already (a replay). A remembered pair whose
+    /// expiry passed counts as new (its signature no longer verifies, so
+    /// only a fresh request can bring it).
+    pub fn remember_nonce(
+        &self,
+        service: &str,
+        keyid: &str,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        for (what, s) in [("service", service), ("keyid", keyid), ("nonce", nonce)] {
+            if s.is_empty() || s.len() > MAX_NONCE_KEY {
+                return Err(StoreError::Invalid(format!(
+                    "{what} must be 1 to {MAX_NONCE_KEY} bytes"
+                )));
+            }
+        }
+        let (expires_at, now) = (crate::db::int(expires_at)?, crate::db::int(now)?);
+        let prune = INSERTED
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY);
+        self.transaction(|tx| {
+            if prune {
+                tx.exec(
+                    "DELETE FROM request_nonces WHERE expires_at < $1",
+                    std::slice::from_ref(&now),
+                )?;
+            }
+            let fresh = tx.exec(
+                "INSERT INTO request_nonces (service, keyid, nonce, expires_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (service, keyid, nonce) DO UPDATE SET expires_at = excluded.expires_at \
+                 WHERE request_nonces.expires_at < $5",
+                &[
+                    service.into(),
+                    keyid.into(),
+                    nonce.into(),
+                    expires_at.clone(),
+                    now.clone(),
+                ],
+            )?;
+            Ok(fresh == 1)
+        })
+    }
+}
