@@ -25,8 +25,12 @@ impl KeyAuthority {
         if !self.rewrap_pending.swap(false, Ordering::SeqCst) {
             return Ok(0);
         }
-        let until = std::time::Instant::now() + REWRAP_TIME_PER_TICK;
-        match rewrap_stale_within(&self.store, &*self.records, &self.master, Some(until)) {
+        match rewrap_stale_within(
+            &self.store,
+            &*self.records,
+            &self.master,
+            Some(REWRAP_TIME_PER_TICK),
+        ) {
             Ok((count, true)) => Ok(count),
             Ok((count, false)) => {
                 self.rewrap_pending.store(true, Ordering::SeqCst);
@@ -50,7 +54,7 @@ impl KeyAuthority {
     }
 
     /// Whether re-wraps may be left (the sweeper goes on at once if the
-    /// last round ran out of time rather than failed).
+    /// last round made progress and ran out of time, rather than failed).
     pub fn rewraps_pending(&self) -> bool {
         self.rewrap_pending
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -113,15 +117,18 @@ pub fn rewrap_stale(
     rewrap_stale_within(store, records, master, None).map(|(count, _)| count)
 }
 
-/// [`rewrap_stale`] that starts no re-wrap after `until`; the count, and
+/// [`rewrap_stale`] that starts no further re-wrap once `budget` has
+/// passed since the fence (the fence itself, which waits for the record
+/// service, does not count), and always makes at least one: the count, and
 /// whether it finished (a scan found nothing stale).
 pub fn rewrap_stale_within(
     store: &Store,
     records: &dyn RecordAccess,
     master: &MasterSecretKey,
-    until: Option<std::time::Instant>,
+    budget: Option<std::time::Duration>,
 ) -> Result<(usize, bool), String> {
     fence(store, records)?;
+    let until = budget.map(|b| std::time::Instant::now() + b);
     let mut total = 0;
     for _ in 0..MAX_SCANS {
         let scan = scan_and_rewrap(store, records, master, until)?;
@@ -186,7 +193,9 @@ fn scan_and_rewrap(
                 continue;
             }
             scan.stale += 1;
-            if until.is_some_and(|t| std::time::Instant::now() >= t) {
+            // At least one re-wrap per round, however long the scan took
+            // to find it: a round that only scanned would make no progress.
+            if scan.rewrapped > 0 && until.is_some_and(|t| std::time::Instant::now() >= t) {
                 scan.cut_short = true;
                 return Ok(scan);
             }

@@ -603,10 +603,11 @@ fn spawn_authority_tasks(
                 let result = grants.and(consents).map(|_| ());
                 // Re-wraps wait for the record service when it is away: the
                 // revocations stand meanwhile, and the next sweep retries.
-                // One that only ran out of time goes on at the next sweep,
-                // which then comes at once.
+                // One that made progress and ran out of time goes on at the
+                // next sweep, which then comes at once; one that made none
+                // waits for the next tick like a failure.
                 let more = match s.reconcile_rewraps() {
-                    Ok(_) => s.rewraps_pending(),
+                    Ok(count) => count > 0 && s.rewraps_pending(),
                     Err(e) => {
                         eprintln!("asclepios authority: re-wrapping deferred: {e}");
                         false

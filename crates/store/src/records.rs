@@ -462,9 +462,10 @@ impl Store {
                 wrappers,
             })
         })?;
-        if erased.versions + erased.wrappers > 0 {
-            self.purge_deleted(&["record_versions", "key_wrappers"])?;
-        }
+        // Always, even when nothing was left to delete: a purge that failed
+        // after its delete committed (a reader held the log) is retried by
+        // erasing again.
+        self.purge_deleted(&["record_versions", "key_wrappers"])?;
         Ok(erased)
     }
 

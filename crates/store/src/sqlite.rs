@@ -62,17 +62,20 @@ impl Sqlite {
     /// zeroed replace their old contents everywhere. Waits for readers (the
     /// busy timeout), retrying a few times.
     pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..20 {
-            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            // The connection is held for one attempt only, not while waiting.
+            let busy: i64 = {
+                let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?
+            };
             if busy == 0 {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(StoreError::Unavailable(
-            "the write-ahead log could not be checkpointed (a reader held it); the erased rows \
-             stay in it until the next checkpoint"
+            "the write-ahead log could not be checkpointed (a reader held it): the erasure is \
+             committed but not yet purged from the files; erase again to retry the purge"
                 .into(),
         ))
     }
