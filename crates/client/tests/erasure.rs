@@ -21,42 +21,20 @@ use common::{client, contains, deploy, pg_url, Domain};
 /// Every wrapper and body the records store holds for `patient`, as the DB
 /// administrator reads them before the erasure.
 async fn remains(d: &common::Deployment, patient: &str) -> Vec<Vec<u8>> {
-    let (dir, schema) = d.store_of(Domain::Records);
-    let patient = patient.to_string();
-    tokio::task::spawn_blocking(move || {
-        let queries = [
-            format!("SELECT wrapper FROM key_wrappers WHERE patient = '{patient}'"),
-            format!("SELECT body FROM record_versions WHERE patient = '{patient}'"),
-        ];
-        let mut out = Vec::new();
-        for q in queries {
-            match &schema {
-                None => {
-                    let c = rusqlite::Connection::open(dir.join("asclepios.db")).unwrap();
-                    let mut st = c.prepare(&q).unwrap();
-                    out.extend(
-                        st.query_map([], |r| r.get::<_, Vec<u8>>(0))
-                            .unwrap()
-                            .map(Result::unwrap),
-                    );
-                }
-                Some(schema) => {
-                    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
-                    c.batch_execute(&format!("SET search_path TO {schema}"))
-                        .unwrap();
-                    out.extend(
-                        c.query(&q, &[])
-                            .unwrap()
-                            .iter()
-                            .map(|r| r.get::<_, Vec<u8>>(0)),
-                    );
-                }
-            }
-        }
-        out
-    })
-    .await
-    .unwrap()
+    let mut out = d
+        .table_rows(
+            Domain::Records,
+            &format!("SELECT wrapper FROM key_wrappers WHERE patient = '{patient}'"),
+        )
+        .await;
+    out.extend(
+        d.table_rows(
+            Domain::Records,
+            &format!("SELECT body FROM record_versions WHERE patient = '{patient}'"),
+        )
+        .await,
+    );
+    out
 }
 
 /// What a carver finds: every file of the SQLite store, or the data of

@@ -84,6 +84,15 @@ fn record_version(row: &Row) -> Result<RecordVersion, StoreError> {
 /// serialised already.
 const FLOORS_LOCK: i64 = 0x6173_636c_666c_7231;
 
+/// The floor of `attribute` (0 if it has none).
+fn floor_of(tx: &mut dyn crate::db::Tx, attribute: &str) -> Result<u64, StoreError> {
+    tx.query_opt(
+        "SELECT version FROM attribute_floors WHERE name = $1",
+        &[attribute.into()],
+    )?
+    .map_or(Ok(0), |r| r.uint(0))
+}
+
 /// Refuses `named` if an attribute is below its floor; inside a write's
 /// transaction, holding the floors lock shared.
 fn check_floors(
@@ -98,14 +107,7 @@ fn check_floors(
         )?;
     }
     for (name, version) in named {
-        let floor = tx
-            .query_opt(
-                "SELECT version FROM attribute_floors WHERE name = $1",
-                &[(*name).into()],
-            )?
-            .map(|r| r.uint(0))
-            .transpose()?
-            .unwrap_or(0);
+        let floor = floor_of(tx, name)?;
         if *version < floor {
             return Err(StoreError::Conflict(format!(
                 "the policy names `{name}` at version {version}, but it was revoked up to \
@@ -145,15 +147,7 @@ impl Store {
 
     /// The floor of `attribute` (0 if it has none).
     pub fn attribute_floor(&self, attribute: &str) -> Result<u64, StoreError> {
-        self.transaction(|tx| {
-            tx.query_opt(
-                "SELECT version FROM attribute_floors WHERE name = $1",
-                &[attribute.into()],
-            )?
-            .map(|r| r.uint(0))
-            .transpose()
-            .map(|v| v.unwrap_or(0))
-        })
+        self.transaction(|tx| floor_of(tx, attribute))
     }
 
     /// Stores version `version` of a record with its wrappers, atomically.
