@@ -287,6 +287,8 @@ fn load_suite_quick_reports_every_op_at_both_paces_without_errors() {
         assert_eq!(row["suite"], "load");
         assert_eq!(row["clients"], 8);
         assert_eq!(row["errors"], 0, "{row}\n{stderr}");
+        // Deliberate 429s are counted, apart from errors.
+        assert!(row["throttled"].as_u64().is_some(), "{row}");
         for field in ["per_s", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib"] {
             let v = row[field]
                 .as_f64()

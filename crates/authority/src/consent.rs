@@ -146,10 +146,7 @@ impl KeyAuthority {
                 match self.end_consent(&c, false) {
                     Ok(()) => ended += 1,
                     Err(e) => {
-                        eprintln!(
-                            "asclepios authority: ending expired consent {} failed: {e}",
-                            c.consent_id
-                        );
+                        tracing::error!("ending expired consent {} failed: {e}", c.consent_id);
                         failures.push(e);
                     }
                 }
@@ -329,7 +326,7 @@ impl KeyAuthority {
         if let Err(e) = self.end_consent(&c, true) {
             // Database details stay in the operator's log; the failure is
             // audited like any other outcome.
-            eprintln!("asclepios authority: withdrawing consent {consent_id}: {e}");
+            tracing::error!("withdrawing consent {consent_id}: {e}");
             let _ = self.consent_event(
                 &caller.id,
                 resource,

@@ -43,10 +43,9 @@ impl KeyAuthority {
                 Ok(true) => ended += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    eprintln!(
-                        "asclepios authority: ending the expired break-glass grant of {} for {} failed: {e}",
-                        g.clinician, g.patient
-                    );
+                    // Who and for whom goes to the audit log, not the
+                    // operator's log.
+                    tracing::error!("ending an expired break-glass grant failed: {e}");
                     failures.push(e);
                 }
             }

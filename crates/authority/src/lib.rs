@@ -199,7 +199,7 @@ impl KeyAuthority {
             .alarm_logged
             .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
-            eprintln!("asclepios authority: INTEGRITY ALARM: {reason}");
+            tracing::error!("INTEGRITY ALARM: {reason}");
             let event = AuditEvent::new(
                 "authority",
                 Action::IntegrityAlarm,
@@ -210,7 +210,7 @@ impl KeyAuthority {
             );
             let hash = <sha2::Sha256 as sha2::Digest>::digest(reason.as_bytes()).into();
             if let Err(e) = self.trail.record(&event, &hash, 503) {
-                eprintln!("asclepios authority: the integrity alarm could not be logged: {e}");
+                tracing::error!("the integrity alarm could not be logged: {e}");
                 self.alarm_logged
                     .store(false, std::sync::atomic::Ordering::SeqCst);
             }
@@ -230,6 +230,61 @@ impl KeyAuthority {
     pub fn verify_state(&self) -> Option<String> {
         let _ = self.store.verify_integrity();
         self.integrity_alarm()
+    }
+
+    /// The operators' side of the authority (see
+    /// [`asclepios_service::operations`]): admission under `limits`
+    /// (`exempt`: the record service's identity, whose calls carry the
+    /// audit log's witnessing), metrics with the audit log's size, the
+    /// re-wrap queue and the integrity alarm, and readiness (the store
+    /// answers, no integrity alarm, the audit log not in alarm).
+    pub fn operations(
+        self: &Arc<Self>,
+        limits: asclepios_net::admission::AdmissionLimits,
+        exempt: Vec<String>,
+    ) -> asclepios_service::Operations {
+        use asclepios_net::metrics::{Gauge, Metrics};
+        let metrics = Metrics::new("authority");
+        let admission =
+            asclepios_net::admission::Admission::new(limits, weigh, Some(metrics.clone()))
+                .exempting(exempt);
+        let (gauged, ready) = (self.clone(), self.clone());
+        asclepios_service::Operations {
+            metrics,
+            admission: Arc::new(admission),
+            gauges: Arc::new(move || {
+                vec![
+                    Gauge {
+                        name: "asclepios_audit_log_entries",
+                        help: "Entries in the audit log this service appends to.",
+                        value: gauged.trail.log().head().0 as f64,
+                    },
+                    Gauge {
+                        name: "asclepios_rewrap_queue_length",
+                        help: "Re-wrap rounds left for the sweeper (0 or 1: one round re-wraps every wrapper under a revoked attribute version).",
+                        value: f64::from(u8::from(gauged.rewraps_pending())),
+                    },
+                    Gauge {
+                        name: "asclepios_integrity_alarm",
+                        help: "1 while the authority's state failed verification and it refuses to issue.",
+                        value: f64::from(u8::from(gauged.store.integrity_alarm().is_some())),
+                    },
+                ]
+            }),
+            ready: Arc::new(move || {
+                if let Some(alarm) = ready.integrity_alarm() {
+                    return Err(format!("integrity alarm: {alarm}"));
+                }
+                ready
+                    .store
+                    .ping()
+                    .map_err(|e| format!("the store does not answer: {e}"))?;
+                match ready.trail.log().alarm() {
+                    Some(alarm) => Err(format!("audit log alarm: {alarm}")),
+                    None => Ok(()),
+                }
+            }),
+        }
     }
 
     /// The router: every route behind the signature check.
@@ -382,6 +437,27 @@ impl KeyAuthority {
     }
 }
 
+/// How much of the authority a route takes: key generation, directory
+/// changes (with their re-wraps), consents, break-glass grants, index
+/// updates and statistics keys are heavy (they wait behind at most a few
+/// others, see [`asclepios_net::admission`]); reads, policy resolution,
+/// naming keys, search tokens and attestation challenges are light.
+pub fn weigh(method: &axum::http::Method, route: &str) -> asclepios_net::admission::Weight {
+    use asclepios_net::admission::Weight;
+    const LIGHT_POSTS: [&str; 5] = [
+        "/v1/policy/resolve",
+        "/v1/records/naming-key",
+        "/v1/search/tokens",
+        "/v1/attestation/challenge",
+        "/v1/witness/add-checkpoint",
+    ];
+    if *method == axum::http::Method::GET || LIGHT_POSTS.contains(&route) {
+        Weight::Light
+    } else {
+        Weight::Heavy
+    }
+}
+
 #[derive(Deserialize)]
 struct NonceQuery {
     nonce: String,
@@ -459,7 +535,7 @@ impl KeyAuthority {
         let versions = match self.store.attribute_versions() {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("asclepios authority: reading attribute versions: {e}");
+                tracing::error!("reading attribute versions: {e}");
                 return;
             }
         };
@@ -468,8 +544,8 @@ impl KeyAuthority {
             .directory_changed(change, &versions, record_access::FACTS_PUSH_LIMIT)
         {
             Ok(()) => *pushed = change,
-            Err(e) => eprintln!(
-                "asclepios authority: the record service has not taken directory change \
+            Err(e) => tracing::warn!(
+                "the record service has not taken directory change \
                  {change} yet (it will within a poll): {e}"
             ),
         }

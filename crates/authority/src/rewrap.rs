@@ -48,7 +48,7 @@ impl KeyAuthority {
     /// ([`KeyAuthority::reconcile_rewraps`]).
     pub(crate) fn rewrap_or_defer(&self) {
         if let Err(e) = rewrap_stale(&self.store, &*self.records, &self.master) {
-            eprintln!("asclepios authority: re-wrapping deferred: {e}");
+            tracing::warn!("re-wrapping deferred: {e}");
             self.rewrap_may_be_pending();
         }
     }
@@ -169,10 +169,10 @@ fn scan_and_rewrap(
         after = Some(last.clone());
         for row in &page {
             let Ok(wrapper) = KeyWrapper::from_bytes(&row.wrapper.bytes) else {
-                scan.failures.push(format!(
-                    "{}/{}: an unreadable wrapper",
-                    row.patient, row.record_id
-                ));
+                // Record ids only: failures reach the operator's log,
+                // which names no patient.
+                scan.failures
+                    .push(format!("record {}: an unreadable wrapper", row.record_id));
                 continue;
             };
             let mut stale = false;
@@ -203,10 +203,9 @@ fn scan_and_rewrap(
                 Ok(true) => scan.rewrapped += 1,
                 // Replaced meanwhile: the next scan looks again.
                 Ok(false) => {}
-                Err(e) => scan.failures.push(format!(
-                    "{}/{} v{}: {e}",
-                    row.patient, row.record_id, row.version
-                )),
+                Err(e) => scan
+                    .failures
+                    .push(format!("record {} v{}: {e}", row.record_id, row.version)),
             }
         }
     }

@@ -136,7 +136,7 @@ fn unreachable_records(e: String) -> Failure {
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Failure {
     // Sealed rows that do not open mean another key or tampering: the
     // details stay in the server log, the caller gets a 503.
-    eprintln!("search index: {what}: {e}");
+    tracing::error!("search index: {what}: {e}");
     Failure::Api(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the search index's state does not open under this authority's key",
@@ -399,7 +399,7 @@ impl<'a> SearchIndex<'a> {
         // is tidying, and one that fails leaves garbage nobody reads.
         let old: Vec<Vec<u8>> = compaction.delete.iter().map(|a| a.to_vec()).collect();
         if let Err(e) = self.records.index_write(&[], &old) {
-            eprintln!("search index: compacted entries left behind: {e}");
+            tracing::warn!("search index: compacted entries left behind: {e}");
         }
         Ok(())
     }

@@ -77,7 +77,7 @@ impl KeyAuthority {
     /// Logs that a log submitted a checkpoint contradicting what the
     /// authority's witness cosigned. Blocks.
     fn witness_alarm(&self, e: &WitnessError) {
-        eprintln!("asclepios authority: WITNESS ALARM: {e}");
+        tracing::error!("WITNESS ALARM: {e}");
         let event = AuditEvent::new(
             "authority",
             Action::IntegrityAlarm,
@@ -88,7 +88,7 @@ impl KeyAuthority {
         );
         let hash = <sha2::Sha256 as sha2::Digest>::digest(e.to_string().as_bytes()).into();
         if let Err(e) = self.trail.record(&event, &hash, 409) {
-            eprintln!("asclepios authority: the witness alarm could not be logged: {e}");
+            tracing::error!("the witness alarm could not be logged: {e}");
         }
     }
 

@@ -345,8 +345,31 @@ enum Command {
     },
 }
 
+/// Structured logs on stderr: the services' events (one per request, with
+/// route template, status and time; warnings and alarms). `ASCLEPIOS_LOG`
+/// filters (`info` for `serve` and `witness serve`, else `warn`; e.g.
+/// `ASCLEPIOS_LOG=debug`, `ASCLEPIOS_LOG=asclepios::request=off`);
+/// `ASCLEPIOS_LOG_FORMAT=json` writes one JSON object per line.
+fn init_logging(serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ASCLEPIOS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" }));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("ASCLEPIOS_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Portal { .. } | Command::Witness(_)
+    ));
     let result = match cli.command {
         Command::Log(command) => return log_cmd::run(command),
         Command::Witness(command) => witness_cmd::run(command),

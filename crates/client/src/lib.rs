@@ -450,6 +450,14 @@ impl Client {
         Ok(cp)
     }
 
+    /// How often a request answered 429 (too many requests) is sent again
+    /// after its `Retry-After` (5 by default; 0 returns every 429 as
+    /// [`ClientError::Refused`], e.g. for a load test that counts them).
+    pub fn set_throttle_retries(&mut self, retries: u32) {
+        self.authority.http.set_throttle_retries(retries);
+        self.records.http.set_throttle_retries(retries);
+    }
+
     /// The identity.
     pub fn id(&self) -> &str {
         &self.id

@@ -213,6 +213,58 @@ pub struct ServiceConfig {
     /// Further DNS names and IP addresses in its certificate (for tools such
     /// as curl that check the name they dialled).
     pub names: Vec<String>,
+    /// What one identity may ask of the service before it is answered 429
+    /// (`Retry-After`), and how much heavy work runs at once.
+    pub limits: RequestLimits,
+}
+
+/// Admission limits of one service (see
+/// [`asclepios_net::admission::AdmissionLimits`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    /// Requests one identity may have in flight.
+    pub in_flight_per_identity: usize,
+    /// Requests per second one identity may send, sustained.
+    pub per_second_per_identity: u32,
+    /// Requests one identity may send at once after a quiet spell.
+    pub burst_per_identity: u32,
+    /// Heavy requests (key generation, writes, re-wraps) running at once;
+    /// 0: half the cores, at least one.
+    pub heavy_at_once: usize,
+    /// Heavy requests waiting for their turn; one more is answered 429.
+    pub heavy_waiting: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        let d = asclepios_net::admission::AdmissionLimits::default();
+        RequestLimits {
+            in_flight_per_identity: d.in_flight_per_identity,
+            per_second_per_identity: d.rate_per_identity as u32,
+            burst_per_identity: d.burst_per_identity as u32,
+            heavy_at_once: 0,
+            heavy_waiting: d.heavy_queue,
+        }
+    }
+}
+
+impl RequestLimits {
+    /// The limits as admission applies them.
+    pub fn admission(&self) -> asclepios_net::admission::AdmissionLimits {
+        let d = asclepios_net::admission::AdmissionLimits::default();
+        asclepios_net::admission::AdmissionLimits {
+            in_flight_per_identity: self.in_flight_per_identity.max(1),
+            rate_per_identity: f64::from(self.per_second_per_identity.max(1)),
+            burst_per_identity: f64::from(self.burst_per_identity.max(1)),
+            heavy_slots: if self.heavy_at_once == 0 {
+                d.heavy_slots
+            } else {
+                self.heavy_at_once
+            },
+            heavy_queue: self.heavy_waiting,
+        }
+    }
 }
 
 impl ServiceConfig {
@@ -294,6 +346,7 @@ impl Default for Config {
                 max_body_bytes: 1 << 20,
                 tls_name: AUTHORITY_TLS_NAME.into(),
                 names: local_names(),
+                limits: RequestLimits::default(),
             },
             records: ServiceConfig::default(),
             audit: AuditConfig::default(),
@@ -323,6 +376,7 @@ impl Default for ServiceConfig {
             max_body_bytes: 8 << 20,
             tls_name: RECORDS_TLS_NAME.into(),
             names: local_names(),
+            limits: RequestLimits::default(),
         }
     }
 }

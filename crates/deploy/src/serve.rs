@@ -134,10 +134,7 @@ fn audit_log(dir: &Path, config: &Config, witnesses: Witnesses) -> Result<Arc<Lo
     match log.check_witnesses() {
         Ok(_) => {}
         Err(asclepios_audit::Error::Witness(e)) => {
-            eprintln!(
-                "asclepios: audit log `{}`: not cosigned yet: {e}",
-                config.audit.origin
-            );
+            tracing::warn!("audit log `{}`: not cosigned yet: {e}", config.audit.origin);
         }
         Err(e) => {
             return Err(Error::Invalid(format!(
@@ -439,20 +436,50 @@ fn signature_check(
     })
 }
 
+/// The authority's router: its routes behind its signature check, made
+/// operable (admission, metrics, `/healthz`, `/readyz`, `/metrics`); and
+/// its counters, which also count the connections its listener refuses.
+fn authority_router(
+    authority: &Arc<KeyAuthority>,
+    config: &Config,
+) -> (axum::Router, Arc<asclepios_net::metrics::Metrics>) {
+    let ops = authority.operations(
+        config.authority.limits.admission(),
+        vec![RECORD_SERVICE_IDENTITY.to_string()],
+    );
+    let metrics = ops.metrics.clone();
+    let router = authority.clone().router(signature_check(
+        authority.store(),
+        "authority",
+        &config.authority,
+    ));
+    (asclepios_service::operable(router, ops), metrics)
+}
+
+/// The record service's router (as [`authority_router`]).
+fn records_router(
+    records: &Arc<RecordService>,
+    config: &Config,
+) -> (axum::Router, Arc<asclepios_net::metrics::Metrics>) {
+    let ops = records.operations(config.records.limits.admission());
+    let metrics = ops.metrics.clone();
+    let router =
+        records
+            .clone()
+            .router(signature_check(records.store(), "records", &config.records));
+    (asclepios_service::operable(router, ops), metrics)
+}
+
 impl Opened {
     /// Both services' routers, each behind its own signature check.
     fn routers(&self, config: &Config) -> Routers {
+        let (authority, authority_metrics) = authority_router(&self.authority, config);
+        let (records, records_metrics) = records_router(&self.records, config);
         Routers {
-            authority: self.authority.clone().router(signature_check(
-                self.authority.store(),
-                "authority",
-                &config.authority,
-            )),
-            records: self.records.clone().router(signature_check(
-                self.records.store(),
-                "records",
-                &config.records,
-            )),
+            authority,
+            records,
+            authority_metrics,
+            records_metrics,
         }
     }
 }
@@ -467,6 +494,10 @@ pub struct Routers {
     pub authority: axum::Router,
     /// The record service's routes.
     pub records: axum::Router,
+    /// The authority's counters (its `/metrics`).
+    pub authority_metrics: Arc<asclepios_net::metrics::Metrics>,
+    /// The record service's counters.
+    pub records_metrics: Arc<asclepios_net::metrics::Metrics>,
 }
 
 /// Opens the deployment in `dir` and returns its routers (see [`Routers`]).
@@ -530,16 +561,20 @@ pub async fn start(dir: &Path, listen: &Listen) -> Result<Services, Error> {
         .map_err(|e| Error::Io(e.to_string()))?;
 
     spawn_authority_tasks(authority, certificate, stopped.clone());
-    tokio::spawn(server::serve(
+    tokio::spawn(server::serve_with(
         authority_listener,
         authority_tls,
         routers.authority,
+        server::ConnectionLimits::default(),
+        Some(routers.authority_metrics),
         until_stopped(stopped.clone()),
     ));
-    tokio::spawn(server::serve(
+    tokio::spawn(server::serve_with(
         records_listener,
         records_tls,
         routers.records,
+        server::ConnectionLimits::default(),
+        Some(routers.records_metrics),
         until_stopped(stopped),
     ));
     Ok(Services {
@@ -609,7 +644,7 @@ fn spawn_authority_tasks(
                 let more = match s.reconcile_rewraps() {
                     Ok(count) => count > 0 && s.rewraps_pending(),
                     Err(e) => {
-                        eprintln!("asclepios authority: re-wrapping deferred: {e}");
+                        tracing::warn!("re-wrapping deferred: {e}");
                         false
                     }
                 };
@@ -622,9 +657,7 @@ fn spawn_authority_tasks(
             match swept {
                 Ok(Err(e)) => {
                     failed_sweeps += 1;
-                    eprintln!(
-                        "asclepios authority: ending expired grants and consents failed: {e}"
-                    );
+                    tracing::error!("ending expired grants and consents failed: {e}");
                     if failed_sweeps >= SWEEPS_BEFORE_ALARM {
                         let s = sweeper.clone();
                         let reason = format!("expired grants or consents cannot be ended: {e}");
@@ -709,11 +742,7 @@ pub async fn start_authority(
     let opened = tokio::task::spawn_blocking(move || open_authority(&owned, &cfg, Some(records)))
         .await
         .map_err(|e| Error::Invalid(format!("starting the authority: {e}")))??;
-    let router = opened.authority.clone().router(signature_check(
-        opened.authority.store(),
-        "authority",
-        &config.authority,
-    ));
+    let (router, metrics) = authority_router(&opened.authority, &config);
     let addr = listen.map_or(config.authority.listen.clone(), str::to_string);
     let listener = TcpListener::bind(&addr)
         .await
@@ -723,10 +752,12 @@ pub async fn start_authority(
         .map_err(|e| Error::Io(e.to_string()))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     spawn_authority_tasks(opened.authority, opened.certificate, stopped.clone());
-    tokio::spawn(server::serve(
+    tokio::spawn(server::serve_with(
         listener,
         opened.tls,
         router,
+        server::ConnectionLimits::default(),
+        Some(metrics),
         until_stopped(stopped),
     ));
     Ok(Service {
@@ -783,10 +814,7 @@ pub async fn start_records(
     })
     .await
     .map_err(|e| Error::Invalid(format!("starting the record service: {e}")))??;
-    let router =
-        records
-            .clone()
-            .router(signature_check(records.store(), "records", &config.records));
+    let (router, metrics) = records_router(&records, &config);
     let addr = listen.map_or(config.records.listen.clone(), str::to_string);
     let listener = TcpListener::bind(&addr)
         .await
@@ -795,10 +823,12 @@ pub async fn start_records(
         .local_addr()
         .map_err(|e| Error::Io(e.to_string()))?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(server::serve(
+    tokio::spawn(server::serve_with(
         listener,
         records_tls,
         router,
+        server::ConnectionLimits::default(),
+        Some(metrics),
         until_stopped(stopped),
     ));
     Ok(Service {

@@ -134,7 +134,7 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: axum::body::B
         Ok(Ok(lines)) => text(StatusCode::OK, "text/plain; charset=utf-8", lines),
         Ok(Err(WitnessError::Conflict { latest, fork })) => {
             if fork {
-                eprintln!("asclepios witness: refused a fork or rollback (evidence kept)");
+                tracing::error!("refused a fork or rollback (evidence kept)");
             }
             text(
                 StatusCode::CONFLICT,
@@ -144,7 +144,7 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: axum::body::B
         }
         Ok(Err(e)) => {
             if e.is_misbehaviour() {
-                eprintln!("asclepios witness: {e} (evidence kept)");
+                tracing::error!("{e} (evidence kept)");
             }
             text(
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),

@@ -17,7 +17,14 @@ pub struct SignedClient {
     /// The service's TLS name, which every signature covers (`@authority`).
     authority: String,
     signer: RequestSigner,
+    /// How often a request answered 429 is sent again (after its
+    /// `Retry-After`, each time signed afresh).
+    throttle_retries: u32,
 }
+
+/// Longest `Retry-After` a client waits before sending again; a longer one
+/// is returned to the caller as the 429 it is.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl SignedClient {
     /// A client for the service named `authority` (its TLS name, which
@@ -60,7 +67,15 @@ impl SignedClient {
             base: base.trim_end_matches('/').to_string(),
             authority: authority.to_string(),
             signer: RequestSigner::from_pem(id, key_pem)?,
+            throttle_retries: 5,
         })
+    }
+
+    /// How often a request answered 429 (too many requests) is sent again
+    /// after the wait its `Retry-After` names (5 by default; 0 returns
+    /// every 429 to the caller, e.g. for a load test that counts them).
+    pub fn set_throttle_retries(&mut self, retries: u32) {
+        self.throttle_retries = retries;
     }
 
     /// Sends a signed request; the response as it came.
@@ -74,8 +89,38 @@ impl SignedClient {
     }
 
     /// Sends a signed request; the response and the request's hash (what its
-    /// receipt names).
+    /// receipt names). A 429 is retried after its `Retry-After` (see
+    /// [`SignedClient::set_throttle_retries`]).
     pub async fn send_signed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(reqwest::Response, [u8; 32]), Error> {
+        let mut retries = self.throttle_retries;
+        loop {
+            let (response, hash) = self.send_once(method.clone(), path, body.clone()).await?;
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match wait {
+                Some(wait)
+                    if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        && retries > 0
+                        && wait <= MAX_RETRY_AFTER =>
+                {
+                    retries -= 1;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Ok((response, hash)),
+            }
+        }
+    }
+
+    async fn send_once(
         &self,
         method: Method,
         path: &str,

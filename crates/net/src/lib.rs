@@ -12,12 +12,18 @@
 //!   (HPKE to its X25519 form), for keys the authority hands out.
 //! * [`server`]: serving an axum router over mutual TLS, with the caller's
 //!   identity on every request and the signature check as middleware.
+//! * [`admission`]: which requests a service takes now and which it asks to
+//!   come back later (429), per identity and by weight.
+//! * [`metrics`]: request counts, latencies and refusals for `/metrics`,
+//!   and the structured request log.
 //! * [`client`]: the matching HTTPS client that signs every request.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod client;
+pub mod metrics;
 pub mod openapi;
 pub mod pki;
 pub mod sealed_box;

@@ -22,6 +22,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::{Metrics, Refused};
 use crate::pki::{peer_identity, PeerIdentity};
 use crate::signature::{self, NonceStore, ReplayGuard, SignedHeaders, Verified};
 
@@ -367,19 +368,34 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    serve_with(listener, tls, app, ConnectionLimits::default(), shutdown).await
+    serve_with(
+        listener,
+        tls,
+        app,
+        ConnectionLimits::default(),
+        None,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves `app` on `listener` over mutual TLS until `shutdown` completes.
 /// The accept loop never waits: every connection is taken at once, and the
-/// limits decide which ones go (see [`ConnectionLimits`]).
+/// limits decide which ones go (see [`ConnectionLimits`]); those closed
+/// before they are served are counted in `metrics`.
 pub async fn serve_with(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
     limits: ConnectionLimits,
+    metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let refused = move |why: Refused| {
+        if let Some(m) = &metrics {
+            m.refused(why);
+        }
+    };
     let acceptor = TlsAcceptor::from(tls);
     let handshakes = Arc::new(std::sync::Mutex::new(Handshakes::default()));
     let established = Arc::new(std::sync::Mutex::new(Established::default()));
@@ -411,17 +427,18 @@ pub async fn serve_with(
         let app = app.clone();
         let mut closed = closed.clone();
         let (handshakes, established) = (handshakes.clone(), established.clone());
+        let refused = refused.clone();
         tokio::spawn(async move {
             let handshake = tokio::select! {
                 done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => done,
-                _ = dropped => return, // dropped for newer connections
+                _ = dropped => return refused(Refused::Evicted), // dropped for newer connections
             };
             handshakes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .drop_one(id);
             let Ok(Ok(stream)) = handshake else {
-                return; // no valid client certificate, or too slow
+                return refused(Refused::Handshake); // no valid client certificate, or too slow
             };
             let identity = stream
                 .get_ref()
@@ -430,10 +447,10 @@ pub async fn serve_with(
                 .and_then(|certs| certs.first())
                 .map(|der| peer_identity(der.as_ref()));
             let Some(Ok(identity)) = identity else {
-                return; // a CA-issued certificate that names no identity
+                return refused(Refused::Handshake); // a CA-issued certificate that names no identity
             };
             let Some(_place) = place(&established, &identity.id, &limits) else {
-                return; // this identity, or everyone, holds enough connections
+                return refused(Refused::Full); // this identity, or everyone, holds enough connections
             };
             let service = TowerToHyperService::new(app.layer(Extension(Caller(identity))));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

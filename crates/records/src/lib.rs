@@ -78,6 +78,19 @@ impl std::fmt::Debug for RecordService {
     }
 }
 
+/// How much of the service a route takes: storing and erasing versions,
+/// exports and statistics publication are heavy (they wait behind at most
+/// a few others, see [`asclepios_net::admission`]); reads and searches are
+/// light and never wait behind them.
+pub fn weigh(method: &axum::http::Method, route: &str) -> asclepios_net::admission::Weight {
+    use asclepios_net::admission::Weight;
+    if *method == axum::http::Method::GET || route == "/v1/search" {
+        Weight::Light
+    } else {
+        Weight::Heavy
+    }
+}
+
 fn b64(what: &str, s: &str) -> Result<Vec<u8>, ApiError> {
     B64.decode(s)
         .map_err(|_| bad_request(format!("`{what}` is not base64")))
@@ -118,6 +131,45 @@ impl RecordService {
     pub fn requiring_attested(mut self, kinds: Vec<String>) -> Self {
         self.attested_kinds = kinds;
         self
+    }
+
+    /// The operators' side of this service (see
+    /// [`asclepios_service::operations`]): admission under `limits` (the
+    /// key authority's calls exempt: they carry revocations and re-wraps),
+    /// metrics with the audit log's size, and readiness (the store answers,
+    /// the authority's facts are held, the audit log is not in alarm).
+    pub fn operations(
+        self: &Arc<Self>,
+        limits: asclepios_net::admission::AdmissionLimits,
+    ) -> asclepios_service::Operations {
+        use asclepios_net::metrics::{Gauge, Metrics};
+        let metrics = Metrics::new("records");
+        let admission =
+            asclepios_net::admission::Admission::new(limits, weigh, Some(metrics.clone()))
+                .exempting(self.authority_identity.clone());
+        let (gauged, ready) = (self.clone(), self.clone());
+        asclepios_service::Operations {
+            metrics,
+            admission: Arc::new(admission),
+            gauges: Arc::new(move || {
+                vec![Gauge {
+                    name: "asclepios_audit_log_entries",
+                    help: "Entries in the audit log this service appends to.",
+                    value: gauged.trail.log().head().0 as f64,
+                }]
+            }),
+            ready: Arc::new(move || {
+                ready
+                    .store
+                    .ping()
+                    .map_err(|e| format!("the store does not answer: {e}"))?;
+                ready.directory.facts().map_err(|e| e.message)?;
+                match ready.trail.log().alarm() {
+                    Some(alarm) => Err(format!("audit log alarm: {alarm}")),
+                    None => Ok(()),
+                }
+            }),
+        }
     }
 
     /// The router: every route behind the signature check.

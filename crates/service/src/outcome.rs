@@ -107,7 +107,7 @@ pub fn log_events(
     // Backend details stay on the server; the caller learns it may retry.
     let unavailable = |e: &dyn std::fmt::Display| {
         // The operator sees why (no event content is in the error).
-        eprintln!("asclepios: the audit log refused an event: {e}");
+        tracing::error!("the audit log refused an event: {e}");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "audit log unavailable; retry later",

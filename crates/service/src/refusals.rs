@@ -149,7 +149,7 @@ impl RefusalLog {
         })
         .await;
         if !matches!(written, Ok(Ok(()))) {
-            eprintln!("asclepios: a refused request could not be logged");
+            tracing::error!("a refused request could not be logged");
         }
     }
 }

@@ -502,8 +502,8 @@ impl Integrity {
             return;
         };
         if let Err(e) = write_anchor(path, seq) {
-            eprintln!(
-                "asclepios: WARNING: cannot record change {seq} in the integrity anchor {}: {e}; \
+            tracing::error!(
+                "cannot record change {seq} in the integrity anchor {}: {e}; \
                  a rollback of the authority's store to before it would go unnoticed at restart",
                 path.display()
             );

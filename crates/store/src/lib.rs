@@ -197,6 +197,11 @@ impl Store {
         }
     }
 
+    /// Whether the database answers a trivial read (readiness checks).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.read(|tx| tx.query("SELECT 1", &[]).map(drop))
+    }
+
     /// Runs `f` in one transaction, committed before this returns.
     fn transaction<T>(
         &self,

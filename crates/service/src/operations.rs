@@ -1,0 +1,102 @@
+//! What makes a service operable, shared by both: admission (429 with
+//! `Retry-After`, heavy work behind reads), request metrics and the request
+//! log, and the operators' routes.
+//!
+//! - `GET /healthz`: 200 while the process answers (liveness).
+//! - `GET /readyz`: 200 when the service can do its work (its store answers,
+//!   no integrity alarm, the record service holds the authority's facts),
+//!   503 with the reason otherwise (readiness: a load balancer stops sending).
+//! - `GET /metrics`: Prometheus text (see [`asclepios_net::metrics`]).
+//!
+//! They are served on the service's mutual-TLS listener like every other
+//! route, to any holder of a deployment certificate (a scraper gets one
+//! with `asclepios user add`), unsigned and unaudited: they carry counts
+//! per route template and status, never a path, a patient or an attribute.
+
+use std::sync::Arc;
+
+use asclepios_net::admission::{admit, Admission};
+use asclepios_net::metrics::{observe, Gauges, Metrics};
+use asclepios_net::server::{json_errors, ApiError};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+/// Whether a service can do its work now; the reason if not. May block.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A service's operations side.
+#[derive(Clone)]
+pub struct Operations {
+    /// Its counters.
+    pub metrics: Arc<Metrics>,
+    /// Its admission limits and state.
+    pub admission: Arc<Admission>,
+    /// Values read at each scrape.
+    pub gauges: Gauges,
+    /// Its readiness check.
+    pub ready: Readiness,
+}
+
+impl std::fmt::Debug for Operations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operations")
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `router` with the operators' routes, behind admission, observed by the
+/// metrics and the request log.
+pub fn operable(router: Router, ops: Operations) -> Router {
+    let metrics = ops.metrics.clone();
+    let gauges = ops.gauges.clone();
+    let ready = ops.ready.clone();
+    router
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match crate::blocking(move || Ok(ready())).await {
+                        Ok(Ok(())) => Json(serde_json::json!({"status": "ready"})).into_response(),
+                        Ok(Err(why)) => ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}"),
+                        )
+                        .into_response(),
+                        Err(e) => e.into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let (metrics, gauges) = (metrics.clone(), gauges.clone());
+                async move { exposition(metrics, gauges).await }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(ops.admission, admit))
+        .layer(axum::middleware::from_fn_with_state(ops.metrics, observe))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+async fn exposition(metrics: Arc<Metrics>, gauges: Gauges) -> Response {
+    match crate::blocking(move || Ok(metrics.render(&gauges()))).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
