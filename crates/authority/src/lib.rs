@@ -653,10 +653,27 @@ impl KeyAuthority {
     fn identity_entry(&self, caller: &str, id: &str) -> Result<IdentityKey, ApiError> {
         let s = self;
         s.active(caller)?;
-        let identity =
-            s.store.identity(id).map_err(store_error)?.ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, format!("no identity `{id}`"))
-            })?;
+        // A patient's entry says that the pseudonym is a patient here: it
+        // goes to the patient's circle (who read what the patient writes),
+        // administrators and auditors. Anyone else gets the answer a
+        // missing identity gets, so the directory cannot be enumerated for
+        // patients (review finding L1).
+        let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("no identity `{id}`"));
+        let identity = s
+            .store
+            .identity(id)
+            .map_err(store_error)?
+            .ok_or_else(unknown)?;
+        if identity.kind == facts::PATIENT_KIND && caller != id {
+            let held = s.current_attributes(caller)?;
+            if !asclepios_service::in_circle(
+                &held,
+                id,
+                &[admin::ADMIN_ROLE, asclepios_service::AUDITOR_ROLE],
+            ) {
+                return Err(unknown());
+            }
+        }
         // The entry vouches for an author's key: the services' identities
         // author nothing (a record "by" the record service's identity is
         // its operator's forgery), so none is vouched for.

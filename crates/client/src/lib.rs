@@ -125,6 +125,10 @@ struct Service {
     log: NoteVerifier,
 }
 
+/// How long an author's key, as the directory gave it, is kept before it is
+/// asked for again.
+pub const AUTHOR_KEY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// One identity's connection to a deployment.
 pub struct Client {
     id: String,
@@ -136,7 +140,7 @@ pub struct Client {
     user_key: Option<UserKey>,
     attributes: Vec<String>,
     /// Authors' public keys, as the directory gave them.
-    authors: std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>,
+    authors: std::sync::Mutex<std::collections::HashMap<String, ([u8; 32], std::time::Instant)>>,
     /// Appraises the authority's certificate at every handshake.
     attestation: Option<Arc<AttestingVerifier>>,
     /// Whether a failed attestation stops this client.
@@ -1052,61 +1056,13 @@ impl Client {
     }
 
     /// Checks a record's author signature (body and place, not the
-    /// replaceable key wrapper).
+    /// replaceable key wrapper). The author's key comes from the directory
+    /// (signed by the authority) and is kept for [`AUTHOR_KEY_MAX_AGE`]; a
+    /// signature that does not verify with a kept key is checked once more
+    /// with a fresh one (the author's key changed: review finding L6).
     pub async fn check_author(&self, record: &RecordOut) -> Result<(), ClientError> {
-        let cached = self
-            .authors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&record.author)
-            .copied();
         asclepios_net::pki::check_identity_id(&record.author)
             .map_err(|_| ClientError::Protocol("the record names a malformed author".into()))?;
-        let key = match cached {
-            Some(k) => k,
-            None => {
-                let path = format!("/v1/identities/{}", record.author);
-                let (found, _): (asclepios_api::keys::IdentityKey, _) =
-                    Self::call(&self.authority, Method::GET, &path, Vec::new()).await?;
-                // The key counts only as the authority vouches for it.
-                let vouched = B64
-                    .decode(&found.signature)
-                    .ok()
-                    .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
-                    .is_some_and(|signature| {
-                        ed25519_dalek::VerifyingKey::from_bytes(&self.authority.receipt_key)
-                            .and_then(|k| {
-                                k.verify_strict(
-                                    &asclepios_api::keys::identity_entry_message(
-                                        &found.id,
-                                        &found.public_key,
-                                        found.active,
-                                        found.directory_change,
-                                    ),
-                                    &signature,
-                                )
-                            })
-                            .is_ok()
-                    });
-                if !vouched || found.id != record.author {
-                    return Err(ClientError::Protocol(format!(
-                        "the directory entry of {} is not signed by the key authority",
-                        record.author
-                    )));
-                }
-                let key: [u8; 32] = hex::decode(&found.public_key)
-                    .ok()
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| {
-                        ClientError::Protocol("the directory gave a malformed key".into())
-                    })?;
-                self.authors
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(record.author.clone(), key);
-                key
-            }
-        };
         let body = B64
             .decode(&record.body)
             .map_err(|_| ClientError::Protocol("body is not base64".into()))?;
@@ -1115,19 +1071,73 @@ impl Client {
             .ok()
             .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
             .ok_or_else(|| ClientError::Protocol("malformed author signature".into()))?;
-        ed25519_dalek::VerifyingKey::from_bytes(&key)
-            .and_then(|k| {
-                k.verify_strict(
-                    &author_message(&record.patient, &record.record_id, record.version, &body),
-                    &signature,
-                )
-            })
-            .map_err(|_| {
-                ClientError::Protocol(format!(
-                    "the record's signature does not verify with {}'s key",
-                    record.author
-                ))
-            })
+        let message = author_message(&record.patient, &record.record_id, record.version, &body);
+        let verifies = |key: &[u8; 32]| {
+            ed25519_dalek::VerifyingKey::from_bytes(key)
+                .and_then(|k| k.verify_strict(&message, &signature))
+                .is_ok()
+        };
+        let cached = self
+            .authors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.author)
+            .filter(|(_, fetched)| fetched.elapsed() < AUTHOR_KEY_MAX_AGE)
+            .map(|(key, _)| *key);
+        if cached.as_ref().is_some_and(verifies) {
+            return Ok(());
+        }
+        let key = self.author_key(&record.author).await?;
+        if verifies(&key) {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol(format!(
+                "the record's signature does not verify with {}'s key",
+                record.author
+            )))
+        }
+    }
+
+    /// `author`'s key as the authority's signed directory entry gives it
+    /// now; kept for later checks.
+    async fn author_key(&self, author: &str) -> Result<[u8; 32], ClientError> {
+        let path = format!("/v1/identities/{author}");
+        let (found, _): (asclepios_api::keys::IdentityKey, _) =
+            Self::call(&self.authority, Method::GET, &path, Vec::new()).await?;
+        // The key counts only as the authority vouches for it.
+        let vouched = B64
+            .decode(&found.signature)
+            .ok()
+            .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+            .is_some_and(|signature| {
+                ed25519_dalek::VerifyingKey::from_bytes(&self.authority.receipt_key)
+                    .and_then(|k| {
+                        k.verify_strict(
+                            &asclepios_api::keys::identity_entry_message(
+                                &found.id,
+                                &found.public_key,
+                                found.active,
+                                found.directory_change,
+                            ),
+                            &signature,
+                        )
+                    })
+                    .is_ok()
+            });
+        if !vouched || found.id != author {
+            return Err(ClientError::Protocol(format!(
+                "the directory entry of {author} is not signed by the key authority"
+            )));
+        }
+        let key: [u8; 32] = hex::decode(&found.public_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| ClientError::Protocol("the directory gave a malformed key".into()))?;
+        self.authors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(author.to_string(), (key, std::time::Instant::now()));
+        Ok(key)
     }
 
     /// The versions of a record, oldest first.

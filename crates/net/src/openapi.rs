@@ -79,6 +79,10 @@ const SHARED: &[(u16, &str)] = &[
     (405, "method not allowed"),
     (409, "conflicts with what is stored"),
     (413, "body too large"),
+    (
+        429,
+        "too many requests from this identity, or too much expensive work waiting: retry after the Retry-After header's seconds",
+    ),
     (503, "the audit log cannot be written: retry later"),
 ];
 
@@ -105,10 +109,14 @@ pub fn operation(
         json!({"description": "done", "content": {"application/json": {"schema": ok}}}),
     );
     for (status, why) in SHARED {
-        responses.insert(
-            status.to_string(),
-            json!({"description": why, "content": error_body()}),
-        );
+        let mut response = json!({"description": why, "content": error_body()});
+        if *status == 429 {
+            response["headers"] = json!({"Retry-After": {
+                "description": "seconds to wait before sending again",
+                "schema": {"type": "integer", "minimum": 1},
+            }});
+        }
+        responses.insert(status.to_string(), response);
     }
     let mut op = json!({
         "summary": summary,
@@ -135,8 +143,49 @@ pub fn answer() -> Value {
     json!({"type": ["object", "array"]})
 }
 
-/// The whole document: `paths` maps each path to its methods.
-pub fn document(title: &str, version: &str, paths: Value) -> Value {
+/// The operators' routes every service serves (unsigned; see
+/// `asclepios_service::operations`).
+fn operations_paths() -> Map<String, Value> {
+    let plain = |summary: &str, content: Value| {
+        json!({"get": {
+            "summary": summary,
+            "security": [{"mtls": []}],
+            "responses": {
+                "200": {"description": "answered", "content": content},
+                "429": {"description": "too many requests from this identity", "content": error_body()},
+                "503": {"description": "not ready: the error says why", "content": error_body()},
+            },
+        }})
+    };
+    let status = json!({"application/json": {"schema": object(&[("status", string())], &[])}});
+    let mut paths = Map::new();
+    paths.insert(
+        "/healthz".into(),
+        plain("Liveness: 200 while the process answers.", status.clone()),
+    );
+    paths.insert(
+        "/readyz".into(),
+        plain(
+            "Readiness: 200 when the service can do its work, else 503 with the reason.",
+            status,
+        ),
+    );
+    paths.insert(
+        "/metrics".into(),
+        plain(
+            "Prometheus text exposition (version 0.0.4): requests, latencies, 429s, refused connections, audit log size and the service's gauges.",
+            json!({"text/plain": {"schema": {"type": "string"}}}),
+        ),
+    );
+    paths
+}
+
+/// The whole document: `paths` maps each path to its methods; the
+/// operators' routes are added.
+pub fn document(title: &str, version: &str, mut paths: Value) -> Value {
+    if let Some(map) = paths.as_object_mut() {
+        map.extend(operations_paths());
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},

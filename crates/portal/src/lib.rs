@@ -6,8 +6,11 @@
 //! Security of the local server:
 //! * bound to a loopback address by the caller (the CLI refuses others),
 //!   and requests naming another `Host` are refused (DNS rebinding);
-//! * a per-launch secret in the launch URL, exchanged once for a session
-//!   cookie (`HttpOnly`, `SameSite=Strict`), compared in constant time;
+//! * a per-launch secret in the launch URL, good for one sign-in, exchanged
+//!   for a session cookie (`HttpOnly`, `SameSite=Strict`), compared in
+//!   constant time; the session ends after 15 minutes unused or 8 hours;
+//! * the identity's ABE key is fetched again when older than a minute, so
+//!   a revoked attribute leaves the page;
 //! * every form carries a CSRF token tied to the launch, and a cross-site
 //!   `Origin` or `Sec-Fetch-Site` is refused;
 //! * a strict Content Security Policy (`default-src 'none'`, styles from
@@ -26,6 +29,7 @@ pub mod html;
 mod views;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use asclepios_client::Client;
 use axum::body::Body;
@@ -70,10 +74,15 @@ pub struct Roles {
 /// CSRF token.
 pub struct Portal {
     client: tokio::sync::Mutex<Client>,
+    /// When the client's ABE key was last fetched.
+    key_fetched: Mutex<Instant>,
     identity: String,
     roles: Roles,
     launch_token: String,
-    session: String,
+    /// Whether the launch link was used (it signs in one browser, once).
+    launched: std::sync::atomic::AtomicBool,
+    /// The signed-in browser's session, once the link was used.
+    session: Mutex<Option<Session>>,
     csrf: String,
     /// The last checkpoint an auditor's page verified, to prove the next
     /// one consistent with it.
@@ -90,6 +99,30 @@ impl std::fmt::Debug for Portal {
             .finish_non_exhaustive()
     }
 }
+
+/// A browser's session: its cookie value, and when it began and was last
+/// used.
+struct Session {
+    value: String,
+    began: Instant,
+    last_used: Instant,
+}
+
+impl Session {
+    /// Whether it is still good: used within [`SESSION_IDLE`] and begun
+    /// within [`SESSION_LIFETIME`].
+    fn live(&self) -> bool {
+        self.last_used.elapsed() < SESSION_IDLE && self.began.elapsed() < SESSION_LIFETIME
+    }
+}
+
+/// A session unused this long ends (the browser must be launched again).
+pub const SESSION_IDLE: Duration = Duration::from_secs(15 * 60);
+/// A session ends this long after it began, used or not.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
+/// How old the portal's ABE key may get before it is fetched again: a
+/// revoked attribute leaves the page within this, and a new one arrives.
+pub const KEY_MAX_AGE: Duration = Duration::from_secs(60);
 
 fn random_hex() -> String {
     let mut b = [0u8; 32];
@@ -124,14 +157,35 @@ impl Portal {
         }
         Ok(Arc::new(Portal {
             client: tokio::sync::Mutex::new(client),
+            key_fetched: Mutex::new(Instant::now()),
             identity,
             roles,
             launch_token: random_hex(),
-            session: random_hex(),
+            launched: std::sync::atomic::AtomicBool::new(false),
+            session: Mutex::new(None),
             csrf: random_hex(),
             last_checkpoint: Mutex::new(None),
             attestation,
         }))
+    }
+
+    /// The identity's client, its ABE key fetched again first if older
+    /// than [`KEY_MAX_AGE`] (review finding L6: a key fetched once at launch
+    /// kept revoked attributes for as long as the portal ran). If the
+    /// authority cannot be reached the old key serves; the services judge
+    /// every request anyway.
+    pub(crate) async fn client(&self) -> tokio::sync::MutexGuard<'_, Client> {
+        let mut client = self.client.lock().await;
+        let stale = self
+            .key_fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= KEY_MAX_AGE;
+        if stale && client.refresh_key().await.is_ok() {
+            *self.key_fetched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+        client
     }
 
     /// The path (with the per-launch secret) that signs a browser in.
@@ -301,14 +355,29 @@ fn cross_site(req: &Request, host: &str) -> bool {
     bad_origin || bad_site
 }
 
+/// Whether the request carries the live session's cookie; a session past
+/// [`SESSION_IDLE`] or [`SESSION_LIFETIME`] ends here.
 fn has_session(p: &Portal, req: &Request) -> bool {
-    req.headers()
+    let mut session = p.session.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(live) = session.as_mut() else {
+        return false;
+    };
+    if !live.live() {
+        *session = None;
+        return false;
+    }
+    let presented = req
+        .headers()
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .any(|(k, v)| k == COOKIE && bool::from(v.as_bytes().ct_eq(p.session.as_bytes())))
+        .any(|(k, v)| k == COOKIE && bool::from(v.as_bytes().ct_eq(live.value.as_bytes())));
+    if presented {
+        live.last_used = Instant::now();
+    }
+    presented
 }
 
 #[derive(serde::Deserialize)]
@@ -323,10 +392,25 @@ async fn login(State(p): State<Arc<Portal>>, Query(q): Query<LoginQuery>) -> Res
             "This launch link is not valid: use the one asclepios portal printed.",
         );
     }
+    // Single use (review finding L5): a link seen in a history, a log or
+    // over a shoulder signs no second browser in.
+    if p.launched.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return p.error_page(
+            StatusCode::UNAUTHORIZED,
+            "This launch link was used already. Run asclepios portal again for a new one.",
+        );
+    }
+    let value = random_hex();
+    let now = Instant::now();
+    *p.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(Session {
+        value: value.clone(),
+        began: now,
+        last_used: now,
+    });
     let mut r = Redirect::to(p.home()).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        p.session
+        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_LIFETIME.as_secs()
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -355,4 +439,37 @@ pub async fn serve(
     axum::serve(listener, portal.router())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(began_ago: Duration, used_ago: Duration) -> Option<Session> {
+        let now = Instant::now();
+        Some(Session {
+            value: String::new(),
+            began: now.checked_sub(began_ago)?,
+            last_used: now.checked_sub(used_ago)?,
+        })
+    }
+
+    #[test]
+    fn sessions_end_when_idle_or_old() {
+        let minute = Duration::from_secs(60);
+        // (A machine up for less than 8 hours cannot go back that far.)
+        let Some(fresh) = session(minute, minute) else {
+            return;
+        };
+        assert!(fresh.live());
+        if let Some(idle) = session(SESSION_IDLE + minute, SESSION_IDLE + minute) {
+            assert!(!idle.live(), "unused for longer than SESSION_IDLE");
+        }
+        if let Some(old) = session(SESSION_LIFETIME + minute, minute) {
+            assert!(
+                !old.live(),
+                "in use, but begun longer than SESSION_LIFETIME ago"
+            );
+        }
+    }
 }

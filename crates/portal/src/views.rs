@@ -200,7 +200,7 @@ pub(crate) async fn patient(
     let Some(pid) = p.roles.patient.clone() else {
         return p.error_page(StatusCode::FORBIDDEN, "This identity is not a patient.");
     };
-    let client = p.client.lock().await;
+    let client = p.client().await;
     let mut body = notice(&q);
 
     // My records, opened here.
@@ -452,7 +452,7 @@ pub(crate) async fn grant_consent(
         resource_types: vec!["*".into()],
         expires_at: Some(time::OffsetDateTime::now_utc().unix_timestamp() + days * 86_400),
     };
-    let client = p.client.lock().await;
+    let client = p.client().await;
     answered(
         &p,
         client.grant_consent(&grant).await,
@@ -468,7 +468,7 @@ pub(crate) async fn withdraw_consent(
     if let Some(refusal) = forged(&p, &form) {
         return refusal;
     }
-    let client = p.client.lock().await;
+    let client = p.client().await;
     answered(
         &p,
         client.withdraw_consent(field(&form, "consent")).await,
@@ -487,7 +487,7 @@ pub(crate) async fn erase_record(
     let Some(pid) = p.roles.patient.clone() else {
         return p.error_page(StatusCode::FORBIDDEN, "This identity is not a patient.");
     };
-    let client = p.client.lock().await;
+    let client = p.client().await;
     answered(
         &p,
         client.erase_record(&pid, field(&form, "record")).await,
@@ -527,7 +527,7 @@ pub(crate) async fn auditor(
     if !p.roles.auditor {
         return p.error_page(StatusCode::FORBIDDEN, "This identity is not an auditor.");
     }
-    let client = p.client.lock().await;
+    let client = p.client().await;
     let mut body = notice(&q);
 
     body.push_str("<h2>Break-glass review queue</h2>");
@@ -669,7 +669,7 @@ pub(crate) async fn review(
     if let Some(refusal) = forged(&p, &form) {
         return refusal;
     }
-    let client = p.client.lock().await;
+    let client = p.client().await;
     let result = client
         .review_emergency(
             field(&form, "patient"),
@@ -705,7 +705,7 @@ pub(crate) async fn clinician(
         esc(&query)
     );
     if !query.is_empty() {
-        let client = p.client.lock().await;
+        let client = p.client().await;
         match client.search(&query).await {
             Ok(matches) => {
                 body.push_str(&format!(
@@ -747,7 +747,7 @@ pub(crate) async fn clinician_record(
         return p.error_page(StatusCode::FORBIDDEN, "This identity has no clinical role.");
     }
     let (patient, id) = (field(&q, "patient"), field(&q, "id"));
-    let client = p.client.lock().await;
+    let client = p.client().await;
     let mut body = String::new();
     match client.get_record(patient, id).await {
         Ok((resource, _)) => {

@@ -442,6 +442,11 @@ async fn patients_auditors_and_clinicians_in_a_real_browser() {
     browser.goto(&url).await;
     let html = browser.source().await;
     assert!(html.contains("My records (pat-00000)"), "{html}");
+    // The launch link signed this browser in; it signs no other.
+    let again = plain.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 401);
+    assert!(again.headers().get("set-cookie").is_none());
+    assert!(again.text().await.unwrap().contains("used already"));
     assert!(
         html.contains("EMERGENCY ACCESS"),
         "the break-glass is shown"
