@@ -69,4 +69,9 @@ pub struct Revocation {
     pub revoked: Vec<String>,
     /// Data-key wrappers re-wrapped so keys from before no longer open them.
     pub rewrapped: usize,
+    /// Wrappers left for the authority's background re-wrap (the change
+    /// re-wraps for a bounded time; the record service refuses the revoked
+    /// holders from the start either way).
+    #[serde(default)]
+    pub continues_in_background: bool,
 }

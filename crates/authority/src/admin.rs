@@ -24,7 +24,7 @@ use axum::Json;
 use std::sync::Arc;
 
 use crate::record_access::RecordAccess;
-use crate::{rewrap::rewrap_stale, KeyAuthority, WithReceipt};
+use crate::{rewrap::rewrap_stale_within, KeyAuthority, WithReceipt};
 use asclepios_service::store_error;
 
 /// The role that administers the directory.
@@ -170,20 +170,26 @@ fn rewrap(
     records: &dyn RecordAccess,
     master: &MasterSecretKey,
     revoked: Vec<String>,
+    budget: Option<std::time::Duration>,
 ) -> Result<Revocation, ApiError> {
     if revoked.is_empty() {
         return Ok(Revocation::default());
     }
-    let rewrapped = rewrap_stale(store, records, master).map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the revocation took effect, but re-wrapping after it did not finish (it is \
-                 retried until it does): {e}"
-            ),
-        )
-    })?;
-    Ok(Revocation { revoked, rewrapped })
+    let (rewrapped, finished) =
+        rewrap_stale_within(store, records, master, budget).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the revocation took effect, but re-wrapping after it did not finish (it is \
+                     retried until it does): {e}"
+                ),
+            )
+        })?;
+    Ok(Revocation {
+        revoked,
+        rewrapped,
+        continues_in_background: !finished,
+    })
 }
 
 /// Sets an identity's attributes to exactly `attributes`; those taken away
@@ -196,7 +202,7 @@ pub fn set_attributes(
     attributes: &[String],
 ) -> Result<Revocation, ApiError> {
     let removed = change_attributes(store, id, attributes)?;
-    rewrap(store, records, master, removed)
+    rewrap(store, records, master, removed, None)
 }
 
 /// [`set_attributes`] without the re-wrap: the attributes taken away.
@@ -223,7 +229,7 @@ pub fn disable(
     id: &str,
 ) -> Result<Revocation, ApiError> {
     let revoked = disable_rows(store, id)?;
-    rewrap(store, records, master, revoked)
+    rewrap(store, records, master, revoked, None)
 }
 
 /// [`disable`] without the re-wrap: the attributes revoked.
@@ -393,8 +399,19 @@ impl KeyAuthority {
             // service holds up this change only. One that fails (the record
             // service unreachable) is retried by the sweeper until nothing
             // names an old version.
-            let revocation = rewrap(&self.store, &*self.records, &self.master, revoked)
-                .inspect_err(|_| self.rewrap_may_be_pending())?;
+            // Bounded: a revocation over many records (or a backlog) answers
+            // within about SYNC_REWRAP_TIME and leaves the rest to the sweeper.
+            let revocation = rewrap(
+                &self.store,
+                &*self.records,
+                &self.master,
+                revoked,
+                Some(crate::rewrap::SYNC_REWRAP_TIME),
+            )
+            .inspect_err(|_| self.rewrap_may_be_pending())?;
+            if revocation.continues_in_background {
+                self.rewrap_may_be_pending();
+            }
             Ok(ChangeOut {
                 member: MemberOut::from(&member(&self.store, &target)?),
                 revocation,

@@ -46,10 +46,20 @@ impl KeyAuthority {
     /// Re-wraps after a revocation; if that fails (the record service
     /// unreachable), the revocation stands and the sweeper re-wraps later
     /// ([`KeyAuthority::reconcile_rewraps`]).
+    /// Bounded by [`SYNC_REWRAP_TIME`]: what is left goes to the sweeper.
     pub(crate) fn rewrap_or_defer(&self) {
-        if let Err(e) = rewrap_stale(&self.store, &*self.records, &self.master) {
-            tracing::warn!("re-wrapping deferred: {e}");
-            self.rewrap_may_be_pending();
+        match rewrap_stale_within(
+            &self.store,
+            &*self.records,
+            &self.master,
+            Some(SYNC_REWRAP_TIME),
+        ) {
+            Ok((_, true)) => {}
+            Ok((_, false)) => self.rewrap_may_be_pending(),
+            Err(e) => {
+                tracing::warn!("re-wrapping deferred: {e}");
+                self.rewrap_may_be_pending();
+            }
         }
     }
 
@@ -71,6 +81,13 @@ impl KeyAuthority {
 /// records under huge policies) spreads over several ticks instead of
 /// holding up every other expiry. One wrapper may overrun it.
 pub const REWRAP_TIME_PER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a request that revokes (a withdrawal, an administrator's
+/// change) re-wraps before it answers; the sweeper finishes the rest. It
+/// also holds one of the authority's heavy slots meanwhile, so it must not
+/// run unbounded. The record service refuses the revoked holders from the
+/// fence on, whatever is left.
+pub const SYNC_REWRAP_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most scans one re-wrap makes before it leaves the rest to the sweeper:
 /// a scan finds more only if wrappers changed under it (another re-wrap).

@@ -107,6 +107,9 @@ fn print_revocation(r: &asclepios_authority::admin::Revocation) {
             "re-wrapped {} record key(s) under the new versions",
             r.rewrapped
         );
+        if r.continues_in_background {
+            println!("the authority re-wraps the rest in the background (the record service refuses the revoked holders already)");
+        }
     }
 }
 

@@ -428,10 +428,7 @@ fn signature_check(
 ) -> Arc<SignatureCheck> {
     Arc::new(SignatureCheck {
         authority: config.tls_name.clone(),
-        replays: Arc::new(asclepios_service::StoredNonces {
-            store: store.clone(),
-            service,
-        }),
+        replays: Arc::new(asclepios_service::StoredNonces::new(store.clone(), service)),
         max_body_bytes: config.max_body_bytes,
     })
 }

@@ -225,7 +225,13 @@ pub async fn observe(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    // Standard methods only: any other would be a new series per name a
+    // client makes up.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    }
+    .to_string();
     let route = route.map_or_else(|| "unmatched".to_string(), |r| r.as_str().to_string());
     let response = next.run(request).await;
     let elapsed = started.elapsed().as_secs_f64();

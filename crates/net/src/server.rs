@@ -259,6 +259,23 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
     }
 }
 
+/// The source a connection is counted against: its IPv4 address, or the
+/// /64 network of an IPv6 one (one host usually holds a whole /64, so
+/// counting single IPv6 addresses would bound nothing).
+fn source_of(addr: std::net::IpAddr) -> std::net::IpAddr {
+    match addr {
+        std::net::IpAddr::V4(_) => addr,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                std::net::IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
 /// Connections in their handshake, oldest first, each with what drops it.
 #[derive(Default)]
 struct Handshakes {
@@ -276,17 +293,17 @@ impl Handshakes {
         addr: std::net::IpAddr,
         limits: &ConnectionLimits,
     ) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let addr = source_of(addr);
         if self.per_address.get(&addr).copied().unwrap_or(0) >= limits.handshakes_per_address {
-            if let Some(i) = self.order.iter().position(|(_, a)| *a == addr) {
-                let (id, _) = self.order[i];
-                self.drop_one(id);
-            }
+            self.drop_oldest_of(addr);
         }
+        // Full: the source holding the most handshakes loses its oldest,
+        // so a flood from one network cannot push out everyone else's.
         while self.order.len() >= limits.handshakes.max(1) {
-            let Some(&(id, _)) = self.order.front() else {
+            let Some((&busiest, _)) = self.per_address.iter().max_by_key(|(_, n)| **n) else {
                 break;
             };
-            self.drop_one(id);
+            self.drop_oldest_of(busiest);
         }
         let id = self.next;
         self.next += 1;
@@ -295,6 +312,13 @@ impl Handshakes {
         self.drops.insert(id, tx);
         *self.per_address.entry(addr).or_default() += 1;
         (id, rx)
+    }
+
+    /// Drops the oldest handshake from `source`.
+    fn drop_oldest_of(&mut self, source: std::net::IpAddr) {
+        if let Some(&(id, _)) = self.order.iter().find(|(_, a)| *a == source) {
+            self.drop_one(id);
+        }
     }
 
     /// Forgets handshake `id` (done, failed or dropped), telling it if it
@@ -481,6 +505,45 @@ pub async fn serve_with(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod handshake_tests {
+    use super::*;
+
+    fn limits(total: usize, per_source: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            handshakes: total,
+            handshakes_per_address: per_source,
+            ..ConnectionLimits::default()
+        }
+    }
+
+    #[test]
+    fn a_full_table_sheds_the_busiest_source_and_ipv6_counts_per_64() {
+        let mut h = Handshakes::default();
+        let honest: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let (_, mut honest_dropped) = h.admit(honest, &limits(4, 8));
+        // A flood from many addresses of one IPv6 /64.
+        let mut flood = Vec::new();
+        for i in 1..=6u16 {
+            let a = std::net::IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i));
+            flood.push(h.admit(a, &limits(4, 8)).1);
+        }
+        assert!(
+            honest_dropped.try_recv().is_err(),
+            "the oldest handshake, from another source, was dropped for the flood"
+        );
+        assert_eq!(h.order.len(), 4);
+        assert_eq!(h.per_address.len(), 2, "the /64 counts as one source");
+        // Per source: the /64 may hold 2; its oldest go.
+        let mut h = Handshakes::default();
+        for i in 1..=3u16 {
+            let a = std::net::IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 9, 9, 9, i));
+            h.admit(a, &limits(100, 2));
+        }
+        assert_eq!(h.order.len(), 2);
     }
 }
 

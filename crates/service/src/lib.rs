@@ -31,12 +31,66 @@ pub use stored::{stored_author, stored_sealed_body, verified_author, Stored};
 
 /// A service's nonces in its store ([`asclepios_net::signature::NonceStore`]):
 /// shared by every replica on the same store, kept across restarts.
+///
+/// Requests that arrive together share one transaction (group commit): a
+/// worker thread takes every nonce waiting, stores them in one commit and
+/// answers each. Without it every signed request, reads included, paid a
+/// commit of its own (a disk flush on SQLite) behind every other's.
 #[derive(Debug)]
 pub struct StoredNonces {
-    /// The store.
-    pub store: asclepios_store::Store,
-    /// Which service's nonces (`authority`, `records`).
-    pub service: &'static str,
+    queue: std::sync::mpsc::Sender<PendingNonce>,
+}
+
+#[derive(Debug)]
+struct PendingNonce {
+    keyid: String,
+    nonce: String,
+    expires_at: u64,
+    now: u64,
+    answer: std::sync::mpsc::SyncSender<Result<bool, String>>,
+}
+
+/// Most nonces stored in one transaction.
+const NONCE_BATCH: usize = 512;
+
+impl StoredNonces {
+    /// Nonces of `service` (`authority`, `records`) in `store`, with their
+    /// worker thread (it ends when this is dropped).
+    pub fn new(store: asclepios_store::Store, service: &'static str) -> Self {
+        let (queue, pending) = std::sync::mpsc::channel::<PendingNonce>();
+        std::thread::Builder::new()
+            .name(format!("{service}-nonces"))
+            .spawn(move || {
+                while let Ok(first) = pending.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < NONCE_BATCH {
+                        match pending.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let now = batch.iter().map(|p| p.now).max().unwrap_or(0);
+                    let items: Vec<(&str, &str, u64)> = batch
+                        .iter()
+                        .map(|p| (p.keyid.as_str(), p.nonce.as_str(), p.expires_at))
+                        .collect();
+                    match store.remember_nonces(service, &items, now) {
+                        Ok(fresh) => {
+                            for (p, fresh) in batch.iter().zip(fresh) {
+                                let _ = p.answer.send(Ok(fresh));
+                            }
+                        }
+                        Err(e) => {
+                            for p in &batch {
+                                let _ = p.answer.send(Err(e.to_string()));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("a thread for the nonce store");
+        StoredNonces { queue }
+    }
 }
 
 impl asclepios_net::signature::NonceStore for StoredNonces {
@@ -47,9 +101,19 @@ impl asclepios_net::signature::NonceStore for StoredNonces {
         expires_at: u64,
         now: u64,
     ) -> Result<bool, String> {
-        self.store
-            .remember_nonce(self.service, keyid, nonce, expires_at, now)
-            .map_err(|e| e.to_string())
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.queue
+            .send(PendingNonce {
+                keyid: keyid.to_string(),
+                nonce: nonce.to_string(),
+                expires_at,
+                now,
+                answer,
+            })
+            .map_err(|_| "the nonce store stopped".to_string())?;
+        answered
+            .recv()
+            .map_err(|_| "the nonce store stopped".to_string())?
     }
 }
 

@@ -32,17 +32,32 @@ impl Store {
         expires_at: u64,
         now: u64,
     ) -> Result<bool, StoreError> {
-        for (what, s) in [("service", service), ("keyid", keyid), ("nonce", nonce)] {
-            if s.is_empty() || s.len() > MAX_NONCE_KEY {
-                return Err(StoreError::Invalid(format!(
-                    "{what} must be 1 to {MAX_NONCE_KEY} bytes"
-                )));
+        let fresh = self.remember_nonces(service, &[(keyid, nonce, expires_at)], now)?;
+        Ok(fresh.first().copied().unwrap_or(false))
+    }
+
+    /// [`Store::remember_nonce`] for many requests in one transaction (one
+    /// commit, one disk flush, however many requests arrived together):
+    /// whether each was new. A pair twice in `batch` is new once.
+    pub fn remember_nonces(
+        &self,
+        service: &str,
+        batch: &[(&str, &str, u64)],
+        now: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        for (keyid, nonce, _) in batch {
+            for (what, s) in [("service", service), ("keyid", keyid), ("nonce", nonce)] {
+                if s.is_empty() || s.len() > MAX_NONCE_KEY {
+                    return Err(StoreError::Invalid(format!(
+                        "{what} must be 1 to {MAX_NONCE_KEY} bytes"
+                    )));
+                }
             }
         }
-        let (expires_at, now) = (crate::db::int(expires_at)?, crate::db::int(now)?);
-        let prune = INSERTED
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(PRUNE_EVERY);
+        let now = crate::db::int(now)?;
+        let before = INSERTED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let prune =
+            before / PRUNE_EVERY != (before + batch.len() as u64) / PRUNE_EVERY || before == 0;
         self.transaction(|tx| {
             if prune {
                 tx.exec(
@@ -50,20 +65,25 @@ impl Store {
                     std::slice::from_ref(&now),
                 )?;
             }
-            let fresh = tx.exec(
-                "INSERT INTO request_nonces (service, keyid, nonce, expires_at) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (service, keyid, nonce) DO UPDATE SET expires_at = excluded.expires_at \
-                 WHERE request_nonces.expires_at < $5",
-                &[
-                    service.into(),
-                    keyid.into(),
-                    nonce.into(),
-                    expires_at.clone(),
-                    now.clone(),
-                ],
-            )?;
-            Ok(fresh == 1)
+            batch
+                .iter()
+                .map(|(keyid, nonce, expires_at)| {
+                    let fresh = tx.exec(
+                        "INSERT INTO request_nonces (service, keyid, nonce, expires_at) \
+                         VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (service, keyid, nonce) DO UPDATE SET expires_at = excluded.expires_at \
+                         WHERE request_nonces.expires_at < $5",
+                        &[
+                            service.into(),
+                            (*keyid).into(),
+                            (*nonce).into(),
+                            crate::db::int(*expires_at)?,
+                            now.clone(),
+                        ],
+                    )?;
+                    Ok(fresh == 1)
+                })
+                .collect()
         })
     }
 }
