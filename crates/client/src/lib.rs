@@ -1063,6 +1063,17 @@ impl Client {
     pub async fn check_author(&self, record: &RecordOut) -> Result<(), ClientError> {
         asclepios_net::pki::check_identity_id(&record.author)
             .map_err(|_| ClientError::Protocol("the record names a malformed author".into()))?;
+        let cached = self
+            .authors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.author)
+            .filter(|(_, fetched)| fetched.elapsed() < AUTHOR_KEY_MAX_AGE)
+            .map(|(key, _)| *key);
+        let key = match cached {
+            Some(key) => key,
+            None => self.author_key(&record.author).await?,
+        };
         let body = B64
             .decode(&record.body)
             .map_err(|_| ClientError::Protocol("body is not base64".into()))?;
@@ -1077,25 +1088,18 @@ impl Client {
                 .and_then(|k| k.verify_strict(&message, &signature))
                 .is_ok()
         };
-        let cached = self
-            .authors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&record.author)
-            .filter(|(_, fetched)| fetched.elapsed() < AUTHOR_KEY_MAX_AGE)
-            .map(|(key, _)| *key);
-        if cached.as_ref().is_some_and(verifies) {
+        if verifies(&key) {
             return Ok(());
         }
-        let key = self.author_key(&record.author).await?;
-        if verifies(&key) {
-            Ok(())
-        } else {
-            Err(ClientError::Protocol(format!(
-                "the record's signature does not verify with {}'s key",
-                record.author
-            )))
+        // A kept key that does not verify: the author's key may have
+        // changed since; ask once more.
+        if cached.is_some() && verifies(&self.author_key(&record.author).await?) {
+            return Ok(());
         }
+        Err(ClientError::Protocol(format!(
+            "the record's signature does not verify with {}'s key",
+            record.author
+        )))
     }
 
     /// `author`'s key as the authority's signed directory entry gives it
