@@ -117,18 +117,8 @@ impl KeyAuthority {
                 "a patient and a reason (up to 1000 characters) are required",
             ));
         }
-        let is_patient = asclepios_net::pki::check_identity_id(&req.patient).is_ok()
-            && self
-                .store
-                .identity(&req.patient)
-                .map_err(store_error)?
-                .is_some_and(|i| i.kind == "patient");
-        if !is_patient {
-            return refuse(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("`{}` is not a patient in the directory", req.patient),
-            ));
-        }
+        // The role first: without it nobody learns whether the name is a
+        // patient here (review finding L1).
         let holds_role = self
             .store
             .identity_attributes(&caller.id)
@@ -139,6 +129,18 @@ impl KeyAuthority {
             return refuse(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("breaking the glass needs `{EMERGENCY_ROLE}`"),
+            ));
+        }
+        let is_patient = asclepios_net::pki::check_identity_id(&req.patient).is_ok()
+            && self
+                .store
+                .identity(&req.patient)
+                .map_err(store_error)?
+                .is_some_and(|i| i.kind == "patient");
+        if !is_patient {
+            return refuse(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`{}` is not a patient in the directory", req.patient),
             ));
         }
         let now = asclepios_net::server::unix_now() as i64;

@@ -199,7 +199,12 @@ impl KeyAuthority {
             .alarm_logged
             .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
-            tracing::error!("INTEGRITY ALARM: {reason}");
+            // The reason names rows, some keyed by patient: it goes to the
+            // auditors (the event below), not to the operator's log.
+            tracing::error!(
+                "INTEGRITY ALARM: the authority's state failed verification; nothing is issued \
+                 until an operator has checked the store (the reason is in the audit log)"
+            );
             let event = AuditEvent::new(
                 "authority",
                 Action::IntegrityAlarm,
@@ -271,16 +276,17 @@ impl KeyAuthority {
                     },
                 ]
             }),
+            // Fixed reasons: the details (which rows, whose) are for the
+            // auditors, in the audit log, not for every certificate holder.
             ready: Arc::new(move || {
-                if let Some(alarm) = ready.integrity_alarm() {
-                    return Err(format!("integrity alarm: {alarm}"));
+                if ready.integrity_alarm().is_some() {
+                    return Err("integrity alarm (the reason is in the audit log)".into());
                 }
-                ready
-                    .store
-                    .ping()
-                    .map_err(|e| format!("the store does not answer: {e}"))?;
+                if ready.store.ping().is_err() {
+                    return Err("the store does not answer".into());
+                }
                 match ready.trail.log().alarm() {
-                    Some(alarm) => Err(format!("audit log alarm: {alarm}")),
+                    Some(_) => Err("audit log alarm (a witness refused the log)".into()),
                     None => Ok(()),
                 }
             }),
@@ -451,7 +457,13 @@ pub fn weigh(method: &axum::http::Method, route: &str) -> asclepios_net::admissi
         "/v1/attestation/challenge",
         "/v1/witness/add-checkpoint",
     ];
-    if *method == axum::http::Method::GET || LIGHT_POSTS.contains(&route) {
+    use axum::http::Method;
+    // Administrators' directory changes are never shed behind others'
+    // heavy work (a user about to be revoked must not hold off the
+    // revocation by filling the queue); callers without role:admin are
+    // refused them at once. Methods no route takes are refused at once too.
+    let changes = [Method::POST, Method::PUT, Method::DELETE, Method::PATCH].contains(method);
+    if !changes || LIGHT_POSTS.contains(&route) || route.starts_with("/v1/directory/") {
         Weight::Light
     } else {
         Weight::Heavy

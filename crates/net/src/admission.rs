@@ -18,7 +18,9 @@
 //! 3. **Heavy work waits its turn**: requests the service weighs as
 //!    [`Weight::Heavy`] (key generation, writes, re-wraps) run at most
 //!    [`AdmissionLimits::heavy_slots`] at a time, the others queue (at most
-//!    [`AdmissionLimits::heavy_queue`], then 429). Light requests (reads)
+//!    [`AdmissionLimits::heavy_queue`], and [`HEAVY_WAITING_PER_IDENTITY`]
+//!    of one identity, then 429). A request keeps its place and its slot
+//!    until its work ends, even if its client hangs up. Light requests (reads)
 //!    never queue behind them, so a saturating mix of heavy work leaves the
 //!    remaining cores to reads.
 //!
@@ -92,7 +94,13 @@ struct Budget {
     tokens: f64,
     refilled: Instant,
     in_flight: usize,
+    /// Of those, heavy requests waiting for a slot.
+    heavy_waiting: usize,
 }
+
+/// Heavy requests one identity may have waiting: the queue is shared, so a
+/// few identities must not fill it for everyone.
+pub const HEAVY_WAITING_PER_IDENTITY: usize = 4;
 
 /// Most identities whose budgets are kept; past it, budgets that are full
 /// and idle are forgotten (they would start full again anyway).
@@ -105,7 +113,7 @@ pub struct Admission {
     weigh: Weigh,
     exempt: HashSet<String>,
     budgets: Mutex<HashMap<String, Budget>>,
-    heavy: tokio::sync::Semaphore,
+    heavy: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
     metrics: Option<Arc<Metrics>>,
 }
@@ -142,7 +150,7 @@ impl Admission {
             weigh,
             exempt: HashSet::new(),
             budgets: Mutex::new(HashMap::new()),
-            heavy: tokio::sync::Semaphore::new(limits.heavy_slots.max(1)),
+            heavy: Arc::new(tokio::sync::Semaphore::new(limits.heavy_slots.max(1))),
             waiting: AtomicUsize::new(0),
             metrics,
         }
@@ -156,7 +164,7 @@ impl Admission {
 
     /// Takes a place for one request of `identity` now, or says why not and
     /// after how long to retry.
-    fn take(&self, identity: &str) -> Result<InFlight<'_>, (Throttle, Duration)> {
+    fn take(self: &Arc<Self>, identity: &str) -> Result<InFlight, (Throttle, Duration)> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if budgets.len() >= MAX_BUDGETS && !budgets.contains_key(identity) {
@@ -175,6 +183,7 @@ impl Admission {
                 tokens: self.limits.burst_per_identity,
                 refilled: now,
                 in_flight: 0,
+                heavy_waiting: 0,
             });
         let rate = self.limits.rate_per_identity.max(f64::MIN_POSITIVE);
         budget.tokens = (budget.tokens + rate * now.duration_since(budget.refilled).as_secs_f64())
@@ -190,7 +199,7 @@ impl Admission {
         budget.tokens -= 1.0;
         budget.in_flight += 1;
         Ok(InFlight {
-            admission: self,
+            admission: self.clone(),
             identity: identity.to_string(),
         })
     }
@@ -223,12 +232,52 @@ impl Admission {
 }
 
 /// A request's place in its identity's budget, given back on drop.
-struct InFlight<'a> {
-    admission: &'a Admission,
+struct InFlight {
+    admission: Arc<Admission>,
     identity: String,
 }
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    /// Queues for a heavy slot, within this identity's share of the queue
+    /// and the whole queue's length.
+    async fn heavy_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+        let a = &self.admission;
+        {
+            let mut budgets = a.budgets.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = budgets
+                .get_mut(&self.identity)
+                .map(|b| &mut b.heavy_waiting);
+            let full = a.waiting.load(Ordering::SeqCst) >= a.limits.heavy_queue;
+            match mine {
+                Some(n) if *n < HEAVY_WAITING_PER_IDENTITY && !full => *n += 1,
+                _ => {
+                    return Err(a.refuse(
+                        Throttle::HeavyQueue,
+                        Duration::from_secs(1),
+                        &self.identity,
+                    ))
+                }
+            }
+            a.waiting.fetch_add(1, Ordering::SeqCst);
+        }
+        let acquired = a.heavy.clone().acquire_owned().await;
+        a.waiting.fetch_sub(1, Ordering::SeqCst);
+        if let Some(b) = a
+            .budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.identity)
+        {
+            b.heavy_waiting = b.heavy_waiting.saturating_sub(1);
+        }
+        acquired.map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is stopping")
+                .into_response()
+        })
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         let mut budgets = self
             .admission
@@ -238,16 +287,6 @@ impl Drop for InFlight<'_> {
         if let Some(b) = budgets.get_mut(&self.identity) {
             b.in_flight = b.in_flight.saturating_sub(1);
         }
-    }
-}
-
-/// Counts a waiting heavy request, given back on drop (also when the
-/// client goes away while it waits).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -267,28 +306,37 @@ pub async fn admit(
     if admission.exempt.contains(&caller.id) {
         return next.run(request).await;
     }
-    let _place = match admission.take(&caller.id) {
-        Ok(place) => place,
-        Err((why, wait)) => return admission.refuse(why, wait, &caller.id),
-    };
     let weight = (admission.weigh)(
         request.method(),
         route.as_ref().map_or("", MatchedPath::as_str),
     );
-    if weight == Weight::Light {
-        return next.run(request).await;
-    }
-    if admission.waiting.fetch_add(1, Ordering::SeqCst) >= admission.limits.heavy_queue {
-        admission.waiting.fetch_sub(1, Ordering::SeqCst);
-        return admission.refuse(Throttle::HeavyQueue, Duration::from_secs(1), &caller.id);
-    }
-    let waiting = Waiting(&admission.waiting);
-    let Ok(_slot) = admission.heavy.acquire().await else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the service is stopping")
-            .into_response();
+    let place = match admission.take(&caller.id) {
+        Ok(place) => place,
+        Err((why, wait)) => return admission.refuse(why, wait, &caller.id),
     };
-    drop(waiting);
-    next.run(request).await
+    let slot = match weight {
+        Weight::Light => None,
+        Weight::Heavy => match place.heavy_slot().await {
+            Ok(slot) => Some(slot),
+            Err(refused) => return refused,
+        },
+    };
+    // The request runs as a task of its own that keeps its place and its
+    // slot until its work is done: a client that hangs up (an HTTP/2 stream
+    // reset) stops waiting for the answer, not the work, so it must not
+    // get the place back early and start more.
+    let work = tokio::spawn(async move {
+        let response = next.run(request).await;
+        drop((slot, place));
+        response
+    });
+    work.await.unwrap_or_else(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request was interrupted",
+        )
+        .into_response()
+    })
 }
 
 #[cfg(test)]
@@ -311,7 +359,7 @@ mod tests {
 
     #[test]
     fn an_identity_gets_its_burst_then_waits_for_tokens() {
-        let a = Admission::new(limits(), light, None);
+        let a = Arc::new(Admission::new(limits(), light, None));
         for _ in 0..3 {
             drop(a.take("dr-heart").unwrap());
         }
@@ -326,9 +374,43 @@ mod tests {
         drop(a.take("dr-heart").unwrap());
     }
 
+    #[tokio::test]
+    async fn one_identity_holds_a_bounded_share_of_the_heavy_queue() {
+        let limits = AdmissionLimits {
+            in_flight_per_identity: 64,
+            burst_per_identity: 100.0,
+            heavy_queue: 100,
+            ..limits()
+        };
+        let a = Arc::new(Admission::new(limits, light, None));
+        // The only slot is busy.
+        let busy = a.heavy.clone().acquire_owned().await.unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..HEAVY_WAITING_PER_IDENTITY {
+            let place = a.take("mallory").unwrap();
+            waiting.push(tokio::spawn(
+                async move { place.heavy_slot().await.is_ok() },
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let extra = a.take("mallory").unwrap();
+        assert!(
+            extra.heavy_slot().await.is_err(),
+            "a fifth heavy request of one identity queued"
+        );
+        // Another identity still queues.
+        let other = a.take("dr-heart").unwrap();
+        let other = tokio::spawn(async move { other.heavy_slot().await.is_ok() });
+        drop(busy);
+        for w in waiting {
+            assert!(w.await.unwrap());
+        }
+        assert!(other.await.unwrap());
+    }
+
     #[test]
     fn an_identity_has_a_bounded_number_of_requests_in_flight() {
-        let a = Admission::new(limits(), light, None);
+        let a = Arc::new(Admission::new(limits(), light, None));
         let first = a.take("dr-heart").unwrap();
         let _second = a.take("dr-heart").unwrap();
         assert_eq!(

@@ -658,10 +658,11 @@ pub async fn require_signature(
             ))
         }
         Err(e) => {
+            tracing::error!("the replay check failed: {e}");
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot check the request for a replay now: {e}"),
-            ))
+                "cannot check the request for a replay now; retry later",
+            ));
         }
     }
     let mut req = Request::from_parts(parts, Body::from(bytes));

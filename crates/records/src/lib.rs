@@ -84,7 +84,10 @@ impl std::fmt::Debug for RecordService {
 /// light and never wait behind them.
 pub fn weigh(method: &axum::http::Method, route: &str) -> asclepios_net::admission::Weight {
     use asclepios_net::admission::Weight;
-    if *method == axum::http::Method::GET || route == "/v1/search" {
+    use axum::http::Method;
+    // Methods no route takes are refused at once: light.
+    let changes = [Method::POST, Method::PUT, Method::DELETE, Method::PATCH].contains(method);
+    if !changes || route == "/v1/search" {
         Weight::Light
     } else {
         Weight::Heavy
@@ -158,14 +161,16 @@ impl RecordService {
                     value: gauged.trail.log().head().0 as f64,
                 }]
             }),
+            // Fixed reasons, as at the authority.
             ready: Arc::new(move || {
-                ready
-                    .store
-                    .ping()
-                    .map_err(|e| format!("the store does not answer: {e}"))?;
-                ready.directory.facts().map_err(|e| e.message)?;
+                if ready.store.ping().is_err() {
+                    return Err("the store does not answer".into());
+                }
+                if ready.directory.facts().is_err() {
+                    return Err("no current directory facts from the key authority".into());
+                }
                 match ready.trail.log().alarm() {
-                    Some(alarm) => Err(format!("audit log alarm: {alarm}")),
+                    Some(_) => Err("audit log alarm (a witness refused the log)".into()),
                     None => Ok(()),
                 }
             }),

@@ -69,12 +69,12 @@ impl StoredNonces {
                             Err(_) => break,
                         }
                     }
-                    let now = batch.iter().map(|p| p.now).max().unwrap_or(0);
-                    let items: Vec<(&str, &str, u64)> = batch
+                    // Each with the time its own signature was checked at.
+                    let items: Vec<(&str, &str, u64, u64)> = batch
                         .iter()
-                        .map(|p| (p.keyid.as_str(), p.nonce.as_str(), p.expires_at))
+                        .map(|p| (p.keyid.as_str(), p.nonce.as_str(), p.expires_at, p.now))
                         .collect();
-                    match store.remember_nonces(service, &items, now) {
+                    match store.remember_nonces(service, &items) {
                         Ok(fresh) => {
                             for (p, fresh) in batch.iter().zip(fresh) {
                                 let _ = p.answer.send(Ok(fresh));

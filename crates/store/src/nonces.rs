@@ -14,6 +14,9 @@ use crate::{Store, StoreError};
 /// Expired nonces are deleted once every this many insertions.
 pub const PRUNE_EVERY: u64 = 1024;
 
+/// How long past its expiry a nonce is kept before pruning may delete it.
+const PRUNE_MARGIN_SECS: u64 = 60;
+
 /// Longest service name, identity or nonce stored, in bytes.
 const MAX_NONCE_KEY: usize = 128;
 
@@ -32,20 +35,21 @@ impl Store {
         expires_at: u64,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let fresh = self.remember_nonces(service, &[(keyid, nonce, expires_at)], now)?;
+        let fresh = self.remember_nonces(service, &[(keyid, nonce, expires_at, now)])?;
         Ok(fresh.first().copied().unwrap_or(false))
     }
 
     /// [`Store::remember_nonce`] for many requests in one transaction (one
     /// commit, one disk flush, however many requests arrived together):
-    /// whether each was new. A pair twice in `batch` is new once.
+    /// `(keyid, nonce, expires_at, now)` each, with the time its own
+    /// signature was checked at; whether each was new. A pair twice in
+    /// `batch` is new once.
     pub fn remember_nonces(
         &self,
         service: &str,
-        batch: &[(&str, &str, u64)],
-        now: u64,
+        batch: &[(&str, &str, u64, u64)],
     ) -> Result<Vec<bool>, StoreError> {
-        for (keyid, nonce, _) in batch {
+        for (keyid, nonce, _, _) in batch {
             for (what, s) in [("service", service), ("keyid", keyid), ("nonce", nonce)] {
                 if s.is_empty() || s.len() > MAX_NONCE_KEY {
                     return Err(StoreError::Invalid(format!(
@@ -54,7 +58,12 @@ impl Store {
                 }
             }
         }
-        let now = crate::db::int(now)?;
+        // Pruned up to a minute before the earliest check in the batch: a
+        // row expired then is expired for every request in it, and for any
+        // request checked before this batch and still waiting to be stored
+        // (were it pruned, a replay among those would pass as new).
+        let earliest = batch.iter().map(|b| b.3).min().unwrap_or(0);
+        let earliest = crate::db::int(earliest.saturating_sub(PRUNE_MARGIN_SECS))?;
         let before = INSERTED.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let prune =
             before / PRUNE_EVERY != (before + batch.len() as u64) / PRUNE_EVERY || before == 0;
@@ -62,12 +71,12 @@ impl Store {
             if prune {
                 tx.exec(
                     "DELETE FROM request_nonces WHERE expires_at < $1",
-                    std::slice::from_ref(&now),
+                    std::slice::from_ref(&earliest),
                 )?;
             }
             batch
                 .iter()
-                .map(|(keyid, nonce, expires_at)| {
+                .map(|(keyid, nonce, expires_at, now)| {
                     let fresh = tx.exec(
                         "INSERT INTO request_nonces (service, keyid, nonce, expires_at) \
                          VALUES ($1, $2, $3, $4) \
@@ -78,7 +87,7 @@ impl Store {
                             (*keyid).into(),
                             (*nonce).into(),
                             crate::db::int(*expires_at)?,
-                            now.clone(),
+                            crate::db::int(*now)?,
                         ],
                     )?;
                     Ok(fresh == 1)

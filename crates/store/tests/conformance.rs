@@ -16,6 +16,7 @@ conformance!(
     record_history_is_append_only,
     wrappers_are_replaceable_and_shreddable,
     attribute_floors_refuse_revoked_versions,
+    nonces_refuse_replays_within_their_window_in_any_batch,
     invalid_record_input_is_refused,
     sse_index_batches_and_refuses_overwrites,
     sse_state_swaps_atomically_with_the_index,
@@ -191,6 +192,53 @@ fn attribute_floors_refuse_revoked_versions(h: &Harness) {
         .unwrap();
     assert_eq!(s.attribute_floor("care-team:p1").unwrap(), 2);
     assert_eq!(s.attribute_floor("care-team:p2").unwrap(), 0);
+}
+
+/// Replay protection's store: a nonce is remembered until its expiry,
+/// judged at the time each request's own signature was checked, whatever
+/// else shares its batch (a late request in the same commit must not make
+/// an earlier one's row count as expired).
+fn nonces_refuse_replays_within_their_window_in_any_batch(h: &Harness) {
+    let s = h.open();
+    let created = 1_000_000;
+    let expires = created + 121;
+    assert_eq!(
+        s.remember_nonces("records", &[("dr-heart", "n1", expires, created)])
+            .unwrap(),
+        [true]
+    );
+    // The replay, checked at the last second its signature is accepted,
+    // shares a commit with a request checked two seconds later.
+    let fresh = s
+        .remember_nonces(
+            "records",
+            &[
+                ("dr-heart", "n1", expires, created + 120),
+                ("dr-heart", "n2", created + 2 + 121, created + 122),
+            ],
+        )
+        .unwrap();
+    assert_eq!(fresh, [false, true]);
+    // Twice in one batch: new once. Another service's nonces are its own.
+    assert_eq!(
+        s.remember_nonces(
+            "records",
+            &[
+                ("nurse-ward", "n3", expires, created),
+                ("nurse-ward", "n3", expires, created)
+            ]
+        )
+        .unwrap(),
+        [true, false]
+    );
+    assert!(s
+        .remember_nonce("authority", "dr-heart", "n1", expires, created)
+        .unwrap());
+    // Past its expiry a pair may come again (its signature no longer
+    // verifies, so only a fresh request can bring it).
+    assert!(s
+        .remember_nonce("records", "dr-heart", "n1", created + 500, created + 379)
+        .unwrap());
 }
 
 fn invalid_record_input_is_refused(h: &Harness) {
