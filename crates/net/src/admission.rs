@@ -219,8 +219,9 @@ impl Admission {
                 self.limits.rate_per_identity
             ),
             Throttle::HeavyQueue => format!(
-                "the service has {} expensive requests waiting; retry after {seconds} s",
-                self.limits.heavy_queue
+                "too many expensive requests are waiting (at most {} in all, {} of `{identity}`); \
+                 retry after {seconds} s",
+                self.limits.heavy_queue, HEAVY_WAITING_PER_IDENTITY
             ),
         };
         let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
