@@ -247,6 +247,7 @@ impl KeyAuthority {
         self: &Arc<Self>,
         limits: asclepios_net::admission::AdmissionLimits,
         exempt: Vec<String>,
+        metrics_readers: Vec<String>,
     ) -> asclepios_service::Operations {
         use asclepios_net::metrics::{Gauge, Metrics};
         let metrics = Metrics::new("authority");
@@ -256,6 +257,7 @@ impl KeyAuthority {
         let (gauged, ready) = (self.clone(), self.clone());
         asclepios_service::Operations {
             metrics,
+            metrics_readers: Arc::new(metrics_readers),
             admission: Arc::new(admission),
             gauges: Arc::new(move || {
                 vec![

@@ -216,6 +216,9 @@ pub struct ServiceConfig {
     /// What one identity may ask of the service before it is answered 429
     /// (`Retry-After`), and how much heavy work runs at once.
     pub limits: RequestLimits,
+    /// Identities that may read `/metrics` (e.g. a Prometheus scraper's);
+    /// none by default.
+    pub metrics_readers: Vec<String>,
 }
 
 /// Admission limits of one service (see
@@ -347,6 +350,7 @@ impl Default for Config {
                 tls_name: AUTHORITY_TLS_NAME.into(),
                 names: local_names(),
                 limits: RequestLimits::default(),
+                metrics_readers: Vec::new(),
             },
             records: ServiceConfig::default(),
             audit: AuditConfig::default(),
@@ -377,6 +381,7 @@ impl Default for ServiceConfig {
             tls_name: RECORDS_TLS_NAME.into(),
             names: local_names(),
             limits: RequestLimits::default(),
+            metrics_readers: Vec::new(),
         }
     }
 }

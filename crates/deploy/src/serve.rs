@@ -443,6 +443,7 @@ fn authority_router(
     let ops = authority.operations(
         config.authority.limits.admission(),
         vec![RECORD_SERVICE_IDENTITY.to_string()],
+        config.authority.metrics_readers.clone(),
     );
     let metrics = ops.metrics.clone();
     let router = authority.clone().router(signature_check(
@@ -458,7 +459,10 @@ fn records_router(
     records: &Arc<RecordService>,
     config: &Config,
 ) -> (axum::Router, Arc<asclepios_net::metrics::Metrics>) {
-    let ops = records.operations(config.records.limits.admission());
+    let ops = records.operations(
+        config.records.limits.admission(),
+        config.records.metrics_readers.clone(),
+    );
     let metrics = ops.metrics.clone();
     let router =
         records

@@ -144,6 +144,7 @@ impl RecordService {
     pub fn operations(
         self: &Arc<Self>,
         limits: asclepios_net::admission::AdmissionLimits,
+        metrics_readers: Vec<String>,
     ) -> asclepios_service::Operations {
         use asclepios_net::metrics::{Gauge, Metrics};
         let metrics = Metrics::new("records");
@@ -153,6 +154,7 @@ impl RecordService {
         let (gauged, ready) = (self.clone(), self.clone());
         asclepios_service::Operations {
             metrics,
+            metrics_readers: Arc::new(metrics_readers),
             admission: Arc::new(admission),
             gauges: Arc::new(move || {
                 vec![Gauge {

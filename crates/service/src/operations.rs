@@ -9,15 +9,18 @@
 //! - `GET /metrics`: Prometheus text (see [`asclepios_net::metrics`]).
 //!
 //! They are served on the service's mutual-TLS listener like every other
-//! route, to any holder of a deployment certificate (a scraper gets one
-//! with `asclepios user add`), unsigned and unaudited: they carry counts
-//! per route template and status, never a path, a patient or an attribute.
+//! route, unsigned and unaudited. `/healthz` and `/readyz` answer any
+//! holder of a deployment certificate, with fixed reasons. `/metrics`
+//! answers only the identities the configuration names (a scraper gets a
+//! certificate with `asclepios user add`): its counts per route template
+//! carry no path, patient or attribute, but their timing would tell any
+//! patient when someone broke the glass or was revoked.
 
 use std::sync::Arc;
 
 use asclepios_net::admission::{admit, Admission};
 use asclepios_net::metrics::{observe, Gauges, Metrics};
-use asclepios_net::server::{json_errors, ApiError};
+use asclepios_net::server::{json_errors, ApiError, Caller};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,6 +40,8 @@ pub struct Operations {
     pub gauges: Gauges,
     /// Its readiness check.
     pub ready: Readiness,
+    /// Identities that may read `/metrics`.
+    pub metrics_readers: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Operations {
@@ -53,6 +58,7 @@ pub fn operable(router: Router, ops: Operations) -> Router {
     let metrics = ops.metrics.clone();
     let gauges = ops.gauges.clone();
     let ready = ops.ready.clone();
+    let readers = ops.metrics_readers.clone();
     router
         .route(
             "/healthz",
@@ -77,9 +83,22 @@ pub fn operable(router: Router, ops: Operations) -> Router {
         )
         .route(
             "/metrics",
-            get(move || {
+            get(move |caller: Option<axum::Extension<Caller>>| {
                 let (metrics, gauges) = (metrics.clone(), gauges.clone());
-                async move { exposition(metrics, gauges).await }
+                // In-process routers (no TLS, no caller) are the operator's.
+                let allowed = caller.is_none_or(|c| readers.contains(&c.0 .0.id));
+                async move {
+                    if allowed {
+                        exposition(metrics, gauges).await
+                    } else {
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "only the identities under `metrics_readers` in the service's \
+                             configuration read /metrics",
+                        )
+                        .into_response()
+                    }
+                }
             }),
         )
         .layer(axum::middleware::from_fn_with_state(ops.admission, admit))
