@@ -20,6 +20,12 @@ use crate::{now, Store, StoreError};
 /// Rows per lookup statement (keeps statements short and cacheable).
 const ROWS_PER_QUERY: usize = 64;
 
+/// Subjects per query of [`LogStore::log_last_about`] when there are many.
+const SUBJECTS_PER_QUERY: usize = 256;
+
+/// Up to this many subjects, [`LogStore::log_last_about`] seeks each.
+const SEEKS_UP_TO: usize = 16;
+
 /// The leaf whose row holds node `id`.
 fn holding_leaf(id: NodeId) -> Result<u64, StoreError> {
     id.index
@@ -182,23 +188,51 @@ impl LogStore for Store {
         subjects: &[Subject],
         before: u64,
     ) -> Result<Vec<Option<asclepios_audit::log::IndexedLeaf>>, StoreError> {
-        // One indexed seek per subject (`audit_entries_by_subject`, backwards
-        // from `before`): a `MAX(idx) … GROUP BY` over an `IN` list read every
-        // entry about the subject, so each event about a patient cost more
-        // than the last (a third of the record service's time under load).
+        // A few subjects (an ordinary event names one or two): one indexed
+        // seek each (`audit_entries_by_subject`, backwards from `before`). A
+        // `MAX(idx) … GROUP BY` reads every entry about each subject, so each
+        // event about a patient would cost more than the last (it was a
+        // third of the record service's time under load). Many subjects (a
+        // statistics release names its whole cohort): that query, in
+        // chunks, rather than a round trip per subject.
         self.read(|tx| {
-            subjects
+            if subjects.len() <= SEEKS_UP_TO {
+                return subjects
+                    .iter()
+                    .map(|subject| {
+                        let row = tx.query_opt(
+                            "SELECT idx, entry FROM audit_entries \
+                             WHERE log_id = $1 AND subject = $2 AND idx < $3 \
+                             ORDER BY idx DESC LIMIT 1",
+                            &[log.into(), subject.to_vec().into(), int(before)?],
+                        )?;
+                        row.map(|r| Ok((r.uint(0)?, r.bytes(1)?))).transpose()
+                    })
+                    .collect();
+            }
+            let mut found = std::collections::HashMap::with_capacity(subjects.len());
+            for chunk in subjects.chunks(SUBJECTS_PER_QUERY) {
+                // $1 the log, $2 the bound, then the subjects.
+                let mut params = vec![log.into(), int(before)?];
+                params.extend(chunk.iter().map(|s| s.to_vec().into()));
+                let rows = tx.query(
+                    &format!(
+                        "SELECT e.subject, e.idx, e.entry FROM audit_entries e JOIN \
+                         (SELECT subject, MAX(idx) AS last FROM audit_entries \
+                          WHERE log_id = $1 AND idx < $2 AND subject IN ({}) GROUP BY subject) m \
+                         ON e.subject = m.subject AND e.idx = m.last WHERE e.log_id = $1",
+                        placeholders(3, chunk.len())
+                    ),
+                    &params,
+                )?;
+                for row in rows {
+                    found.insert(row.bytes(0)?, (row.uint(1)?, row.bytes(2)?));
+                }
+            }
+            Ok(subjects
                 .iter()
-                .map(|subject| {
-                    let row = tx.query_opt(
-                        "SELECT idx, entry FROM audit_entries \
-                         WHERE log_id = $1 AND subject = $2 AND idx < $3 \
-                         ORDER BY idx DESC LIMIT 1",
-                        &[log.into(), subject.to_vec().into(), int(before)?],
-                    )?;
-                    row.map(|r| Ok((r.uint(0)?, r.bytes(1)?))).transpose()
-                })
-                .collect()
+                .map(|s| found.get(s.as_slice()).cloned())
+                .collect())
         })
     }
 

@@ -785,6 +785,26 @@ fn entries_about_a_subject_are_chained_and_served_alone(h: &Harness) {
     assert_eq!(merkle::leaf_hash(&about_a[3].1), leaves[1]);
     let about_b = log.entries_about(&b, 0..7, 100).unwrap();
     assert_eq!(about_b.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 5]);
+    // The last entry about each subject before a bound: a few subjects (a
+    // seek each) and many (one query per chunk) agree.
+    let store = h.open();
+    let last = |subjects: &[[u8; 16]], before| {
+        store
+            .log_last_about("main", subjects, before)
+            .unwrap()
+            .into_iter()
+            .map(|found| found.map(|(i, _)| i))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(last(&[a, b], 7), [Some(6), Some(5)]);
+    assert_eq!(last(&[a, b], 5), [Some(4), Some(1)]);
+    assert_eq!(last(&[a, b], 1), [Some(0), None]);
+    let mut many = vec![a, b];
+    many.extend((0..30u8).map(|i| [i; 16]));
+    let found = last(&many, 7);
+    assert_eq!(found[..2], [Some(6), Some(5)]);
+    assert!(found[2..].iter().all(Option::is_none));
+    assert_eq!(last(&many, 5)[..2], [Some(4), Some(1)]);
     // The entry about nobody is stored as it is, and served to no subject.
     assert_eq!(log.entries(3..4).unwrap(), [entry(3)]);
     assert_eq!(LinkedLeaf::from_bytes(&entry(3)).unwrap(), None);
