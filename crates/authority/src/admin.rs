@@ -24,7 +24,8 @@ use axum::Json;
 use std::sync::Arc;
 
 use crate::record_access::RecordAccess;
-use crate::{rewrap::rewrap_stale_within, KeyAuthority, WithReceipt};
+use crate::rewrap::{rewrap_stale_for_request, rewrap_stale_within};
+use crate::{KeyAuthority, WithReceipt};
 use asclepios_service::store_error;
 
 /// The role that administers the directory.
@@ -175,16 +176,19 @@ fn rewrap(
     if revoked.is_empty() {
         return Ok(Revocation::default());
     }
-    let (rewrapped, finished) =
-        rewrap_stale_within(store, records, master, budget).map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the revocation took effect, but re-wrapping after it did not finish (it is \
+    let done = match budget {
+        Some(budget) => rewrap_stale_for_request(store, records, master, budget),
+        None => rewrap_stale_within(store, records, master, None),
+    };
+    let (rewrapped, finished) = done.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the revocation took effect, but re-wrapping after it did not finish (it is \
                      retried until it does): {e}"
-                ),
-            )
-        })?;
+            ),
+        )
+    })?;
     Ok(Revocation {
         revoked,
         rewrapped,

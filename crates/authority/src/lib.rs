@@ -35,7 +35,9 @@ pub mod stats;
 pub mod witness;
 
 pub use openapi::openapi_document;
-pub use rewrap::{fence, rewrap_stale, rewrap_stale_within, REWRAP_TIME_PER_TICK};
+pub use rewrap::{
+    fence, rewrap_stale, rewrap_stale_for_request, rewrap_stale_within, REWRAP_TIME_PER_TICK,
+};
 
 pub use asclepios_api::keys::{
     check_resolution, identity_entry_message, key_context, resolution_message, EmergencyGranted,

@@ -48,12 +48,8 @@ impl KeyAuthority {
     /// ([`KeyAuthority::reconcile_rewraps`]).
     /// Bounded by [`SYNC_REWRAP_TIME`]: what is left goes to the sweeper.
     pub(crate) fn rewrap_or_defer(&self) {
-        match rewrap_stale_within(
-            &self.store,
-            &*self.records,
-            &self.master,
-            Some(SYNC_REWRAP_TIME),
-        ) {
+        match rewrap_stale_for_request(&self.store, &*self.records, &self.master, SYNC_REWRAP_TIME)
+        {
             Ok((_, true)) => {}
             Ok((_, false)) => self.rewrap_may_be_pending(),
             Err(e) => {
@@ -144,11 +140,35 @@ pub fn rewrap_stale_within(
     master: &MasterSecretKey,
     budget: Option<std::time::Duration>,
 ) -> Result<(usize, bool), String> {
+    rewrap_stale_bounded(store, records, master, budget, false)
+}
+
+/// [`rewrap_stale_within`] for a request that revokes (a withdrawal, an
+/// administrator's change), which must answer within about `budget`: the
+/// time is also checked between pages of the scan, so a long scan that
+/// finds little stops too, and the sweeper (whose rounds always make
+/// progress) finishes. The count, and whether it finished.
+pub fn rewrap_stale_for_request(
+    store: &Store,
+    records: &dyn RecordAccess,
+    master: &MasterSecretKey,
+    budget: std::time::Duration,
+) -> Result<(usize, bool), String> {
+    rewrap_stale_bounded(store, records, master, Some(budget), true)
+}
+
+fn rewrap_stale_bounded(
+    store: &Store,
+    records: &dyn RecordAccess,
+    master: &MasterSecretKey,
+    budget: Option<std::time::Duration>,
+    stop_between_pages: bool,
+) -> Result<(usize, bool), String> {
     fence(store, records)?;
     let until = budget.map(|b| std::time::Instant::now() + b);
     let mut total = 0;
     for _ in 0..MAX_SCANS {
-        let scan = scan_and_rewrap(store, records, master, until)?;
+        let scan = scan_and_rewrap(store, records, master, until, stop_between_pages)?;
         total += scan.rewrapped;
         if let Some(first) = scan.failures.first() {
             return Err(format!(
@@ -156,11 +176,13 @@ pub fn rewrap_stale_within(
                 scan.failures.len()
             ));
         }
-        if scan.stale == 0 {
-            return Ok((total, true));
-        }
+        // Cut short first: a scan stopped between pages may have found
+        // nothing stale yet and still not have seen everything.
         if scan.cut_short {
             return Ok((total, false));
+        }
+        if scan.stale == 0 {
+            return Ok((total, true));
         }
     }
     Err(format!(
@@ -174,6 +196,7 @@ fn scan_and_rewrap(
     records: &dyn RecordAccess,
     master: &MasterSecretKey,
     until: Option<std::time::Instant>,
+    stop_between_pages: bool,
 ) -> Result<Scan, String> {
     use asclepios_crypto::envelope::KeyWrapper;
     let mpk = master.public_key();
@@ -181,6 +204,10 @@ fn scan_and_rewrap(
     let mut after = None;
     let mut scan = Scan::default();
     loop {
+        if stop_between_pages && until.is_some_and(|t| std::time::Instant::now() >= t) {
+            scan.cut_short = true;
+            return Ok(scan);
+        }
         let page = records.scan_wrappers(after.as_ref(), 256)?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
@@ -272,4 +299,40 @@ pub(crate) fn rewrap_row(
             .checked_add(1)
             .ok_or("a wrapper at the last epoch")?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's re-wrap stops between pages once its time is up, and
+    /// says it did not finish even though it found nothing stale (it did
+    /// not look everywhere): the sweeper then finishes.
+    #[test]
+    fn a_request_stops_between_pages_and_does_not_claim_it_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("s.db")).unwrap();
+        for i in 0..3 {
+            store
+                .put_record_version("pat-1", &format!("r{i}"), 1, b"body", &[("main", b"w", 0)])
+                .unwrap();
+        }
+        let records = crate::record_access::LocalRecords(store.clone());
+        let (_, master) = asclepios_crypto::abe::setup(&mut rand_core::OsRng);
+        let cut = rewrap_stale_for_request(&store, &records, &master, std::time::Duration::ZERO);
+        assert_eq!(cut, Ok((0, false)));
+        // With time, the same scan reads the (unreadable) wrappers.
+        let scanned = rewrap_stale_for_request(
+            &store,
+            &records,
+            &master,
+            std::time::Duration::from_secs(10),
+        );
+        assert!(
+            scanned
+                .as_ref()
+                .is_err_and(|e| e.contains("unreadable wrapper")),
+            "{scanned:?}"
+        );
+    }
 }
