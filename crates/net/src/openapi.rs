@@ -170,13 +170,15 @@ fn operations_paths() -> Map<String, Value> {
             status,
         ),
     );
-    paths.insert(
-        "/metrics".into(),
-        plain(
-            "Prometheus text exposition (version 0.0.4): requests, latencies, 429s, refused connections, audit log size and the service's gauges.",
-            json!({"text/plain": {"schema": {"type": "string"}}}),
-        ),
+    let mut metrics = plain(
+        "Prometheus text exposition (version 0.0.4): requests, latencies, 429s, refused connections, audit log size and the service's gauges; for the identities the configuration lists under metrics_readers.",
+        json!({"text/plain": {"schema": {"type": "string"}}}),
     );
+    metrics["get"]["responses"]["403"] = json!({
+        "description": "not among the configuration's metrics_readers",
+        "content": error_body(),
+    });
+    paths.insert("/metrics".into(), metrics);
     paths
 }
 
