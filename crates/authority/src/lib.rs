@@ -251,50 +251,38 @@ impl KeyAuthority {
         exempt: Vec<String>,
         metrics_readers: Vec<String>,
     ) -> asclepios_service::Operations {
-        use asclepios_net::metrics::{Gauge, Metrics};
-        let metrics = Metrics::new("authority");
-        let admission =
-            asclepios_net::admission::Admission::new(limits, weigh, Some(metrics.clone()))
-                .exempting(exempt);
+        use asclepios_net::metrics::Gauge;
         let (gauged, ready) = (self.clone(), self.clone());
-        asclepios_service::Operations {
-            metrics,
-            metrics_readers: Arc::new(metrics_readers),
-            admission: Arc::new(admission),
-            gauges: Arc::new(move || {
-                vec![
-                    Gauge {
-                        name: "asclepios_audit_log_entries",
-                        help: "Entries in the audit log this service appends to.",
-                        value: gauged.trail.log().head().0 as f64,
-                    },
-                    Gauge {
-                        name: "asclepios_rewrap_queue_length",
-                        help: "Re-wrap rounds left for the sweeper (0 or 1: one round re-wraps every wrapper under a revoked attribute version).",
-                        value: f64::from(u8::from(gauged.rewraps_pending())),
-                    },
-                    Gauge {
-                        name: "asclepios_integrity_alarm",
-                        help: "1 while the authority's state failed verification and it refuses to issue.",
-                        value: f64::from(u8::from(gauged.store.integrity_alarm().is_some())),
-                    },
-                ]
-            }),
-            // Fixed reasons: the details (which rows, whose) are for the
-            // auditors, in the audit log, not for every certificate holder.
-            ready: Arc::new(move || {
-                if ready.integrity_alarm().is_some() {
-                    return Err("integrity alarm (the reason is in the audit log)".into());
-                }
-                if ready.store.ping().is_err() {
-                    return Err("the store does not answer".into());
-                }
-                match ready.trail.log().alarm() {
-                    Some(_) => Err("audit log alarm (a witness refused the log)".into()),
-                    None => Ok(()),
-                }
-            }),
-        }
+        asclepios_service::Operations::new(
+            self.trail.clone(),
+            asclepios_service::ServiceOperations {
+                service: "authority",
+                limits,
+                weigh,
+                exempt,
+                metrics_readers,
+                gauges: move || {
+                    vec![
+                        Gauge {
+                            name: "asclepios_rewrap_queue_length",
+                            help: "Re-wrap rounds left for the sweeper (0 or 1: one round re-wraps every wrapper under a revoked attribute version).",
+                            value: f64::from(u8::from(gauged.rewraps_pending())),
+                        },
+                        Gauge {
+                            name: "asclepios_integrity_alarm",
+                            help: "1 while the authority's state failed verification and it refuses to issue.",
+                            value: f64::from(u8::from(gauged.store.integrity_alarm().is_some())),
+                        },
+                    ]
+                },
+                ready: move || {
+                    if ready.integrity_alarm().is_some() {
+                        return Err("integrity alarm (the reason is in the audit log)".into());
+                    }
+                    asclepios_service::store_answers(&ready.store)
+                },
+            },
+        )
     }
 
     /// The router: every route behind the signature check.

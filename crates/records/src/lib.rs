@@ -146,37 +146,25 @@ impl RecordService {
         limits: asclepios_net::admission::AdmissionLimits,
         metrics_readers: Vec<String>,
     ) -> asclepios_service::Operations {
-        use asclepios_net::metrics::{Gauge, Metrics};
-        let metrics = Metrics::new("records");
-        let admission =
-            asclepios_net::admission::Admission::new(limits, weigh, Some(metrics.clone()))
-                .exempting(self.authority_identity.clone());
-        let (gauged, ready) = (self.clone(), self.clone());
-        asclepios_service::Operations {
-            metrics,
-            metrics_readers: Arc::new(metrics_readers),
-            admission: Arc::new(admission),
-            gauges: Arc::new(move || {
-                vec![Gauge {
-                    name: "asclepios_audit_log_entries",
-                    help: "Entries in the audit log this service appends to.",
-                    value: gauged.trail.log().head().0 as f64,
-                }]
-            }),
-            // Fixed reasons, as at the authority.
-            ready: Arc::new(move || {
-                if ready.store.ping().is_err() {
-                    return Err("the store does not answer".into());
-                }
-                if ready.directory.facts().is_err() {
-                    return Err("no current directory facts from the key authority".into());
-                }
-                match ready.trail.log().alarm() {
-                    Some(_) => Err("audit log alarm (a witness refused the log)".into()),
-                    None => Ok(()),
-                }
-            }),
-        }
+        let ready = self.clone();
+        asclepios_service::Operations::new(
+            self.trail.clone(),
+            asclepios_service::ServiceOperations {
+                service: "records",
+                limits,
+                weigh,
+                exempt: self.authority_identity.clone().into_iter().collect(),
+                metrics_readers,
+                gauges: Vec::new,
+                ready: move || {
+                    asclepios_service::store_answers(&ready.store)?;
+                    if ready.directory.facts().is_err() {
+                        return Err("no current directory facts from the key authority".into());
+                    }
+                    Ok(())
+                },
+            },
+        )
     }
 
     /// The router: every route behind the signature check.

@@ -21,7 +21,7 @@ pub use guards::{
     check_attested, circle_patients, identity_key_sha256, in_circle, require_active,
     require_registered_key, PeerCaller,
 };
-pub use operations::{operable, Operations, Readiness};
+pub use operations::{operable, store_answers, Operations, Readiness, ServiceOperations};
 pub use outcome::{
     audit_consistency, audit_outcome, audit_slice, log_event, log_events, log_outcome,
     log_outcome_to_all, shown, ConsistencyQuery, SliceQuery, MAX_AUDIT_SLICE,

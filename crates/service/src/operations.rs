@@ -18,9 +18,11 @@
 
 use std::sync::Arc;
 
-use asclepios_net::admission::{admit, Admission};
-use asclepios_net::metrics::{observe, Gauges, Metrics};
+use asclepios_audit::AuditTrail;
+use asclepios_net::admission::{admit, Admission, AdmissionLimits, Weigh};
+use asclepios_net::metrics::{observe, Gauge, Gauges, Metrics};
 use asclepios_net::server::{json_errors, ApiError, Caller};
+use asclepios_store::Store;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,6 +44,73 @@ pub struct Operations {
     pub ready: Readiness,
     /// Identities that may read `/metrics`.
     pub metrics_readers: Arc<Vec<String>>,
+}
+
+/// What a service adds to the operations every service has.
+#[derive(Debug)]
+pub struct ServiceOperations<G, R> {
+    /// Its name, the `service` label of its metrics (`authority`, `records`).
+    pub service: &'static str,
+    /// Its admission limits.
+    pub limits: AdmissionLimits,
+    /// How it weighs its routes.
+    pub weigh: Weigh,
+    /// Identities never throttled (the other service's).
+    pub exempt: Vec<String>,
+    /// Identities that may read `/metrics`.
+    pub metrics_readers: Vec<String>,
+    /// Its gauges besides the audit log's size.
+    pub gauges: G,
+    /// Its readiness conditions, checked before the audit log's.
+    pub ready: R,
+}
+
+impl Operations {
+    /// A service's operations: admission counted in its metrics, the audit
+    /// log's size (`asclepios_audit_log_entries`) before the service's own
+    /// gauges, and readiness as the service judges it and then the audit
+    /// log not in alarm. Reasons are fixed texts: the details (which rows,
+    /// whose) are for the auditors, in the audit log, not for every
+    /// certificate holder.
+    pub fn new<G, R>(trail: Arc<AuditTrail<Store>>, service: ServiceOperations<G, R>) -> Self
+    where
+        G: Fn() -> Vec<Gauge> + Send + Sync + 'static,
+        R: Fn() -> Result<(), String> + Send + Sync + 'static,
+    {
+        let metrics = Metrics::new(service.service);
+        let admission = Admission::new(service.limits, service.weigh, Some(metrics.clone()))
+            .exempting(service.exempt);
+        let (own_gauges, own_ready) = (service.gauges, service.ready);
+        let gauged = trail.clone();
+        Operations {
+            metrics,
+            admission: Arc::new(admission),
+            metrics_readers: Arc::new(service.metrics_readers),
+            gauges: Arc::new(move || {
+                let mut all = vec![Gauge {
+                    name: "asclepios_audit_log_entries",
+                    help: "Entries in the audit log this service appends to.",
+                    value: gauged.log().head().0 as f64,
+                }];
+                all.extend(own_gauges());
+                all
+            }),
+            ready: Arc::new(move || {
+                own_ready()?;
+                match trail.log().alarm() {
+                    Some(_) => Err("audit log alarm (a witness refused the log)".into()),
+                    None => Ok(()),
+                }
+            }),
+        }
+    }
+}
+
+/// Whether `store` answers, with the fixed reason readiness gives if not.
+pub fn store_answers(store: &Store) -> Result<(), String> {
+    store
+        .ping()
+        .map_err(|_| "the store does not answer".to_string())
 }
 
 impl std::fmt::Debug for Operations {
