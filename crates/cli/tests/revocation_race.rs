@@ -39,6 +39,19 @@ fn asclepios(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `asclepios records` as the care team's doctor.
+fn doctors_records(dir: &str) -> std::process::Output {
+    asclepios(&[
+        "records",
+        "--dir",
+        dir,
+        "--as",
+        "dr-heart",
+        "--patient",
+        PATIENT,
+    ])
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -194,18 +207,7 @@ fn scenario(postgres: bool) {
     }
     // The record service answers once it holds the authority's facts.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !asclepios(&[
-        "records",
-        "--dir",
-        d,
-        "--as",
-        "dr-heart",
-        "--patient",
-        PATIENT,
-    ])
-    .status
-    .success()
-    {
+    while !doctors_records(d).status.success() {
         assert!(Instant::now() < deadline, "the record service is not ready");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -277,15 +279,7 @@ fn scenario(postgres: bool) {
     }
 
     // The care team's doctor reads every record.
-    let listed = asclepios(&[
-        "records",
-        "--dir",
-        d,
-        "--as",
-        "dr-heart",
-        "--patient",
-        PATIENT,
-    ]);
+    let listed = doctors_records(d);
     assert!(listed.status.success());
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     let ids: Vec<&str> = listed
